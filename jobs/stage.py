@@ -1,0 +1,169 @@
+"""What every stage entry point shares: Hydra config, Spark session, warehouse, run record and
+the one-screen summary. A stage is a function `(StageContext) -> None` that fills its report."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from pyspark.sql import SparkSession
+
+from recgpt.config import config_hash, new_run_id
+from recgpt.errors import RecGPTError
+from recgpt.tables import RUNS
+from udfs.session import build_session
+from udfs.warehouse import Lineage, Warehouse
+
+log = logging.getLogger("recgpt")
+
+
+@dataclass
+class StageReport:
+    rows_in: int | None = None
+    rows_out: int | None = None
+    rows_quarantined: int | None = None
+    # Stage-specific figures: tables written (name -> rows), versions, paths.
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def wrote(self, table: str, rows: int, version: int) -> None:
+        self.details.setdefault("tables", {})[table] = {"rows": rows, "version": version}
+
+
+@dataclass
+class StageContext:
+    cfg: DictConfig
+    spark: SparkSession
+    warehouse: Warehouse
+    lineage: Lineage
+    stage: str
+    report: StageReport = field(default_factory=StageReport)
+
+    @property
+    def dt(self) -> str:
+        return self.lineage.dt
+
+
+StageFn = Callable[[StageContext], None]
+
+
+def prepare(cfg: DictConfig, stage: str) -> DictConfig:
+    """Fix the stage name and run id into the config so every consumer sees the same values."""
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.run.stage = stage
+    dt = str(cfg.run.dt)
+    try:
+        _dt.date.fromisoformat(dt)
+    except ValueError:
+        raise RecGPTError(f"run.dt must be YYYY-MM-DD, not {dt!r}") from None
+    if not cfg.run.get("run_id"):
+        cfg.run.run_id = new_run_id(stage, dt)
+    return cfg
+
+
+def execute(ctx: StageContext, fn: StageFn) -> StageReport:
+    """Run one stage: time it, append its `runs` row, print its summary. Re-raises failures."""
+    started = _dt.datetime.now(_dt.UTC)
+    t0 = time.monotonic()
+    status, error = "success", None
+    try:
+        fn(ctx)
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        seconds = time.monotonic() - t0
+        _record_run(ctx, started, seconds, status, error)
+        print(render_summary(ctx, seconds, status, error), flush=True)
+    return ctx.report
+
+
+def _record_run(ctx: StageContext, started: _dt.datetime, seconds: float, status: str,
+                error: str | None) -> None:
+    r = ctx.report
+    row = {
+        "run_id": ctx.lineage.run_id, "stage": ctx.stage, "config_hash": config_hash(ctx.cfg),
+        "rows_in": r.rows_in, "rows_out": r.rows_out, "rows_quarantined": r.rows_quarantined,
+        "seconds": round(seconds, 3), "status": status, "error": (error or None) and error[:4000],
+        "details": json.dumps(r.details, default=str), "started_at": started,
+        "dt": _dt.date.fromisoformat(ctx.dt), "created_at": _dt.datetime.now(_dt.UTC),
+    }
+    try:
+        import pyarrow as pa
+
+        df = ctx.spark.createDataFrame(pa.Table.from_pylist([row], schema=RUNS.schema))
+        ctx.warehouse.write(df, RUNS, mode="append")
+    except Exception:  # the run record must never hide the stage's own outcome
+        log.exception("could not append the runs record for %s", ctx.stage)
+
+
+def render_summary(ctx: StageContext, seconds: float, status: str, error: str | None) -> str:
+    r = ctx.report
+    lines = [
+        f"── {ctx.stage} · dt={ctx.dt} · {status.upper()} · {seconds:.1f}s",
+        f"   run_id   {ctx.lineage.run_id}",
+        f"   rows     in={_n(r.rows_in)}  out={_n(r.rows_out)}  quarantined={_n(r.rows_quarantined)}",
+    ]
+    for table, info in (r.details.get("tables") or {}).items():
+        lines.append(f"   table    {table:<18} {info['rows']:>12,} rows  v{info['version']}  "
+                     f"{ctx.warehouse.uri(table)}")
+    for key, value in r.details.items():
+        if key != "tables":
+            lines.append(f"   {key:<8} {value}")
+    if error:
+        lines.append(f"   error    {error.splitlines()[0][:300]}")
+    return "\n".join(lines)
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def open_context(cfg: DictConfig, stage: str, spark: SparkSession | None = None) -> StageContext:
+    cfg = prepare(cfg, stage)
+    if spark is None:
+        spark = build_session(OmegaConf.to_container(cfg.spark, resolve=True), f"recgpt-{stage}")  # type: ignore[arg-type]
+    storage = OmegaConf.to_container(cfg.storage, resolve=True)
+    warehouse = Warehouse.from_config(spark, storage)  # type: ignore[arg-type]
+    return StageContext(cfg, spark, warehouse, Lineage.now(str(cfg.run.dt), str(cfg.run.run_id)), stage)
+
+
+def hydra_entry(stage: str, body: Callable[[DictConfig], None]) -> Callable[[], None]:
+    """A Hydra entry point running `body(cfg)` with `run.stage` fixed (it names the log folder)
+    and failures turned into a one-line message and exit code 1."""
+    import hydra
+
+    @hydra.main(config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="config",
+                version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        try:
+            body(cfg)
+        except RecGPTError as exc:
+            print(f"{stage} failed: {exc}", file=sys.stderr)
+            sys.exit(1)
+        except Exception:
+            log.error("%s failed:\n%s", stage, traceback.format_exc())
+            print(f"{stage} failed with an unexpected error (traceback above and in the Hydra log "
+                  "folder under <warehouse>/_logs/)", file=sys.stderr)
+            sys.exit(1)
+
+    def entry() -> None:
+        if not any(a.startswith("run.stage=") for a in sys.argv[1:]):
+            sys.argv.append(f"run.stage={stage}")
+        _main()
+
+    return entry
+
+
+def main_for(stage: str, fn: StageFn) -> Callable[[], None]:
+    """The entry point of one stage: `python -m jobs.<stage> run.dt=... <overrides>`."""
+    return hydra_entry(stage, lambda cfg: execute(open_context(cfg, stage), fn) and None)

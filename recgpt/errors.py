@@ -1,0 +1,27 @@
+"""Domain exceptions: one per failure kind, each with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class RecGPTError(Exception):
+    """Base of every error this job raises on purpose."""
+
+
+class ConfigError(RecGPTError):
+    """The configuration is missing a value or holds one that cannot work."""
+
+
+class SourceError(RecGPTError):
+    """An input source is missing, empty or not in the format it claims (names the file)."""
+
+
+class StorageError(RecGPTError):
+    """A Delta table could not be read or written."""
+
+
+class CommitConflictError(StorageError):
+    """Another writer committed to the same table first and retries were exhausted."""
+
+
+class RowCountMismatchError(RecGPTError):
+    """A stage's rows in do not equal rows written plus rows quarantined: a row was lost."""

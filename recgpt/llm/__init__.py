@@ -1,0 +1,1 @@
+"""LLM engines and the local model cache."""

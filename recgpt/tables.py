@@ -1,0 +1,166 @@
+"""Every table the job reads or writes, with its schema, partitioning and column meanings.
+
+One place for schemas: the Spark side derives its StructTypes from these Arrow schemas, the
+storage layer creates Delta tables from them, and the README's table reference is written from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+BEHAVIOR_TYPES: tuple[str, ...] = ("click", "view", "fav", "cart", "purchase", "review", "search")
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+    partition_by: tuple[str, ...] = ("dt",)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns])
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def _lineage(dt_doc: str) -> tuple[Column, ...]:
+    return (
+        Column("dt", pa.date32(), dt_doc, nullable=False),
+        Column("run_id", pa.string(), "run that wrote the row", nullable=False),
+        Column("created_at", UTC_TS, "when the row was written (UTC)", nullable=False),
+    )
+
+
+BEHAVIORS = TableSpec(
+    "behaviors",
+    "Validated user behaviour events; partitioned by event date, so any stage reads them as of its "
+    "run date (ts < dt) and evaluation reads the window after it.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("item_id", pa.string(), "item key; null for searches"),
+        Column("behavior", pa.string(), "one of " + ", ".join(BEHAVIOR_TYPES), nullable=False),
+        Column("query", pa.string(), "search text (searches only; untrusted user text)"),
+        Column("ts", UTC_TS, "event time, UTC", nullable=False),
+        Column("rating", pa.float64(), "explicit rating when the source has one (reviews)"),
+        *_lineage("event date (UTC) of ts"),
+    ),
+)
+
+ITEMS = TableSpec(
+    "items",
+    "Item catalog snapshot per ingest run date; readers take the latest snapshot on or before theirs.",
+    (
+        Column("item_id", pa.string(), "item key", nullable=False),
+        Column("title", pa.string(), "item title (untrusted seller text)", nullable=False),
+        Column("category", pa.string(), "leaf category", nullable=False),
+        Column("category_path", pa.string(), "category path, ' > ' separated"),
+        Column("brand", pa.string(), "brand or store"),
+        Column("price", pa.float64(), "list price"),
+        *_lineage("snapshot date (the ingest's run date)"),
+    ),
+)
+
+USERS = TableSpec(
+    "users",
+    "User profile snapshot per ingest run date.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("age", pa.int32(), "age in years"),
+        Column("gender", pa.string(), "F, M or other/unknown as given by the source"),
+        Column("region", pa.string(), "region key of the situation calendar"),
+        Column("occupation", pa.string(), "occupation, where the source has it"),
+        *_lineage("snapshot date (the ingest's run date)"),
+    ),
+)
+
+ENV_SIGNALS = TableSpec(
+    "env_signals",
+    "The situation per region and day: season, weather, festivals in the air, trends.",
+    (
+        Column("region", pa.string(), "region key", nullable=False),
+        Column("season", pa.string(), "spring, summer, autumn or winter (by hemisphere)", nullable=False),
+        Column("weather", pa.string(), "weather summary"),
+        Column("festivals", pa.list_(pa.string()), "festivals within their lead window"),
+        Column("trends", pa.list_(pa.string()), "trending categories or topics"),
+        *_lineage("the day the signals describe"),
+    ),
+)
+
+QUARANTINE = TableSpec(
+    "quarantine",
+    "Rows a stage refused, with the raw record and every reason; nothing is dropped silently.",
+    (
+        Column("table_name", pa.string(), "the table the row was meant for", nullable=False),
+        Column("source", pa.string(), "where the row came from (file, generator, ...)", nullable=False),
+        Column("raw", pa.string(), "the raw record as JSON", nullable=False),
+        Column("reason", pa.string(), "every failed check, '; ' separated", nullable=False),
+        Column("stage", pa.string(), "stage that quarantined the row", nullable=False),
+        *_lineage("run date of the stage"),
+    ),
+    partition_by=("dt", "stage"),
+)
+
+PLANTED_PERSONAS = TableSpec(
+    "planted_personas",
+    "Ground truth of the synthetic generator: the personas planted in each user.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("persona", pa.string(), "planted persona name", nullable=False),
+        Column("description", pa.string(), "one-line persona description", nullable=False),
+        Column("weight", pa.float64(), "share of the user's activity from this persona", nullable=False),
+        Column("categories", pa.list_(pa.string()), "categories the persona shops in", nullable=False),
+        *_lineage("run date the synthetic world was generated for"),
+    ),
+)
+
+RUNS = TableSpec(
+    "runs",
+    "One row per stage execution (append-only): what ran, on what, how it went.",
+    (
+        Column("run_id", pa.string(), "run id (Airflow's, or generated)", nullable=False),
+        Column("stage", pa.string(), "stage name", nullable=False),
+        Column("config_hash", pa.string(), "sha256 of the resolved config (first 16 hex digits)",
+               nullable=False),
+        Column("rows_in", pa.int64(), "rows read"),
+        Column("rows_out", pa.int64(), "rows written"),
+        Column("rows_quarantined", pa.int64(), "rows quarantined"),
+        Column("seconds", pa.float64(), "wall time", nullable=False),
+        Column("status", pa.string(), "success or failed", nullable=False),
+        Column("error", pa.string(), "error message of a failed run"),
+        Column("details", pa.string(), "stage-specific figures as JSON"),
+        Column("started_at", UTC_TS, "start time (UTC)", nullable=False),
+        Column("dt", pa.date32(), "run date", nullable=False),
+        Column("created_at", UTC_TS, "when the row was written (UTC)", nullable=False),
+    ),
+)
+
+ALL_TABLES: dict[str, TableSpec] = {
+    t.name: t for t in (BEHAVIORS, ITEMS, USERS, ENV_SIGNALS, QUARANTINE, PLANTED_PERSONAS, RUNS)
+}
+
+# What a source must provide for each input table (before lineage columns are added).
+INPUT_TABLES: tuple[str, ...] = ("behaviors", "items", "users", "env_signals")
+REQUIRED_INPUTS: tuple[str, ...] = ("behaviors", "items")
+
+
+def input_columns(table: str) -> list[str]:
+    """Columns a source supplies for an input table: the table's columns less lineage (env_signals
+    keeps dt, the day it describes)."""
+    lineage = {"run_id", "created_at"} | ({"dt"} if table != "env_signals" else set())
+    return [c for c in ALL_TABLES[table].column_names if c not in lineage]

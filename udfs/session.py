@@ -1,0 +1,41 @@
+"""Spark session factory: builds the session from the `spark` config group and registers the
+Delta bridge data source, so every job starts Spark the same way."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from udfs.delta_source import DeltaRsDataSource
+
+
+def build_session(spark_cfg: Mapping[str, Any], app_name: str | None = None) -> SparkSession:
+    python = spark_cfg.get("python") or sys.executable
+    # Executors and the driver's Python workers must run the project's interpreter.
+    os.environ["PYSPARK_PYTHON"] = python
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if str(spark_cfg["master"]).startswith("local"):
+        # Local runs stay on loopback (and Spark stops warning about the host name).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    builder = SparkSession.builder.master(str(spark_cfg["master"])).appName(
+        app_name or str(spark_cfg.get("app_name", "recgpt"))
+    )
+    for key, value in (spark_cfg.get("conf") or {}).items():
+        builder = builder.config(str(key), str(value))
+    builder = builder.config("spark.pyspark.python", python)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(str(spark_cfg.get("log_level", "WARN")))
+    spark.dataSource.register(DeltaRsDataSource)
+    return spark
+
+
+def has_delta_spark(spark: SparkSession) -> bool:
+    """True when the session was configured with the Delta Lake extension (delta-spark jars)."""
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    return "DeltaSparkSessionExtension" in extensions
