@@ -44,13 +44,13 @@ def run(ctx: StageContext) -> None:
     if empty:
         raise SourceError(f"source {cfg.data.source!r} gave no rows for {empty}: nothing to ingest")
     limit = float(cfg.ingest.max_quarantine_fraction)
-    for name, (n_in, n_bad) in counts.items():
-        if n_in and n_bad / n_in > limit:
-            raise SourceError(
-                f"{n_bad:,} of {n_in:,} {name} rows failed their checks (> {limit:.0%}): is the source in "
-                f"the format it claims? First reasons are in the quarantine preview below.\n"
-                + _preview(v.bad(checked[name], name))
-            )
+    over = [name for name, (n_in, n_bad) in counts.items() if n_in and n_bad / n_in > limit]
+    if over:
+        raise SourceError(
+            "; ".join(f"{counts[n][1]:,} of {counts[n][0]:,} {n} rows failed their checks" for n in over)
+            + f" (> {limit:.0%} each): is the source in the format it claims? First reasons:\n"
+            + "\n".join(_preview(v.bad(checked[n], n)) for n in over)
+        )
 
     lineage = ctx.lineage
     targets: dict[str, tuple[TableSpec, str]] = {

@@ -150,15 +150,14 @@ class PartWriter:
         if missing:
             raise StorageError(f"{self.uri}: batch lacks columns {missing}")
         table = table.select(self.schema.names)
-        try:
-            table = table.cast(self.schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise StorageError(f"{self.uri}: batch does not fit the table schema: {exc}") from exc
         for name in self._not_null:
             nulls = table.column(name).null_count
             if nulls:
                 raise StorageError(f"{self.uri}: {nulls} null value(s) in non-nullable column {name!r}")
-        return table
+        try:
+            return table.cast(self.schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise StorageError(f"{self.uri}: batch does not fit the table schema: {exc}") from exc
 
     def _write_batch(self, batch: pa.RecordBatch) -> None:
         table = self._conform(batch)
@@ -445,3 +444,13 @@ def table_version(uri: str, storage_options: Mapping[str, str] | None = None) ->
     if not table_exists(uri, storage_options):
         return None
     return int(DeltaTable(uri, storage_options=dict(storage_options or {})).version())
+
+
+def vacuum(uri: str, retention_hours: int = 168, storage_options: Mapping[str, str] | None = None) -> list[str]:
+    """Delete files no table version within the retention references (orphans of failed writes,
+    files of replaced partitions); returns the deleted paths."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(uri, storage_options=dict(storage_options or {}))
+    return list(table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False,
+                             full=True))

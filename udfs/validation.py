@@ -48,7 +48,8 @@ def _prepare(raw: DataFrame) -> DataFrame:
     """Keep the raw record as JSON text (for quarantine) and the row's source."""
     data_cols = [c for c in raw.columns if c != SOURCE]
     df = raw if SOURCE in raw.columns else raw.withColumn(SOURCE, F.lit("unknown"))
-    return df.withColumn(RAW, F.to_json(F.struct(*[F.col(c).cast("string").alias(c) for c in data_cols])))
+    record = F.struct(*[F.col(c).cast("string").alias(c) for c in data_cols])
+    return df.withColumn(RAW, F.to_json(record, {"ignoreNullFields": "false"}))
 
 
 def _missing_columns(df: DataFrame, table: str, optional: Sequence[str]) -> list[str]:

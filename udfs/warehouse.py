@@ -93,6 +93,9 @@ class Warehouse:
     def version(self, table: str | TableSpec) -> int | None:
         return delta.table_version(self.uri(table), self.options)
 
+    def vacuum(self, table: str | TableSpec, retention_hours: int = 168) -> list[str]:
+        return delta.vacuum(self.uri(table), retention_hours, self.options)
+
     # -- writes ---------------------------------------------------------------------------------
     def conform(self, df: DataFrame, spec: TableSpec, lineage: Lineage | None = None) -> DataFrame:
         """Select the table's columns in order, cast to its types, and fill missing lineage."""

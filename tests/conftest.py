@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from udfs.session import build_session
+
+    session = build_session(
+        {
+            "master": "local[2]",
+            "conf": {
+                "spark.sql.shuffle.partitions": 4,
+                "spark.default.parallelism": 2,
+                "spark.ui.enabled": "false",
+                "spark.ui.showConsoleProgress": "false",
+                "spark.sql.session.timeZone": "UTC",
+                "spark.sql.execution.arrow.pyspark.enabled": "true",
+                "spark.driver.memory": "2g",
+            },
+            "log_level": "ERROR",
+        },
+        "recgpt-tests",
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def warehouse_dir(tmp_path: Path) -> str:
+    path = tmp_path / "warehouse"
+    path.mkdir()
+    return str(path)
+
+
+@pytest.fixture
+def warehouse(spark, warehouse_dir):
+    from udfs.warehouse import Warehouse
+
+    return Warehouse(spark, warehouse_dir, engine="delta-rs")
+
+
+@pytest.fixture(scope="session")
+def project_env() -> dict[str, str]:
+    """Environment for running the project's entry points as subprocesses."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    return env

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from recgpt.calendar import Calendar, season_of
+from recgpt.config import config_hash, load_config
+from recgpt.errors import ConfigError
+
+
+def test_seasons_flip_by_hemisphere():
+    assert season_of(dt.date(2025, 1, 15), "north") == "winter"
+    assert season_of(dt.date(2025, 1, 15), "south") == "summer"
+    assert season_of(dt.date(2025, 10, 28), "south") == "spring"
+    with pytest.raises(ConfigError):
+        season_of(dt.date(2025, 1, 1), "east")
+
+
+def test_festivals_respect_lead_days_regions_and_lunar_dates():
+    cal = Calendar.from_config(load_config(["run.stage=t"]).calendar)
+    assert "halloween" in cal.festivals_on(dt.date(2025, 10, 17), "us-west")
+    assert "halloween" not in cal.festivals_on(dt.date(2025, 10, 16), "us-west")
+    assert "halloween" not in cal.festivals_on(dt.date(2025, 11, 1), "us-west")
+    assert "mid-autumn" in cal.festivals_on(dt.date(2025, 10, 1), "north-cn")
+    assert "mid-autumn" not in cal.festivals_on(dt.date(2025, 10, 1), "us-west")
+    # Christmas lead window crosses into the new year's calendar lookups.
+    assert "new-year" in cal.festivals_on(dt.date(2025, 12, 28), "au-east")
+
+
+def test_unknown_festival_region_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown regions"):
+        Calendar.from_config({"regions": {"a": {"hemisphere": "north"}},
+                              "festivals": [{"name": "x", "month_day": "01-01", "regions": ["b"]}]})
+
+
+def test_synthetic_ingest_runs_through_the_holdout_window():
+    cfg = load_config(["run.stage=t", "run.dt=2025-10-28"])
+    assert cfg.ingest.until == "2025-11-11"
+    assert load_config(["run.stage=t", "data=canonical", "data.path=x"]).ingest.until == cfg.run.dt
+
+
+def test_config_hash_ignores_run_id_but_not_settings():
+    a = load_config(["run.stage=t", "run.run_id=a"])
+    b = load_config(["run.stage=t", "run.run_id=b"])
+    c = load_config(["run.stage=t", "data.users=999"])
+    assert config_hash(a) == config_hash(b) != config_hash(c)
