@@ -30,14 +30,23 @@ def describe() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "memory_gib": mem_gib, "cpu": cpu, "platform": platform.platform(),
-            "python": platform.python_version()}
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def write_result(name: str, figures: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-               "machine": describe(), **figures}
+    payload = {
+        "benchmark": name,
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": describe(),
+        **figures,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

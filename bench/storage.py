@@ -24,14 +24,17 @@ from udfs.warehouse import Lineage, Warehouse
 
 
 def behaviours(spark: SparkSession, rows: int, days: int) -> DataFrame:
-    kinds = F.array(*[F.lit(k) for k in ("view", "view", "view", "click", "fav", "cart", "purchase", "search")])
+    kinds = F.array(
+        *[F.lit(k) for k in ("view", "view", "view", "click", "fav", "cart", "purchase", "search")]
+    )
     base = F.lit("2025-09-01 00:00:00").cast("timestamp")
     df = spark.range(0, rows, numPartitions=spark.sparkContext.defaultParallelism * 2).select(
         F.concat(F.lit("u"), F.lpad((F.col("id") % 50_000).cast("string"), 8, "0")).alias("user_id"),
         F.concat(F.lit("i"), F.lpad((F.hash("id") % 100_000).cast("string"), 7, "0")).alias("item_id"),
         F.element_at(kinds, (F.col("id") % 8 + 1).cast("int")).alias("behavior"),
-        F.when(F.col("id") % 8 == 7, F.concat(F.lit("waterproof boots "), (F.col("id") % 97).cast("string")))
-        .alias("query"),
+        F.when(
+            F.col("id") % 8 == 7, F.concat(F.lit("waterproof boots "), (F.col("id") % 97).cast("string"))
+        ).alias("query"),
         (base + F.make_interval(secs=(F.col("id") * 7919 % (days * 86400)).cast("int"))).alias("ts"),
         F.when(F.col("id") % 50 == 0, (F.col("id") % 5 + 1).cast("double")).alias("rating"),
     )
@@ -45,18 +48,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    spark = build_session({
-        "master": "local[*]",
-        "conf": {"spark.driver.memory": "8g", "spark.sql.shuffle.partitions": 8, "spark.ui.enabled": "false",
-                 "spark.ui.showConsoleProgress": "false", "spark.sql.session.timeZone": "UTC",
-                 "spark.sql.execution.arrow.maxRecordsPerBatch": 65536},
-        "log_level": "ERROR",
-    }, "bench-storage")
+    spark = build_session(
+        {
+            "master": "local[*]",
+            "conf": {
+                "spark.driver.memory": "8g",
+                "spark.sql.shuffle.partitions": 8,
+                "spark.ui.enabled": "false",
+                "spark.ui.showConsoleProgress": "false",
+                "spark.sql.session.timeZone": "UTC",
+                "spark.sql.execution.arrow.maxRecordsPerBatch": 65536,
+            },
+            "log_level": "ERROR",
+        },
+        "bench-storage",
+    )
     root = tempfile.mkdtemp(prefix="bench-storage-")
     warehouse = Warehouse(spark, f"{root}/delta", engine="delta-rs")
     # Both writers get exactly the same rows, already materialised, in the same column order.
-    df = warehouse.conform(behaviours(spark, args.rows, args.days), BEHAVIORS,
-                           Lineage.now("2025-10-01", "bench")).persist(StorageLevel.MEMORY_ONLY)
+    df = warehouse.conform(
+        behaviours(spark, args.rows, args.days), BEHAVIORS, Lineage.now("2025-10-01", "bench")
+    ).persist(StorageLevel.MEMORY_ONLY)
     rows = df.count()
 
     delta_s: list[float] = []

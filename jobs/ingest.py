@@ -10,8 +10,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recgpt.errors import RowCountMismatchError, SourceError
 from jobs.stage import StageContext, main_for
+from recgpt.errors import RowCountMismatchError, SourceError
 from recgpt.tables import BEHAVIORS, ENV_SIGNALS, ITEMS, QUARANTINE, USERS, TableSpec
 from udfs import validation as v
 from udfs.sources import read_source
@@ -72,7 +72,10 @@ def run(ctx: StageContext) -> None:
         quarantine = part if quarantine is None else quarantine.unionByName(part)
     assert quarantine is not None
     q = ctx.warehouse.write(
-        quarantine.withColumn("stage", F.lit(STAGE)), QUARANTINE, mode="replace", lineage=lineage,
+        quarantine.withColumn("stage", F.lit(STAGE)),
+        QUARANTINE,
+        mode="replace",
+        lineage=lineage,
         where={"dt": lineage.dt, "stage": STAGE},
     )
     ctx.report.wrote(QUARANTINE.name, q.rows, q.version)
@@ -91,13 +94,16 @@ def run(ctx: StageContext) -> None:
 
 
 def _counts(df: DataFrame) -> tuple[int, int]:
-    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum((F.size(v.REASONS) > 0).cast("long")).alias("bad")).first()
+    row = df.agg(
+        F.count(F.lit(1)).alias("n"), F.sum((F.size(v.REASONS) > 0).cast("long")).alias("bad")
+    ).first()
     assert row is not None
     return int(row["n"]), int(row["bad"] or 0)
 
 
-def _reconcile(counts: dict[str, tuple[int, int]], written: dict[str, int], quarantined: int,
-               lineage: Lineage) -> None:
+def _reconcile(
+    counts: dict[str, tuple[int, int]], written: dict[str, int], quarantined: int, lineage: Lineage
+) -> None:
     """rows in == rows written + rows quarantined, per table and in total (from the commits)."""
     problems = [
         f"{name}: in={n_in:,} written={written[name]:,} quarantined={n_bad:,}"

@@ -87,15 +87,24 @@ def execute(ctx: StageContext, fn: StageFn) -> StageReport:
     return ctx.report
 
 
-def _record_run(ctx: StageContext, started: _dt.datetime, seconds: float, status: str,
-                error: str | None) -> None:
+def _record_run(
+    ctx: StageContext, started: _dt.datetime, seconds: float, status: str, error: str | None
+) -> None:
     r = ctx.report
     row = {
-        "run_id": ctx.lineage.run_id, "stage": ctx.stage, "config_hash": config_hash(ctx.cfg),
-        "rows_in": r.rows_in, "rows_out": r.rows_out, "rows_quarantined": r.rows_quarantined,
-        "seconds": round(seconds, 3), "status": status, "error": (error or None) and error[:4000],
-        "details": json.dumps(r.details, default=str), "started_at": started,
-        "dt": _dt.date.fromisoformat(ctx.dt), "created_at": _dt.datetime.now(_dt.UTC),
+        "run_id": ctx.lineage.run_id,
+        "stage": ctx.stage,
+        "config_hash": config_hash(ctx.cfg),
+        "rows_in": r.rows_in,
+        "rows_out": r.rows_out,
+        "rows_quarantined": r.rows_quarantined,
+        "seconds": round(seconds, 3),
+        "status": status,
+        "error": (error or None) and error[:4000],
+        "details": json.dumps(r.details, default=str),
+        "started_at": started,
+        "dt": _dt.date.fromisoformat(ctx.dt),
+        "created_at": _dt.datetime.now(_dt.UTC),
     }
     try:
         import pyarrow as pa
@@ -114,8 +123,10 @@ def render_summary(ctx: StageContext, seconds: float, status: str, error: str | 
         f"   rows     in={_n(r.rows_in)}  out={_n(r.rows_out)}  quarantined={_n(r.rows_quarantined)}",
     ]
     for table, info in (r.details.get("tables") or {}).items():
-        lines.append(f"   table    {table:<18} {info['rows']:>12,} rows  v{info['version']}  "
-                     f"{ctx.warehouse.uri(table)}")
+        lines.append(
+            f"   table    {table:<18} {info['rows']:>12,} rows  v{info['version']}  "
+            f"{ctx.warehouse.uri(table)}"
+        )
     for key, value in r.details.items():
         if key != "tables":
             lines.append(f"   {key:<8} {value}")
@@ -142,8 +153,11 @@ def hydra_entry(stage: str, body: Callable[[DictConfig], None]) -> Callable[[], 
     and failures turned into a one-line message and exit code 1."""
     import hydra
 
-    @hydra.main(config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="config",
-                version_base="1.3")
+    @hydra.main(
+        config_path=str(Path(__file__).resolve().parent.parent / "conf"),
+        config_name="config",
+        version_base="1.3",
+    )
     def _main(cfg: DictConfig) -> None:
         try:
             body(cfg)
@@ -152,8 +166,11 @@ def hydra_entry(stage: str, body: Callable[[DictConfig], None]) -> Callable[[], 
             sys.exit(1)
         except Exception:
             log.error("%s failed:\n%s", stage, traceback.format_exc())
-            print(f"{stage} failed with an unexpected error (traceback above and in the Hydra log "
-                  "folder under <warehouse>/_logs/)", file=sys.stderr)
+            print(
+                f"{stage} failed with an unexpected error (traceback above and in the Hydra log "
+                "folder under <warehouse>/_logs/)",
+                file=sys.stderr,
+            )
             sys.exit(1)
 
     def entry() -> None:

@@ -22,9 +22,15 @@ def _date_add(day: str, days: Any) -> str:
     return (_dt.date.fromisoformat(str(day)) + _dt.timedelta(days=int(days))).isoformat()
 
 
+def _conf_path(relative: str) -> str:
+    return str(CONF_DIR / relative)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("date_add"):
         OmegaConf.register_new_resolver("date_add", _date_add)
+    if not OmegaConf.has_resolver("conf_path"):
+        OmegaConf.register_new_resolver("conf_path", _conf_path)
 
 
 register_resolvers()

@@ -173,9 +173,7 @@ class PartWriter:
             self._append(values, part)
 
     def _partition_key(self, table: pa.Table) -> pa.ChunkedArray:
-        strings = [
-            pc.fill_null(pc.cast(table.column(c), pa.string()), "\x00") for c in self.partition_by
-        ]
+        strings = [pc.fill_null(pc.cast(table.column(c), pa.string()), "\x00") for c in self.partition_by]
         if len(strings) == 1:
             return strings[0]
         return pc.binary_join_element_wise(*strings, "\x1f")
@@ -272,15 +270,16 @@ def table_exists(uri: str, storage_options: Mapping[str, str] | None = None) -> 
     return bool(DeltaTable.is_deltatable(uri, storage_options=dict(storage_options or {})))
 
 
-def _filters_for(mode: WriteMode, where: Mapping[str, str], adds: Sequence[FileAdd],
-                 partition_by: Sequence[str]) -> list[tuple[str, str, Any]] | None:
+def _filters_for(
+    mode: WriteMode, where: Mapping[str, str], adds: Sequence[FileAdd], partition_by: Sequence[str]
+) -> list[tuple[str, str, Any]] | None:
     if mode == "replace":
         return [(col, "=", val) for col, val in where.items()]
     if mode == "replace_partitions":
         if len(partition_by) != 1:
             raise StorageError("replace_partitions needs exactly one partition column")
         col = partition_by[0]
-        values = sorted({a.partition_values[col] for a in adds if a.partition_values[col] is not None})
+        values = sorted({v for a in adds if (v := a.partition_values[col]) is not None})
         return [(col, "in", values)] if values else None
     return None
 
@@ -322,9 +321,15 @@ def commit(
         try:
             if not table_exists(uri, opts):
                 create_table_with_add_actions(
-                    uri, delta_schema, actions, mode="error", partition_by=list(partition_by) or None,
-                    name=uri.rstrip("/").rsplit("/", 1)[-1], description=description,
-                    storage_options=opts, commit_properties=props,
+                    uri,
+                    delta_schema,
+                    actions,
+                    mode="error",
+                    partition_by=list(partition_by) or None,
+                    name=uri.rstrip("/").rsplit("/", 1)[-1],
+                    description=description,
+                    storage_options=opts,
+                    commit_properties=props,
                 )
             else:
                 table = DeltaTable(uri, storage_options=opts)
@@ -333,8 +338,12 @@ def commit(
                 if delta_mode == "append" and not actions:
                     return int(table.version())
                 table.create_write_transaction(
-                    actions, mode=delta_mode, schema=delta_schema, partition_by=list(partition_by) or None,
-                    partition_filters=filters, commit_properties=props,
+                    actions,
+                    mode=delta_mode,
+                    schema=delta_schema,
+                    partition_by=list(partition_by) or None,
+                    partition_filters=filters,
+                    commit_properties=props,
                 )
             return int(DeltaTable(uri, storage_options=opts).version())
         except CommitFailedError as exc:
@@ -360,6 +369,24 @@ class LiveFile:
     path: str  # absolute URI
     partition_values: dict[str, str | None]
     num_records: int
+    size: int = 0
+
+
+def pack_files(files: Sequence[LiveFile], target_bytes: int) -> list[list[LiveFile]]:
+    """Group files, in order, into read splits of about `target_bytes` (a big file is its own
+    split): one task per tiny day-partition file would spend its time starting, not reading."""
+    splits: list[list[LiveFile]] = []
+    current: list[LiveFile] = []
+    size = 0
+    for f in files:
+        if current and size + f.size > target_bytes:
+            splits.append(current)
+            current, size = [], 0
+        current.append(f)
+        size += f.size
+    if current:
+        splits.append(current)
+    return splits
 
 
 def live_files(
@@ -393,7 +420,12 @@ def live_files(
         dt = pv.get("dt")
         if dt is not None and ((dt_from and dt < dt_from) or (dt_to and dt > dt_to)):
             continue
-        files.append(LiveFile(f"{root}/{row['path']}", pv, int(row.get("num_records") or 0)))
+        files.append(
+            LiveFile(
+                f"{root}/{row['path']}", pv, int(row.get("num_records") or 0), int(row.get("size_bytes") or 0)
+            )
+        )
+    files.sort(key=lambda f: f.path)
     return schema, partition_by, files
 
 
@@ -402,7 +434,9 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def read_file(
-    file: LiveFile, schema: pa.Schema, storage_options: Mapping[str, str] | None = None,
+    file: LiveFile,
+    schema: pa.Schema,
+    storage_options: Mapping[str, str] | None = None,
     batch_rows: int = 65_536,
 ) -> Iterator[pa.RecordBatch]:
     """Read one live file as batches of the full table schema (partition columns filled in)."""
@@ -423,7 +457,10 @@ def read_file(
 
 
 def read_table(
-    uri: str, version: int | None = None, dt_from: str | None = None, dt_to: str | None = None,
+    uri: str,
+    version: int | None = None,
+    dt_from: str | None = None,
+    dt_to: str | None = None,
     storage_options: Mapping[str, str] | None = None,
 ) -> pa.Table:
     """Read a table (or a dt range of it) into Arrow through deltalake itself, without Spark."""
@@ -446,11 +483,16 @@ def table_version(uri: str, storage_options: Mapping[str, str] | None = None) ->
     return int(DeltaTable(uri, storage_options=dict(storage_options or {})).version())
 
 
-def vacuum(uri: str, retention_hours: int = 168, storage_options: Mapping[str, str] | None = None) -> list[str]:
+def vacuum(
+    uri: str, retention_hours: int = 168, storage_options: Mapping[str, str] | None = None
+) -> list[str]:
     """Delete files no table version within the retention references (orphans of failed writes,
     files of replaced partitions); returns the deleted paths."""
     from deltalake import DeltaTable
 
     table = DeltaTable(uri, storage_options=dict(storage_options or {}))
-    return list(table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False,
-                             full=True))
+    return list(
+        table.vacuum(
+            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
+        )
+    )

@@ -135,8 +135,9 @@ RUNS = TableSpec(
     (
         Column("run_id", pa.string(), "run id (Airflow's, or generated)", nullable=False),
         Column("stage", pa.string(), "stage name", nullable=False),
-        Column("config_hash", pa.string(), "sha256 of the resolved config (first 16 hex digits)",
-               nullable=False),
+        Column(
+            "config_hash", pa.string(), "sha256 of the resolved config (first 16 hex digits)", nullable=False
+        ),
         Column("rows_in", pa.int64(), "rows read"),
         Column("rows_out", pa.int64(), "rows written"),
         Column("rows_quarantined", pa.int64(), "rows quarantined"),

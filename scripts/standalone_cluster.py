@@ -12,9 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 
 import pyspark
 
@@ -42,11 +42,17 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], what: s
 
 
 @contextmanager
-def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g",
-                       work_dir: str | None = None, log_dir: str | None = None) -> Iterator[str]:
+def standalone_cluster(
+    workers: int = 2,
+    cores: int = 1,
+    memory: str = "1g",
+    work_dir: str | None = None,
+    log_dir: str | None = None,
+) -> Iterator[str]:
     """Start a master and `workers` workers on 127.0.0.1; yields the master URL; stops them all."""
-    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_PYTHON=sys.executable,
-               PYSPARK_PYTHON=sys.executable)
+    env = dict(
+        os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_PYTHON=sys.executable, PYSPARK_PYTHON=sys.executable
+    )
     log_root = Path(log_dir or work_dir or ".").resolve()
     log_root.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -54,9 +60,19 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g",
     try:
         with open(log_root / "master.log", "wb") as out:
             master = subprocess.Popen(
-                [_spark_class(), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                 "--port", str(port), "--webui-port", str(_free_port())],
-                env=env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    _spark_class(),
+                    "org.apache.spark.deploy.master.Master",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--webui-port",
+                    str(_free_port()),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         procs.append(master)
         _wait_port(port, 60, master, "spark master")
@@ -67,10 +83,26 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g",
             wport = _free_port()
             with open(log_root / f"worker-{i}.log", "wb") as out:
                 worker = subprocess.Popen(
-                    [_spark_class(), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                     "--port", str(wport), "--webui-port", str(_free_port()), "--cores", str(cores),
-                     "--memory", memory, "--work-dir", str(wdir), url],
-                    env=env, stdout=out, stderr=subprocess.STDOUT,
+                    [
+                        _spark_class(),
+                        "org.apache.spark.deploy.worker.Worker",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(wport),
+                        "--webui-port",
+                        str(_free_port()),
+                        "--cores",
+                        str(cores),
+                        "--memory",
+                        memory,
+                        "--work-dir",
+                        str(wdir),
+                        url,
+                    ],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                 )
             procs.append(worker)
             _wait_port(wport, 60, worker, f"spark worker {i}")
@@ -93,7 +125,9 @@ def main() -> None:
     parser.add_argument("--work-dir", default="warehouse/_cluster")
     args = parser.parse_args()
     with standalone_cluster(args.workers, args.cores, args.memory, args.work_dir) as url:
-        print(f"master {url}; run stages with: SPARK_MASTER_URL={url} python -m jobs.<stage> spark=standalone")
+        print(
+            f"master {url}; run stages with: SPARK_MASTER_URL={url} python -m jobs.<stage> spark=standalone"
+        )
         try:
             while True:
                 time.sleep(3600)

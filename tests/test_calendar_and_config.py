@@ -30,8 +30,12 @@ def test_festivals_respect_lead_days_regions_and_lunar_dates():
 
 def test_unknown_festival_region_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown regions"):
-        Calendar.from_config({"regions": {"a": {"hemisphere": "north"}},
-                              "festivals": [{"name": "x", "month_day": "01-01", "regions": ["b"]}]})
+        Calendar.from_config(
+            {
+                "regions": {"a": {"hemisphere": "north"}},
+                "festivals": [{"name": "x", "month_day": "01-01", "regions": ["b"]}],
+            }
+        )
 
 
 def test_synthetic_ingest_runs_through_the_holdout_window():

@@ -48,18 +48,27 @@ def test_round_trip_spark_and_deltalake_agree(spark, warehouse):
     via_deltalake = delta.read_table(warehouse.uri(BEHAVIORS))
     cols = BEHAVIORS.column_names
     assert via_spark.num_rows == via_deltalake.num_rows == 800
-    assert sorted_rows(via_spark.select(cols)) == sorted_rows(via_deltalake.select(cols).cast(via_spark.select(cols).schema))
+    assert sorted_rows(via_spark.select(cols)) == sorted_rows(
+        via_deltalake.select(cols).cast(via_spark.select(cols).schema)
+    )
     # Partition pruning by dt returns exactly that day.
     assert warehouse.read(BEHAVIORS, dt="2025-10-27").count() == 500
 
 
 def test_replace_is_idempotent_and_only_touches_its_partition(spark, warehouse):
-    warehouse.write(behaviors_df(spark, "2025-10-27", 50), BEHAVIORS, mode="replace",
-                    lineage=lineage("2025-10-27"))
+    warehouse.write(
+        behaviors_df(spark, "2025-10-27", 50), BEHAVIORS, mode="replace", lineage=lineage("2025-10-27")
+    )
     for run in ("r1", "r2"):
-        warehouse.write(behaviors_df(spark, "2025-10-28", 40), BEHAVIORS, mode="replace",
-                        lineage=lineage("2025-10-28", run))
-    counts = {r["dt"].isoformat(): r["count"] for r in warehouse.read(BEHAVIORS).groupBy("dt").count().collect()}
+        warehouse.write(
+            behaviors_df(spark, "2025-10-28", 40),
+            BEHAVIORS,
+            mode="replace",
+            lineage=lineage("2025-10-28", run),
+        )
+    counts = {
+        r["dt"].isoformat(): r["count"] for r in warehouse.read(BEHAVIORS).groupBy("dt").count().collect()
+    }
     assert counts == {"2025-10-27": 50, "2025-10-28": 40}
     assert {r.run_id for r in warehouse.read(BEHAVIORS, dt="2025-10-28").select("run_id").collect()} == {"r2"}
     # Each write was exactly one commit.
@@ -69,21 +78,30 @@ def test_replace_is_idempotent_and_only_touches_its_partition(spark, warehouse):
 def test_replace_partitions_replaces_only_the_days_written(spark, warehouse):
     both = behaviors_df(spark, "2025-10-27", 10).unionByName(behaviors_df(spark, "2025-10-28", 10))
     warehouse.write(both, BEHAVIORS, mode="replace_partitions", lineage=lineage())
-    warehouse.write(behaviors_df(spark, "2025-10-28", 3), BEHAVIORS, mode="replace_partitions",
-                    lineage=lineage(run="r2"))
-    counts = {r["dt"].isoformat(): r["count"] for r in warehouse.read(BEHAVIORS).groupBy("dt").count().collect()}
+    warehouse.write(
+        behaviors_df(spark, "2025-10-28", 3), BEHAVIORS, mode="replace_partitions", lineage=lineage(run="r2")
+    )
+    counts = {
+        r["dt"].isoformat(): r["count"] for r in warehouse.read(BEHAVIORS).groupBy("dt").count().collect()
+    }
     assert counts == {"2025-10-27": 10, "2025-10-28": 3}
 
 
 def test_replace_with_two_partition_columns(spark, warehouse):
     def q(stage: str, n: int):
         rows = [("behaviors", "f.csv", "{}", "bad", stage)] * n
-        return spark.createDataFrame(rows, "table_name string, source string, raw string, reason string, stage string")
+        return spark.createDataFrame(
+            rows, "table_name string, source string, raw string, reason string, stage string"
+        )
 
     lin = lineage()
-    warehouse.write(q("ingest", 5), QUARANTINE, mode="replace", lineage=lin, where={"dt": lin.dt, "stage": "ingest"})
+    warehouse.write(
+        q("ingest", 5), QUARANTINE, mode="replace", lineage=lin, where={"dt": lin.dt, "stage": "ingest"}
+    )
     warehouse.write(q("dq", 2), QUARANTINE, mode="replace", lineage=lin, where={"dt": lin.dt, "stage": "dq"})
-    warehouse.write(q("ingest", 4), QUARANTINE, mode="replace", lineage=lin, where={"dt": lin.dt, "stage": "ingest"})
+    warehouse.write(
+        q("ingest", 4), QUARANTINE, mode="replace", lineage=lin, where={"dt": lin.dt, "stage": "ingest"}
+    )
     counts = {r["stage"]: r["count"] for r in warehouse.read(QUARANTINE).groupBy("stage").count().collect()}
     assert counts == {"ingest": 4, "dq": 2}
 
@@ -102,7 +120,11 @@ def test_failing_task_leaves_table_at_previous_version(spark, warehouse):
             raise ValueError("boom inside a task")
         return item_id
 
-    broken = behaviors_df(spark, "2025-10-28", 20).repartition(2).withColumn("item_id", explode_on_row_7("item_id"))
+    broken = (
+        behaviors_df(spark, "2025-10-28", 20)
+        .repartition(2)
+        .withColumn("item_id", explode_on_row_7("item_id"))
+    )
     with pytest.raises(Exception, match="boom inside a task"):
         warehouse.write(broken, BEHAVIORS, mode="replace", lineage=lineage(run="r2"))
     assert warehouse.version(BEHAVIORS) == 0
@@ -133,33 +155,56 @@ def test_null_in_required_column_is_refused(spark, warehouse):
 
 def test_read_an_older_version(spark, warehouse):
     warehouse.write(behaviors_df(spark, "2025-10-28", 5), BEHAVIORS, mode="replace", lineage=lineage())
-    warehouse.write(behaviors_df(spark, "2025-10-28", 9), BEHAVIORS, mode="replace", lineage=lineage(run="r2"))
+    warehouse.write(
+        behaviors_df(spark, "2025-10-28", 9), BEHAVIORS, mode="replace", lineage=lineage(run="r2")
+    )
     assert warehouse.read(BEHAVIORS, version=0).count() == 5
     assert warehouse.read(BEHAVIORS).count() == 9
 
 
 def test_reading_a_missing_table_says_which(spark, warehouse):
-    with pytest.raises(Exception, match="no Delta table at .*behaviors"):
+    with pytest.raises(Exception, match=r"no Delta table at .*behaviors"):
         warehouse.read(BEHAVIORS).count()
 
 
 # -- concurrency, on the commit protocol itself (what every Spark write ends in) ----------------
 
+
 def _arrow_rows(day: str, n: int, writer: str) -> pa.RecordBatch:
     ts = dt.datetime.fromisoformat(day).replace(tzinfo=UTC)
     return pa.RecordBatch.from_pylist(
-        [{"user_id": writer, "item_id": f"i{i}", "behavior": "view", "query": None, "ts": ts, "rating": None,
-          "dt": ts.date(), "run_id": writer, "created_at": ts} for i in range(n)],
+        [
+            {
+                "user_id": writer,
+                "item_id": f"i{i}",
+                "behavior": "view",
+                "query": None,
+                "ts": ts,
+                "rating": None,
+                "dt": ts.date(),
+                "run_id": writer,
+                "created_at": ts,
+            }
+            for i in range(n)
+        ],
         schema=BEHAVIORS.schema,
     )
 
 
 def _write(uri: str, writer: str, mode: str, n: int, day: str = "2025-10-28") -> None:
-    parts = delta.PartWriter(uri, BEHAVIORS.schema, BEHAVIORS.partition_by,
-                             required={"dt": day} if mode == "replace" else {})
+    parts = delta.PartWriter(
+        uri, BEHAVIORS.schema, BEHAVIORS.partition_by, required={"dt": day} if mode == "replace" else {}
+    )
     adds = parts.write_batches([_arrow_rows(day, n, writer)])
-    delta.commit(uri, BEHAVIORS.schema, BEHAVIORS.partition_by, adds, mode,  # type: ignore[arg-type]
-                 where={"dt": day} if mode == "replace" else None, retries=10)
+    delta.commit(
+        uri,
+        BEHAVIORS.schema,
+        BEHAVIORS.partition_by,
+        adds,
+        mode,  # type: ignore[arg-type]
+        where={"dt": day} if mode == "replace" else None,
+        retries=10,
+    )
 
 
 def test_concurrent_appends_all_land_and_the_table_stays_readable(warehouse_dir):

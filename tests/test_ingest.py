@@ -72,9 +72,23 @@ def make_source(tmp_path: Path) -> Path:
 
 def run_ingest(tmp_path: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.ingest", "run.dt=2025-10-28", "data=canonical", f"data.path={tmp_path / 'src'}",
-         "data.format=csv", f"storage.warehouse={tmp_path / 'wh'}", "spark.master='local[2]'", *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "jobs.ingest",
+            "run.dt=2025-10-28",
+            "data=canonical",
+            f"data.path={tmp_path / 'src'}",
+            "data.format=csv",
+            f"storage.warehouse={tmp_path / 'wh'}",
+            "spark.master='local[2]'",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -109,8 +123,12 @@ def test_malformed_rows_are_quarantined_with_reasons_and_counts_add_up(tmp_path,
     assert len(items) + (quarantine.table_name == "items").sum() == ITEMS_CSV.count("\n") - 1
     assert len(users) + (quarantine.table_name == "users").sum() == USERS_CSV.count("\n") - 1
     item_reasons = set(quarantine[quarantine.table_name == "items"].reason)
-    assert {"duplicate item_id", "missing title; negative price", "missing item_id",
-            "price is not a number"} <= item_reasons
+    assert {
+        "duplicate item_id",
+        "missing title; negative price",
+        "missing item_id",
+        "price is not a number",
+    } <= item_reasons
     # Every quarantined row names its file and keeps the raw record.
     assert all(s.endswith("part-0.csv") for s in quarantine.source)
     assert all(json.loads(r) for r in quarantine.raw)
@@ -139,7 +157,9 @@ def test_a_source_of_the_wrong_format_stops_with_a_clear_error(tmp_path, project
     (src / "items" / "part-0.csv").write_text(ITEMS_CSV.split("i2,Luma non-slip yoga mat (dup)")[0])
     (src / "users" / "part-0.csv").write_text(USERS_CSV.split("u2,")[0])
     # Behaviours that are not CSV at all: every line fails its checks.
-    (src / "behaviors" / "part-0.csv").write_text("user_id,item_id,behavior,query,ts,rating\n" + "\x00\x01garbage\n" * 20)
+    (src / "behaviors" / "part-0.csv").write_text(
+        "user_id,item_id,behavior,query,ts,rating\n" + "\x00\x01garbage\n" * 20
+    )
     proc = run_ingest(tmp_path, project_env)
     assert proc.returncode == 1
     assert "ingest failed: 20 of 20 behaviors rows failed their checks (> 50% each)" in proc.stderr

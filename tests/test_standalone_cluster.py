@@ -26,15 +26,20 @@ ROUND_TRIP = textwrap.dedent("""
     cfg = load_config(["run.stage=roundtrip", "spark=standalone"])
     spark = build_session(OmegaConf.to_container(cfg.spark, resolve=True), "roundtrip")
     executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
-    wh = Warehouse(spark, wh_dir, engine="delta-rs")
+    # Small read splits, so the read is many tasks spread over both workers.
+    wh = Warehouse(spark, wh_dir, engine="delta-rs", read_split_bytes=64 * 1024)
     df = wh.read(BEHAVIORS)
     # Copy every day of behaviour through executor tasks into a new table, then compare.
     copy = BEHAVIORS.__class__("behaviors_copy", BEHAVIORS.doc, BEHAVIORS.columns, BEHAVIORS.partition_by)
     result = wh.write(df, copy, mode="replace_partitions")
-    hosts = sorted({r[0] for r in df.rdd.mapPartitions(
-        lambda _: [__import__("socket").gethostname() + ":" + str(__import__("os").getpid())]).map(lambda x: (x,)).collect()})
+    def where_am_i(_):
+        # Executors run their Python workers in <worker work dir>/<app id>/<executor id>.
+        import os
+        yield os.getcwd()
+
+    places = set(df.rdd.mapPartitions(where_am_i).collect())
     print(json.dumps({"executors": executors, "rows": result.rows, "spark_count": df.count(),
-                      "worker_pids": len(hosts)}))
+                      "partitions": df.rdd.getNumPartitions(), "executor_dirs": sorted(places)}))
     spark.stop()
 """)
 
@@ -45,13 +50,31 @@ def test_ingest_and_delta_round_trip_on_a_standalone_cluster(tmp_path, project_e
     with standalone_cluster(workers=2, cores=1, memory="1g", work_dir=str(tmp_path / "cluster")) as url:
         env = dict(project_env, SPARK_MASTER_URL=url)
         ingest = subprocess.run(
-            [sys.executable, "-m", "jobs.ingest", "run.dt=2025-10-28", "spark=standalone", "data.users=80",
-             "data.items=400", f"storage.warehouse={wh}"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "jobs.ingest",
+                "run.dt=2025-10-28",
+                "spark=standalone",
+                "data.users=80",
+                "data.items=400",
+                f"storage.warehouse={wh}",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert ingest.returncode == 0, ingest.stderr[-4000:]
-        trip = subprocess.run([sys.executable, "-c", ROUND_TRIP, str(wh)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
+        trip = subprocess.run(
+            [sys.executable, "-c", ROUND_TRIP, str(wh)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert trip.returncode == 0, trip.stderr[-4000:]
     import json
 
@@ -60,7 +83,12 @@ def test_ingest_and_delta_round_trip_on_a_standalone_cluster(tmp_path, project_e
     copy = DeltaTable(str(wh / "behaviors_copy")).to_pyarrow_table()
     # The driver plus two worker executors took part; the tasks ran in worker processes.
     assert figures["executors"] == 3
-    assert figures["worker_pids"] >= 2
+    assert figures["partitions"] > 2
+    dirs = figures["executor_dirs"]
+    assert len(dirs) == 2 and {d.split("/cluster/")[1].split("/")[0] for d in dirs} == {
+        "worker-0",
+        "worker-1",
+    }
     assert figures["rows"] == figures["spark_count"] == behaviors.num_rows == copy.num_rows > 0
     cols = ["user_id", "item_id", "behavior", "ts"]
     key = [(c, "ascending") for c in cols]

@@ -43,7 +43,9 @@ def test_behaviour_stays_inside_the_horizon_and_uses_every_type(world):
     assert pc.min(ts).as_py().date() >= spec.start
     assert pc.max(ts).as_py().date() <= spec.end
     # The held-out window after the run date has activity to evaluate against.
-    assert pc.sum(pc.greater_equal(ts, dt.datetime.combine(spec.run_dt, dt.time(), tzinfo=dt.UTC))).as_py() > 0
+    assert (
+        pc.sum(pc.greater_equal(ts, dt.datetime.combine(spec.run_dt, dt.time(), tzinfo=dt.UTC))).as_py() > 0
+    )
     searches = table.filter(pc.equal(table.column("behavior"), "search"))
     assert searches.column("item_id").null_count == searches.num_rows
     assert searches.column("query").null_count == 0
@@ -52,7 +54,9 @@ def test_behaviour_stays_inside_the_horizon_and_uses_every_type(world):
 def test_planted_personas_drive_what_users_browse(world):
     spec, _, catalog, index, contexts = world
     users, planted = gen.make_users(spec, range(60))
-    item_cat = dict(zip(catalog.column("item_id").to_pylist(), catalog.column("category").to_pylist(), strict=True))
+    item_cat = dict(
+        zip(catalog.column("item_id").to_pylist(), catalog.column("category").to_pylist(), strict=True)
+    )
     table = gen.make_behaviors(spec, range(60), index, contexts)
     by_user: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for row in table.select(["user_id", "item_id"]).to_pylist():
@@ -61,8 +65,10 @@ def test_planted_personas_drive_what_users_browse(world):
     planted_cats: dict[str, set[str]] = collections.defaultdict(set)
     for row in planted.to_pylist():
         planted_cats[row["user_id"]] |= set(PERSONA_BY_NAME[row["persona"]].categories)
-    shares = [sum(c for k, c in counts.items() if k in planted_cats[u]) / sum(counts.values())
-              for u, counts in by_user.items()]
+    shares = [
+        sum(c for k, c in counts.items() if k in planted_cats[u]) / sum(counts.values())
+        for u, counts in by_user.items()
+    ]
     # Apart from the noise sessions, users shop in their planted personas' categories.
     assert min(shares) > 0.6
     assert sum(shares) / len(shares) > 0.8
@@ -78,7 +84,9 @@ def test_demand_follows_season_and_festivals(world):
     coats = CATEGORY_BY_NAME["coats"]
     assert gen.demand_multiplier(coats, "winter", ()) > 4 * gen.demand_multiplier(coats, "summer", ())
     costumes = CATEGORY_BY_NAME["kids-costumes"]
-    assert gen.demand_multiplier(costumes, "autumn", ("halloween",)) == 3 * gen.demand_multiplier(costumes, "autumn", ())
+    assert gen.demand_multiplier(costumes, "autumn", ("halloween",)) == 3 * gen.demand_multiplier(
+        costumes, "autumn", ()
+    )
     signals = gen.make_env_signals(spec, calendar).to_pylist()
     oct28 = {r["region"]: r for r in signals if r["dt"] == dt.date(2025, 10, 28)}
     assert oct28["north-cn"]["season"] == "autumn" and oct28["au-east"]["season"] == "spring"

@@ -1,8 +1,10 @@
 """Spark Python Data Source `recgpt_delta`: Delta tables through delta-rs, for Spark without the
 Delta jars. Tasks write Parquet parts and return them; the driver commits ONE Delta transaction.
 
-Reads plan one Spark partition per live file of the requested table version (pruned by dt range),
-so removed files are never read. Options are strings; see `Warehouse` for the typed front door.
+Reads plan from the live files of the requested table version (pruned by dt range), so removed
+files are never read; small files are packed into splits of about `split_bytes` (a big file is its
+own split) so a table of many tiny day partitions does not cost one task per file. Options are
+strings; `udfs.warehouse.Warehouse` is the typed front door.
 """
 
 from __future__ import annotations
@@ -41,17 +43,17 @@ class PartsWritten(WriterCommitMessage):
     adds: list[delta.FileAdd]
 
 
-class _FilePartition(InputPartition):
-    def __init__(self, file: delta.LiveFile) -> None:
-        super().__init__(file.path)
-        self.file = file
+class _FilesPartition(InputPartition):
+    def __init__(self, files: list[delta.LiveFile]) -> None:
+        super().__init__(files[0].path)
+        self.files = files
 
 
 class DeltaRsDataSource(DataSource):
     """Options: path (table URI), arrow_schema (base64 IPC, writes), partition_by (comma list),
     mode (append | replace | replace_partitions), where (JSON of partition column -> value),
-    version / dt_from / dt_to (reads), storage_options (JSON), commit_retries, max_rows_per_file,
-    compression, description, metadata (JSON)."""
+    version / dt_from / dt_to / split_bytes (reads), storage_options (JSON), commit_retries,
+    max_rows_per_file, compression, description, metadata (JSON)."""
 
     @classmethod
     def name(cls) -> str:
@@ -78,7 +80,8 @@ class DeltaRsDataSource(DataSource):
             dt_to=self.options.get("dt_to") or None,
             storage_options=self._storage_options(),
         )
-        return DeltaRsReader(arrow_schema, files, self._storage_options())
+        target = int(self.options.get("split_bytes", str(128 * 1024 * 1024)))
+        return DeltaRsReader(arrow_schema, delta.pack_files(files, target), self._storage_options())
 
     def writer(self, schema: StructType, overwrite: bool) -> DeltaRsWriter:
         opts = self.options
@@ -101,24 +104,36 @@ class DeltaRsDataSource(DataSource):
 
 
 class DeltaRsReader(DataSourceReader):
-    def __init__(self, schema: pa.Schema, files: Sequence[delta.LiveFile], storage_options: dict[str, str]):
+    def __init__(
+        self, schema: pa.Schema, splits: Sequence[list[delta.LiveFile]], storage_options: dict[str, str]
+    ):
         self.arrow_schema = schema
-        self.files = list(files)
+        self.splits = list(splits)
         self.storage_options = storage_options
 
     def partitions(self) -> Sequence[InputPartition]:
-        return [_FilePartition(f) for f in self.files]
+        return [_FilesPartition(files) for files in self.splits]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        assert isinstance(partition, _FilePartition)
-        yield from delta.read_file(partition.file, self.arrow_schema, self.storage_options)
+        assert isinstance(partition, _FilesPartition)
+        for file in partition.files:
+            yield from delta.read_file(file, self.arrow_schema, self.storage_options)
 
 
 class DeltaRsWriter(DataSourceArrowWriter):
     def __init__(
-        self, uri: str, schema: pa.Schema, partition_by: tuple[str, ...], mode: str,
-        where: dict[str, str], storage_options: dict[str, str], retries: int, max_rows_per_file: int,
-        compression: str, description: str | None, metadata: dict[str, object],
+        self,
+        uri: str,
+        schema: pa.Schema,
+        partition_by: tuple[str, ...],
+        mode: str,
+        where: dict[str, str],
+        storage_options: dict[str, str],
+        retries: int,
+        max_rows_per_file: int,
+        compression: str,
+        description: str | None,
+        metadata: dict[str, object],
     ) -> None:
         self.uri = uri
         self.arrow_schema = schema
@@ -148,8 +163,14 @@ class DeltaRsWriter(DataSourceArrowWriter):
         adds = [a for m in messages if isinstance(m, PartsWritten) for a in m.adds]
         try:
             delta.commit(
-                self.uri, self.arrow_schema, self.partition_by, adds, self.mode,  # type: ignore[arg-type]
-                where=self.where, storage_options=self.storage_options, retries=self.retries,
+                self.uri,
+                self.arrow_schema,
+                self.partition_by,
+                adds,
+                self.mode,  # type: ignore[arg-type]
+                where=self.where,
+                storage_options=self.storage_options,
+                retries=self.retries,
                 description=self.description,
                 metadata={**self.metadata, "numOutputRows": sum(a.num_records for a in adds)},
             )

@@ -72,8 +72,12 @@ def read_canonical(spark: SparkSession, path: str, fmt: str) -> RawInputs:
         reader = spark.read
         if fmt == "csv":
             # Everything as text: the checks parse types and quarantine what does not parse.
-            reader = reader.option("header", "true").option("inferSchema", "false").option(
-                "mode", "PERMISSIVE").option("multiLine", "false")
+            reader = (
+                reader.option("header", "true")
+                .option("inferSchema", "false")
+                .option("mode", "PERMISSIVE")
+                .option("multiLine", "false")
+            )
         try:
             df = reader.format(fmt).load(location)
         except Exception as exc:  # Spark's AnalysisException text names the problem

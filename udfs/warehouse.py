@@ -53,6 +53,7 @@ class Warehouse:
         commit_retries: int = 5,
         max_rows_per_file: int = 5_000_000,
         compression: str = "snappy",
+        read_split_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         if "://" not in root:
             import os
@@ -64,6 +65,7 @@ class Warehouse:
         self.commit_retries = commit_retries
         self.max_rows_per_file = max_rows_per_file
         self.compression = compression
+        self.read_split_bytes = read_split_bytes
         if engine == "auto":
             engine = "delta-spark" if has_delta_spark(spark) else "delta-rs"
         if engine not in ("delta-rs", "delta-spark"):
@@ -80,6 +82,7 @@ class Warehouse:
             commit_retries=int(storage_cfg.get("commit_retries", 5)),
             max_rows_per_file=int(storage_cfg.get("max_rows_per_file", 5_000_000)),
             compression=str(storage_cfg.get("compression", "snappy")),
+            read_split_bytes=int(storage_cfg.get("read_split_bytes", 128 * 1024 * 1024)),
         )
 
     # -- paths and metadata ---------------------------------------------------------------------
@@ -204,7 +207,11 @@ class Warehouse:
                 reader = reader.option("versionAsOf", version)
             df = reader.load(self.uri(name))
         else:
-            options = {"path": self.uri(name), "storage_options": json.dumps(self.options)}
+            options = {
+                "path": self.uri(name),
+                "storage_options": json.dumps(self.options),
+                "split_bytes": str(self.read_split_bytes),
+            }
             if version is not None:
                 options["version"] = str(version)
             if dt_from:

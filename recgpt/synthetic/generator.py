@@ -68,8 +68,10 @@ class SyntheticSpec:
     @property
     def end(self) -> _dt.date:
         """Last day generated (inclusive): the end of the held-out window."""
-        return self.run_dt + _dt.timedelta(days=self.holdout_days - 1) if self.holdout_days else (
-            self.run_dt - _dt.timedelta(days=1)
+        return (
+            self.run_dt + _dt.timedelta(days=self.holdout_days - 1)
+            if self.holdout_days
+            else (self.run_dt - _dt.timedelta(days=1))
         )
 
 
@@ -93,8 +95,9 @@ def make_catalog(spec: SyntheticSpec) -> pa.Table:
     n_cat = len(CATEGORIES)
     cat_idx = np.arange(spec.items) % n_cat
     rng.shuffle(cat_idx)
-    rows: dict[str, list[Any]] = {k: [] for k in ("item_id", "title", "category", "category_path",
-                                                   "brand", "price")}
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("item_id", "title", "category", "category_path", "brand", "price")
+    }
     for i, ci in enumerate(cat_idx):
         cat = CATEGORIES[int(ci)]
         mods = rng.choice(len(cat.modifiers), size=2, replace=False)
@@ -166,8 +169,13 @@ def day_contexts(spec: SyntheticSpec, calendar: Calendar) -> dict[str, list[DayC
 def make_users(spec: SyntheticSpec, indices: Sequence[int]) -> tuple[pa.Table, pa.Table]:
     """Users and their planted personas (the ground truth)."""
     users: dict[str, list[Any]] = {"user_id": [], "age": [], "gender": [], "region": []}
-    planted: dict[str, list[Any]] = {"user_id": [], "persona": [], "description": [], "weight": [],
-                                     "categories": []}
+    planted: dict[str, list[Any]] = {
+        "user_id": [],
+        "persona": [],
+        "description": [],
+        "weight": [],
+        "categories": [],
+    }
     for idx in indices:
         profile, personas = _user_profile(spec, int(idx))
         for k, v in profile.items():
@@ -179,11 +187,29 @@ def make_users(spec: SyntheticSpec, indices: Sequence[int]) -> tuple[pa.Table, p
             planted["weight"].append(round(float(w), 4))
             planted["categories"].append(sorted(p.categories))
     return (
-        pa.table(users, schema=pa.schema([("user_id", pa.string()), ("age", pa.int32()),
-                                          ("gender", pa.string()), ("region", pa.string())])),
-        pa.table(planted, schema=pa.schema([("user_id", pa.string()), ("persona", pa.string()),
-                                            ("description", pa.string()), ("weight", pa.float64()),
-                                            ("categories", pa.list_(pa.string()))])),
+        pa.table(
+            users,
+            schema=pa.schema(
+                [
+                    ("user_id", pa.string()),
+                    ("age", pa.int32()),
+                    ("gender", pa.string()),
+                    ("region", pa.string()),
+                ]
+            ),
+        ),
+        pa.table(
+            planted,
+            schema=pa.schema(
+                [
+                    ("user_id", pa.string()),
+                    ("persona", pa.string()),
+                    ("description", pa.string()),
+                    ("weight", pa.float64()),
+                    ("categories", pa.list_(pa.string())),
+                ]
+            ),
+        ),
     )
 
 
@@ -201,14 +227,22 @@ def _user_profile(spec: SyntheticSpec, idx: int) -> tuple[dict[str, Any], list[t
     return profile, [(PERSONAS[int(c)], float(w)) for c, w in zip(chosen, weights, strict=True)]
 
 
-BEHAVIOR_SCHEMA = pa.schema([
-    ("user_id", pa.string()), ("item_id", pa.string()), ("behavior", pa.string()),
-    ("query", pa.string()), ("ts", UTC_TS), ("rating", pa.float64()),
-])
+BEHAVIOR_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("behavior", pa.string()),
+        ("query", pa.string()),
+        ("ts", UTC_TS),
+        ("rating", pa.float64()),
+    ]
+)
 
 
 def make_behaviors(
-    spec: SyntheticSpec, indices: Sequence[int], catalog: CatalogIndex,
+    spec: SyntheticSpec,
+    indices: Sequence[int],
+    catalog: CatalogIndex,
     contexts: dict[str, list[DayContext]],
 ) -> pa.Table:
     cols: dict[str, list[Any]] = {n: [] for n in BEHAVIOR_SCHEMA.names}
@@ -232,8 +266,9 @@ def make_behaviors(
             else:
                 persona = personas[int(rng.choice(len(personas), p=p_weights))][0]
                 names = list(persona.categories)
-                w = np.array([persona.categories[n] * demand_multiplier(by_name[n], season, fests)
-                              for n in names])
+                w = np.array(
+                    [persona.categories[n] * demand_multiplier(by_name[n], season, fests) for n in names]
+                )
                 cat = by_name[names[int(rng.choice(len(names), p=w / w.sum()))]]
             when = start + _dt.timedelta(days=day, seconds=int(rng.integers(7 * 3600, 23 * 3600)))
             emitted += _session(rng, cols, uid, cat, when, catalog)
@@ -243,8 +278,14 @@ def make_behaviors(
     return table
 
 
-def _session(rng: np.random.Generator, cols: dict[str, list[Any]], uid: str, cat: Category,
-             when: _dt.datetime, catalog: CatalogIndex) -> int:
+def _session(
+    rng: np.random.Generator,
+    cols: dict[str, list[Any]],
+    uid: str,
+    cat: Category,
+    when: _dt.datetime,
+    catalog: CatalogIndex,
+) -> int:
     items, pop = catalog.by_category[cat.name], catalog.popularity[cat.name]
     n = 0
 
@@ -311,8 +352,14 @@ def _corrupt(spec: SyntheticSpec, table: pa.Table) -> pa.Table:
 
 
 def make_env_signals(spec: SyntheticSpec, calendar: Calendar) -> pa.Table:
-    rows: dict[str, list[Any]] = {"dt": [], "region": [], "season": [], "weather": [], "festivals": [],
-                                  "trends": []}
+    rows: dict[str, list[Any]] = {
+        "dt": [],
+        "region": [],
+        "season": [],
+        "weather": [],
+        "festivals": [],
+        "trends": [],
+    }
     for region, ctxs in day_contexts(spec, calendar).items():
         for offset, ctx in enumerate(ctxs):
             day = spec.start + _dt.timedelta(days=offset)
@@ -325,7 +372,16 @@ def make_env_signals(spec: SyntheticSpec, calendar: Calendar) -> pa.Table:
             rows["weather"].append(options[int(rng.integers(len(options)))])
             rows["festivals"].append(list(ctx.festivals))
             rows["trends"].append([c.name for c in ranked[:3]])
-    return pa.table(rows, schema=pa.schema([
-        ("dt", pa.date32()), ("region", pa.string()), ("season", pa.string()), ("weather", pa.string()),
-        ("festivals", pa.list_(pa.string())), ("trends", pa.list_(pa.string())),
-    ]))
+    return pa.table(
+        rows,
+        schema=pa.schema(
+            [
+                ("dt", pa.date32()),
+                ("region", pa.string()),
+                ("season", pa.string()),
+                ("weather", pa.string()),
+                ("festivals", pa.list_(pa.string())),
+                ("trends", pa.list_(pa.string())),
+            ]
+        ),
+    )
