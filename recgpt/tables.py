@@ -165,3 +165,21 @@ def input_columns(table: str) -> list[str]:
     keeps dt, the day it describes)."""
     lineage = {"run_id", "created_at"} | ({"dt"} if table != "env_signals" else set())
     return [c for c in ALL_TABLES[table].column_names if c not in lineage]
+
+
+def markdown_reference(specs: dict[str, TableSpec] | None = None) -> str:
+    """The README's table reference, generated from the specs above (a test keeps them in sync)."""
+    out = []
+    for spec in (specs or ALL_TABLES).values():
+        out.append(f"#### `{spec.name}` (partitioned by {', '.join(spec.partition_by)})\n")
+        out.append(f"{spec.doc}\n")
+        out.append("| column | type | null | meaning |")
+        out.append("|---|---|---|---|")
+        for c in spec.columns:
+            out.append(f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {c.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(markdown_reference())

@@ -1,0 +1,86 @@
+"""Ingest in the test's own Spark session: a typed Parquet source and the synthetic source, with
+the stage's run record and its row-count reconciliation."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from jobs import ingest
+from jobs.stage import execute, open_context
+from recgpt.config import load_config
+from recgpt.errors import RowCountMismatchError
+
+
+def _ctx(spark, tmp_path, *overrides: str):
+    cfg = load_config([f"storage.warehouse={tmp_path / 'wh'}", "run.dt=2025-10-28", *overrides])
+    return open_context(cfg, "ingest", spark)
+
+
+def test_typed_parquet_source(spark, tmp_path):
+    src = tmp_path / "src"
+    (src / "items").mkdir(parents=True)
+    (src / "behaviors").mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": ["a", "b"],
+                "title": ["red wool scarf", "oak desk"],
+                "category": ["scarves", "desks"],
+                "price": [12.0, 99.0],
+            }
+        ),
+        src / "items" / "p.parquet",
+    )
+    ts = [dt.datetime(2025, 10, d, 12, tzinfo=dt.UTC) for d in (20, 21, 22, 29)]
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": ["u1", "u1", "u2", "u2"],
+                "item_id": ["a", "b", "zz", "a"],
+                "behavior": ["view", "cart", "view", "fav"],
+                "ts": ts,
+            }
+        ),
+        src / "behaviors" / "p.parquet",
+    )
+    ctx = _ctx(spark, tmp_path, "data=canonical", f"data.path={src}", "ingest.max_quarantine_fraction=0.9")
+    report = execute(ctx, ingest.run)
+    assert (report.rows_in, report.rows_out, report.rows_quarantined) == (6, 4, 2)
+    q = DeltaTable(str(tmp_path / "wh" / "quarantine")).to_pandas().sort_values("reason")
+    assert q.reason.tolist() == ["ts after ingest end date 2025-10-28", "unknown item_id"]
+    b = DeltaTable(str(tmp_path / "wh" / "behaviors")).to_pandas()
+    assert sorted(b.dt.astype(str)) == ["2025-10-20", "2025-10-21"]
+    # The optional inputs are simply absent: no users or env_signals tables appear.
+    assert not (tmp_path / "wh" / "users").exists()
+
+
+def test_synthetic_source_writes_ground_truth_and_signals(spark, tmp_path):
+    ctx = _ctx(
+        spark, tmp_path, "data.users=30", "data.items=300", "data.history_days=60", "data.holdout_days=7"
+    )
+    report = execute(ctx, ingest.run)
+    tables = report.details["tables"]
+    assert tables["users"]["rows"] == 30
+    assert tables["planted_personas"]["rows"] >= 30
+    assert tables["env_signals"]["rows"] == 6 * (60 + 7)
+    assert report.rows_in == report.rows_out + report.rows_quarantined
+    behaviors = DeltaTable(str(tmp_path / "wh" / "behaviors")).to_pandas()
+    # History before the run date and a held-out week after it.
+    assert behaviors.dt.min().isoformat() >= "2025-08-29"
+    assert behaviors.dt.max().isoformat() <= "2025-11-03"
+    assert (behaviors.ts >= "2025-10-28").any()
+    runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas()
+    assert runs.iloc[0].rows_in == report.rows_in and runs.iloc[0].status == "success"
+
+
+def test_reconciliation_catches_a_lost_row():
+    from udfs.warehouse import Lineage
+
+    with pytest.raises(RowCountMismatchError, match="behaviors: in=10 written=8 quarantined=1"):
+        ingest._reconcile({"behaviors": (10, 1)}, {"behaviors": 8}, 1, Lineage.now("2025-10-28", "r"))
+    ingest._reconcile({"behaviors": (10, 1)}, {"behaviors": 9}, 1, Lineage.now("2025-10-28", "r"))
