@@ -31,10 +31,9 @@ def run(ctx: StageContext) -> None:
         checked["users"] = v.check_users(raw.tables["users"])
     if "env_signals" in raw.tables:
         checked["env_signals"] = v.check_env_signals(raw.tables["env_signals"])
-    checked["items"].persist(StorageLevel.MEMORY_AND_DISK)
     good_items = v.good(checked["items"]).select("item_id")
     checked["behaviors"] = v.check_behaviors(
-        raw.tables["behaviors"], good_items, until=until, min_ts=str(cfg.ingest.get("min_ts", "1995-01-01"))
+        raw.tables["behaviors"], good_items, until=until, min_ts=str(cfg.ingest.min_ts)
     )
     for df in checked.values():
         df.persist(StorageLevel.MEMORY_AND_DISK)

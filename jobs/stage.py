@@ -183,4 +183,12 @@ def hydra_entry(stage: str, body: Callable[[DictConfig], None]) -> Callable[[], 
 
 def main_for(stage: str, fn: StageFn) -> Callable[[], None]:
     """The entry point of one stage: `python -m jobs.<stage> run.dt=... <overrides>`."""
-    return hydra_entry(stage, lambda cfg: execute(open_context(cfg, stage), fn) and None)
+
+    def body(cfg: DictConfig) -> None:
+        ctx = open_context(cfg, stage)
+        try:
+            execute(ctx, fn)
+        finally:
+            ctx.spark.stop()
+
+    return hydra_entry(stage, body)

@@ -295,8 +295,9 @@ def commit(
     retries: int = 5,
     description: str | None = None,
     metadata: Mapping[str, Any] | None = None,
-) -> int:
-    """Commit every task's files as ONE Delta transaction; returns the new table version.
+) -> None:
+    """Commit every task's files as ONE Delta transaction (also when there are none, so every
+    write leaves exactly one commit to find by its metadata).
 
     `replace` removes the rows matching `where` (partition columns only) - replaceWhere;
     `replace_partitions` removes the partitions the new files land in; `append` adds.
@@ -335,8 +336,6 @@ def commit(
                 table = DeltaTable(uri, storage_options=opts)
                 filters = _filters_for(mode, where, adds, partition_by)
                 delta_mode = "append" if mode == "append" or filters is None else "overwrite"
-                if delta_mode == "append" and not actions:
-                    return int(table.version())
                 table.create_write_transaction(
                     actions,
                     mode=delta_mode,
@@ -345,7 +344,7 @@ def commit(
                     partition_filters=filters,
                     commit_properties=props,
                 )
-            return int(DeltaTable(uri, storage_options=opts).version())
+            return
         except CommitFailedError as exc:
             last = exc
             log.warning("commit to %s lost a race (attempt %d/%d): %s", uri, attempt + 1, retries + 1, exc)

@@ -155,16 +155,15 @@ ALL_TABLES: dict[str, TableSpec] = {
     t.name: t for t in (BEHAVIORS, ITEMS, USERS, ENV_SIGNALS, QUARANTINE, PLANTED_PERSONAS, RUNS)
 }
 
-# What a source must provide for each input table (before lineage columns are added).
+# What a source must provide for each input table; other canonical columns are optional.
 INPUT_TABLES: tuple[str, ...] = ("behaviors", "items", "users", "env_signals")
 REQUIRED_INPUTS: tuple[str, ...] = ("behaviors", "items")
-
-
-def input_columns(table: str) -> list[str]:
-    """Columns a source supplies for an input table: the table's columns less lineage (env_signals
-    keeps dt, the day it describes)."""
-    lineage = {"run_id", "created_at"} | ({"dt"} if table != "env_signals" else set())
-    return [c for c in ALL_TABLES[table].column_names if c not in lineage]
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "behaviors": ("user_id", "item_id", "behavior", "ts"),
+    "items": ("item_id", "title", "category"),
+    "users": ("user_id",),
+    "env_signals": ("dt", "region", "season"),
+}
 
 
 def markdown_reference(specs: dict[str, TableSpec] | None = None) -> str:

@@ -115,7 +115,7 @@ def test_failing_task_leaves_table_at_previous_version(spark, warehouse):
     before_files = _data_files(warehouse.uri(BEHAVIORS))
 
     @F.udf("string")
-    def explode_on_row_7(item_id: str) -> str:
+    def explode_on_row_7(item_id):
         if item_id == "i7":
             raise ValueError("boom inside a task")
         return item_id

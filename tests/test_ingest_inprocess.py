@@ -84,3 +84,20 @@ def test_reconciliation_catches_a_lost_row():
     with pytest.raises(RowCountMismatchError, match="behaviors: in=10 written=8 quarantined=1"):
         ingest._reconcile({"behaviors": (10, 1)}, {"behaviors": 8}, 1, Lineage.now("2025-10-28", "r"))
     ingest._reconcile({"behaviors": (10, 1)}, {"behaviors": 9}, 1, Lineage.now("2025-10-28", "r"))
+
+
+def test_a_file_without_required_columns_names_itself(spark, tmp_path):
+    from recgpt.errors import SourceError
+    from udfs.sources import read_canonical
+
+    (tmp_path / "behaviors").mkdir()
+    (tmp_path / "items").mkdir()
+    pq.write_table(
+        pa.table({"user_id": ["u"], "item_id": ["a"], "behavior": ["view"]}),
+        tmp_path / "behaviors" / "p.parquet",
+    )
+    pq.write_table(
+        pa.table({"item_id": ["a"], "title": ["t"], "category": ["c"]}), tmp_path / "items" / "p.parquet"
+    )
+    with pytest.raises(SourceError, match=r"behaviors lacks required column\(s\) \['ts'\]"):
+        read_canonical(spark, str(tmp_path), "parquet")

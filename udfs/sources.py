@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from recgpt.calendar import Calendar
 from recgpt.errors import ConfigError, SourceError
 from recgpt.synthetic.generator import SyntheticSpec
-from recgpt.tables import INPUT_TABLES, REQUIRED_INPUTS
+from recgpt.tables import INPUT_TABLES, REQUIRED_COLUMNS, REQUIRED_INPUTS
 from udfs.synthetic import synthetic_frames
 from udfs.validation import SOURCE
 
@@ -82,5 +82,11 @@ def read_canonical(spark: SparkSession, path: str, fmt: str) -> RawInputs:
             df = reader.format(fmt).load(location)
         except Exception as exc:  # Spark's AnalysisException text names the problem
             raise SourceError(f"cannot read {location} as {fmt}: {str(exc).splitlines()[0]}") from exc
+        missing = [c for c in REQUIRED_COLUMNS[table] if c not in df.columns]
+        if missing:
+            raise SourceError(
+                f"{location}: {table} lacks required column(s) {missing}; it has {df.columns}"
+                + (" (CSV needs a header row)" if fmt == "csv" else "")
+            )
         tables[table] = df.withColumn(SOURCE, F.input_file_name())
     return RawInputs(tables)

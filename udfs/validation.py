@@ -13,7 +13,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recgpt.tables import BEHAVIOR_TYPES, input_columns
+from recgpt.tables import BEHAVIOR_TYPES
 
 REASONS = "_reasons"
 RAW = "_raw"
@@ -50,10 +50,6 @@ def _prepare(raw: DataFrame) -> DataFrame:
     df = raw if SOURCE in raw.columns else raw.withColumn(SOURCE, F.lit("unknown"))
     record = F.struct(*[F.col(c).cast("string").alias(c) for c in data_cols])
     return df.withColumn(RAW, F.to_json(record, {"ignoreNullFields": "false"}))
-
-
-def _missing_columns(df: DataFrame, table: str, optional: Sequence[str]) -> list[str]:
-    return [c for c in input_columns(table) if c not in df.columns and c not in optional]
 
 
 def check_items(raw: DataFrame) -> DataFrame:
@@ -211,7 +207,3 @@ def bad(df: DataFrame, table: str) -> DataFrame:
         F.col(RAW).alias("raw"),
         F.array_join(REASONS, "; ").alias("reason"),
     )
-
-
-def missing_columns(df: DataFrame, table: str, optional: Sequence[str] = ()) -> list[str]:
-    return _missing_columns(df, table, optional)
