@@ -26,14 +26,18 @@ def run(ctx: StageContext) -> None:
     until = str(cfg.ingest.until)
 
     checked: dict[str, DataFrame] = {}
-    checked["items"] = v.check_items(raw.tables["items"])
+    checked["items"] = v.check_items(raw.tables["items"], max_title_chars=int(cfg.ingest.max_title_chars))
     if "users" in raw.tables:
         checked["users"] = v.check_users(raw.tables["users"])
     if "env_signals" in raw.tables:
         checked["env_signals"] = v.check_env_signals(raw.tables["env_signals"])
     good_items = v.good(checked["items"]).select("item_id")
     checked["behaviors"] = v.check_behaviors(
-        raw.tables["behaviors"], good_items, until=until, min_ts=str(cfg.ingest.min_ts)
+        raw.tables["behaviors"],
+        good_items,
+        until=until,
+        min_ts=str(cfg.ingest.min_ts),
+        epoch_unit=raw.epoch_unit,
     )
     for df in checked.values():
         df.persist(StorageLevel.MEMORY_AND_DISK)

@@ -29,6 +29,8 @@ def build_session(spark_cfg: Mapping[str, Any], app_name: str | None = None) -> 
     for key, value in (spark_cfg.get("conf") or {}).items():
         builder = builder.config(str(key), str(value))
     builder = builder.config("spark.pyspark.python", python)
+    # Malformed-line detection in CSV sources needs every field parsed, whatever a query selects.
+    builder = builder.config("spark.sql.csv.parser.columnPruning.enabled", "false")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(str(spark_cfg.get("log_level", "WARN")))
     spark.dataSource.register(DeltaRsDataSource)

@@ -18,6 +18,7 @@ from recgpt.calendar import Calendar
 from recgpt.errors import ConfigError, SourceError
 from recgpt.synthetic.generator import SyntheticSpec
 from recgpt.tables import INPUT_TABLES, REQUIRED_COLUMNS, REQUIRED_INPUTS
+from udfs import loaders
 from udfs.synthetic import synthetic_frames
 from udfs.validation import SOURCE
 
@@ -28,6 +29,8 @@ class RawInputs:
 
     tables: dict[str, DataFrame]
     extra: dict[str, DataFrame] = field(default_factory=dict)
+    # How numeric timestamps are to be read (s, ms, us); None = text timestamps only.
+    epoch_unit: str | None = None
 
 
 def read_source(spark: SparkSession, cfg: Any) -> RawInputs:
@@ -36,7 +39,17 @@ def read_source(spark: SparkSession, cfg: Any) -> RawInputs:
         return _synthetic(spark, cfg)
     if kind == "canonical":
         return read_canonical(spark, str(cfg.data.path), str(cfg.data.get("format", "parquet")))
-    raise ConfigError(f"unknown data.source {kind!r}: expected synthetic or canonical")
+    if kind == "movielens":
+        return RawInputs(loaders.movielens(spark, str(cfg.data.path)), epoch_unit="s")
+    if kind == "amazon":
+        return RawInputs(
+            loaders.amazon_reviews(spark, str(cfg.data.reviews), str(cfg.data.meta)), epoch_unit="ms"
+        )
+    if kind == "taobao":
+        return RawInputs(loaders.taobao(spark, str(cfg.data.path)), epoch_unit="s")
+    raise ConfigError(
+        f"unknown data.source {kind!r}: expected synthetic, canonical, movielens, amazon or taobao"
+    )
 
 
 def _synthetic(spark: SparkSession, cfg: Any) -> RawInputs:
@@ -69,17 +82,12 @@ def read_canonical(spark: SparkSession, path: str, fmt: str) -> RawInputs:
             if table in REQUIRED_INPUTS:
                 raise SourceError(f"{path}: no {table}/ folder or {table}.{fmt} file (required)")
             continue
-        reader = spark.read
-        if fmt == "csv":
-            # Everything as text: the checks parse types and quarantine what does not parse.
-            reader = (
-                reader.option("header", "true")
-                .option("inferSchema", "false")
-                .option("mode", "PERMISSIVE")
-                .option("multiLine", "false")
-            )
+        if os.path.isfile(location) and os.path.getsize(location) == 0:
+            raise SourceError(f"{location} is an empty file")
         try:
-            df = reader.format(fmt).load(location)
+            df = _read_files(spark, location, fmt)
+        except SourceError:
+            raise
         except Exception as exc:  # Spark's AnalysisException text names the problem
             raise SourceError(f"cannot read {location} as {fmt}: {str(exc).splitlines()[0]}") from exc
         missing = [c for c in REQUIRED_COLUMNS[table] if c not in df.columns]
@@ -88,5 +96,12 @@ def read_canonical(spark: SparkSession, path: str, fmt: str) -> RawInputs:
                 f"{location}: {table} lacks required column(s) {missing}; it has {df.columns}"
                 + (" (CSV needs a header row)" if fmt == "csv" else "")
             )
-        tables[table] = df.withColumn(SOURCE, F.input_file_name())
+        tables[table] = df if SOURCE in df.columns else df.withColumn(SOURCE, F.input_file_name())
     return RawInputs(tables)
+
+
+def _read_files(spark: SparkSession, location: str, fmt: str) -> DataFrame:
+    if fmt == "parquet":
+        return spark.read.parquet(location)
+    # CSV: everything as text; the checks parse types and quarantine what does not parse.
+    return loaders.read_delimited(spark, location, ",", columns=None, header=True)

@@ -17,42 +17,77 @@ from recgpt.tables import BEHAVIOR_TYPES
 
 REASONS = "_reasons"
 RAW = "_raw"
+INTAKE = "_intake"
 # Where each raw row came from (a file path, "synthetic", ...); set by the source reader.
 SOURCE = "_source"
+# The original text of a line the reader could not parse (Spark's corrupt-record column).
+MALFORMED = "_malformed"
+# Delimited-text readers: a spare column after the expected ones, and what is wrong with a line.
+OVERFLOW = "_overflow"
+LINE_ISSUE = "_line_issue"
 
 
 def _blank(col: Column) -> Column:
     return col.isNull() | (F.trim(col.cast("string")) == "")
 
 
-def _cast(df: DataFrame, name: str, target: T.DataType) -> tuple[Column, Column]:
-    """(typed value, True where a present raw value failed to convert)."""
+EPOCH_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000}
+
+
+def _cast(
+    df: DataFrame, name: str, target: T.DataType, epoch_unit: str | None = None
+) -> tuple[Column, Column]:
+    """(typed value, True where a present raw value failed to convert). Timestamps given as
+    numbers (or digit strings) are epochs in `epoch_unit` when a source declares one."""
     if name not in df.columns:
         return F.lit(None).cast(target), F.lit(False)
     raw = F.col(name)
     if df.schema[name].dataType == target:
         return raw, F.lit(False)
     if isinstance(target, T.TimestampType):
-        typed = F.try_to_timestamp(F.trim(raw.cast("string")))
+        text = F.trim(raw.cast("string"))
+        typed = F.try_to_timestamp(text)
+        if epoch_unit is not None:
+            per_second = EPOCH_UNITS[epoch_unit]
+            epoch = text.try_cast("long")
+            typed = F.when(
+                text.rlike(r"^-?[0-9]+$"), F.timestamp_micros(epoch * (1_000_000 // per_second))
+            ).otherwise(typed)
     else:
         typed = raw.try_cast(target)
     return typed, raw.isNotNull() & ~_blank(raw) & typed.isNull()
 
 
+def _prepare(raw: DataFrame) -> DataFrame:
+    """Keep the raw record (the original line if it did not parse, else its fields as JSON) and
+    the row's source, and collect what went wrong while reading it (`_intake` reasons)."""
+    data_cols = [c for c in raw.columns if c not in (SOURCE, MALFORMED, LINE_ISSUE)]
+    df = raw if SOURCE in raw.columns else raw.withColumn(SOURCE, F.lit("unknown"))
+    malformed = F.col(MALFORMED) if MALFORMED in raw.columns else F.lit(None).cast("string")
+    record = F.struct(*[F.col(c).cast("string").alias(c) for c in data_cols])
+    # Bytes that are not valid UTF-8 decode to U+FFFD: the file is in another encoding.
+    mojibake = F.lit(False)
+    for c in data_cols:
+        if isinstance(raw.schema[c].dataType, T.StringType):
+            mojibake = mojibake | F.coalesce(F.col(c).contains("\ufffd"), F.lit(False))
+    line_issue = F.col(LINE_ISSUE) if LINE_ISSUE in raw.columns else F.lit(None).cast("string")
+    intake = F.array(
+        F.when(line_issue.isNotNull(), F.concat(F.lit("malformed line: "), line_issue)).when(
+            malformed.isNotNull(), F.lit("malformed record: the line does not parse")
+        ),
+        F.when(mojibake, F.lit("invalid characters: the file is not in its declared encoding")),
+    )
+    return df.withColumn(
+        RAW, F.coalesce(malformed, F.to_json(record, {"ignoreNullFields": "false"}))
+    ).withColumn(INTAKE, intake)
+
+
 def _with_reasons(df: DataFrame, checks: Sequence[tuple[Column, str]]) -> DataFrame:
     flags = [F.when(cond, F.lit(reason)) for cond, reason in checks]
-    return df.withColumn(REASONS, F.array_compact(F.array(*flags)))
+    return df.withColumn(REASONS, F.array_compact(F.concat(F.col(INTAKE), F.array(*flags)))).drop(INTAKE)
 
 
-def _prepare(raw: DataFrame) -> DataFrame:
-    """Keep the raw record as JSON text (for quarantine) and the row's source."""
-    data_cols = [c for c in raw.columns if c != SOURCE]
-    df = raw if SOURCE in raw.columns else raw.withColumn(SOURCE, F.lit("unknown"))
-    record = F.struct(*[F.col(c).cast("string").alias(c) for c in data_cols])
-    return df.withColumn(RAW, F.to_json(record, {"ignoreNullFields": "false"}))
-
-
-def check_items(raw: DataFrame) -> DataFrame:
+def check_items(raw: DataFrame, max_title_chars: int = 2000) -> DataFrame:
     """Typed items with `_reasons` (empty = good) and `_raw`; duplicates after the first flagged."""
     df = _prepare(raw)
     price, bad_price = _cast(df, "price", T.DoubleType())
@@ -68,6 +103,7 @@ def check_items(raw: DataFrame) -> DataFrame:
         bad_price.alias("_bad_price"),
         F.col(RAW),
         F.col(SOURCE),
+        F.col(INTAKE),
     )
     first = Window.partitionBy("item_id").orderBy(RAW)
     df = df.withColumn("_dup", F.row_number().over(first) > 1)
@@ -76,6 +112,7 @@ def check_items(raw: DataFrame) -> DataFrame:
         [
             (_blank(F.col("item_id")), "missing item_id"),
             (_blank(F.col("title")), "missing title"),
+            (F.length(F.col("title")) > max_title_chars, f"title longer than {max_title_chars} characters"),
             (_blank(F.col("category")), "missing category"),
             (F.col("_bad_price"), "price is not a number"),
             (F.col("price") < 0, "negative price"),
@@ -101,6 +138,7 @@ def check_users(raw: DataFrame) -> DataFrame:
         bad_age.alias("_bad_age"),
         F.col(RAW),
         F.col(SOURCE),
+        F.col(INTAKE),
     )
     first = Window.partitionBy("user_id").orderBy(RAW)
     df = df.withColumn("_dup", F.row_number().over(first) > 1)
@@ -116,11 +154,13 @@ def check_users(raw: DataFrame) -> DataFrame:
     return df.drop("_bad_age", "_dup")
 
 
-def check_behaviors(raw: DataFrame, item_ids: DataFrame, until: str, min_ts: str = "1995-01-01") -> DataFrame:
+def check_behaviors(
+    raw: DataFrame, item_ids: DataFrame, until: str, min_ts: str = "1995-01-01", epoch_unit: str | None = None
+) -> DataFrame:
     """Typed behaviours with `_reasons`: ids, behaviour type, timestamps in [min_ts, until],
     queries for searches, items that exist in `item_ids` (a one-column DataFrame of good ids)."""
     df = _prepare(raw)
-    ts, bad_ts = _cast(df, "ts", T.TimestampType())
+    ts, bad_ts = _cast(df, "ts", T.TimestampType(), epoch_unit)
     rating, bad_rating = _cast(df, "rating", T.DoubleType())
     df = df.select(
         F.trim(F.col("user_id").cast("string")).alias("user_id"),
@@ -133,6 +173,7 @@ def check_behaviors(raw: DataFrame, item_ids: DataFrame, until: str, min_ts: str
         bad_rating.alias("_bad_rating"),
         F.col(RAW),
         F.col(SOURCE),
+        F.col(INTAKE),
     )
     df = df.withColumn("item_id", F.when(_blank(F.col("item_id")), None).otherwise(F.col("item_id")))
     known = item_ids.select(F.col("item_id").alias("_known")).distinct()
@@ -184,6 +225,7 @@ def check_env_signals(raw: DataFrame) -> DataFrame:
         strings("trends").alias("trends"),
         F.col(RAW),
         F.col(SOURCE),
+        F.col(INTAKE),
     )
     return _with_reasons(
         df,

@@ -1,0 +1,364 @@
+"""Loaders of public datasets into the canonical raw columns the ingest checks expect.
+
+Each loader keeps its format's quirks here (separators, encodings, epoch units, genre flags,
+malformed JSON lines) and hands the checks text or typed columns plus `_source`; nothing is
+dropped at this step: a line that does not parse becomes a row the checks quarantine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recgpt.errors import SourceError
+from udfs.validation import LINE_ISSUE, MALFORMED, OVERFLOW, SOURCE
+
+ML100K_GENRES: tuple[str, ...] = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
+# ml-1m codes its user ages as bucket starts and occupations as numbers (see its README).
+ML1M_OCCUPATIONS: tuple[str, ...] = (
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
+)
+TAOBAO_BEHAVIORS = {"pv": "view", "buy": "purchase", "cart": "cart", "fav": "fav"}
+LATIN1 = "ISO-8859-1"
+
+
+def _require(path: str, what: str) -> str:
+    if not os.path.exists(path):
+        raise SourceError(f"{what} not found: {path}")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise SourceError(f"{what} is an empty file: {path}")
+    return path
+
+
+def read_delimited(
+    spark: SparkSession,
+    path: str,
+    sep: str,
+    columns: Sequence[str] | None = None,
+    encoding: str = "UTF-8",
+    header: bool = False,
+) -> DataFrame:
+    """Delimited text as string columns, with line-level problems made visible instead of lost:
+    a line with fewer or more fields than expected keeps its text in `_malformed` and says what
+    is wrong in `_line_issue` (Spark alone would pad a short line and drop extra fields).
+    `columns=None` takes the names from the header row."""
+    reader = spark.read.option("sep", sep).option("encoding", encoding)
+    if columns is None:
+        columns = reader.option("header", "true").csv(path).columns
+        if not columns:
+            raise SourceError(f"{path}: no header row (empty file?)")
+    n = len(columns)
+    # One spare column: Spark then hands us the text of every line that does not have exactly
+    # n + 1 fields, which is every normal line; we count their fields ourselves.
+    schema = ", ".join(f"`{c}` string" for c in [*columns, OVERFLOW, MALFORMED])
+    df = (
+        reader.option("header", str(header).lower())
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", MALFORMED)
+        .schema(schema)
+        .csv(path)
+    )
+    unquoted = F.regexp_replace(F.col(MALFORMED), r'"(?:[^"]|"")*"', "")
+    fields = F.size(F.split(unquoted, re.escape(sep), -1))
+    issue = (
+        F.when(F.col(OVERFLOW).isNotNull(), F.lit(f"more fields than the {n} expected"))
+        .when(F.col(MALFORMED).isNull(), F.lit(None))
+        .when(fields < n, F.format_string(f"%d fields where {n} are expected", fields))
+        .when(fields > n, F.format_string(f"%d fields where {n} are expected", fields))
+    )
+    df = df.withColumn(LINE_ISSUE, issue).withColumn(
+        MALFORMED, F.when(F.col(LINE_ISSUE).isNotNull(), F.col(MALFORMED))
+    )
+    return df.drop(OVERFLOW).withColumn(SOURCE, F.input_file_name())
+
+
+def _text(
+    spark: SparkSession, path: str, sep: str, columns: Sequence[str], encoding: str = "UTF-8"
+) -> DataFrame:
+    return read_delimited(spark, path, sep, columns, encoding)
+
+
+def _region_from_us_zip(zip_code: Column) -> Column:
+    """Coarse US region from the first zip digit; non-numeric codes (Canada) are 'ca'."""
+    first = F.substring(F.trim(zip_code), 1, 1)
+    return (
+        F.when(first.isin("0", "1", "2"), "us-east")
+        .when(first.isin("3", "4", "5", "6", "7"), "us-central")
+        .when(first.isin("8", "9"), "us-west")
+        .when(zip_code.isNotNull(), "ca")
+    )
+
+
+# -- MovieLens ----------------------------------------------------------------------------------
+
+
+def movielens(spark: SparkSession, path: str) -> dict[str, DataFrame]:
+    """ml-100k (u.data, u.item, u.user) or ml-1m (ratings.dat, movies.dat, users.dat)."""
+    if os.path.exists(os.path.join(path, "u.data")):
+        return _ml100k(spark, path)
+    if os.path.exists(os.path.join(path, "ratings.dat")):
+        return _ml1m(spark, path)
+    raise SourceError(f"{path}: neither ml-100k (u.data) nor ml-1m (ratings.dat) files found")
+
+
+def _ratings_as_reviews(df: DataFrame) -> DataFrame:
+    return df.select(
+        "user_id",
+        "item_id",
+        F.lit("review").alias("behavior"),
+        F.lit(None).cast("string").alias("query"),
+        F.col("ts"),
+        F.col("rating"),
+        LINE_ISSUE,
+        MALFORMED,
+        SOURCE,
+    )
+
+
+def _ml100k(spark: SparkSession, path: str) -> dict[str, DataFrame]:
+    ratings = _text(
+        spark, _require(f"{path}/u.data", "ml-100k ratings"), "\t", ["user_id", "item_id", "rating", "ts"]
+    )
+    flags = [f"g{i}" for i in range(len(ML100K_GENRES))]
+    raw_items = _text(
+        spark,
+        _require(f"{path}/u.item", "ml-100k items"),
+        "|",
+        ["item_id", "title", "release_date", "video_release_date", "imdb_url", *flags],
+        encoding=LATIN1,
+    )
+    genres = F.filter(
+        F.array(*[F.when(F.col(f) == "1", F.lit(g)) for f, g in zip(flags, ML100K_GENRES, strict=True)]),
+        lambda g: g.isNotNull(),
+    )
+    # The first listed genre other than "unknown" is the category; all of them form the path leaf.
+    named = F.filter(genres, lambda g: g != "unknown")
+    primary = F.coalesce(F.try_element_at(named, F.lit(1)), F.try_element_at(genres, F.lit(1)))
+    items = raw_items.select(
+        "item_id",
+        "title",
+        primary.alias("category"),
+        F.when(F.size(genres) > 0, F.concat(F.lit("Movies > "), F.array_join(genres, " | "))).alias(
+            "category_path"
+        ),
+        F.lit(None).cast("string").alias("brand"),
+        F.lit(None).cast("string").alias("price"),
+        LINE_ISSUE,
+        MALFORMED,
+        SOURCE,
+    )
+    raw_users = _text(
+        spark,
+        _require(f"{path}/u.user", "ml-100k users"),
+        "|",
+        ["user_id", "age", "gender", "occupation", "zip"],
+    )
+    users = raw_users.select(
+        "user_id",
+        "age",
+        "gender",
+        _region_from_us_zip(F.col("zip")).alias("region"),
+        "occupation",
+        LINE_ISSUE,
+        MALFORMED,
+        SOURCE,
+    )
+    return {"behaviors": _ratings_as_reviews(ratings), "items": items, "users": users}
+
+
+def _ml1m(spark: SparkSession, path: str) -> dict[str, DataFrame]:
+    ratings = _text(
+        spark,
+        _require(f"{path}/ratings.dat", "ml-1m ratings"),
+        "::",
+        ["user_id", "item_id", "rating", "ts"],
+        encoding=LATIN1,
+    )
+    movies = _text(
+        spark,
+        _require(f"{path}/movies.dat", "ml-1m movies"),
+        "::",
+        ["item_id", "title", "genres"],
+        encoding=LATIN1,
+    )
+    genres = F.split(F.col("genres"), r"\|")
+    items = movies.select(
+        "item_id",
+        "title",
+        F.try_element_at(genres, F.lit(1)).alias("category"),
+        F.concat(F.lit("Movies > "), F.array_join(genres, " | ")).alias("category_path"),
+        F.lit(None).cast("string").alias("brand"),
+        F.lit(None).cast("string").alias("price"),
+        LINE_ISSUE,
+        MALFORMED,
+        SOURCE,
+    )
+    raw_users = _text(
+        spark,
+        _require(f"{path}/users.dat", "ml-1m users"),
+        "::",
+        ["user_id", "gender", "age", "occupation", "zip"],
+        encoding=LATIN1,
+    )
+    occupations = F.array(*[F.lit(o) for o in ML1M_OCCUPATIONS])
+    occ_index = F.col("occupation").try_cast("int")
+    occupation = F.when(
+        occ_index.between(0, len(ML1M_OCCUPATIONS) - 1), F.try_element_at(occupations, occ_index + 1)
+    ).otherwise(F.col("occupation"))
+    users = raw_users.select(
+        "user_id",
+        "age",
+        "gender",
+        _region_from_us_zip(F.col("zip")).alias("region"),
+        occupation.alias("occupation"),
+        LINE_ISSUE,
+        MALFORMED,
+        SOURCE,
+    )
+    return {"behaviors": _ratings_as_reviews(ratings), "items": items, "users": users}
+
+
+# -- Amazon Reviews 2023 ------------------------------------------------------------------------
+
+AMAZON_REVIEW_SCHEMA = (
+    "rating double, title string, text string, asin string, parent_asin string, user_id string, "
+    f"timestamp string, helpful_vote long, verified_purchase boolean, `{MALFORMED}` string"
+)
+AMAZON_META_SCHEMA = (
+    "main_category string, title string, store string, categories array<string>, price string, "
+    f"parent_asin string, `{MALFORMED}` string"
+)
+
+
+def _jsonl(spark: SparkSession, path: str, schema: str) -> DataFrame:
+    df = (
+        spark.read.option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", MALFORMED)
+        .schema(schema)
+        .json(path)
+    )
+    return df.withColumn(SOURCE, F.input_file_name())
+
+
+def amazon_reviews(spark: SparkSession, reviews: str, meta: str) -> dict[str, DataFrame]:
+    """McAuley Lab's Amazon Reviews 2023: review JSONL (+ .gz) and item metadata JSONL."""
+    r = _jsonl(spark, _require(reviews, "Amazon reviews"), AMAZON_REVIEW_SCHEMA)
+    behaviors = r.select(
+        "user_id",
+        F.col("parent_asin").alias("item_id"),
+        F.lit("review").alias("behavior"),
+        F.lit(None).cast("string").alias("query"),
+        F.col("timestamp").alias("ts"),
+        "rating",
+        MALFORMED,
+        SOURCE,
+    )
+    m = _jsonl(spark, _require(meta, "Amazon item metadata"), AMAZON_META_SCHEMA)
+    cats = F.filter(
+        F.coalesce(F.col("categories"), F.array().cast("array<string>")), lambda c: F.trim(c) != ""
+    )
+    items = m.select(
+        F.col("parent_asin").alias("item_id"),
+        "title",
+        F.coalesce(F.try_element_at(cats, F.lit(-1)), F.col("main_category")).alias("category"),
+        F.when(F.size(cats) > 0, F.array_join(cats, " > "))
+        .otherwise(F.col("main_category"))
+        .alias("category_path"),
+        F.col("store").alias("brand"),
+        "price",
+        MALFORMED,
+        SOURCE,
+    )
+    return {"behaviors": behaviors, "items": items}
+
+
+# -- Taobao UserBehavior ------------------------------------------------------------------------
+
+
+def taobao(spark: SparkSession, path: str) -> dict[str, DataFrame]:
+    """Taobao UserBehavior.csv (user, item, category, pv/buy/cart/fav, unix seconds; no header).
+    The dataset has no titles: items get a descriptive placeholder naming their category id."""
+    raw = _text(
+        spark,
+        _require(path, "Taobao UserBehavior file"),
+        ",",
+        ["user_id", "item_id", "category_id", "behavior_type", "ts"],
+    )
+    mapping = F.create_map(*[F.lit(x) for kv in TAOBAO_BEHAVIORS.items() for x in kv])
+    behaviors = raw.select(
+        "user_id",
+        "item_id",
+        F.coalesce(F.try_element_at(mapping, F.trim(F.col("behavior_type"))), F.col("behavior_type")).alias(
+            "behavior"
+        ),
+        F.lit(None).cast("string").alias("query"),
+        "ts",
+        F.lit(None).cast("string").alias("rating"),
+        LINE_ISSUE,
+        MALFORMED,
+        SOURCE,
+    )
+    valid = raw.where(
+        F.col("item_id").isNotNull() & F.col("category_id").isNotNull() & F.col(MALFORMED).isNull()
+    )
+    items = (
+        valid.groupBy("item_id")
+        .agg(F.min("category_id").alias("category"), F.min(SOURCE).alias(SOURCE))
+        .select(
+            "item_id",
+            F.concat(F.lit("item "), F.col("item_id"), F.lit(" of category "), F.col("category")).alias(
+                "title"
+            ),
+            "category",
+            F.concat(F.lit("taobao > "), F.col("category")).alias("category_path"),
+            F.lit(None).cast("string").alias("brand"),
+            F.lit(None).cast("string").alias("price"),
+            F.lit(None).cast("string").alias(MALFORMED),
+            SOURCE,
+        )
+    )
+    return {"behaviors": behaviors, "items": items}
