@@ -24,6 +24,9 @@ from udfs.session import build_session
 from udfs.warehouse import Lineage, Warehouse
 
 log = logging.getLogger("recgpt")
+# Libraries that log every step at INFO; their warnings still show.
+for _noisy in ("great_expectations", "py4j"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 
 @dataclass

@@ -151,8 +151,28 @@ RUNS = TableSpec(
     ),
 )
 
+DQ_RESULTS = TableSpec(
+    "dq_results",
+    "One row per great-expectations expectation evaluated by a stage's data-quality checkpoint.",
+    (
+        Column("checkpoint", pa.string(), "the stage whose tables were validated", nullable=False),
+        Column("table_name", pa.string(), "validated table", nullable=False),
+        Column("expectation", pa.string(), "great-expectations expectation type", nullable=False),
+        Column("column_name", pa.string(), "column(s) it applies to, if any"),
+        Column("severity", pa.string(), "critical (stops the run) or warning", nullable=False),
+        Column("success", pa.bool_(), "whether the expectation held", nullable=False),
+        Column("observed", pa.string(), "observed value (e.g. the row count), as text"),
+        Column("unexpected_count", pa.int64(), "rows that broke it"),
+        Column("unexpected_percent", pa.float64(), "their share, in percent"),
+        Column("details", pa.string(), "arguments and a sample of unexpected values, JSON"),
+        Column("report", pa.string(), "Data Docs index with the full result"),
+        *_lineage("run date of the validated stage"),
+    ),
+    partition_by=("dt", "checkpoint"),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (BEHAVIORS, ITEMS, USERS, ENV_SIGNALS, QUARANTINE, PLANTED_PERSONAS, RUNS)
+    t.name: t for t in (BEHAVIORS, ITEMS, USERS, ENV_SIGNALS, QUARANTINE, PLANTED_PERSONAS, RUNS, DQ_RESULTS)
 }
 
 # What a source must provide for each input table; other canonical columns are optional.

@@ -1,0 +1,110 @@
+"""Data-quality gate: runs each stage's great-expectations checkpoint on the tables it wrote for
+the run date, appends the results to `dq_results`, builds Data Docs under `<warehouse>/_reports/dq/`,
+and stops the run (exit 1) when a critical expectation failed.
+
+    python -m jobs.dq run.dt=2025-10-28 [dq.stages=[ingest]]
+"""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from jobs.stage import StageContext, main_for
+from recgpt.errors import RecGPTError
+from recgpt.quality import CheckResult, check_specs, gate, row_count_check
+from recgpt.tables import DQ_RESULTS
+from udfs.quality import QualityRunner, derive_behaviors, derive_items, previous_row_counts, results_rows
+
+STAGE = "dq"
+
+
+def _latest_run(ctx: StageContext, stage: str) -> str:
+    runs = ctx.warehouse.read("runs", dt=ctx.dt) if ctx.warehouse.exists("runs") else None
+    row = None
+    if runs is not None:
+        row = (
+            runs.where((F.col("stage") == stage) & (F.col("status") == "success"))
+            .orderBy(F.col("created_at").desc())
+            .select("run_id")
+            .first()
+        )
+    if row is None:
+        raise RecGPTError(f"no successful {stage} run for dt={ctx.dt}: run `python -m jobs.{stage}` first")
+    return str(row["run_id"])
+
+
+def ingest_frames(ctx: StageContext) -> dict[str, DataFrame]:
+    """What the latest successful ingest for the run date wrote, with derived columns."""
+    run_id = _latest_run(ctx, "ingest")
+    wh = ctx.warehouse
+    mine = F.col("run_id") == F.lit(run_id)
+    items = wh.read("items", dt=ctx.dt).where(mine)
+    frames = {
+        "behaviors": derive_behaviors(wh.read("behaviors").where(mine), items, str(ctx.cfg.ingest.until)),
+        "items": derive_items(items),
+        "quarantine": wh.read("quarantine", dt=ctx.dt).where(F.col("stage") == "ingest"),
+    }
+    if wh.exists("users"):
+        frames["users"] = wh.read("users", dt=ctx.dt).where(mine)
+    if wh.exists("env_signals"):
+        frames["env_signals"] = wh.read("env_signals").where(mine)
+    return frames
+
+
+FRAMES = {"ingest": ingest_frames}
+
+
+def run(ctx: StageContext) -> None:
+    q = OmegaConf.to_container(ctx.cfg.quality, resolve=True)
+    assert isinstance(q, dict)
+    stages = list(ctx.cfg.dq.stages or q["checkpoints"])
+    runner = QualityRunner(str(q["reports_dir"]))
+    history = ctx.warehouse.read(DQ_RESULTS) if ctx.warehouse.exists(DQ_RESULTS) else None
+    previous = previous_row_counts(history, ctx.dt)
+    drift = q["row_count_drift"]
+    everything: list[CheckResult] = []
+    for stage in stages:
+        if stage not in FRAMES:
+            raise RecGPTError(f"no data-quality checkpoint for stage {stage!r} (known: {sorted(FRAMES)})")
+        results: list[CheckResult] = []
+        for table, df in FRAMES[stage](ctx).items():
+            if table not in q["checkpoints"][stage]:
+                continue
+            specs = check_specs(table, q["suites"].get(table, []))
+            specs.append(
+                row_count_check(table, previous.get(table), float(drift["tolerance"]), drift["severity"])
+            )
+            results += runner.validate(stage, table, df, specs, run_name=f"{ctx.dt} {ctx.lineage.run_id}")
+        rows = results_rows(results, stage, runner.index)
+        frame = ctx.spark.createDataFrame(
+            rows,
+            schema="checkpoint string, table_name string, expectation string, "
+            "column_name string, severity string, success boolean, observed string, "
+            "unexpected_count long, unexpected_percent double, details string, "
+            "report string",
+        )
+        written = ctx.warehouse.write(
+            frame, DQ_RESULTS, mode="replace", lineage=ctx.lineage, where={"dt": ctx.dt, "checkpoint": stage}
+        )
+        ctx.report.wrote(DQ_RESULTS.name, written.rows, written.version)
+        everything += results
+    failed = [r for r in everything if not r.success]
+    ctx.report.rows_in = len(everything)
+    ctx.report.rows_out = len(everything) - len(failed)
+    ctx.report.details["dq"] = (
+        f"{len(everything)} expectations, {len(failed)} failed "
+        f"({sum(r.severity == 'critical' for r in failed)} critical, {sum(r.severity == 'warning' for r in failed)} warning)"
+    )
+    for r in failed:
+        if r.severity not in q["fail_on"]:
+            ctx.report.details.setdefault("warnings", []).append(r.describe())
+    ctx.report.details["report"] = runner.index
+    gate(everything, q["fail_on"], runner.index)
+
+
+main = main_for(STAGE, run)
+
+if __name__ == "__main__":
+    main()
