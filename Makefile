@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run ingest test test-fast lint bench-storage clean-warehouse
+.PHONY: help setup run ingest dq test test-fast lint bench-storage clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -21,12 +21,16 @@ $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
 
 setup: $(VENV)/.installed  ## create .venv, install everything, convert the bundled model once
 	$(PY) -m recgpt.llm.model_cache
+	bash scripts/fetch_report_assets.sh .cache/report-assets
 
 run: setup  ## run the nightly chain for DT (default $(DT)) on the embedded default
 	$(PY) -m jobs.nightly run.dt=$(DT) $(ARGS)
 
 ingest: setup  ## run only the ingest stage for DT
 	$(PY) -m jobs.ingest run.dt=$(DT) $(ARGS)
+
+dq: setup  ## run only the data-quality gate for DT (Data Docs in warehouse/_reports/dq/)
+	$(PY) -m jobs.dq run.dt=$(DT) $(ARGS)
 
 test: setup  ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_ARGS)

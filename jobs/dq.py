@@ -60,7 +60,7 @@ def run(ctx: StageContext) -> None:
     q = OmegaConf.to_container(ctx.cfg.quality, resolve=True)
     assert isinstance(q, dict)
     stages = list(ctx.cfg.dq.stages or q["checkpoints"])
-    runner = QualityRunner(str(q["reports_dir"]))
+    runner = QualityRunner(str(q["reports_dir"]), str(q["assets_dir"]))
     history = ctx.warehouse.read(DQ_RESULTS) if ctx.warehouse.exists(DQ_RESULTS) else None
     previous = previous_row_counts(history, ctx.dt)
     drift = q["row_count_drift"]
@@ -76,7 +76,7 @@ def run(ctx: StageContext) -> None:
             specs.append(
                 row_count_check(table, previous.get(table), float(drift["tolerance"]), drift["severity"])
             )
-            results += runner.validate(stage, table, df, specs, run_name=f"{ctx.dt} {ctx.lineage.run_id}")
+            results += runner.validate(stage, table, df, specs, run_name=f"{ctx.dt}_{ctx.lineage.run_id}")
         rows = results_rows(results, stage, runner.index)
         frame = ctx.spark.createDataFrame(
             rows,
@@ -90,6 +90,7 @@ def run(ctx: StageContext) -> None:
         )
         ctx.report.wrote(DQ_RESULTS.name, written.rows, written.version)
         everything += results
+    runner.finish()
     failed = [r for r in everything if not r.success]
     ctx.report.rows_in = len(everything)
     ctx.report.rows_out = len(everything) - len(failed)

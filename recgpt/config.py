@@ -26,7 +26,13 @@ def _conf_path(relative: str) -> str:
     return str(CONF_DIR / relative)
 
 
+def _project_path(relative: str) -> str:
+    return str(CONF_DIR.parent / relative)
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("project_path"):
+        OmegaConf.register_new_resolver("project_path", _project_path)
     if not OmegaConf.has_resolver("date_add"):
         OmegaConf.register_new_resolver("date_add", _date_add)
     if not OmegaConf.has_resolver("conf_path"):

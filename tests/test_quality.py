@@ -5,6 +5,7 @@ row-count drift against the previous run."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from deltalake import DeltaTable
@@ -40,7 +41,17 @@ def test_clean_ingest_passes_and_results_are_recorded(spark, ingested):
     r = results(ingested)
     assert set(r.table_name) == {"behaviors", "items", "users", "env_signals", "quarantine"}
     assert r.success.all(), r[~r.success][["table_name", "expectation", "details"]]
-    assert (ingested / "wh" / "_reports" / "dq" / "index.html").is_file()
+    docs = ingested / "wh" / "_reports" / "dq"
+    assert (docs / "index.html").is_file()
+    # Offline: every page loads its CSS/JS from the vendored copies beside it, none from a CDN.
+    pages = list(docs.rglob("*.html"))
+    assert len(pages) >= 6
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', text), page
+        assert 'src="https://' not in text, page
+    assert (docs / "static" / "vendor" / "bootstrap" / "bootstrap.min.css").stat().st_size > 100_000
+    assert (docs / "static" / "vendor" / "fontawesome" / "webfonts" / "fa-solid-900.woff2").is_file()
     assert report.details["report"].endswith("_reports/dq/index.html")
     # Rerunning the gate for the same date replaces its results instead of adding to them.
     execute(ctx_for(spark, ingested, "dq"), dq.run)
@@ -99,3 +110,26 @@ def test_unknown_expectation_or_severity_is_a_config_error():
         )
     with pytest.raises(ConfigError, match="unknown expectation"):
         build_suite("s", check_specs("items", [{"expect": "expect_the_moon", "severity": "warning"}]))
+
+
+def test_localize_rewrites_cdn_links_relative_to_each_page(tmp_path):
+    from recgpt.report_assets import MissingAssetsError, localize
+
+    vendor = tmp_path / "assets" / "vendor" / "jquery"
+    vendor.mkdir(parents=True)
+    (vendor / "jquery.min.js").write_text("/* jq */")
+    page = tmp_path / "site" / "validations" / "a" / "p.html"
+    page.parent.mkdir(parents=True)
+    page.write_text(
+        '<script src="https://code.jquery.com/jquery-3.7.1.min.js" integrity="sha384-x" '
+        'crossorigin="anonymous"></script><img src="https://example.org/logo.png?d=1">'
+        '<script src="https://cdn.example.org/unknown.js"></script>'
+    )
+    remaining = localize(tmp_path / "site", tmp_path / "assets")
+    text = page.read_text()
+    assert '<script src="../../static/vendor/jquery/jquery.min.js"></script>' in text
+    assert "logo.png" not in text
+    assert remaining == ["https://cdn.example.org/unknown.js"]
+    assert (tmp_path / "site" / "static" / "vendor" / "jquery" / "jquery.min.js").is_file()
+    with pytest.raises(MissingAssetsError, match="make setup"):
+        localize(tmp_path / "site", tmp_path / "nowhere")

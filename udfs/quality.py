@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recgpt.quality import CheckResult, CheckSpec, build_suite, flatten
+from recgpt.report_assets import localize
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class QualityRunner:
     results) with its Data Docs site at `reports_dir/dq/index.html`."""
 
     reports_dir: str
+    assets_dir: str
 
     def __post_init__(self) -> None:
         import great_expectations as gx
@@ -104,6 +106,12 @@ class QualityRunner:
             batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(run_name=run_name)
         )
         return [r for v in result.run_results.values() for r in flatten(table, v)]
+
+    def finish(self) -> None:
+        """Make the Data Docs readable offline (vendored CSS/JS instead of CDN links)."""
+        remaining = localize(self.docs_dir, self.assets_dir)
+        if remaining:
+            log.warning("Data Docs still reference %d remote assets: %s", len(remaining), remaining[:5])
 
 
 def results_rows(results: Sequence[CheckResult], checkpoint: str, report: str) -> list[dict[str, Any]]:
