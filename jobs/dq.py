@@ -8,36 +8,39 @@ and stops the run (exit 1) when a critical expectation failed.
 from __future__ import annotations
 
 from omegaconf import OmegaConf
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
 from recgpt.errors import RecGPTError
-from recgpt.quality import CheckResult, check_specs, gate, row_count_check
+from recgpt.quality import CheckResult, CheckSpec, check_specs, gate, row_count_check
 from recgpt.tables import DQ_RESULTS
 from udfs.quality import QualityRunner, derive_behaviors, derive_items, previous_row_counts, results_rows
 
 STAGE = "dq"
 
 
-def _latest_run(ctx: StageContext, stage: str) -> str:
+def _latest_run(ctx: StageContext, stage: str) -> Row:
     runs = ctx.warehouse.read("runs", dt=ctx.dt) if ctx.warehouse.exists("runs") else None
     row = None
     if runs is not None:
         row = (
             runs.where((F.col("stage") == stage) & (F.col("status") == "success"))
             .orderBy(F.col("created_at").desc())
-            .select("run_id")
+            .select("run_id", "rows_in")
             .first()
         )
     if row is None:
         raise RecGPTError(f"no successful {stage} run for dt={ctx.dt}: run `python -m jobs.{stage}` first")
-    return str(row["run_id"])
+    return row
 
 
-def ingest_frames(ctx: StageContext) -> dict[str, DataFrame]:
-    """What the latest successful ingest for the run date wrote, with derived columns."""
-    run_id = _latest_run(ctx, "ingest")
+def ingest_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, CheckSpec]]:
+    """What the latest successful ingest for the run date wrote, with derived columns, and the
+    row-count expectations that do not compare with the previous run (quarantine: a share of
+    the rows read)."""
+    latest = _latest_run(ctx, "ingest")
+    run_id = str(latest["run_id"])
     wh = ctx.warehouse
     mine = F.col("run_id") == F.lit(run_id)
     items = wh.read("items", dt=ctx.dt).where(mine)
@@ -50,7 +53,20 @@ def ingest_frames(ctx: StageContext) -> dict[str, DataFrame]:
         frames["users"] = wh.read("users", dt=ctx.dt).where(mine)
     if wh.exists("env_signals"):
         frames["env_signals"] = wh.read("env_signals").where(mine)
-    return frames
+    if wh.exists("planted_personas"):
+        planted = wh.read("planted_personas", dt=ctx.dt).where(mine)
+        if not planted.isEmpty():  # ground truth exists for synthetic sources only
+            frames["planted_personas"] = planted
+    limit = int(float(ctx.cfg.quality.quarantine_warn_fraction) * int(latest["rows_in"] or 0))
+    counts = {
+        "quarantine": CheckSpec(
+            "quarantine",
+            "expect_table_row_count_to_be_between",
+            "warning",
+            {"min_value": 0, "max_value": limit},
+        )
+    }
+    return frames, counts
 
 
 FRAMES = {"ingest": ingest_frames}
@@ -69,12 +85,14 @@ def run(ctx: StageContext) -> None:
         if stage not in FRAMES:
             raise RecGPTError(f"no data-quality checkpoint for stage {stage!r} (known: {sorted(FRAMES)})")
         results: list[CheckResult] = []
-        for table, df in FRAMES[stage](ctx).items():
+        frames, counts = FRAMES[stage](ctx)
+        for table, df in frames.items():
             if table not in q["checkpoints"][stage]:
                 continue
             specs = check_specs(table, q["suites"].get(table, []))
             specs.append(
-                row_count_check(table, previous.get(table), float(drift["tolerance"]), drift["severity"])
+                counts.get(table)
+                or row_count_check(table, previous.get(table), float(drift["tolerance"]), drift["severity"])
             )
             results += runner.validate(stage, table, df, specs, run_name=f"{ctx.dt}_{ctx.lineage.run_id}")
         rows = results_rows(results, stage, runner.index)

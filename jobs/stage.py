@@ -169,9 +169,10 @@ def hydra_entry(stage: str, body: Callable[[DictConfig], None]) -> Callable[[], 
             sys.exit(1)
         except Exception:
             log.error("%s failed:\n%s", stage, traceback.format_exc())
+            traceback.print_exc(file=sys.stderr)
             print(
-                f"{stage} failed with an unexpected error (traceback above and in the Hydra log "
-                "folder under <warehouse>/_logs/)",
+                f"{stage} failed with an unexpected error (traceback above, also in the run's log "
+                f"under {cfg.run.log_dir}/{stage}/)",
                 file=sys.stderr,
             )
             sys.exit(1)

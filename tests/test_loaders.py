@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,9 @@ from jobs.stage import execute, open_context
 from recgpt.config import load_config
 from recgpt.errors import SourceError
 
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
+ML100K = Path(
+    os.environ.get("RECGPT_ML100K", Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k")
+)
 FLAGS_COMEDY = "|".join(["0", "0", "0", "0", "0", "1"] + ["0"] * 13)
 FLAGS_NONE = "|".join(["0"] * 19)
 

@@ -45,7 +45,10 @@ def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, pro
     assert second.returncode == 0, second.stderr[-4000:]
     assert {t: len(DeltaTable(str(tmp_path / "wh" / t)).to_pandas()) for t in tables} == counts
     runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas()
-    assert sorted(runs.status) == ["success", "success"] and runs.run_id.nunique() == 2
+    # Two chains of (ingest, dq), each chain under one run id.
+    assert set(runs.status) == {"success"} and runs.run_id.nunique() == 2
+    assert sorted(runs.stage) == ["dq", "dq", "ingest", "ingest"]
+    assert "report   " in first.stdout and "_reports/dq/index.html" in first.stdout
 
 
 @pytest.mark.slow

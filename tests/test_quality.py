@@ -39,7 +39,14 @@ def ingested(spark, tmp_path):
 def test_clean_ingest_passes_and_results_are_recorded(spark, ingested):
     report = execute(ctx_for(spark, ingested, "dq"), dq.run)
     r = results(ingested)
-    assert set(r.table_name) == {"behaviors", "items", "users", "env_signals", "quarantine"}
+    assert set(r.table_name) == {
+        "behaviors",
+        "items",
+        "users",
+        "env_signals",
+        "quarantine",
+        "planted_personas",
+    }
     assert r.success.all(), r[~r.success][["table_name", "expectation", "details"]]
     docs = ingested / "wh" / "_reports" / "dq"
     assert (docs / "index.html").is_file()
@@ -76,10 +83,16 @@ def test_planted_critical_violation_stops_the_run_and_names_it(spark, ingested):
 
 
 def test_warnings_are_reported_and_the_run_goes_on(spark, ingested):
-    ctx = ctx_for(spark, ingested, "dq", "quality.freshness_days=-1")
+    ctx = ctx_for(
+        spark, ingested, "dq", "quality.freshness_days=-1", "quality.quarantine_warn_fraction=0.0001"
+    )
     report = execute(ctx, dq.run)
-    assert "_age_days" in " ".join(report.details["warnings"])
-    assert "1 failed (0 critical, 1 warning)" in report.details["dq"]
+    warnings = report.details["warnings"]
+    assert any(w.startswith("behaviors._age_days: expect_column_min_to_be_between") for w in warnings), (
+        warnings
+    )
+    assert any(w.startswith("quarantine: expect_table_row_count_to_be_between") for w in warnings), warnings
+    assert "2 failed (0 critical, 2 warning)" in report.details["dq"]
 
 
 def test_row_count_drift_against_the_previous_run(spark, ingested):

@@ -145,6 +145,33 @@ def movielens(spark: SparkSession, path: str) -> dict[str, DataFrame]:
     raise SourceError(f"{path}: neither ml-100k (u.data) nor ml-1m (ratings.dat) files found")
 
 
+def _movies(df: DataFrame, category: Column, category_path: Column) -> DataFrame:
+    return df.select(
+        "item_id",
+        "title",
+        category.alias("category"),
+        category_path.alias("category_path"),
+        F.lit(None).cast("string").alias("brand"),
+        F.lit(None).cast("string").alias("price"),
+        LINE_ISSUE,
+        MALFORMED,
+        SOURCE,
+    )
+
+
+def _movie_users(df: DataFrame, occupation: Column) -> DataFrame:
+    return df.select(
+        "user_id",
+        "age",
+        "gender",
+        _region_from_us_zip(F.col("zip")).alias("region"),
+        occupation.alias("occupation"),
+        LINE_ISSUE,
+        MALFORMED,
+        SOURCE,
+    )
+
+
 def _ratings_as_reviews(df: DataFrame) -> DataFrame:
     return df.select(
         "user_id",
@@ -178,35 +205,15 @@ def _ml100k(spark: SparkSession, path: str) -> dict[str, DataFrame]:
     # The first listed genre other than "unknown" is the category; all of them form the path leaf.
     named = F.filter(genres, lambda g: g != "unknown")
     primary = F.coalesce(F.try_element_at(named, F.lit(1)), F.try_element_at(genres, F.lit(1)))
-    items = raw_items.select(
-        "item_id",
-        "title",
-        primary.alias("category"),
-        F.when(F.size(genres) > 0, F.concat(F.lit("Movies > "), F.array_join(genres, " | "))).alias(
-            "category_path"
-        ),
-        F.lit(None).cast("string").alias("brand"),
-        F.lit(None).cast("string").alias("price"),
-        LINE_ISSUE,
-        MALFORMED,
-        SOURCE,
-    )
+    path_text = F.when(F.size(genres) > 0, F.concat(F.lit("Movies > "), F.array_join(genres, " | ")))
+    items = _movies(raw_items, primary, path_text)
     raw_users = _text(
         spark,
         _require(f"{path}/u.user", "ml-100k users"),
         "|",
         ["user_id", "age", "gender", "occupation", "zip"],
     )
-    users = raw_users.select(
-        "user_id",
-        "age",
-        "gender",
-        _region_from_us_zip(F.col("zip")).alias("region"),
-        "occupation",
-        LINE_ISSUE,
-        MALFORMED,
-        SOURCE,
-    )
+    users = _movie_users(raw_users, F.col("occupation"))
     return {"behaviors": _ratings_as_reviews(ratings), "items": items, "users": users}
 
 
@@ -226,16 +233,10 @@ def _ml1m(spark: SparkSession, path: str) -> dict[str, DataFrame]:
         encoding=LATIN1,
     )
     genres = F.split(F.col("genres"), r"\|")
-    items = movies.select(
-        "item_id",
-        "title",
-        F.try_element_at(genres, F.lit(1)).alias("category"),
-        F.concat(F.lit("Movies > "), F.array_join(genres, " | ")).alias("category_path"),
-        F.lit(None).cast("string").alias("brand"),
-        F.lit(None).cast("string").alias("price"),
-        LINE_ISSUE,
-        MALFORMED,
-        SOURCE,
+    items = _movies(
+        movies,
+        F.try_element_at(genres, F.lit(1)),
+        F.concat(F.lit("Movies > "), F.array_join(genres, " | ")),
     )
     raw_users = _text(
         spark,
@@ -249,16 +250,7 @@ def _ml1m(spark: SparkSession, path: str) -> dict[str, DataFrame]:
     occupation = F.when(
         occ_index.between(0, len(ML1M_OCCUPATIONS) - 1), F.try_element_at(occupations, occ_index + 1)
     ).otherwise(F.col("occupation"))
-    users = raw_users.select(
-        "user_id",
-        "age",
-        "gender",
-        _region_from_us_zip(F.col("zip")).alias("region"),
-        occupation.alias("occupation"),
-        LINE_ISSUE,
-        MALFORMED,
-        SOURCE,
-    )
+    users = _movie_users(raw_users, occupation)
     return {"behaviors": _ratings_as_reviews(ratings), "items": items, "users": users}
 
 

@@ -87,6 +87,12 @@ def _with_reasons(df: DataFrame, checks: Sequence[tuple[Column, str]]) -> DataFr
     return df.withColumn(REASONS, F.array_compact(F.concat(F.col(INTAKE), F.array(*flags)))).drop(INTAKE)
 
 
+def _flag_duplicates(df: DataFrame, key: str) -> DataFrame:
+    """`_dup`: every row of a key after the first; "first" is by raw record, so reruns agree."""
+    first = Window.partitionBy(key).orderBy(RAW)
+    return df.withColumn("_dup", F.row_number().over(first) > 1)
+
+
 def check_items(raw: DataFrame, max_title_chars: int = 2000) -> DataFrame:
     """Typed items with `_reasons` (empty = good) and `_raw`; duplicates after the first flagged."""
     df = _prepare(raw)
@@ -105,8 +111,7 @@ def check_items(raw: DataFrame, max_title_chars: int = 2000) -> DataFrame:
         F.col(SOURCE),
         F.col(INTAKE),
     )
-    first = Window.partitionBy("item_id").orderBy(RAW)
-    df = df.withColumn("_dup", F.row_number().over(first) > 1)
+    df = _flag_duplicates(df, "item_id")
     df = _with_reasons(
         df,
         [
@@ -140,8 +145,7 @@ def check_users(raw: DataFrame) -> DataFrame:
         F.col(SOURCE),
         F.col(INTAKE),
     )
-    first = Window.partitionBy("user_id").orderBy(RAW)
-    df = df.withColumn("_dup", F.row_number().over(first) > 1)
+    df = _flag_duplicates(df, "user_id")
     df = _with_reasons(
         df,
         [
