@@ -254,3 +254,13 @@ def test_concurrent_replaces_of_one_partition_leave_exactly_one_copy(warehouse_d
     writers = set(table.column("run_id").to_pylist())
     assert table.num_rows == 25 and len(writers) == 1 and writers <= set(outcomes)
     assert outcomes[writers.pop()] is None
+
+
+def test_an_empty_table_and_an_empty_range_read_as_zero_rows(spark, warehouse):
+    empty = behaviors_df(spark, "2025-10-28", 3).limit(0)
+    result = warehouse.write(empty, BEHAVIORS, mode="replace", lineage=lineage())
+    assert result.rows == 0 and warehouse.exists(BEHAVIORS)
+    assert warehouse.read(BEHAVIORS).count() == 0
+    warehouse.write(behaviors_df(spark, "2025-10-28", 3), BEHAVIORS, mode="replace", lineage=lineage())
+    assert warehouse.read(BEHAVIORS, dt="2024-01-01").count() == 0
+    assert warehouse.read(BEHAVIORS, dt="2025-10-28").count() == 3

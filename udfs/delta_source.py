@@ -45,7 +45,7 @@ class PartsWritten(WriterCommitMessage):
 
 class _FilesPartition(InputPartition):
     def __init__(self, files: list[delta.LiveFile]) -> None:
-        super().__init__(files[0].path)
+        super().__init__(files[0].path if files else "<no files>")
         self.files = files
 
 
@@ -112,7 +112,9 @@ class DeltaRsReader(DataSourceReader):
         self.storage_options = storage_options
 
     def partitions(self) -> Sequence[InputPartition]:
-        return [_FilesPartition(files) for files in self.splits]
+        # An empty table (or dt range) still needs one partition: with none, Spark would call
+        # read() without one.
+        return [_FilesPartition(files) for files in self.splits] or [_FilesPartition([])]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         assert isinstance(partition, _FilesPartition)
