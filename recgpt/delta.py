@@ -33,13 +33,12 @@ def table_uri(warehouse: str, name: str) -> str:
 
 
 def _filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem task-side file IO uses. Object stores take their credentials from
+    the environment here (storage_options configure delta-rs, which commits and plans reads)."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), str(uri)
     if uri.startswith("file://"):
         return pafs.LocalFileSystem(), uri[len("file://") :]
-    if storage_options:
-        # pyarrow reads credentials from the environment; storage_options serve delta-rs.
-        log.debug("object store %s: pyarrow uses ambient credentials", uri)
     fs, path = pafs.FileSystem.from_uri(uri)
     return fs, path
 
