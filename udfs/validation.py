@@ -87,6 +87,11 @@ def _with_reasons(df: DataFrame, checks: Sequence[tuple[Column, str]]) -> DataFr
     return df.withColumn(REASONS, F.array_compact(F.concat(F.col(INTAKE), F.array(*flags)))).drop(INTAKE)
 
 
+def _optional_text(df: DataFrame, name: str) -> Column:
+    """An optional input column as text, null when the source does not have it."""
+    return (F.col(name) if name in df.columns else F.lit(None)).cast("string").alias(name)
+
+
 def _flag_duplicates(df: DataFrame, key: str) -> DataFrame:
     """`_dup`: every row of a key after the first; "first" is by raw record, so reruns agree."""
     first = Window.partitionBy(key).orderBy(RAW)
@@ -101,10 +106,8 @@ def check_items(raw: DataFrame, max_title_chars: int = 2000) -> DataFrame:
         F.trim(F.col("item_id").cast("string")).alias("item_id"),
         F.col("title").cast("string").alias("title"),
         F.trim(F.col("category").cast("string")).alias("category"),
-        (F.col("category_path") if "category_path" in df.columns else F.lit(None))
-        .cast("string")
-        .alias("category_path"),
-        (F.col("brand") if "brand" in df.columns else F.lit(None)).cast("string").alias("brand"),
+        _optional_text(df, "category_path"),
+        _optional_text(df, "brand"),
         price.alias("price"),
         bad_price.alias("_bad_price"),
         F.col(RAW),
@@ -131,15 +134,12 @@ def check_users(raw: DataFrame) -> DataFrame:
     df = _prepare(raw)
     age, bad_age = _cast(df, "age", T.IntegerType())
 
-    def opt(name: str) -> Column:
-        return (F.col(name) if name in df.columns else F.lit(None)).cast("string").alias(name)
-
     df = df.select(
         F.trim(F.col("user_id").cast("string")).alias("user_id"),
         age.alias("age"),
-        opt("gender"),
-        opt("region"),
-        opt("occupation"),
+        _optional_text(df, "gender"),
+        _optional_text(df, "region"),
+        _optional_text(df, "occupation"),
         bad_age.alias("_bad_age"),
         F.col(RAW),
         F.col(SOURCE),
@@ -170,7 +170,7 @@ def check_behaviors(
         F.trim(F.col("user_id").cast("string")).alias("user_id"),
         F.trim(F.col("item_id").cast("string")).alias("item_id"),
         F.lower(F.trim(F.col("behavior").cast("string"))).alias("behavior"),
-        (F.col("query") if "query" in df.columns else F.lit(None)).cast("string").alias("query"),
+        _optional_text(df, "query"),
         ts.alias("ts"),
         rating.alias("rating"),
         bad_ts.alias("_bad_ts"),
@@ -224,7 +224,7 @@ def check_env_signals(raw: DataFrame) -> DataFrame:
         typed_dt.alias("dt"),
         F.trim(F.col("region").cast("string")).alias("region"),
         F.lower(F.trim(F.col("season").cast("string"))).alias("season"),
-        (F.col("weather") if "weather" in df.columns else F.lit(None)).cast("string").alias("weather"),
+        _optional_text(df, "weather"),
         strings("festivals").alias("festivals"),
         strings("trends").alias("trends"),
         F.col(RAW),
