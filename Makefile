@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run ingest dq test test-fast lint bench-storage clean-warehouse
+.PHONY: help setup run ingest dq test test-fast lint bench-storage bench-engine clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ lint: setup  ## ruff on everything, mypy on the core package
 
 bench-storage: setup  ## Delta write path vs bare Parquet write of 10M behaviours
 	$(PY) -m bench.storage $(ARGS)
+
+bench-engine: setup  ## raw vllm.LLM.generate vs the engine layer inside Spark, same 128 prompts
+	$(PY) -m bench.engine $(ARGS)
 
 clean-warehouse:  ## delete the local warehouse (all tables, reports and logs)
 	rm -rf warehouse

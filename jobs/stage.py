@@ -40,6 +40,10 @@ class StageReport:
     def wrote(self, table: str, rows: int, version: int) -> None:
         self.details.setdefault("tables", {})[table] = {"rows": rows, "version": version}
 
+    def llm(self, step: str, summary: dict[str, Any]) -> None:
+        """Record one LLM step's calls and tokens (udfs.llm.summarize) for the summary and `runs`."""
+        self.details.setdefault("llm", {})[step] = summary
+
 
 @dataclass
 class StageContext:
@@ -130,8 +134,15 @@ def render_summary(ctx: StageContext, seconds: float, status: str, error: str | 
             f"   table    {table:<18} {info['rows']:>12,} rows  v{info['version']}  "
             f"{ctx.warehouse.uri(table)}"
         )
+    for step, llm in (r.details.get("llm") or {}).items():
+        lines.append(
+            f"   llm      {step:<18} {llm['calls']:>8,} calls  {llm['errors']:,} errors  "
+            f"{llm['prompt_tokens']:,} prompt tok ({llm['cached_prompt_tokens']:,} cached)  "
+            f"{llm['generated_tokens']:,} generated tok"
+            + (f"  {llm['generated_tokens'] / llm['seconds']:,.0f} tok/s" if llm.get("seconds") else "")
+        )
     for key, value in r.details.items():
-        if key != "tables":
+        if key not in ("tables", "llm"):
             lines.append(f"   {key:<8} {value}")
     if error:
         lines.append(f"   error    {error.splitlines()[0][:300]}")
@@ -196,3 +207,28 @@ def main_for(stage: str, fn: StageFn) -> Callable[[], None]:
             ctx.spark.stop()
 
     return hydra_entry(stage, body)
+
+
+def llm_step(
+    ctx: StageContext,
+    requests: Any,
+    step: str,
+    schema: Any = None,
+    sampling: Any = None,
+) -> Any:
+    """Run one LLM step of a stage inside Spark: results (cached DataFrame, one row per request),
+    progress on the console, the `llm_calls` ledger replaced for (dt, stage.step), and calls and
+    tokens in the stage summary."""
+    from udfs import llm as spark_llm
+
+    cfg = OmegaConf.to_container(ctx.cfg.llm, resolve=True)
+    name = f"{ctx.stage}.{step}"
+    results = spark_llm.generate(requests, cfg, schema=schema, sampling=sampling, label=name).cache()  # type: ignore[arg-type]
+    started = time.monotonic()
+    with spark_llm.Progress(ctx.spark, name, float(ctx.cfg.llm.get("progress_interval_s", 30))):
+        summary = spark_llm.summarize(results)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    written = spark_llm.write_ledger(ctx.warehouse, results, name, ctx.lineage)
+    ctx.report.wrote(f"llm_calls[{name}]", written.rows, written.version)
+    ctx.report.llm(name, summary)
+    return results

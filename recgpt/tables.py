@@ -171,8 +171,41 @@ DQ_RESULTS = TableSpec(
     partition_by=("dt", "checkpoint"),
 )
 
+LLM_CALLS = TableSpec(
+    "llm_calls",
+    "Cost ledger: one row per LLM request a stage made (all attempts of the request summed). A rerun "
+    "of a stage for its run date replaces that stage's rows; `runs` keeps every run's totals.",
+    (
+        Column("stage", pa.string(), "stage that made the call", nullable=False),
+        Column("request_key", pa.string(), "the request's key, unique within the stage run", nullable=False),
+        Column("user_id", pa.string(), "user the call was about"),
+        Column("prompt_tokens", pa.int64(), "prompt tokens processed", nullable=False),
+        Column("cached_prompt_tokens", pa.int64(), "prompt tokens served from the prefix cache"),
+        Column("generated_tokens", pa.int64(), "tokens generated", nullable=False),
+        Column("latency_ms", pa.float64(), "engine time of the request, all attempts", nullable=False),
+        Column("attempts", pa.int32(), "attempts made (1 = no repair needed)", nullable=False),
+        Column("finish_reason", pa.string(), "stop, length, ... of the last attempt"),
+        Column("truncated_lines", pa.int32(), "history lines dropped to fit the context"),
+        Column("error", pa.string(), "why the request produced no usable output; null when it did"),
+        Column("model", pa.string(), "served model name", nullable=False),
+        *_lineage("run date of the stage"),
+    ),
+    partition_by=("dt", "stage"),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (BEHAVIORS, ITEMS, USERS, ENV_SIGNALS, QUARANTINE, PLANTED_PERSONAS, RUNS, DQ_RESULTS)
+    t.name: t
+    for t in (
+        BEHAVIORS,
+        ITEMS,
+        USERS,
+        ENV_SIGNALS,
+        QUARANTINE,
+        PLANTED_PERSONAS,
+        RUNS,
+        DQ_RESULTS,
+        LLM_CALLS,
+    )
 }
 
 # What a source must provide for each input table; other canonical columns are optional.

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(["run.stage=setup", *args.overrides])
     target = Path(cfg.llm.model_path).resolve()
+    if not cfg.llm.get("source_gguf_package"):
+        print(f"llm={cfg.llm.model_name}: no bundled model to convert; vLLM loads {target} as is")
+        return 0
     if is_converted(target):
         print(f"model cache ok: {target}")
         return 0

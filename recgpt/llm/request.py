@@ -1,0 +1,134 @@
+"""What every agent hands the LLM layer and what it gets back, whatever the backend: a request
+(chat messages, optionally with embedding blocks at marked places, an output schema, sampling
+settings) and a result (text, parsed object or error, token counts, latency)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+# Where one embedding block goes inside a message's content. Prompt builders put it there; any
+# copy of it inside untrusted text must be removed first (`strip_marks`) or it would steal a slot.
+EMBED_MARK = "<|recgpt:embed|>"
+
+
+def strip_marks(text: str) -> str:
+    """Untrusted text with every embedding mark removed, so it cannot claim a vector slot."""
+    return text.replace(EMBED_MARK, "")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings; the defaults are greedy, which keeps nightly runs reproducible."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> Sampling:
+        cfg = dict(cfg or {})
+        if "stop" in cfg:
+            cfg["stop"] = tuple(cfg["stop"] or ())
+        return cls(**cfg)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One LLM call.
+
+    `messages` are chat messages ({"role", "content"}). A hybrid prompt puts `EMBED_MARK` in the
+    content wherever a block of vectors goes and lists the blocks in `embeds`, in the same order;
+    each block is an array [n, hidden] of input embeddings for the model. `history_message` names
+    the message whose lines are context ordered oldest first: the `truncate_oldest` policy drops
+    its first lines when the prompt is over the model's context.
+    """
+
+    key: str
+    messages: tuple[Mapping[str, str], ...]
+    embeds: tuple[np.ndarray, ...] = ()
+    schema: type[BaseModel] | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    history_message: int | None = None
+    user_id: str | None = None
+
+    def __post_init__(self) -> None:
+        marks = sum(m["content"].count(EMBED_MARK) for m in self.messages)
+        if marks != len(self.embeds):
+            raise ValueError(
+                f"request {self.key}: {marks} embedding marks in the messages but {len(self.embeds)} "
+                "embedding blocks"
+            )
+        for block in self.embeds:
+            if block.ndim != 2:
+                raise ValueError(f"request {self.key}: embedding blocks must be 2-d, got {block.shape}")
+        if self.history_message is not None and not 0 <= self.history_message < len(self.messages):
+            raise ValueError(f"request {self.key}: history_message {self.history_message} out of range")
+
+    @property
+    def is_hybrid(self) -> bool:
+        return bool(self.embeds)
+
+
+@dataclass
+class Result:
+    """The outcome of one request, after every attempt. Exactly one of `parsed`/`error` is set
+    for schema requests; token counts add up all attempts."""
+
+    key: str
+    user_id: str | None
+    text: str | None
+    parsed: BaseModel | None
+    error: str | None
+    prompt_tokens: int
+    cached_prompt_tokens: int | None
+    generated_tokens: int
+    latency_ms: float
+    finish_reason: str | None
+    attempts: int
+    truncated_lines: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def parsed_json(self) -> str | None:
+        return None if self.parsed is None else self.parsed.model_dump_json()
+
+
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema handed to structured decoding, derived from the same model that parses."""
+    return model.model_json_schema()
+
+
+# Embedding blocks travel through Spark as .npy bytes: self-describing shape and dtype.
+def encode_block(block: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(block), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_block(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_messages(messages: Sequence[Mapping[str, str]]) -> str:
+    return json.dumps([{"role": m["role"], "content": m["content"]} for m in messages], ensure_ascii=False)
+
+
+def decode_messages(text: str) -> tuple[dict[str, str], ...]:
+    messages = json.loads(text)
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        raise ValueError("messages must be a JSON list of {role, content} objects")
+    return tuple(messages)

@@ -1,0 +1,71 @@
+"""Shared pieces of the LLM tests: a small output schema like the planner's, prompt builders, the
+config of the bundled model, and a scripted backend for control-flow tests only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import OmegaConf
+from pydantic import BaseModel, Field
+
+from recgpt.config import load_config
+from recgpt.llm.engine import Call, Completion
+
+
+class Persona(BaseModel):
+    name: str = Field(min_length=1, max_length=40)
+    reason: str = Field(max_length=120)
+
+
+class PersonaSplit(BaseModel):
+    personas: list[Persona] = Field(min_length=1, max_length=3)
+
+
+def llm_config(**overrides: Any) -> dict[str, Any]:
+    cfg = OmegaConf.to_container(load_config(["run.stage=test"]).llm, resolve=True)
+    assert isinstance(cfg, dict)
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return cfg
+
+
+def planner_messages(user: str, history: Sequence[str]) -> tuple[dict[str, str], ...]:
+    return (
+        {"role": "system", "content": "You split a shopper into personas. Answer in JSON."},
+        {"role": "user", "content": f"Shopper {user}. Season: winter.\nRecent activity, oldest first:"},
+        {"role": "user", "content": "\n".join(history)},
+    )
+
+
+class ScriptedBackend:
+    """Answers calls from a script of texts, in order; records what it was sent."""
+
+    model = "scripted"
+
+    def __init__(
+        self, texts: Sequence[str], finish_reason: str = "stop", error_at: Sequence[int] = ()
+    ) -> None:
+        self.texts = list(texts)
+        self.finish_reason = finish_reason
+        self.error_at = set(error_at)
+        self.calls: list[Call] = []
+
+    def complete(self, calls: Sequence[Call]) -> list[Completion]:
+        out = []
+        for call in calls:
+            index = len(self.calls)
+            self.calls.append(call)
+            if index in self.error_at:
+                out.append(Completion("", 0, None, 0, None, 1.0, error="connection reset"))
+                continue
+            text = self.texts[index]
+            out.append(Completion(text, call.rendered.n_tokens, 0, len(text) // 4, self.finish_reason, 5.0))
+        return out
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,165 @@
+"""The engine layer's control flow: rendering, context policy, parsing, repair retries and error
+rows. The backend here is scripted (no model); the real engines are tested in test_llm_vllm.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recgpt.llm.engine import Engine, RetryPolicy
+from recgpt.llm.render import OMITTED, PromptRenderer, PromptTooLong
+from recgpt.llm.request import EMBED_MARK, Request, Sampling, decode_block, encode_block, strip_marks
+from tests.llm_support import PersonaSplit, ScriptedBackend, llm_config, planner_messages
+
+VALID = '{"personas": [{"name": "winter hiker", "reason": "boots and a down jacket"}]}'
+
+
+@pytest.fixture(scope="module")
+def renderer() -> PromptRenderer:
+    cfg = llm_config()
+    return PromptRenderer(cfg["model_path"], 2048, policy="truncate_oldest")
+
+
+def request(key: str = "u1", history: int = 5, **kw) -> Request:
+    lines = [f"day {d}: viewed 'wool socks size {d}'" for d in range(history)]
+    return Request(
+        key, planner_messages(key, lines), schema=PersonaSplit, history_message=2, user_id=key, **kw
+    )
+
+
+def test_valid_output_parses_into_the_schema_model(renderer):
+    backend = ScriptedBackend([VALID])
+    [result] = Engine(backend, renderer).generate([request()])
+    assert result.ok and result.attempts == 1
+    assert isinstance(result.parsed, PersonaSplit)
+    assert result.parsed.personas[0].name == "winter hiker"
+    # The schema handed to structured decoding is the pydantic model's own.
+    assert backend.calls[0].schema == PersonaSplit.model_json_schema()
+    assert result.prompt_tokens == backend.calls[0].rendered.n_tokens > 0
+
+
+def test_malformed_output_is_retried_with_a_repair_instruction(renderer):
+    backend = ScriptedBackend(['{"personas": [', VALID])
+    [result] = Engine(backend, renderer, RetryPolicy(attempts=2)).generate([request()])
+    assert result.ok and result.attempts == 2
+    first, second = backend.calls
+    repaired = renderer.tokenizer.decode(second.rendered.token_ids)
+    assert "could not be used" in repaired and '{"personas": [' in repaired
+    assert result.prompt_tokens == first.rendered.n_tokens + second.rendered.n_tokens
+
+
+def test_output_still_bad_after_all_attempts_is_an_error_row_and_others_are_kept(renderer):
+    # Call order: round 1 = a, b, c; round 2 = the repair of b only.
+    backend = ScriptedBackend([VALID, "not json", VALID, '{"personas": []}'])
+    results = Engine(backend, renderer, RetryPolicy(attempts=2)).generate(
+        [request("a"), request("b"), request("c")]
+    )
+    assert [r.key for r in results] == ["a", "b", "c"]
+    assert results[0].ok and results[2].ok
+    bad = results[1]
+    assert bad.parsed is None and bad.attempts == 2
+    assert bad.error.startswith("invalid_output:") and "personas" in bad.error
+
+
+def test_rule_violations_in_valid_json_count_as_malformed(renderer):
+    too_long = '{"personas": [{"name": "' + "x" * 60 + '", "reason": "r"}]}'
+    backend = ScriptedBackend([too_long])
+    [result] = Engine(backend, renderer, RetryPolicy(attempts=1)).generate([request()])
+    assert result.error and "at most 40 characters" in result.error
+
+
+def test_transport_failure_becomes_an_engine_error_row(renderer):
+    backend = ScriptedBackend(["", VALID], error_at=[0])
+    results = Engine(backend, renderer).generate([request("a"), request("b")])
+    assert results[0].error == "engine_error: connection reset"
+    assert results[1].ok
+
+
+def test_reject_policy_refuses_over_long_prompts_without_calling_the_engine():
+    cfg = llm_config()
+    strict = PromptRenderer(cfg["model_path"], 512, policy="reject")
+    backend = ScriptedBackend([VALID])
+    results = Engine(backend, strict).generate([request("long", history=200), request("short", history=2)])
+    assert results[0].error.startswith("prompt_too_long:") and "policy reject" in results[0].error
+    assert results[0].attempts == 0 and results[0].prompt_tokens == 0
+    assert results[1].ok
+    assert len(backend.calls) == 1
+
+
+def test_truncate_policy_drops_the_oldest_history_lines_until_it_fits():
+    cfg = llm_config()
+    small = PromptRenderer(cfg["model_path"], 512, policy="truncate_oldest")
+    req = request("long", history=200, sampling=Sampling(max_tokens=128))
+    rendered = small.render(req)
+    assert 0 < rendered.n_tokens <= 512 - 128
+    assert rendered.truncated_lines > 0
+    text = small.tokenizer.decode(rendered.token_ids)
+    assert "day 199:" in text, "the newest line must survive"
+    assert "day 0:" not in text
+    assert OMITTED.format(n=rendered.truncated_lines) in text
+    # A prompt whose over-length is not in a history message cannot be truncated.
+    with pytest.raises(PromptTooLong, match="no history"):
+        small.render(
+            Request("x", ({"role": "user", "content": "word " * 600},), sampling=Sampling(max_tokens=128))
+        )
+
+
+def test_hybrid_prompt_splices_blocks_where_the_marks_are(renderer):
+    table = renderer.embedding_table
+    block = np.random.default_rng(0).standard_normal((3, table.shape[1])).astype(np.float32)
+    hybrid = Request("h", ({"role": "user", "content": f"Item {EMBED_MARK} in winter"},), embeds=(block,))
+    text = Request("t", ({"role": "user", "content": "Item  in winter"},))
+    r_h, r_t = renderer.render(hybrid), renderer.render(text)
+    assert r_h.token_ids is None and r_h.embeds.shape == (r_h.n_tokens, table.shape[1])
+    before = renderer.encode(renderer.template(hybrid.messages).split(EMBED_MARK)[0])
+    spliced = r_h.embeds[len(before) : len(before) + 3].float().numpy()
+    np.testing.assert_allclose(spliced, block, rtol=1e-2, atol=1e-2)
+    assert r_h.n_tokens >= r_t.n_tokens + 2
+
+
+def test_truncating_a_hybrid_history_drops_the_blocks_of_dropped_lines():
+    cfg = llm_config()
+    small = PromptRenderer(cfg["model_path"], 512, policy="truncate_oldest")
+    hidden = small.embedding_table.shape[1]
+    lines = [f"day {d}: bought {EMBED_MARK}" for d in range(300)]
+    # Block d is one-hot at column d (exact in bf16), so the kept blocks can be read back.
+    blocks = tuple(np.tile(np.eye(hidden, dtype=np.float32)[d] * 8, (2, 1)) for d in range(300))
+    req = Request(
+        "h", planner_messages("h", lines), embeds=blocks, history_message=2, sampling=Sampling(max_tokens=64)
+    )
+    rendered = small.render(req)
+    assert rendered.truncated_lines > 0 and rendered.n_tokens <= 512 - 64
+    rows = rendered.embeds.float().numpy()
+    kept = sorted({int(r.argmax()) for r in rows if r.max() == 8 and np.count_nonzero(r) == 1})
+    assert kept == list(range(rendered.truncated_lines, 300)), "exactly the blocks of the kept lines"
+
+
+def test_requests_validate_marks_against_blocks():
+    with pytest.raises(ValueError, match="1 embedding marks"):
+        Request("k", ({"role": "user", "content": f"a {EMBED_MARK}"},))
+    assert strip_marks(f"evil {EMBED_MARK} title") == "evil  title"
+    block = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(decode_block(encode_block(block)), block)
+
+
+def test_the_server_supervisor_stops_its_server_when_the_owner_is_gone():
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from recgpt.llm.server import alive
+
+    owner = subprocess.Popen(["sleep", "600"])
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "recgpt.llm.server", "--owner-pid", str(owner.pid), "--", "sleep", "600"]
+    )
+    deadline = time.monotonic() + 30
+    while not psutil.Process(supervisor.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [child] = psutil.Process(supervisor.pid).children()
+    owner.kill()
+    owner.wait()
+    supervisor.wait(timeout=30)
+    assert not alive(child.pid) or psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE

@@ -1,0 +1,153 @@
+"""LLM calls inside Spark: one engine per executor shared by every partition and stage, error rows
+instead of failed tasks, and the llm_calls cost ledger."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recgpt.llm.request import EMBED_MARK, encode_messages
+from recgpt.llm.server import engine_starts, stop_server
+from recgpt.tables import LLM_CALLS
+from tests.llm_support import PersonaSplit, llm_config, planner_messages
+from udfs import llm as spark_llm
+from udfs.warehouse import Lineage
+
+pytestmark = pytest.mark.slow
+
+
+def request_rows(n: int, prefix: str) -> list[dict]:
+    rows = [
+        {
+            "key": f"{prefix}-{i}",
+            "user_id": f"u{i}",
+            "messages": encode_messages(
+                planner_messages(f"u{i}", [f"day {d}: viewed 'scarf {d}'" for d in range(1 + i % 5)])
+            ),
+            "history_message": 2,
+        }
+        for i in range(n)
+    ]
+    rows.append({"key": f"{prefix}-bad", "user_id": "ub", "messages": "not json", "history_message": None})
+    rows.append(
+        {
+            "key": f"{prefix}-long",
+            "user_id": "ul",
+            "messages": encode_messages([{"role": "user", "content": "frost " * 4000}]),
+            "history_message": None,
+        }
+    )
+    rows.append(
+        {
+            "key": f"{prefix}-marks",
+            "user_id": "um",
+            "messages": encode_messages([{"role": "user", "content": f"item {EMBED_MARK}"}]),
+            "history_message": None,
+        }
+    )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory):
+    """One engine state dir for the module: the first test starts the engine, the next reuses it."""
+    return tmp_path_factory.mktemp("llm-state")
+
+
+@pytest.fixture(scope="module")
+def cfg(state_dir):
+    cfg = llm_config(**{"server.state_dir": str(state_dir), "sampling.max_tokens": 160})
+    yield cfg
+    stop_server(cfg)
+
+
+def test_one_engine_serves_every_partition_and_stage_and_failures_become_rows(spark, warehouse, cfg):
+    runs = []
+    for stage in ("planner", "experts"):  # two stages, each a separate Spark job of 4 tasks
+        df = spark.createDataFrame(
+            request_rows(10, stage), "key string, user_id string, messages string, history_message int"
+        )
+        results = spark_llm.generate(df.repartition(4), cfg, schema=PersonaSplit, label=stage).cache()
+        with spark_llm.Progress(spark, stage, interval_s=5):
+            rows = {r["key"]: r for r in results.collect()}
+        runs.append((stage, results, rows))
+
+    starts = engine_starts(cfg)
+    assert len(starts) == 1, f"expected one engine start on this executor, got {starts}"
+    engines = {r["engine"] for _, _, rows in runs for r in rows.values()}
+    assert engines == {f"{starts[0]['host']}:{starts[0]['pid']}"}
+
+    for stage, _, rows in runs:
+        assert len(rows) == 13, "every request row comes back exactly once"
+        good = [rows[f"{stage}-{i}"] for i in range(10)]
+        for r in good:
+            assert r["error"] is None, r["error"]
+            assert len(PersonaSplit.model_validate_json(r["parsed_json"]).personas) >= 1
+            assert r["prompt_tokens"] > 0 and r["generated_tokens"] > 0 and r["attempts"] >= 1
+        assert rows[f"{stage}-bad"]["error"].startswith("bad_request:")
+        assert rows[f"{stage}-long"]["error"].startswith("prompt_too_long")
+        assert (
+            rows[f"{stage}-marks"]["error"].startswith("bad_request:")
+            and "embedding" in rows[f"{stage}-marks"]["error"]
+        )
+
+    # Cost ledger: one row per call, replaced (not duplicated) when the stage reruns.
+    stage, results, rows = runs[0]
+    lineage = Lineage.now("2025-10-28", "run-1")
+    spark_llm.write_ledger(warehouse, results, stage, lineage)
+    spark_llm.write_ledger(warehouse, results, stage, Lineage.now("2025-10-28", "run-2"))
+    spark_llm.write_ledger(warehouse, runs[1][1], "experts", lineage)
+    ledger = warehouse.read(LLM_CALLS, dt="2025-10-28")
+    assert ledger.count() == 26
+    planner = ledger.where("stage = 'planner'")
+    assert {r["run_id"] for r in planner.select("run_id").collect()} == {"run-2"}
+    summary = spark_llm.summarize(results)
+    assert summary["calls"] == 13 and summary["errors"] == 3
+    ledger_tokens = planner.agg({"generated_tokens": "sum"}).first()[0]
+    assert ledger_tokens == summary["generated_tokens"] == sum(r["generated_tokens"] for r in rows.values())
+    assert json.loads(json.dumps(summary))  # plain ints: goes into the runs table details
+
+
+def test_an_llm_step_of_a_stage_records_ledger_summary_and_quality(spark, tmp_path, state_dir, cfg):
+    from jobs.stage import llm_step, open_context, render_summary
+    from recgpt.config import load_config
+    from recgpt.quality import check_specs
+    from udfs.quality import QualityRunner
+
+    conf = load_config(
+        [
+            "run.dt=2025-10-28",
+            "run.run_id=step-test",
+            f"storage.warehouse={tmp_path / 'wh'}",
+            f"llm.server.state_dir={state_dir}",
+            "llm.sampling.max_tokens=160",
+        ]
+    )
+    ctx = open_context(conf, "mine_intents", spark=spark)
+
+    df = spark.createDataFrame(
+        request_rows(6, "s"), "key string, user_id string, messages string, history_message int"
+    )
+    results = llm_step(ctx, df, "planner", schema=PersonaSplit)
+    assert results.count() == 9
+    summary = ctx.report.details["llm"]["mine_intents.planner"]
+    assert summary["calls"] == 9 and summary["errors"] == 3 and summary["generated_tokens"] > 0
+    text = render_summary(ctx, 1.0, "success", None)
+    assert "mine_intents.planner" in text and "9 calls" in text and "generated tok" in text
+
+    ledger = ctx.warehouse.read(LLM_CALLS, dt="2025-10-28")
+    assert ledger.count() == 9
+    assert {r["stage"] for r in ledger.select("stage").collect()} == {"mine_intents.planner"}
+
+    # The ledger's great-expectations suite passes on what was written and catches duplicates.
+    specs = check_specs("llm_calls", conf.quality.suites.llm_calls)
+    runner = QualityRunner(str(tmp_path / "reports"), str(conf.quality.assets_dir))
+    ok = runner.validate("mine_intents", "llm_calls", ledger, specs, "ok")
+    assert all(r.success for r in ok if r.severity == "critical"), [r.describe() for r in ok if not r.success]
+    doubled = ledger.unionByName(ledger.limit(1))
+    bad = runner.validate("mine_intents", "llm_calls", doubled, specs, "dup")
+    failed = {r.expectation for r in bad if not r.success}
+    assert "expect_compound_columns_to_be_unique" in failed
+    # Same engine as the first test: the step reused it rather than starting another.
+    assert len(engine_starts(cfg)) == 1
