@@ -76,7 +76,7 @@ def planner_prompts(n: int, seed: int = 7) -> list[list[dict[str, str]]]:
 
 
 class PeakRSS:
-    """Peak resident memory of a process tree, sampled in the background."""
+    """Peak memory (PSS) of process trees, sampled in the background."""
 
     def __init__(self, pids: list[int] | None = None) -> None:
         self.pids = pids or [os.getpid()]
@@ -87,14 +87,21 @@ class PeakRSS:
     def _sample(self) -> int:
         import psutil
 
+        # Proportional set size: pages shared between forked processes (Spark's Python workers,
+        # vLLM's engine processes) are counted once, not once per process as RSS would.
         total = 0
         for pid in self.pids:
             try:
                 root = psutil.Process(pid)
-                for proc in [root, *root.children(recursive=True)]:
-                    total += proc.memory_info().rss
+                procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 continue
+            for proc in procs:
+                try:
+                    info = proc.memory_full_info()
+                    total += getattr(info, "pss", info.rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
         return total
 
     def _run(self) -> None:
@@ -185,7 +192,7 @@ def spark_layer(cfg: dict[str, Any], n: int, max_tokens: int) -> dict[str, Any]:
         server = ensure_server(cfg)
         df = spark.createDataFrame(rows).repartition(2).cache()
         df.count()
-        with PeakRSS([server.pid, os.getpid()]) as rss:
+        with PeakRSS([server.pid]) as rss, PeakRSS([os.getpid()]) as spark_rss:
             started = time.perf_counter()
             results = spark_llm.generate(
                 df, cfg, schema=PlannerOutput, sampling=sampling, label="bench"
@@ -202,11 +209,20 @@ def spark_layer(cfg: dict[str, Any], n: int, max_tokens: int) -> dict[str, Any]:
             "errors": sum(r["error"] is not None for r in ordered),
             "engine_starts": len(engine_starts(cfg)),
             "peak_rss_mb": rss.mb,
+            "spark_side_rss_mb": spark_rss.mb,
             "texts": [r["text"] for r in ordered],
         }
     finally:
         stop_server(cfg)
         spark.stop()
+
+
+def _valid(text: str) -> bool:
+    try:
+        PlannerOutput.model_validate_json(text)
+    except ValueError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -233,6 +249,7 @@ def main() -> None:
 
     raw_file = Path(state) / "raw.json"
     print(f"(a) raw vllm.LLM.generate, {args.prompts} prompts ...", flush=True)
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     subprocess.run(
         [
             sys.executable,
@@ -247,6 +264,7 @@ def main() -> None:
         ],
         check=True,
         cwd=ROOT,
+        env=env,
     )
     raw = json.loads(raw_file.read_text())
     print("(b) engine layer in Spark (mapInArrow, local[2], one engine server) ...", flush=True)
@@ -254,7 +272,9 @@ def main() -> None:
 
     raw_tok_s = raw["generated_tokens"] / raw["seconds"]
     spark_tok_s = layer["generated_tokens"] / layer["seconds"]
-    same = sum(a == b for a, b in zip(raw.pop("texts"), layer.pop("texts"), strict=True))
+    raw_texts, layer_texts = raw.pop("texts"), layer.pop("texts")
+    same = sum(a == b for a, b in zip(raw_texts, layer_texts, strict=True))
+    raw_invalid = sum(not _valid(t) for t in raw_texts)
     figures = {
         "prompts": args.prompts,
         "max_tokens": args.max_tokens,
@@ -266,11 +286,12 @@ def main() -> None:
         "raw_engine_start_s": round(raw["start_s"], 1),
         "peak_rss_mb": layer["peak_rss_mb"],
         "raw_peak_rss_mb": raw["peak_rss_mb"],
+        "spark_side_rss_mb": layer["spark_side_rss_mb"],
         "raw_seconds": round(raw["seconds"], 1),
         "spark_seconds": round(layer["seconds"], 1),
         "generated_tokens": {"raw": raw["generated_tokens"], "spark": layer["generated_tokens"]},
         "cached_prompt_tokens": layer["cached_prompt_tokens"],
-        "spark_errors": layer["errors"],
+        "invalid_outputs": {"raw": raw_invalid, "spark": layer["errors"]},
         "engine_starts": layer["engine_starts"],
         "identical_outputs": f"{same}/{args.prompts}",
         "target_ratio": 0.85,

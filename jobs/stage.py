@@ -223,9 +223,18 @@ def llm_step(
 
     cfg = OmegaConf.to_container(ctx.cfg.llm, resolve=True)
     name = f"{ctx.stage}.{step}"
-    results = spark_llm.generate(requests, cfg, schema=schema, sampling=sampling, label=name).cache()  # type: ignore[arg-type]
+    interval = float(ctx.cfg.llm.get("progress_interval_s", 30))
+    progress = spark_llm.Progress(ctx.spark, name, total=requests.count(), interval_s=interval)
+    results = spark_llm.generate(
+        requests,
+        cfg,  # type: ignore[arg-type]
+        schema=schema,
+        sampling=sampling,
+        label=name,
+        progress=progress,
+    ).cache()
     started = time.monotonic()
-    with spark_llm.Progress(ctx.spark, name, float(ctx.cfg.llm.get("progress_interval_s", 30))):
+    with progress:
         summary = spark_llm.summarize(results)
     summary["seconds"] = round(time.monotonic() - started, 1)
     written = spark_llm.write_ledger(ctx.warehouse, results, name, ctx.lineage)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from recgpt.llm.request import EMBED_MARK, encode_messages
 from recgpt.llm.server import engine_starts, stop_server
@@ -68,9 +69,15 @@ def test_one_engine_serves_every_partition_and_stage_and_failures_become_rows(sp
         df = spark.createDataFrame(
             request_rows(10, stage), "key string, user_id string, messages string, history_message int"
         )
-        results = spark_llm.generate(df.repartition(4), cfg, schema=PersonaSplit, label=stage).cache()
-        with spark_llm.Progress(spark, stage, interval_s=5):
+        progress = spark_llm.Progress(spark, stage, total=13, interval_s=5)
+        results = spark_llm.generate(
+            df.repartition(4), cfg, schema=PersonaSplit, label=stage, progress=progress
+        ).cache()
+        with progress:
             rows = {r["key"]: r for r in results.collect()}
+        assert progress.requests.value == 13
+        assert progress.tokens.value == sum(r["generated_tokens"] for r in rows.values())
+        assert progress.line().startswith(f"[llm {stage}] 13/13 requests")
         runs.append((stage, results, rows))
 
     starts = engine_starts(cfg)
@@ -141,7 +148,7 @@ def test_an_llm_step_of_a_stage_records_ledger_summary_and_quality(spark, tmp_pa
     assert {r["stage"] for r in ledger.select("stage").collect()} == {"mine_intents.planner"}
 
     # The ledger's great-expectations suite passes on what was written and catches duplicates.
-    specs = check_specs("llm_calls", conf.quality.suites.llm_calls)
+    specs = check_specs("llm_calls", OmegaConf.to_container(conf.quality.suites.llm_calls, resolve=True))
     runner = QualityRunner(str(tmp_path / "reports"), str(conf.quality.assets_dir))
     ok = runner.validate("mine_intents", "llm_calls", ledger, specs, "ok")
     assert all(r.success for r in ok if r.severity == "critical"), [r.describe() for r in ok if not r.success]

@@ -7,8 +7,8 @@ whose oldest lines may be truncated). One output schema and one sampling setting
 
 Placement (`llm.placement`): `executor_server` (default) starts one vLLM server per executor on
 first use and every task sends its requests there, so all concurrent tasks are batched together;
-`remote` sends to a shared server at `llm.http.base_url`; `in_process` keeps a vLLM engine in each
-Python worker (only sensible with one task slot per executor, e.g. one GPU per executor).
+`remote` sends to a shared server at `llm.http.base_url`. (A vLLM engine inside each Python worker
+is not offered: engines in concurrent workers fight over the executor's cores.)
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from udfs.warehouse import Lineage, Warehouse, WriteResult
 
 log = logging.getLogger(__name__)
 
-PLACEMENTS = ("executor_server", "remote", "in_process")
+PLACEMENTS = ("executor_server", "remote")
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -59,9 +59,8 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 
-# Per Python worker: the renderer (tokenizer, embedding table) and, for in_process, the engine.
+# Per Python worker: the renderer (tokenizer, embedding table), loaded once and reused.
 _RENDERERS: dict[str, PromptRenderer] = {}
-_LOCAL_ENGINES: dict[str, tuple[Engine, str]] = {}
 
 
 def _cache_key(cfg: Mapping[str, Any]) -> str:
@@ -103,18 +102,6 @@ def executor_engine(cfg: Mapping[str, Any]) -> tuple[Engine, str]:
         if not url:
             raise ConfigError("llm.placement=remote needs llm.http.base_url")
         return Engine(OpenAIHTTPBackend.from_config(str(url), cfg), renderer_for(cfg), retry), str(url)
-    if placement == "in_process":
-        key = _cache_key(cfg)
-        if key not in _LOCAL_ENGINES:
-            from recgpt.llm.server import record_start
-            from recgpt.llm.vllm_offline import VLLMOfflineBackend
-
-            # Inside a Spark worker the engine core runs in-process: no extra process per worker.
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            backend = VLLMOfflineBackend(cfg)
-            record_start(cfg, {"pid": os.getpid(), "placement": placement}, backend.start_seconds)
-            _LOCAL_ENGINES[key] = (Engine(backend, renderer_for(cfg), retry), f"{host}:{os.getpid()}")
-        return _LOCAL_ENGINES[key]
     raise ConfigError(f"llm.placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
 
 
@@ -174,9 +161,11 @@ def partition_runner(
     sampling: Sampling,
     batch_size: int,
     label: str,
+    counters: tuple[Any, Any] | None = None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The mapInArrow function: rows are grouped into batches of `batch_size` requests (bounded
-    memory), each batch goes to the executor's engine in one call, results come back as Arrow."""
+    memory), each batch goes to the executor's engine in one call, results come back as Arrow.
+    `counters` (requests, generated tokens) are Spark accumulators the driver's Progress reads."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -190,17 +179,28 @@ def partition_runner(
         def flush(rows: list[dict[str, Any]]) -> pa.RecordBatch:
             nonlocal done, tokens
             out: list[dict[str, Any] | None] = [None] * len(rows)
-            requests, slots = [], []
+            requests, slots, keys = [], [], set()
             for i, row in enumerate(rows):
                 try:
-                    requests.append(to_request(row, schema, sampling))
-                    slots.append(i)
+                    request = to_request(row, schema, sampling)
                 except (ValueError, KeyError, TypeError) as exc:
                     out[i] = _bad_request(row, str(exc), engine.model, name)
+                    continue
+                if request.key in keys:
+                    out[i] = _bad_request(row, f"duplicate key {request.key!r}", engine.model, name)
+                    continue
+                keys.add(request.key)
+                requests.append(request)
+                slots.append(i)
+            batch_tokens = 0
             for i, result in zip(slots, engine.generate(requests), strict=True):
                 out[i] = _result_row(result, engine.model, name)
-                tokens += result.generated_tokens
+                batch_tokens += result.generated_tokens
             done += len(rows)
+            tokens += batch_tokens
+            if counters is not None:
+                counters[0].add(len(rows))
+                counters[1].add(batch_tokens)
             elapsed = time.perf_counter() - started
             print(
                 f"[llm {label}] partition {part}: {done:,} requests done, "
@@ -233,6 +233,7 @@ def generate(
     schema: type[BaseModel] | None = None,
     sampling: Sampling | None = None,
     label: str = "llm",
+    progress: Progress | None = None,
 ) -> DataFrame:
     """Results (RESULT_SCHEMA) for the request rows of `df`; lazy, like any transform."""
     for required in ("key", "messages"):
@@ -257,6 +258,7 @@ def generate(
         sampling or Sampling.from_config(cfg.get("sampling")),
         int(spark_cfg.get("batch_size", 256)),
         label,
+        None if progress is None else (progress.requests, progress.tokens),
     )
     return requests.mapInArrow(runner, from_arrow_schema(RESULT_SCHEMA))
 
@@ -269,7 +271,7 @@ def summarize(results: DataFrame) -> dict[str, Any]:
         F.sum("prompt_tokens").alias("prompt_tokens"),
         F.sum("cached_prompt_tokens").alias("cached_prompt_tokens"),
         F.sum("generated_tokens").alias("generated_tokens"),
-        F.sum(F.col("attempts") - 1).alias("repairs"),
+        F.sum(F.greatest(F.col("attempts") - 1, F.lit(0))).alias("repairs"),
     ).first()
     assert row is not None
     return {
@@ -300,44 +302,41 @@ def write_ledger(warehouse: Warehouse, results: DataFrame, stage: str, lineage: 
 
 
 class Progress:
-    """Prints an LLM stage's progress every `interval_s` seconds from the driver: tasks done and
-    elapsed time (tasks also print requests done and tokens/s to their own stderr)."""
+    """Prints an LLM step's progress from the driver every `interval_s` seconds: requests done of
+    the total, generated tokens/s and elapsed time. Counts arrive as tasks finish (accumulators);
+    each task also prints its own running count to its stderr."""
 
-    def __init__(self, spark: SparkSession, label: str, interval_s: float = 30.0) -> None:
+    def __init__(
+        self, spark: SparkSession, label: str, total: int | None = None, interval_s: float = 30.0
+    ) -> None:
         self.spark = spark
         self.label = label
+        self.total = total
         self.interval_s = interval_s
-        self.group = f"recgpt-llm-{label}-{time.time_ns()}"
+        self.requests = spark.sparkContext.accumulator(0)
+        self.tokens = spark.sparkContext.accumulator(0)
+        self.started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def __enter__(self) -> Progress:
         self.started = time.perf_counter()
-        self.spark.sparkContext.setJobGroup(self.group, f"LLM {self.label}")
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.spark.sparkContext.setJobGroup("", "")
+        print(self.line(), file=sys.stderr, flush=True)
 
-    def line(self) -> str | None:
-        tracker = self.spark.sparkContext.statusTracker()
-        total = done = 0
-        for job_id in tracker.getJobIdsForGroup(self.group):
-            job = tracker.getJobInfo(job_id)
-            for stage_id in job.stageIds if job else []:
-                info = tracker.getStageInfo(stage_id)
-                if info:
-                    total += info.numTasks
-                    done += info.numCompletedTasks
-        if not total:
-            return None
-        return f"[llm {self.label}] {done}/{total} tasks done · {time.perf_counter() - self.started:,.0f}s"
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        total = f"/{self.total:,}" if self.total is not None else ""
+        return (
+            f"[llm {self.label}] {self.requests.value:,}{total} requests · "
+            f"{self.tokens.value / max(elapsed, 1e-9):,.0f} generated tok/s · {elapsed:,.0f}s"
+        )
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            text = self.line()
-            if text:
-                print(text, file=sys.stderr, flush=True)
+            print(self.line(), file=sys.stderr, flush=True)
