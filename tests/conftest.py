@@ -54,3 +54,15 @@ def project_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+@pytest.fixture(scope="session")
+def llm_cfg(tmp_path_factory):
+    """The bundled model's `llm` config with one engine-server state dir for the whole session:
+    the first test that needs the engine server starts it, every later one finds it running."""
+    from recgpt.llm.server import stop_server
+    from tests.llm_support import llm_config
+
+    cfg = llm_config(**{"server.state_dir": str(tmp_path_factory.mktemp("llm-state"))})
+    yield cfg
+    stop_server(cfg)

@@ -9,9 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from recgpt.llm.request import EMBED_MARK, encode_messages
-from recgpt.llm.server import engine_starts, stop_server
+from recgpt.llm.server import engine_starts
 from recgpt.tables import LLM_CALLS
-from tests.llm_support import PersonaSplit, llm_config, planner_messages
+from tests.llm_support import PersonaSplit, planner_messages
 from udfs import llm as spark_llm
 from udfs.warehouse import Lineage
 
@@ -51,16 +51,8 @@ def request_rows(n: int, prefix: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def state_dir(tmp_path_factory):
-    """One engine state dir for the module: the first test starts the engine, the next reuses it."""
-    return tmp_path_factory.mktemp("llm-state")
-
-
-@pytest.fixture(scope="module")
-def cfg(state_dir):
-    cfg = llm_config(**{"server.state_dir": str(state_dir), "sampling.max_tokens": 160})
-    yield cfg
-    stop_server(cfg)
+def cfg(llm_cfg):
+    return {**llm_cfg, "sampling": {**llm_cfg["sampling"], "max_tokens": 160}}
 
 
 def test_one_engine_serves_every_partition_and_stage_and_failures_become_rows(spark, warehouse, cfg):
@@ -80,6 +72,8 @@ def test_one_engine_serves_every_partition_and_stage_and_failures_become_rows(sp
         assert progress.line().startswith(f"[llm {stage}] 13/13 requests")
         runs.append((stage, results, rows))
 
+    # However many tasks, partitions and stages: one engine on this machine (started by the first
+    # task, unless an earlier test of the session already had).
     starts = engine_starts(cfg)
     assert len(starts) == 1, f"expected one engine start on this executor, got {starts}"
     engines = {r["engine"] for _, _, rows in runs for r in rows.values()}
@@ -116,7 +110,7 @@ def test_one_engine_serves_every_partition_and_stage_and_failures_become_rows(sp
     assert json.loads(json.dumps(summary))  # plain ints: goes into the runs table details
 
 
-def test_an_llm_step_of_a_stage_records_ledger_summary_and_quality(spark, tmp_path, state_dir, cfg):
+def test_an_llm_step_of_a_stage_records_ledger_summary_and_quality(spark, tmp_path, cfg):
     from jobs.stage import llm_step, open_context, render_summary
     from recgpt.config import load_config
     from recgpt.quality import check_specs
@@ -127,7 +121,7 @@ def test_an_llm_step_of_a_stage_records_ledger_summary_and_quality(spark, tmp_pa
             "run.dt=2025-10-28",
             "run.run_id=step-test",
             f"storage.warehouse={tmp_path / 'wh'}",
-            f"llm.server.state_dir={state_dir}",
+            f"llm.server.state_dir={cfg['server']['state_dir']}",
             "llm.sampling.max_tokens=160",
         ]
     )

@@ -9,8 +9,8 @@ from recgpt.llm.engine import Engine, RetryPolicy
 from recgpt.llm.http_backend import OpenAIHTTPBackend
 from recgpt.llm.render import PromptRenderer
 from recgpt.llm.request import EMBED_MARK, Request, Sampling
-from recgpt.llm.server import engine_starts, ensure_server, stop_server
-from tests.llm_support import PersonaSplit, llm_config, planner_messages
+from recgpt.llm.server import engine_starts, ensure_server
+from tests.llm_support import PersonaSplit, planner_messages
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +53,8 @@ def text_and_hybrid(renderer: PromptRenderer) -> tuple[Request, Request]:
 
 
 @pytest.fixture(scope="session")
-def cfg(tmp_path_factory):
-    return llm_config(**{"server.state_dir": str(tmp_path_factory.mktemp("llm-state"))})
+def cfg(llm_cfg):
+    return llm_cfg
 
 
 @pytest.fixture(scope="session")
@@ -73,9 +73,8 @@ def offline(cfg, renderer):
 
 @pytest.fixture(scope="session")
 def server(cfg):
-    info = ensure_server(cfg)
-    yield info
-    stop_server(cfg)
+    """The session's engine server (started here, or by an earlier Spark test's tasks)."""
+    return ensure_server(cfg)
 
 
 def check_structured_batch(engine: Engine) -> None:
