@@ -163,3 +163,32 @@ def test_the_server_supervisor_stops_its_server_when_the_owner_is_gone():
     owner.wait()
     supervisor.wait(timeout=30)
     assert not alive(child.pid)
+
+
+class ExplodingOnOne(ScriptedBackend):
+    """An in-process engine refuses a whole batch when one prompt is bad."""
+
+    def complete(self, calls):
+        if any(c.rendered.n_tokens > 300 for c in calls):
+            raise RuntimeError("prompt refused by the engine")
+        return super().complete(calls)
+
+
+def test_a_batch_the_backend_refuses_is_split_so_only_the_bad_request_fails(renderer):
+    backend = ExplodingOnOne([VALID, VALID])
+    results = Engine(backend, renderer).generate(
+        [request("ok", history=2), request("big", history=40), request("ok2", history=2)]
+    )
+    assert results[0].ok and results[2].ok
+    assert results[1].error == "engine_error: RuntimeError: prompt refused by the engine"
+
+
+def test_a_model_echoing_the_embedding_mark_cannot_break_the_repair_round(renderer):
+    table = renderer.embedding_table
+    block = np.zeros((1, table.shape[1]), dtype=np.float32)
+    hybrid = Request(
+        "h", ({"role": "user", "content": f"Item {EMBED_MARK}"},), embeds=(block,), schema=PersonaSplit
+    )
+    backend = ScriptedBackend([f"{EMBED_MARK} not json", VALID])
+    [result] = Engine(backend, renderer).generate([hybrid])
+    assert result.ok and result.attempts == 2

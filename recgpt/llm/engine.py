@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ValidationError
 
 from recgpt.llm.render import PromptRenderer, PromptTooLong, Rendered
-from recgpt.llm.request import Request, Result, Sampling, json_schema
+from recgpt.llm.request import Request, Result, Sampling, json_schema, strip_marks
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class Engine:
         self.backend = backend
         self.renderer = renderer
         self.retry = retry or RetryPolicy()
+        self._schemas: dict[type[BaseModel], dict[str, Any]] = {}
 
     @property
     def model(self) -> str:
@@ -134,10 +135,10 @@ class Engine:
                     results[p.request.key] = self._finish(p)
                     continue
                 p.truncated_lines = max(p.truncated_lines, rendered.truncated_lines)
-                schema = json_schema(p.request.schema) if p.request.schema else None
+                schema = self._schema(p.request.schema)
                 calls.append(Call(rendered, p.request.sampling, schema))
                 sent.append(p)
-            completions = self.backend.complete(calls) if calls else []
+            completions = self._complete(calls) if calls else []
             pending = []
             for p, completion in zip(sent, completions, strict=True):
                 p.attempts = attempt
@@ -158,7 +159,8 @@ class Engine:
                     if attempt < self.retry.attempts:
                         p.messages = (
                             *p.messages,
-                            {"role": "assistant", "content": completion.text},
+                            # The model's echo must not claim embedding slots.
+                            {"role": "assistant", "content": strip_marks(completion.text)},
                             {"role": "user", "content": self.retry.repair_instruction.format(error=exc)},
                         )
                         pending.append(p)
@@ -168,6 +170,30 @@ class Engine:
                 p.last_error = None
                 results[p.request.key] = self._finish(p, parsed)
         return [results[r.key] for r in requests]
+
+    def _schema(self, model: type[BaseModel] | None) -> dict[str, Any] | None:
+        if model is None:
+            return None
+        if model not in self._schemas:
+            self._schemas[model] = json_schema(model)
+        return self._schemas[model]
+
+    def _complete(self, calls: list[Call]) -> list[Completion]:
+        """The backend's completions; if the batch call itself raises (one prompt the engine
+        refuses can fail a whole in-process batch), retry the calls one by one so only the
+        offending ones become errors."""
+        try:
+            return self.backend.complete(calls)
+        except Exception as exc:
+            log.warning("batch of %d calls failed (%s); retrying them one by one", len(calls), exc)
+        completions = []
+        for call in calls:
+            try:
+                [completion] = self.backend.complete([call])
+            except Exception as exc:
+                completion = Completion("", 0, None, 0, None, 0.0, error=f"{type(exc).__name__}: {exc}"[:500])
+            completions.append(completion)
+        return completions
 
     @staticmethod
     def _finish(p: _Pending, parsed: BaseModel | None = None) -> Result:
