@@ -49,3 +49,14 @@ def test_config_hash_ignores_run_id_but_not_settings():
     b = load_config(["run.stage=t", "run.run_id=b"])
     c = load_config(["run.stage=t", "data.users=999"])
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_gpu_cluster_config_extends_the_cluster_template_with_one_gpu_per_executor():
+    cfg = load_config(["spark=cluster_gpu", "llm=vllm_gpu"])
+    conf = cfg.spark.conf
+    assert cfg.spark.master == load_config(["spark=cluster"]).spark.master
+    assert conf["spark.executor.resource.gpu.amount"] == 1
+    assert 0 < conf["spark.task.resource.gpu.amount"] < 1, "several tasks feed one engine"
+    assert conf["spark.sql.extensions"].startswith("io.delta")
+    assert cfg.llm.placement == "executor_server" and cfg.llm.kv_cache_gib is None
+    assert cfg.llm.tensor_parallel_size >= 1 and 0 < cfg.llm.gpu_memory_utilization <= 1

@@ -192,3 +192,24 @@ def test_a_model_echoing_the_embedding_mark_cannot_break_the_repair_round(render
     backend = ScriptedBackend([f"{EMBED_MARK} not json", VALID])
     [result] = Engine(backend, renderer).generate([hybrid])
     assert result.ok and result.attempts == 2
+
+
+@pytest.mark.parametrize("llm", ["smollm2_cpu", "vllm_gpu"])
+def test_server_command_of_each_llm_config_is_accepted_by_vllms_own_parser(llm):
+    from omegaconf import OmegaConf
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from recgpt.config import load_config
+    from recgpt.llm.server import server_command
+
+    cfg = OmegaConf.to_container(load_config([f"llm={llm}"]).llm, resolve=True)
+    cmd = server_command(cfg, 8000)
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.launchers.api_server.entry"]
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(cmd[3:])
+    assert args.max_model_len == cfg["max_model_len"] and args.enable_prompt_embeds
+    assert args.enable_prefix_caching and args.max_num_seqs == cfg["max_num_seqs"]
+    if llm == "vllm_gpu":
+        assert args.tensor_parallel_size == 1 and args.gpu_memory_utilization == 0.9
+    else:
+        assert args.kv_cache_memory_bytes == 2 * 1024**3

