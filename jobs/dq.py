@@ -15,6 +15,7 @@ from jobs.stage import StageContext, main_for
 from recgpt.errors import RecGPTError
 from recgpt.quality import CheckResult, CheckSpec, check_specs, gate, row_count_check
 from recgpt.tables import DQ_RESULTS
+from udfs.embeddings import current_embeddings
 from udfs.quality import QualityRunner, derive_behaviors, derive_items, previous_row_counts, results_rows
 
 STAGE = "dq"
@@ -33,6 +34,14 @@ def _latest_run(ctx: StageContext, stage: str) -> Row:
     if row is None:
         raise RecGPTError(f"no successful {stage} run for dt={ctx.dt}: run `python -m jobs.{stage}` first")
     return row
+
+
+def _has_run(ctx: StageContext, stage: str) -> bool:
+    try:
+        _latest_run(ctx, stage)
+    except RecGPTError:
+        return False
+    return True
 
 
 def ingest_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, CheckSpec]]:
@@ -69,13 +78,45 @@ def ingest_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, Ch
     return frames, counts
 
 
-FRAMES = {"ingest": ingest_frames}
+def embed_items_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, CheckSpec]]:
+    """The vectors the latest embed_items run wrote for the date (with their length and norm), and
+    the catalog snapshot joined to its current vectors (every item must have one)."""
+    latest = _latest_run(ctx, "embed_items")
+    model = str(ctx.cfg.embedding.model_name)
+    written = ctx.warehouse.read("item_embeddings", dt=ctx.dt).where(
+        F.col("run_id") == F.lit(str(latest["run_id"]))
+    )
+    squares = F.aggregate("embedding", F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)
+    frames = {
+        "item_embeddings": written.withColumn("_length", F.size("embedding")).withColumn(
+            "_norm", F.sqrt(squares)
+        ),
+        "item_embeddings_current": current_embeddings(ctx.warehouse, ctx.dt, model).withColumn(
+            "_has_vector", F.col("embedding").isNotNull()
+        ),
+    }
+    # Incremental: a run embeds only what changed, so its row count says nothing about health.
+    counts = {
+        "item_embeddings": CheckSpec(
+            "item_embeddings", "expect_table_row_count_to_be_between", "warning", {"min_value": 0}
+        )
+    }
+    return frames, counts
+
+
+FRAMES = {"ingest": ingest_frames, "embed_items": embed_items_frames}
 
 
 def run(ctx: StageContext) -> None:
     q = OmegaConf.to_container(ctx.cfg.quality, resolve=True)
     assert isinstance(q, dict)
-    stages = list(ctx.cfg.dq.stages or q["checkpoints"])
+    # Explicit stages must have run; by default, every checkpoint whose stage ran for the date.
+    stages = list(ctx.cfg.dq.stages or [s for s in q["checkpoints"] if _has_run(ctx, s)])
+    if not stages:
+        raise RecGPTError(f"nothing to validate for dt={ctx.dt}: no stage with a checkpoint has run")
+    skipped = [s for s in q["checkpoints"] if s not in stages]
+    if skipped:
+        ctx.report.details["skipped"] = f"no successful run for dt={ctx.dt}: {', '.join(skipped)}"
     runner = QualityRunner(str(q["reports_dir"]), str(q["assets_dir"]))
     history = ctx.warehouse.read(DQ_RESULTS) if ctx.warehouse.exists(DQ_RESULTS) else None
     previous = previous_row_counts(history, ctx.dt)

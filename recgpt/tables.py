@@ -171,6 +171,34 @@ DQ_RESULTS = TableSpec(
     partition_by=("dt", "checkpoint"),
 )
 
+ITEM_EMBEDDINGS = TableSpec(
+    "item_embeddings",
+    "Item text embeddings, incremental: a run embeds only items whose text (content hash) is new "
+    "under the model, so the partition of a run date holds what that run embedded. An item's "
+    "current vector is the row matching its latest snapshot's content hash.",
+    (
+        Column("item_id", pa.string(), "item key", nullable=False),
+        Column(
+            "content_hash",
+            pa.string(),
+            "sha256 (16 hex) of the model name and the embedded text",
+            nullable=False,
+        ),
+        Column(
+            "text",
+            pa.string(),
+            "the embedded text: title | category path | brand (untrusted)",
+            nullable=False,
+        ),
+        Column("model", pa.string(), "embedding model name", nullable=False),
+        Column("dimension", pa.int32(), "vector length", nullable=False),
+        Column(
+            "embedding", pa.list_(pa.float32()), "the vector (unit length when normalized)", nullable=False
+        ),
+        *_lineage("run date that embedded it"),
+    ),
+)
+
 LLM_CALLS = TableSpec(
     "llm_calls",
     "Cost ledger: one row per LLM request a stage made (all attempts of the request summed). A rerun "
@@ -204,6 +232,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         PLANTED_PERSONAS,
         RUNS,
         DQ_RESULTS,
+        ITEM_EMBEDDINGS,
         LLM_CALLS,
     )
 }

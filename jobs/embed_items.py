@@ -1,0 +1,59 @@
+"""Stage embed_items: embed the text of every catalog item that has no vector yet for its current
+text under the configured model (content hash), so a nightly run only embeds new or changed items.
+
+    python -m jobs.embed_items run.dt=2025-10-28 [embedding.model_path=...]
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from omegaconf import OmegaConf
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
+from jobs.stage import StageContext, main_for
+from recgpt.tables import ITEM_EMBEDDINGS
+from udfs.embeddings import embed, item_texts
+
+STAGE = "embed_items"
+
+
+def run(ctx: StageContext) -> None:
+    cfg = OmegaConf.to_container(ctx.cfg.embedding, resolve=True)
+    assert isinstance(cfg, dict)
+    model = str(cfg["model_name"])
+    wh = ctx.warehouse
+    texts = item_texts(wh.read_snapshot("items", ctx.dt), model).persist(StorageLevel.MEMORY_AND_DISK)
+    total = texts.count()
+
+    todo = texts
+    if wh.exists(ITEM_EMBEDDINGS):
+        # Vectors from earlier run dates only: a rerun of this date recomputes its own partition,
+        # so it writes the same rows again instead of finding them "already done" and writing none.
+        before = (_dt.date.fromisoformat(ctx.dt) - _dt.timedelta(days=1)).isoformat()
+        done = (
+            wh.read(ITEM_EMBEDDINGS, dt_to=before)
+            .where(F.col("model") == model)
+            .select("item_id", "content_hash")
+            .distinct()
+        )
+        todo = texts.join(done, ["item_id", "content_hash"], "left_anti")
+    # Several tasks per core keep every Python worker's model busy on large catalogs.
+    parallelism = ctx.spark.sparkContext.defaultParallelism
+    vectors = embed(todo.repartition(max(1, parallelism * 2)), cfg)
+    written = wh.write(vectors, ITEM_EMBEDDINGS, mode="replace", lineage=ctx.lineage)
+    texts.unpersist()
+
+    r = ctx.report
+    r.rows_in, r.rows_out, r.rows_quarantined = total, written.rows, 0
+    r.wrote(ITEM_EMBEDDINGS.name, written.rows, written.version)
+    r.details["embedding"] = (
+        f"{model}: {written.rows:,} embedded, {total - written.rows:,} unchanged (reused)"
+    )
+
+
+main = main_for(STAGE, run)
+
+if __name__ == "__main__":
+    main()
