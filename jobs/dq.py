@@ -7,12 +7,15 @@ and stops the run (exit 1) when a critical expectation failed.
 
 from __future__ import annotations
 
+import re
+
 from omegaconf import OmegaConf
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
 from recgpt.errors import RecGPTError
+from recgpt.llm.request import EMBED_MARK
 from recgpt.quality import CheckResult, CheckSpec, check_specs, gate, row_count_check
 from recgpt.tables import DQ_RESULTS
 from udfs.embeddings import current_embeddings
@@ -104,7 +107,29 @@ def embed_items_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[st
     return frames, counts
 
 
-FRAMES = {"ingest": ingest_frames, "embed_items": embed_items_frames}
+def compress_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, CheckSpec]]:
+    """The contexts the latest compress run wrote, with consistency columns; and every user with
+    a behaviour before the run date must have exactly one."""
+    latest = _latest_run(ctx, "compress")
+    contexts = ctx.warehouse.read("user_context", dt=ctx.dt).where(
+        F.col("run_id") == F.lit(str(latest["run_id"]))
+    )
+    marks = F.size(F.split(F.col("hybrid_text"), re.escape(EMBED_MARK))) - 1
+    frame = (
+        contexts.withColumn("_marks_ok", marks == F.size("entity_ids"))
+        .withColumn("_kept_ok", F.col("events_kept") <= F.col("events"))
+        .withColumn("_hybrid_keeps_more", F.col("hybrid_dropped_buckets") <= F.col("v1_dropped_buckets"))
+    )
+    expected = int(latest["rows_in"] or 0)
+    counts = {
+        "user_context": CheckSpec(
+            "user_context", "expect_table_row_count_to_equal", "critical", {"value": expected}
+        )
+    }
+    return {"user_context": frame}, counts
+
+
+FRAMES = {"ingest": ingest_frames, "embed_items": embed_items_frames, "compress": compress_frames}
 
 
 def run(ctx: StageContext) -> None:

@@ -199,6 +199,59 @@ ITEM_EMBEDDINGS = TableSpec(
     ),
 )
 
+USER_CONTEXT = TableSpec(
+    "user_context",
+    "Each user's behaviour history as of the run date (ts < dt), compressed for the LLM: V1 "
+    "hierarchical text and the hybrid form whose entity slots refer to item embeddings, with token "
+    "counts (the LLM's own tokenizer) against the uncompressed full text.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("events", pa.int64(), "behaviours before the run date", nullable=False),
+        Column(
+            "events_kept",
+            pa.int64(),
+            "reliable behaviours kept (types, duplicates collapsed)",
+            nullable=False,
+        ),
+        Column("first_ts", UTC_TS, "oldest kept behaviour"),
+        Column("last_ts", UTC_TS, "newest kept behaviour"),
+        Column("buckets", pa.int32(), "time buckets of the history", nullable=False),
+        Column(
+            "full_tokens",
+            pa.int64(),
+            "tokens of the full text: every kept behaviour, full title",
+            nullable=False,
+        ),
+        Column(
+            "v1_text",
+            pa.string(),
+            "V1 hierarchical context: `time (behaviours) | core titles` per line",
+            nullable=False,
+        ),
+        Column("v1_tokens", pa.int64(), "tokens of v1_text", nullable=False),
+        Column(
+            "v1_dropped_buckets", pa.int32(), "oldest buckets dropped to fit the token budget", nullable=False
+        ),
+        Column(
+            "hybrid_text", pa.string(), "the same lines with each item as one entity mark", nullable=False
+        ),
+        Column("entity_ids", pa.list_(pa.string()), "item ids of the entity marks, in order", nullable=False),
+        Column(
+            "hybrid_tokens",
+            pa.int64(),
+            "tokens the model reads for the hybrid context (1 per entity)",
+            nullable=False,
+        ),
+        Column(
+            "hybrid_dropped_buckets",
+            pa.int32(),
+            "oldest buckets dropped to fit the token budget",
+            nullable=False,
+        ),
+        *_lineage("run date the context is as of"),
+    ),
+)
+
 LLM_CALLS = TableSpec(
     "llm_calls",
     "Cost ledger: one row per LLM request a stage made (all attempts of the request summed). A rerun "
@@ -233,6 +286,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         RUNS,
         DQ_RESULTS,
         ITEM_EMBEDDINGS,
+        USER_CONTEXT,
         LLM_CALLS,
     )
 }

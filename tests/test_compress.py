@@ -1,0 +1,69 @@
+"""compress: per-user V1 and hybrid contexts from real Spark over the synthetic world, token
+counts from the model's own tokenizer, reruns without duplicates, and its quality checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import compress, dq, ingest
+from jobs.stage import execute, open_context
+from recgpt.config import load_config
+from recgpt.llm.request import EMBED_MARK
+from recgpt.tables import BEHAVIORS, USER_CONTEXT
+
+pytestmark = pytest.mark.slow
+
+TINY = ["data.users=25", "data.items=150", "data.history_days=120", "data.holdout_days=3"]
+
+
+def ctx_for(spark, tmp_path, stage, *extra):
+    cfg = load_config([f"storage.warehouse={tmp_path / 'wh'}", "run.dt=2025-10-28", *TINY, *extra])
+    return open_context(cfg, stage, spark)
+
+
+def test_compress_writes_one_context_per_user_within_budget(spark, tmp_path):
+    execute(ctx_for(spark, tmp_path, "ingest"), ingest.run)
+    ctx = ctx_for(spark, tmp_path, "compress")
+    report = execute(ctx, compress.run)
+    wh = ctx.warehouse
+    before = wh.read(BEHAVIORS).where(F.col("ts") < F.lit("2025-10-28").cast("timestamp"))
+    users = before.select("user_id").distinct().count()
+    assert report.rows_in == report.rows_out == users > 0
+
+    rows = wh.read(USER_CONTEXT, dt="2025-10-28").toPandas().set_index("user_id")
+    assert len(rows) == users
+    active = rows[rows.events_kept > 0]
+    assert (active.full_tokens > active.v1_tokens).all()
+    assert (active.v1_tokens > active.hybrid_tokens).all()
+    assert (rows.v1_tokens <= 1024).all() and (rows.hybrid_tokens <= 1024).all()
+    for _, r in active.iterrows():
+        assert r.hybrid_text.count(EMBED_MARK) == len(r.entity_ids)
+        # Same buckets, unless the budget trimmed the (longer) V1 text more than the hybrid one.
+        assert r.hybrid_dropped_buckets <= r.v1_dropped_buckets
+        assert (
+            r.v1_text.count("\n") + r.v1_dropped_buckets
+            == r.hybrid_text.count("\n") + r.hybrid_dropped_buckets
+        )
+    # Plain clicks are not part of any context.
+    clicks_only = before.groupBy("user_id").agg(
+        F.max((F.col("behavior") != "click").cast("int")).alias("other")
+    )
+    assert clicks_only.where("other = 0").count() == len(rows[rows.events_kept == 0])
+
+    # The token counts are the LLM tokenizer's own.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ctx.cfg.llm.model_path))
+    sample = active.iloc[0]
+    assert sample.v1_tokens == len(tok(sample.v1_text, add_special_tokens=False)["input_ids"])
+
+    # A small budget trims the oldest buckets; a rerun replaces the date's rows.
+    tight = execute(ctx_for(spark, tmp_path, "compress", "compress.token_budget=120"), compress.run)
+    assert tight.rows_out == users
+    trimmed = wh.read(USER_CONTEXT, dt="2025-10-28").toPandas()
+    assert len(trimmed) == users and (trimmed.v1_tokens <= 120).all()
+    assert (trimmed.v1_dropped_buckets > 0).any()
+
+    checked = execute(ctx_for(spark, tmp_path, "dq", "compress.token_budget=120"), dq.run)
+    assert "0 failed" in checked.details["dq"], checked.details
