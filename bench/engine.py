@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -50,7 +50,7 @@ SITUATIONS = [
 
 class Persona(BaseModel):
     name: str = Field(min_length=1, max_length=30)
-    tags: list[str] = Field(min_length=1, max_length=3)
+    tags: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(min_length=1, max_length=3)
     reason: str = Field(max_length=90)
 
 
@@ -144,7 +144,10 @@ def raw_vllm(cfg: dict[str, Any], n: int, max_tokens: int, out: Path) -> None:
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=0.0,
-            structured_outputs=StructuredOutputsParams(json=PlannerOutput.model_json_schema()),
+            structured_outputs=StructuredOutputsParams(
+                json=PlannerOutput.model_json_schema(),
+                disable_any_whitespace=bool(cfg.get("compact_json", True)),
+            ),
         )
         started = time.perf_counter()
         outputs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], params, use_tqdm=False)
@@ -228,7 +231,7 @@ def _valid(text: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", type=int, default=128)
-    parser.add_argument("--max-tokens", type=int, default=192)
+    parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)  # internal: run baseline (a) only
     args = parser.parse_args()
 

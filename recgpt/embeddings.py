@@ -48,6 +48,9 @@ class Embedder:
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per Python worker otherwise
 
         self.name = str(cfg["model_name"])
         self.normalize = bool(cfg.get("normalize", True))

@@ -13,13 +13,17 @@ from recgpt.config import load_config
 from recgpt.llm.engine import Call, Completion
 
 
+# Bounded so that any valid answer fits SCHEMA_TOKENS (even a string of digits, one token each).
 class Persona(BaseModel):
-    name: str = Field(min_length=1, max_length=40)
-    reason: str = Field(max_length=120)
+    name: str = Field(min_length=1, max_length=30)
+    reason: str = Field(max_length=60)
 
 
 class PersonaSplit(BaseModel):
     personas: list[Persona] = Field(min_length=1, max_length=3)
+
+
+SCHEMA_TOKENS = 384
 
 
 def llm_config(**overrides: Any) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def test_rule_violations_in_valid_json_count_as_malformed(renderer):
     too_long = '{"personas": [{"name": "' + "x" * 60 + '", "reason": "r"}]}'
     backend = ScriptedBackend([too_long])
     [result] = Engine(backend, renderer, RetryPolicy(attempts=1)).generate([request()])
-    assert result.error and "at most 40 characters" in result.error
+    assert result.error and "at most 30 characters" in result.error
 
 
 def test_transport_failure_becomes_an_engine_error_row(renderer):

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from recgpt.llm.request import EMBED_MARK, encode_messages
 from recgpt.llm.server import engine_starts
 from recgpt.tables import LLM_CALLS
-from tests.llm_support import PersonaSplit, planner_messages
+from tests.llm_support import SCHEMA_TOKENS, PersonaSplit, planner_messages
 from udfs import llm as spark_llm
 from udfs.warehouse import Lineage
 
@@ -52,7 +52,7 @@ def request_rows(n: int, prefix: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def cfg(llm_cfg):
-    return {**llm_cfg, "sampling": {**llm_cfg["sampling"], "max_tokens": 160}}
+    return {**llm_cfg, "sampling": {**llm_cfg["sampling"], "max_tokens": SCHEMA_TOKENS}}
 
 
 def test_one_engine_serves_every_partition_and_stage_and_failures_become_rows(spark, warehouse, cfg):
@@ -122,7 +122,7 @@ def test_an_llm_step_of_a_stage_records_ledger_summary_and_quality(spark, tmp_pa
             "run.run_id=step-test",
             f"storage.warehouse={tmp_path / 'wh'}",
             f"llm.server.state_dir={cfg['server']['state_dir']}",
-            "llm.sampling.max_tokens=160",
+            f"llm.sampling.max_tokens={SCHEMA_TOKENS}",
         ]
     )
     ctx = open_context(conf, "mine_intents", spark=spark)

@@ -10,7 +10,7 @@ from recgpt.llm.http_backend import OpenAIHTTPBackend
 from recgpt.llm.render import PromptRenderer
 from recgpt.llm.request import EMBED_MARK, Request, Sampling
 from recgpt.llm.server import engine_starts, ensure_server
-from tests.llm_support import PersonaSplit, planner_messages
+from tests.llm_support import SCHEMA_TOKENS, PersonaSplit, planner_messages
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ TITLE = "waterproof trail boots"
 
 
 def chat_batch(n: int) -> list[Request]:
-    sampling = Sampling(max_tokens=160)
+    sampling = Sampling(max_tokens=SCHEMA_TOKENS)
     return [
         Request(
             f"u{i}", planner_messages(f"u{i}", HISTORY[: 1 + i % 4]), schema=PersonaSplit, sampling=sampling
@@ -125,7 +125,10 @@ def test_http_backend_against_a_real_vllm_server(server, cfg, renderer):
     # says so.
     history = [f"day {d}: viewed 'wool socks size {d}'" for d in range(60)]
     long = Request(
-        "again", planner_messages("u", history), schema=PersonaSplit, sampling=Sampling(max_tokens=100)
+        "again",
+        planner_messages("u", history),
+        schema=PersonaSplit,
+        sampling=Sampling(max_tokens=SCHEMA_TOKENS),
     )
     first, again = engine.generate([long]), engine.generate([long])
     assert first[0].error is None and again[0].prompt_tokens > 500

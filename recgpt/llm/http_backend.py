@@ -42,6 +42,7 @@ class OpenAIHTTPBackend:
         *,
         api_key: str | None = None,
         max_concurrency: int = 64,
+        compact_json: bool = True,
         timeout_s: float = 600.0,
         retries: int = 3,
         backoff_s: float = 1.0,
@@ -50,6 +51,7 @@ class OpenAIHTTPBackend:
         self.model = model
         self.api_key = api_key
         self.max_concurrency = max(1, int(max_concurrency))
+        self.compact_json = compact_json
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
         self.backoff_s = float(backoff_s)
@@ -65,6 +67,7 @@ class OpenAIHTTPBackend:
             timeout_s=float(http.get("timeout_s", 600)),
             retries=int(http.get("retries", 3)),
             backoff_s=float(http.get("backoff_s", 1.0)),
+            compact_json=bool(cfg.get("compact_json", True)),
         )
 
     def body(self, call: Call) -> dict[str, Any]:
@@ -82,7 +85,7 @@ class OpenAIHTTPBackend:
         if s.stop:
             body["stop"] = list(s.stop)
         if call.schema is not None:
-            body["structured_outputs"] = {"json": call.schema}
+            body["structured_outputs"] = {"json": call.schema, "disable_any_whitespace": self.compact_json}
         if call.rendered.embeds is None:
             body["prompt"] = call.rendered.token_ids
         else:

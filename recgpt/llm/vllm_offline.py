@@ -47,6 +47,7 @@ class VLLMOfflineBackend:
         from vllm import LLM
 
         self.model = str(cfg.get("model_name") or cfg["model_path"])
+        self.compact_json = bool(cfg.get("compact_json", True))
         started = time.perf_counter()
         self.llm = LLM(**engine_args(cfg))
         self.start_seconds = time.perf_counter() - started
@@ -71,7 +72,11 @@ class VLLMOfflineBackend:
                     top_p=s.top_p,
                     seed=s.seed,
                     stop=list(s.stop) or None,
-                    structured_outputs=StructuredOutputsParams(json=call.schema) if call.schema else None,
+                    structured_outputs=(
+                        StructuredOutputsParams(json=call.schema, disable_any_whitespace=self.compact_json)
+                        if call.schema
+                        else None
+                    ),
                 )
             )
         started = time.perf_counter()
