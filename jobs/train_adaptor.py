@@ -1,0 +1,128 @@
+"""Stage train_adaptor: train the entity adaptor (item embedding -> one LLM input slot) with the
+LLM frozen, on self-perception and distillation examples from the warehouse, and save it as a
+versioned artifact. Runs on the driver: the data is small and the model is shared.
+
+    python -m jobs.train_adaptor run.dt=2025-10-28 [adaptor.steps=...]
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+import sys
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from pyspark.sql import functions as F
+
+from jobs.stage import StageContext, main_for
+from recgpt import adaptor as A
+from recgpt.context import core_title
+from recgpt.errors import RecGPTError
+from recgpt.llm.request import EMBED_MARK
+from recgpt.tables import USER_CONTEXT
+from udfs.embeddings import current_embeddings
+
+STAGE = "train_adaptor"
+
+DISTILL_INSTRUCTION = "In a few words, what is this shopper interested in right now?"
+
+
+def distill_messages(history: str) -> tuple[dict[str, str], ...]:
+    return (
+        {"role": "user", "content": f"Shopping history (oldest first):\n{history}\n\n{DISTILL_INSTRUCTION}"},
+    )
+
+
+def newest_lines(v1_text: str, hybrid_text: str, buckets: int) -> tuple[str, str, int]:
+    """The newest `buckets` lines of both forms (same buckets), and how many marks they hold."""
+    v1 = v1_text.splitlines()[-buckets:]
+    hybrid = hybrid_text.splitlines()[-buckets:]
+    return "\n".join(v1), "\n".join(hybrid), sum(line.count(EMBED_MARK) for line in hybrid)
+
+
+def run(ctx: StageContext) -> None:
+    cfg = OmegaConf.to_container(ctx.cfg.adaptor, resolve=True)
+    assert isinstance(cfg, dict)
+    rng = random.Random(int(cfg["seed"]))
+    wh = ctx.warehouse
+    emb_model = str(ctx.cfg.embedding.model_name)
+
+    vectors = current_embeddings(wh, ctx.dt, emb_model).where(F.col("embedding").isNotNull())
+    items = vectors.join(wh.read_snapshot("items", ctx.dt).select("item_id", "title", "category"), "item_id")
+    catalog = items.select("item_id", "title", "category", "embedding").toPandas()
+    if catalog.empty:
+        raise RecGPTError(f"no item embeddings as of {ctx.dt}: run `python -m jobs.embed_items` first")
+    by_id = dict(zip(catalog.item_id, catalog.embedding, strict=True))
+    picked = catalog.sample(n=min(int(cfg["items"]), len(catalog)), random_state=int(cfg["seed"]))
+    sp = A.self_perception_examples(
+        [
+            {
+                "embedding": r.embedding,
+                "title": core_title(r.title, int(ctx.cfg.compress.core_title_words)),
+                "category": r.category,
+            }
+            for r in picked.itertuples()
+        ]
+    )
+    holdout_n = min(int(cfg["holdout_items"]), len(sp) // 4)
+    sp_hold, sp_train = sp[:holdout_n], sp[holdout_n:]
+
+    lm = A.FrozenLM(str(ctx.cfg.llm.model_path), threads=cfg.get("threads"))
+    distill: list[A.Example] = []
+    if wh.exists(USER_CONTEXT):
+        contexts = (
+            wh.read(USER_CONTEXT, dt=ctx.dt)
+            .where(F.col("events_kept") > 0)
+            .select("user_id", "v1_text", "hybrid_text", "entity_ids")
+            .orderBy("user_id")
+            .toPandas()
+        )
+        rows = list(contexts.itertuples())
+        rng.shuffle(rows)
+        for r in rows[: int(cfg["distill_users"]) + int(cfg["holdout_users"])]:
+            text, hybrid, marks = newest_lines(r.v1_text, r.hybrid_text, int(cfg["distill_buckets"]))
+            ids = list(r.entity_ids)[len(r.entity_ids) - marks :] if marks else []
+            if any(i not in by_id for i in ids):
+                continue  # an item without a vector (should not happen after embed_items)
+            teacher = lm.generate(distill_messages(text), int(cfg["distill_tokens"]))
+            entities = np.asarray([by_id[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+            distill.append(A.Example(distill_messages(hybrid), entities, teacher, "distillation"))
+    dist_hold = distill[: int(cfg["holdout_users"])]
+    dist_train = distill[int(cfg["holdout_users"]) :]
+
+    train_set, holdout = sp_train + dist_train, sp_hold + dist_hold
+    result = A.train(lm, train_set, holdout, cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    meta: dict[str, Any] = {
+        "data_hash": A.data_hash(train_set),
+        "llm": str(ctx.cfg.llm.model_name),
+        "llm_hidden": lm.hidden,
+        "embedding_model": emb_model,
+        "embedding_dim": int(train_set[0].entities.shape[1]),
+        "config": {
+            k: cfg[k]
+            for k in ("hidden", "steps", "batch_size", "lr", "seed", "distill_buckets", "distill_tokens")
+        },
+        "metrics": result.metrics,
+        "trained_for_dt": ctx.dt,
+        "run_id": ctx.lineage.run_id,
+        "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    folder = A.save(result.adaptor, str(cfg["artifacts_dir"]), meta)
+
+    r = ctx.report
+    r.rows_in = len(train_set) + len(holdout)
+    r.rows_out = len(train_set)
+    r.details["adaptor"] = {"version": folder.name, "path": str(folder)}
+    m = result.metrics
+    r.details["training"] = (
+        f"{len(sp_train)} self-perception + {len(dist_train)} distillation examples, {m['steps']} steps in "
+        f"{m['seconds']}s; held-out loss {m['holdout_loss_before']} -> {m['holdout_loss_after']}"
+    )
+
+
+main = main_for(STAGE, run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The entity adaptor: a 2-layer MLP that maps an item's text embedding into the LLM's
+input-embedding space, so one `[entity]` slot stands for a whole title in hybrid prompts.
+
+Trained with the LLM frozen on two objectives: self-perception (from a single entity slot the
+model reproduces the item's title and category) and distillation (from a hybrid context the model
+reproduces what it answers for the same context in text). Saved as a versioned artifact: weights,
+the training-data hash, metrics and the models it belongs to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recgpt.errors import ConfigError
+from recgpt.llm.request import EMBED_MARK
+
+WEIGHTS = "adaptor.safetensors"
+META = "adaptor.json"
+
+PROBE_PROMPT = f"Item: {EMBED_MARK}\nWhat is this item? Answer as: title | category"
+
+
+def build_adaptor(in_dim: int, hidden: int, out_dim: int, target_norm: float | None = None) -> Any:
+    import torch
+
+    class EntityAdaptor(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(in_dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, out_dim)
+            )
+            # Every slot at the typical norm of the LLM's token embeddings: the frozen model sees
+            # vectors of a familiar scale and the MLP learns only their direction.
+            self.register_buffer("scale", torch.tensor(float(target_norm or 1.0)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.net(x)
+            return y * (self.scale / (y.norm(dim=-1, keepdim=True) + 1e-6))
+
+    return EntityAdaptor()
+
+
+@dataclass
+class Example:
+    """One training sequence: chat messages whose marks take `entities` (item embeddings, in
+    order) and the answer the frozen model must produce."""
+
+    messages: tuple[Mapping[str, str], ...]
+    entities: np.ndarray  # [k, embedding_dim]
+    target: str
+    kind: str  # self_perception | distillation
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([list(e.messages), e.target, e.kind], sort_keys=True).encode())
+        h.update(np.ascontiguousarray(e.entities, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def self_perception_examples(items: Sequence[Mapping[str, Any]]) -> list[Example]:
+    """From one entity slot, the item's core title and category."""
+    return [
+        Example(
+            ({"role": "user", "content": PROBE_PROMPT},),
+            np.asarray([it["embedding"]], dtype=np.float32),
+            f"{it['title']} | {it['category']}",
+            "self_perception",
+        )
+        for it in items
+    ]
+
+
+@dataclass
+class TrainResult:
+    adaptor: Any
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class FrozenLM:
+    """The LLM (transformers, fp32, frozen) used to train the adaptor: chat template, input
+    embeddings of text pieces, and the loss of a target given spliced embeddings."""
+
+    def __init__(self, model_path: str, threads: int | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
+        self.model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        table: Any = self.model.get_input_embeddings().weight
+        self.table = table
+        self.hidden = int(table.shape[1])
+        self.token_norm = float(table.norm(dim=-1).mean())
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
+        return str(
+            self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        )
+
+    def sequence(self, example: Example, adaptor: Any) -> tuple[Any, list[int]]:
+        """Input embeddings [n, hidden] of prompt + target, and labels (-100 on the prompt)."""
+        import torch
+
+        pieces = self.prompt(example.messages).split(EMBED_MARK)
+        if len(pieces) != len(example.entities) + 1:
+            raise ValueError(f"{len(pieces) - 1} marks for {len(example.entities)} entities")
+        slots = (
+            adaptor(torch.as_tensor(example.entities, dtype=torch.float32)) if len(example.entities) else None
+        )
+        parts, labels = [], []
+        for i, piece in enumerate(pieces):
+            ids = self.ids(piece)
+            if ids:
+                parts.append(self.table[torch.tensor(ids)])
+                labels += [-100] * len(ids)
+            if slots is not None and i < len(example.entities):
+                parts.append(slots[i : i + 1])
+                labels.append(-100)
+        target = [*self.ids(example.target), int(self.tokenizer.eos_token_id)]
+        parts.append(self.table[torch.tensor(target)])
+        labels += target
+        return torch.cat(parts, dim=0), labels
+
+    def loss(self, examples: Sequence[Example], adaptor: Any) -> Any:
+        import torch
+
+        seqs = [self.sequence(e, adaptor) for e in examples]
+        width = max(s.shape[0] for s, _ in seqs)
+        embeds = torch.zeros(len(seqs), width, self.hidden)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for row, (seq, lab) in enumerate(seqs):
+            embeds[row, : seq.shape[0]] = seq
+            mask[row, : seq.shape[0]] = 1
+            labels[row, : len(lab)] = torch.tensor(lab)
+        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+
+    def generate(self, messages: Sequence[Mapping[str, str]], max_new_tokens: int) -> str:
+        """The frozen model's greedy answer to a text prompt (the distillation teacher)."""
+        import torch
+
+        ids = torch.tensor([self.ids(self.prompt(messages))])
+        with torch.no_grad():
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
+            )
+        return str(self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
+
+
+def train(
+    lm: FrozenLM,
+    train_set: Sequence[Example],
+    holdout: Sequence[Example],
+    cfg: Mapping[str, Any],
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Adam on the adaptor only; reports held-out loss per objective before and after."""
+    import torch
+
+    if not train_set:
+        raise ConfigError("no training examples for the entity adaptor")
+    dim = int(train_set[0].entities.shape[1])
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    adaptor = build_adaptor(dim, int(cfg["hidden"]), lm.hidden, lm.token_norm)
+    optimizer = torch.optim.AdamW(adaptor.parameters(), lr=float(cfg["lr"]), weight_decay=0.0)
+    steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
+    rng = random.Random(int(cfg.get("seed", 0)))
+
+    def evaluate() -> dict[str, float]:
+        out = {}
+        with torch.no_grad():
+            for kind in sorted({e.kind for e in holdout}):
+                subset = [e for e in holdout if e.kind == kind]
+                losses = [
+                    float(lm.loss(subset[i : i + batch], adaptor)) for i in range(0, len(subset), batch)
+                ]
+                out[kind] = round(sum(losses) / len(losses), 4)
+        return out
+
+    before = evaluate()
+    started = time.perf_counter()
+    losses: list[float] = []
+    for step in range(1, steps + 1):
+        sample = rng.sample(list(train_set), min(batch, len(train_set)))
+        loss = lm.loss(sample, adaptor)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        if progress and (step % max(1, steps // 10) == 0 or step == steps):
+            recent = losses[-max(1, steps // 10) :]
+            progress(f"adaptor step {step}/{steps}: loss {sum(recent) / len(recent):.3f}")
+    after = evaluate()
+    metrics = {
+        "steps": steps,
+        "seconds": round(time.perf_counter() - started, 1),
+        "train_loss_first": round(losses[0], 4),
+        "train_loss_last": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+        "holdout_loss_before": before,
+        "holdout_loss_after": after,
+        "train_examples": len(train_set),
+        "holdout_examples": len(holdout),
+        "perplexity_after": {k: round(math.exp(min(v, 50)), 2) for k, v in after.items()},
+    }
+    return TrainResult(adaptor, metrics)
+
+
+def save(adaptor: Any, root: str | Path, meta: Mapping[str, Any]) -> Path:
+    """Write weights + metadata under root/<version>/ (version from data hash and settings)."""
+    from safetensors.torch import save_file
+
+    key = json.dumps({k: meta[k] for k in ("data_hash", "llm", "embedding_model", "config")}, sort_keys=True)
+    version = hashlib.sha256(key.encode()).hexdigest()[:12]
+    folder = Path(root) / version
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in adaptor.state_dict().items()}, str(folder / WEIGHTS))
+    (folder / META).write_text(json.dumps({**meta, "version": version}, indent=2, default=str))
+    return folder
+
+
+def load(folder: str | Path) -> tuple[Any, dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / META).is_file():
+        raise ConfigError(
+            f"{folder} is not an adaptor artifact (no {META}); run `python -m jobs.train_adaptor`"
+        )
+    meta = json.loads((folder / META).read_text())
+    state = load_file(str(folder / WEIGHTS))
+    adaptor = build_adaptor(
+        int(meta["embedding_dim"]), int(meta["config"]["hidden"]), int(meta["llm_hidden"])
+    )
+    adaptor.load_state_dict(state)
+    adaptor.eval()
+    return adaptor, meta
+
+
+def latest(root: str | Path) -> Path | None:
+    """The most recently trained artifact under root, if any."""
+    folders = [p for p in Path(root).glob("*") if (p / META).is_file()]
+    if not folders:
+        return None
+    return max(folders, key=lambda p: json.loads((p / META).read_text()).get("trained_at", ""))
+
+
+def entity_vectors(adaptor: Any, embeddings: np.ndarray) -> np.ndarray:
+    """Entity slot vectors [k, llm_hidden] for item embeddings [k, dim] (inference)."""
+    import torch
+
+    with torch.no_grad():
+        return adaptor(torch.as_tensor(np.asarray(embeddings, dtype=np.float32))).numpy()
