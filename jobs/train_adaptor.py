@@ -102,7 +102,16 @@ def run(ctx: StageContext) -> None:
         "embedding_dim": int(train_set[0].entities.shape[1]),
         "config": {
             k: cfg[k]
-            for k in ("hidden", "steps", "batch_size", "lr", "seed", "distill_buckets", "distill_tokens")
+            for k in (
+                "hidden",
+                "steps",
+                "batch_size",
+                "lr",
+                "seed",
+                "distill_buckets",
+                "distill_tokens",
+                "distill_share",
+            )
         },
         "metrics": result.metrics,
         "trained_for_dt": ctx.dt,

@@ -95,7 +95,9 @@ class FrozenLM:
     def __init__(self, model_path: str, threads: int | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
@@ -173,7 +175,7 @@ def train(
     cfg: Mapping[str, Any],
     progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Adam on the adaptor only; reports held-out loss per objective before and after."""
+    """AdamW on the adaptor only; reports held-out loss per objective before and after."""
     import torch
 
     if not train_set:
@@ -199,13 +201,21 @@ def train(
     before = evaluate()
     started = time.perf_counter()
     losses: list[float] = []
+    # One objective per step: batches of one kind pad to similar lengths (self-perception
+    # sequences are short, distillation ones long), and distillation gets its share of steps
+    # however few its examples are.
+    pools = {kind: [e for e in train_set if e.kind == kind] for kind in sorted({e.kind for e in train_set})}
+    others = [k for k in pools if k != "distillation"]
+    share = float(cfg.get("distill_share", 0.25)) if others and "distillation" in pools else 0.0
     for step in range(1, steps + 1):
-        sample = rng.sample(list(train_set), min(batch, len(train_set)))
+        kind = "distillation" if (not others or rng.random() < share) else others[0]
+        pool = pools[kind]
+        sample = rng.sample(pool, min(batch, len(pool)))
         loss = lm.loss(sample, adaptor)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress and (step % max(1, steps // 10) == 0 or step == steps):
             recent = losses[-max(1, steps // 10) :]
             progress(f"adaptor step {step}/{steps}: loss {sum(recent) / len(recent):.3f}")
