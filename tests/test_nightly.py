@@ -37,7 +37,16 @@ def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, pro
     first = nightly(tmp_path, project_env)
     assert first.returncode == 0, first.stderr[-4000:]
     assert f"tables under {tmp_path / 'wh'}/" in first.stdout
-    tables = ("behaviors", "items", "users", "env_signals", "quarantine", "planted_personas")
+    tables = (
+        "behaviors",
+        "items",
+        "users",
+        "env_signals",
+        "quarantine",
+        "planted_personas",
+        "item_embeddings",
+        "user_context",
+    )
     counts = {t: len(DeltaTable(str(tmp_path / "wh" / t)).to_pandas()) for t in tables}
     assert all(n > 0 for n in counts.values()), counts
 
@@ -45,9 +54,12 @@ def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, pro
     assert second.returncode == 0, second.stderr[-4000:]
     assert {t: len(DeltaTable(str(tmp_path / "wh" / t)).to_pandas()) for t in tables} == counts
     runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas()
-    # Two chains of (ingest, dq), each chain under one run id.
+    # Two chains of (ingest, embed_items, compress, dq), each chain under one run id.
     assert set(runs.status) == {"success"} and runs.run_id.nunique() == 2
-    assert sorted(runs.stage) == ["dq", "dq", "ingest", "ingest"]
+    assert sorted(runs.stage) == sorted(["ingest", "embed_items", "compress", "dq"] * 2)
+    # A rerun of the same date recomputes its own partition instead of writing nothing.
+    assert counts["item_embeddings"] == counts["items"]
+    assert f"{counts['items']:,} embedded" in second.stdout
     assert "report   " in first.stdout and "_reports/dq/index.html" in first.stdout
 
 
