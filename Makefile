@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run ingest dq test test-fast lint bench-storage bench-engine clean-warehouse
+.PHONY: help setup run ingest dq test test-fast lint bench-storage bench-engine bench-compression clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench-storage: setup  ## Delta write path vs bare Parquet write of 10M behaviour
 
 bench-engine: setup  ## raw vllm.LLM.generate vs the engine layer inside Spark, same 128 prompts
 	$(PY) -m bench.engine $(ARGS)
+
+bench-compression: setup  ## context tokens full/V1/hybrid, entity probe, tag agreement, compress at 10M
+	$(PY) -m bench.compression $(ARGS)
 
 clean-warehouse:  ## delete the local warehouse (all tables, reports and logs)
 	rm -rf warehouse

@@ -51,11 +51,15 @@ def run(ctx: StageContext) -> None:
 
     vectors = current_embeddings(wh, ctx.dt, emb_model).where(F.col("embedding").isNotNull())
     items = vectors.join(wh.read_snapshot("items", ctx.dt).select("item_id", "title", "category"), "item_id")
-    catalog = items.select("item_id", "title", "category", "embedding").toPandas()
-    if catalog.empty:
+    # A seeded hash order picks the same items whatever the partitioning, without collecting the
+    # catalog to the driver.
+    picked = (
+        items.orderBy(F.xxhash64("item_id", F.lit(int(cfg["seed"]))), "item_id")
+        .limit(int(cfg["items"]))
+        .toPandas()
+    )
+    if picked.empty:
         raise RecGPTError(f"no item embeddings as of {ctx.dt}: run `python -m jobs.embed_items` first")
-    by_id = dict(zip(catalog.item_id, catalog.embedding, strict=True))
-    picked = catalog.sample(n=min(int(cfg["items"]), len(catalog)), random_state=int(cfg["seed"]))
     sp = A.self_perception_examples(
         [
             {
@@ -71,6 +75,7 @@ def run(ctx: StageContext) -> None:
 
     lm = A.FrozenLM(str(ctx.cfg.llm.model_path), threads=cfg.get("threads"))
     distill: list[A.Example] = []
+    distill_users: list[str] = []
     if wh.exists(USER_CONTEXT):
         contexts = (
             wh.read(USER_CONTEXT, dt=ctx.dt)
@@ -81,14 +86,31 @@ def run(ctx: StageContext) -> None:
         )
         rows = list(contexts.itertuples())
         rng.shuffle(rows)
+        chosen = []
         for r in rows[: int(cfg["distill_users"]) + int(cfg["holdout_users"])]:
             text, hybrid, marks = newest_lines(r.v1_text, r.hybrid_text, int(cfg["distill_buckets"]))
-            ids = list(r.entity_ids)[len(r.entity_ids) - marks :] if marks else []
+            chosen.append(
+                (r.user_id, text, hybrid, list(r.entity_ids)[len(r.entity_ids) - marks :] if marks else [])
+            )
+        needed = sorted({i for *_, ids in chosen for i in ids})
+        wanted = ctx.spark.createDataFrame([(i,) for i in needed], "item_id string")
+        by_id = (
+            {}
+            if not needed
+            else dict(
+                vectors.join(wanted, "item_id")
+                .select("item_id", "embedding")
+                .toPandas()
+                .itertuples(index=False)
+            )
+        )
+        for user_id, text, hybrid, ids in chosen:
             if any(i not in by_id for i in ids):
                 continue  # an item without a vector (should not happen after embed_items)
             teacher = lm.generate(distill_messages(text), int(cfg["distill_tokens"]))
             entities = np.asarray([by_id[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
             distill.append(A.Example(distill_messages(hybrid), entities, teacher, "distillation"))
+            distill_users.append(user_id)
     dist_hold = distill[: int(cfg["holdout_users"])]
     dist_train = distill[int(cfg["holdout_users"]) :]
 
@@ -118,7 +140,16 @@ def run(ctx: StageContext) -> None:
         "run_id": ctx.lineage.run_id,
         "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    folder = A.save(result.adaptor, str(cfg["artifacts_dir"]), meta)
+    # Which items and users trained it: evaluations probe items it has never seen.
+    item_ids = [str(i) for i in picked.item_id]
+    examples = {
+        "self_perception": {"holdout": item_ids[:holdout_n], "train": item_ids[holdout_n:]},
+        "distillation": {
+            "holdout": distill_users[: int(cfg["holdout_users"])],
+            "train": distill_users[int(cfg["holdout_users"]) :],
+        },
+    }
+    folder = A.save(result.adaptor, str(cfg["artifacts_dir"]), meta, examples)
 
     r = ctx.report
     r.rows_in = len(train_set) + len(holdout)

@@ -26,6 +26,7 @@ from recgpt.llm.request import EMBED_MARK
 
 WEIGHTS = "adaptor.safetensors"
 META = "adaptor.json"
+EXAMPLES = "examples.json"
 
 PROBE_PROMPT = f"Item: {EMBED_MARK}\nWhat is this item? Answer as: title | category"
 
@@ -234,8 +235,11 @@ def train(
     return TrainResult(adaptor, metrics)
 
 
-def save(adaptor: Any, root: str | Path, meta: Mapping[str, Any]) -> Path:
-    """Write weights + metadata under root/<version>/ (version from data hash and settings)."""
+def save(
+    adaptor: Any, root: str | Path, meta: Mapping[str, Any], examples: Mapping[str, Any] | None = None
+) -> Path:
+    """Write weights + metadata under root/<version>/ (version from data hash and settings), and
+    the ids of the items and users it was trained and held out on."""
     from safetensors.torch import save_file
 
     key = json.dumps({k: meta[k] for k in ("data_hash", "llm", "embedding_model", "config")}, sort_keys=True)
@@ -244,7 +248,15 @@ def save(adaptor: Any, root: str | Path, meta: Mapping[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in adaptor.state_dict().items()}, str(folder / WEIGHTS))
     (folder / META).write_text(json.dumps({**meta, "version": version}, indent=2, default=str))
+    if examples is not None:
+        (folder / EXAMPLES).write_text(json.dumps(examples))
     return folder
+
+
+def examples_of(folder: str | Path) -> dict[str, Any]:
+    """The training and held-out ids recorded with an artifact (empty if none were)."""
+    path = Path(folder) / EXAMPLES
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load(folder: str | Path) -> tuple[Any, dict[str, Any]]:

@@ -7,6 +7,7 @@ entity slot that refers to its embedding; times, behaviours and queries stay tex
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -49,6 +50,8 @@ class Bucket:
     entries: list[tuple[str | None, str]] = field(default_factory=list)
 
 
+# Titles recur across users (popular items): both text helpers are pure and cached per process.
+@functools.lru_cache(maxsize=262_144)
 def clean_text(text: str) -> str:
     """Untrusted title or query text as one safe line: no newlines, no embedding marks, no
     delimiter characters the prompt uses, collapsed spaces."""
@@ -59,15 +62,17 @@ def clean_text(text: str) -> str:
 
 _BRACKETS = re.compile(r"[\(\[\{【（][^\)\]\}】）]*[\)\]\}】）]")
 _MODEL_NO = re.compile(r"\b(?=[A-Za-z\-]*\d)[A-Za-z0-9\-]{2,}\b")
+_LETTER = re.compile(r"[^\W\d_]")
 
 
+@functools.lru_cache(maxsize=262_144)
 def core_title(title: str, max_words: int = 6) -> str:
     """An item's core title: bracketed asides and model numbers removed, first `max_words` words.
     (V1's "item -> core attributes" without an LLM: titles lead with what the item is.)"""
     text = clean_text(title)
     core = _BRACKETS.sub(" ", text)
     core = _MODEL_NO.sub(" ", core)
-    words = [w for w in re.split(r"[\s,/]+", core) if w and any(c.isalpha() for c in w)]
+    words = [w for w in re.split(r"[\s,/]+", core) if _LETTER.search(w)]
     return " ".join(words[:max_words]) or " ".join(text.split()[:max_words])
 
 
