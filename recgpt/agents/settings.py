@@ -1,0 +1,147 @@
+"""The agents' settings (`pipeline.agents` in conf/): how many personas and tags, how long each
+field may be, the validation thresholds and the sampling of each agent, checked once on load.
+
+Everything else in `recgpt.agents` takes an `AgentSettings`, never the raw config, so a bad value
+fails the run at start with a message naming the key instead of deep inside an executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from recgpt.errors import ConfigError
+from recgpt.llm.request import Sampling
+
+
+@dataclass(frozen=True)
+class TagLimits:
+    """Bounds of one interest tag and of what an Expert says about it."""
+
+    min_words: int
+    max_words: int
+    max_chars: int
+    reason_max_chars: int
+    evidence_max_chars: int
+
+
+@dataclass(frozen=True)
+class PersonaLimits:
+    """Bounds of one persona of the Global Planner."""
+
+    name_max_chars: int
+    description_max_chars: int
+    evidence_items: int
+    evidence_max_chars: int
+    signal_items: int
+    signal_max_chars: int
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    near_duplicate_cosine: float
+    brand_min_chars: int
+    pii_min_digits: int
+    echo_ngram_words: int
+    bought_days: int
+
+
+@dataclass(frozen=True)
+class AgentSampling:
+    planner: Sampling
+    expert: Sampling  # also the V1 routes, whose output schema is the Expert's
+    arbiter: Sampling
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    prompt_version: str
+    k_personas: int
+    m_tags: int
+    n_tags: int
+    tag: TagLimits
+    arbiter_reason_max_chars: int
+    persona: PersonaLimits
+    validation: ValidationSettings
+    evidence_top_k: int
+    evidence_min_cosine: float
+    situation_max_items: int
+    situation_max_chars: int
+    sampling: AgentSampling
+    routes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> AgentSettings:
+        """Settings from the `pipeline.agents` mapping (an OmegaConf container made plain)."""
+        try:
+            tag, persona, check = cfg["tag"], cfg["persona"], cfg["validation"]
+            sampling = cfg["sampling"]
+            settings = cls(
+                prompt_version=str(cfg["prompt_version"]),
+                k_personas=int(cfg["k_personas"]),
+                m_tags=int(cfg["m_tags"]),
+                n_tags=int(cfg["n_tags"]),
+                tag=TagLimits(
+                    min_words=int(tag["min_words"]),
+                    max_words=int(tag["max_words"]),
+                    max_chars=int(tag["max_chars"]),
+                    reason_max_chars=int(tag["reason_max_chars"]),
+                    evidence_max_chars=int(tag["evidence_max_chars"]),
+                ),
+                arbiter_reason_max_chars=int(cfg["arbiter_reason_max_chars"]),
+                persona=PersonaLimits(
+                    name_max_chars=int(persona["name_max_chars"]),
+                    description_max_chars=int(persona["description_max_chars"]),
+                    evidence_items=int(persona["evidence_items"]),
+                    evidence_max_chars=int(persona["evidence_max_chars"]),
+                    signal_items=int(persona["signal_items"]),
+                    signal_max_chars=int(persona["signal_max_chars"]),
+                ),
+                validation=ValidationSettings(
+                    near_duplicate_cosine=float(check["near_duplicate_cosine"]),
+                    brand_min_chars=int(check["brand_min_chars"]),
+                    pii_min_digits=int(check["pii_min_digits"]),
+                    echo_ngram_words=int(check["echo_ngram_words"]),
+                    bought_days=int(check["bought_days"]),
+                ),
+                evidence_top_k=int(cfg["evidence"]["top_k"]),
+                evidence_min_cosine=float(cfg["evidence"]["min_cosine"]),
+                situation_max_items=int(cfg["situation"]["max_items"]),
+                situation_max_chars=int(cfg["situation"]["max_chars"]),
+                sampling=AgentSampling(
+                    planner=Sampling.from_config(sampling["planner"]),
+                    expert=Sampling.from_config(sampling["expert"]),
+                    arbiter=Sampling.from_config(sampling["arbiter"]),
+                ),
+                routes=tuple(str(r) for r in cfg.get("routes") or ()),
+            )
+        except KeyError as exc:
+            raise ConfigError(
+                f"pipeline.agents is missing {exc.args[0]!r} (see conf/pipeline/v2.yaml)"
+            ) from None
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        counts = {
+            "k_personas": self.k_personas,
+            "m_tags": self.m_tags,
+            "n_tags": self.n_tags,
+            "tag.min_words": self.tag.min_words,
+            "persona.evidence_items": self.persona.evidence_items,
+            "validation.echo_ngram_words": self.validation.echo_ngram_words,
+            "evidence.top_k": self.evidence_top_k,
+            "situation.max_items": self.situation_max_items,
+        }
+        for key, value in counts.items():
+            if value < 1:
+                raise ConfigError(f"pipeline.agents.{key} must be at least 1, not {value}")
+        if self.tag.max_words < self.tag.min_words:
+            raise ConfigError("pipeline.agents.tag.max_words must be at least tag.min_words")
+        if not 0 < self.validation.near_duplicate_cosine <= 1:
+            raise ConfigError("pipeline.agents.validation.near_duplicate_cosine must be in (0, 1]")
+        if not -1 <= self.evidence_min_cosine <= 1:
+            raise ConfigError("pipeline.agents.evidence.min_cosine must be in [-1, 1]")
+        if not self.prompt_version:
+            raise ConfigError("pipeline.agents.prompt_version must be set (it is recorded with every output)")

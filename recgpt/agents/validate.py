@@ -1,0 +1,279 @@
+"""Deterministic checks of what the agents wrote, before anything is written or handed on: a tag
+must read as "modifier + core word" within the length limits, name no catalog brand, not repeat
+what the user bought recently, hold no personal data, not echo the prompt's instructions, and not
+duplicate (exactly or nearly) a better-ranked tag. Personas get the same hygiene.
+
+Each rejected item keeps one stable reason code (`Rejection`), the first rule it breaks in the
+order the codes are listed, so the counts per code are comparable between runs.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from functools import cached_property
+from itertools import zip_longest
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from recgpt.agents.evidence import unit_rows
+from recgpt.agents.prompts import BLOCKS, ECHO_PHRASES, system_texts
+from recgpt.agents.schemas import Persona, Tag
+from recgpt.agents.settings import AgentSettings
+from recgpt.agents.text import inline_text, ngrams, normalise_phrase, words
+
+T = TypeVar("T")
+
+# Embeds texts as unit vectors, one row per text (the item embedder in production).
+Embed = Callable[[list[str]], np.ndarray]
+
+
+class Rejection(StrEnum):
+    EMPTY = "empty"
+    PII = "pii"
+    INSTRUCTION_ECHO = "instruction_echo"
+    TOO_SHORT = "too_short"
+    TOO_LONG = "too_long"
+    BRAND = "brand"
+    BOUGHT_RECENTLY = "bought_recently"
+    REASON_TOO_LONG = "reason_too_long"
+    DUPLICATE = "duplicate"
+    NEAR_DUPLICATE = "near_duplicate"
+
+
+@dataclass(frozen=True)
+class Rejected(Generic[T]):
+    item: T  # as the model wrote it
+    reason: Rejection
+
+
+@dataclass(frozen=True)
+class Checked(Generic[T]):
+    kept: list[T]  # cleaned and normalised, in the order given
+    rejected: list[Rejected[T]]
+
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# A run of digits with optional separators: a phone number, an id, or a harmless "2025-2026".
+_DIGIT_RUN = re.compile(r"\+?\(?\d[\d\s().-]*\d")
+# Markup the model has no reason to write: a block tag (`</history>`) or a special token (`<|im_end|>`).
+_MARKUP = re.compile(r"<\s*/?\s*[A-Za-z_|][^<>]*>")
+
+
+def has_pii(text: str, min_digits: int) -> bool:
+    """An email address, or at least `min_digits` digits that look like a phone number or an id:
+    one unbroken run, three or more groups, or a leading "+" or "(". Two groups ("2025-2026")
+    are a range, not a number."""
+    text = unicodedata.normalize("NFKC", text)
+    if _EMAIL.search(text):
+        return True
+    for match in _DIGIT_RUN.finditer(text):
+        run = match.group()
+        groups = re.findall(r"\d+", run)
+        if sum(len(g) for g in groups) >= min_digits and (
+            len(groups) == 1 or len(groups) >= 3 or run[0] in "+("
+        ):
+            return True
+    return False
+
+
+def brand_keys(brands: Iterable[str], min_chars: int) -> frozenset[str]:
+    """Catalog brands as matchable word strings; a one-word brand shorter than `min_chars`
+    ("HP", "LG") is left out, it would match ordinary words and numbers."""
+    keys = set()
+    for brand in brands:
+        key = " ".join(words(brand))
+        if key and (" " in key or len(key) >= min_chars):
+            keys.add(key)
+    return frozenset(keys)
+
+
+def _fold(tokens: Iterable[str]) -> tuple[str, ...]:
+    """Words with a plural "s" dropped, so "hiking boots" and "hiking boot" compare equal."""
+    return tuple(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in tokens)
+
+
+def _contains(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:
+    return f" {' '.join(inner)} " in f" {' '.join(outer)} "
+
+
+@dataclass(frozen=True)
+class ValidationContext:
+    """What the checks compare against. Built once per run (`for_run`: limits, catalog brands,
+    the prompts' own phrases) and narrowed per user (`for_user`: recent purchases)."""
+
+    settings: AgentSettings
+    brands: frozenset[str]  # from `brand_keys`
+    echo: frozenset[str]  # word strings (`words` joined by spaces) whose presence is an echo
+    bought: tuple[tuple[str, ...], ...] = ()  # folded words of bought core titles
+
+    @classmethod
+    def for_run(cls, settings: AgentSettings, brands: Iterable[str]) -> ValidationContext:
+        """`brands`: the catalog's brand names. The echo phrases are the fixed ones, block names
+        that are no ordinary word (`candidate_tags`), and every run of `echo_ngram_words`
+        consecutive words of the run's system messages."""
+        n = settings.validation.echo_ngram_words
+        phrases = {" ".join(words(p)) for p in (*ECHO_PHRASES, *(b for b in BLOCKS if "_" in b))}
+        for text in system_texts(settings).values():
+            phrases |= ngrams(words(text), n)
+        return cls(settings, brand_keys(brands, settings.validation.brand_min_chars), frozenset(phrases))
+
+    def for_user(self, bought_titles: Iterable[str]) -> ValidationContext:
+        """The run's context with the core titles of what this user bought within
+        `validation.bought_days` before the run date."""
+        bought = tuple(t for t in (_fold(words(title)) for title in bought_titles) if t)
+        return replace(self, bought=bought)
+
+    @cached_property
+    def _echo_lengths(self) -> frozenset[int]:
+        return frozenset(len(p.split()) for p in self.echo)
+
+    def echoes(self, text: str) -> bool:
+        """Markup, or a phrase of the prompts, in `text`."""
+        if _MARKUP.search(unicodedata.normalize("NFKC", text)):
+            return True
+        tokens = words(text)
+        return any(ngrams(tokens, n) & self.echo for n in self._echo_lengths)
+
+    def names_brand(self, tag: str) -> bool:
+        tokens = words(tag)
+        return any(ngrams(tokens, n) & self.brands for n in range(1, len(tokens) + 1))
+
+    def bought_recently(self, tag: str) -> bool:
+        """The tag equals a bought item's core title or one holds the other as a whole-word
+        phrase, comparing words with plural "s" ignored. A bought title shorter than
+        `tag.min_words` words only matches when equal: "gift" bought says nothing against
+        "halloween gift box"."""
+        folded = _fold(words(tag))
+        minimum = self.settings.tag.min_words
+        return any(
+            folded == title
+            or _contains(title, folded)
+            or (len(title) >= minimum and _contains(folded, title))
+            for title in self.bought
+        )
+
+
+def _tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
+    limits, digits = ctx.settings.tag, ctx.settings.validation.pii_min_digits
+    normal = normalise_phrase(tag.tag)
+    reason = inline_text(tag.reason)
+    if not normal or not reason:
+        return Rejection.EMPTY
+    if any(has_pii(text, digits) for text in (tag.tag, tag.reason, tag.evidence)):
+        return Rejection.PII
+    if ctx.echoes(tag.tag) or ctx.echoes(tag.reason):
+        return Rejection.INSTRUCTION_ECHO
+    count = len(normal.split())
+    if count < limits.min_words:
+        return Rejection.TOO_SHORT
+    if count > limits.max_words or len(normal) > limits.max_chars:
+        return Rejection.TOO_LONG
+    if ctx.names_brand(normal):
+        return Rejection.BRAND
+    if ctx.bought_recently(normal):
+        return Rejection.BOUGHT_RECENTLY
+    if len(reason) > limits.reason_max_chars:
+        return Rejection.REASON_TOO_LONG
+    return None
+
+
+def check_tags(tags: Sequence[Tag], ctx: ValidationContext, embed: Embed | None = None) -> Checked[Tag]:
+    """The tags that pass every rule, best-ranked first, with the tag normalised and the reason,
+    evidence and persona cleaned; and the rejected ones as written. Exact duplicates (after
+    normalisation) and, given `embed`, near-duplicates (cosine >= `near_duplicate_cosine` with a
+    kept tag ranked above) are rejected in favour of the earlier one."""
+    kept: list[Tag] = []
+    rejected: list[Rejected[Tag]] = []
+    seen: set[str] = set()
+    limits = ctx.settings.tag
+    for tag in tags:
+        problem = _tag_problem(tag, ctx)
+        normal = normalise_phrase(tag.tag)
+        if problem is None and normal in seen:
+            problem = Rejection.DUPLICATE
+        if problem is not None:
+            rejected.append(Rejected(tag, problem))
+            continue
+        seen.add(normal)
+        kept.append(
+            replace(
+                tag,
+                tag=normal,
+                reason=inline_text(tag.reason),
+                evidence=inline_text(tag.evidence, limits.evidence_max_chars),
+                persona=inline_text(tag.persona, ctx.settings.persona.name_max_chars)
+                if tag.persona
+                else None,
+            )
+        )
+    if embed is None or len(kept) < 2:
+        return Checked(kept, rejected)
+    vectors = unit_rows(embed([t.tag for t in kept]))
+    threshold = ctx.settings.validation.near_duplicate_cosine
+    distinct: list[int] = []
+    for i, tag in enumerate(kept):
+        if distinct and float(np.max(vectors[distinct] @ vectors[i])) >= threshold:
+            rejected.append(Rejected(tag, Rejection.NEAR_DUPLICATE))
+        else:
+            distinct.append(i)
+    return Checked([kept[i] for i in distinct], rejected)
+
+
+def _persona_problem(persona: Persona, ctx: ValidationContext) -> Rejection | None:
+    limits, digits = ctx.settings.persona, ctx.settings.validation.pii_min_digits
+    texts = (persona.name, persona.description, *persona.evidence, *persona.signals)
+    if not normalise_phrase(persona.name) or not inline_text(persona.description):
+        return Rejection.EMPTY
+    if any(has_pii(text, digits) for text in texts):
+        return Rejection.PII
+    if any(ctx.echoes(text) for text in texts):
+        return Rejection.INSTRUCTION_ECHO
+    if (
+        len(inline_text(persona.name)) > limits.name_max_chars
+        or len(inline_text(persona.description)) > limits.description_max_chars
+        or len(persona.evidence) > limits.evidence_items
+        or len(persona.signals) > limits.signal_items
+        or any(len(inline_text(e)) > limits.evidence_max_chars for e in persona.evidence)
+        or any(len(inline_text(s)) > limits.signal_max_chars for s in persona.signals)
+    ):
+        return Rejection.TOO_LONG
+    return None
+
+
+def check_personas(personas: Sequence[Persona], ctx: ValidationContext) -> Checked[Persona]:
+    """The Global Planner's personas that pass, cleaned, with names unique after normalisation
+    (a repeated name is rejected as a duplicate of the first). No persona kept means the user
+    has no usable plan."""
+    kept: list[Persona] = []
+    rejected: list[Rejected[Persona]] = []
+    names: set[str] = set()
+    for persona in personas:
+        problem = _persona_problem(persona, ctx)
+        name = normalise_phrase(persona.name)
+        if problem is None and name in names:
+            problem = Rejection.DUPLICATE
+        if problem is not None:
+            rejected.append(Rejected(persona, problem))
+            continue
+        names.add(name)
+        kept.append(
+            Persona(
+                name=inline_text(persona.name),
+                description=inline_text(persona.description),
+                evidence=tuple(e for e in map(inline_text, persona.evidence) if e),
+                signals=tuple(s for s in map(inline_text, persona.signals) if s),
+            )
+        )
+    return Checked(kept, rejected)
+
+
+def pool(tag_lists: Sequence[Sequence[Tag]]) -> list[Tag]:
+    """The Experts' tags as one candidate list for the Arbiter, round-robin over personas (each
+    persona's first tag, then each one's second, ...), so de-duplication keeps every persona's
+    best tags rather than the first persona's whole list."""
+    return [t for rank in zip_longest(*tag_lists) for t in rank if t is not None]
