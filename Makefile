@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run ingest dq test test-fast lint bench-storage bench-engine bench-compression clean-warehouse
+.PHONY: help setup run ingest dq test test-fast lint bench-storage bench-engine bench-compression bench-v2-vs-v1 clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench-engine: setup  ## raw vllm.LLM.generate vs the engine layer inside Spark, 
 
 bench-compression: setup  ## context tokens full/V1/hybrid, entity probe, tag agreement, compress at 10M
 	$(PY) -m bench.compression $(ARGS)
+
+bench-v2-vs-v1: setup  ## V2 (planner/experts/arbiter, hybrid) vs V1 routes (text): tokens, seconds, duplicates
+	$(PY) -m bench.v2_vs_v1 $(ARGS)
 
 clean-warehouse:  ## delete the local warehouse (all tables, reports and logs)
 	rm -rf warehouse

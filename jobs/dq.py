@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 
 from omegaconf import OmegaConf
-from pyspark.sql import DataFrame, Row
+from pyspark.sql import DataFrame, Row, Window
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
+from recgpt.agents.prompts import ROUTES
 from recgpt.errors import RecGPTError
 from recgpt.llm.request import EMBED_MARK
 from recgpt.quality import CheckResult, CheckSpec, check_specs, gate, row_count_check
@@ -129,7 +130,60 @@ def compress_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, 
     return {"user_context": frame}, counts
 
 
-FRAMES = {"ingest": ingest_frames, "embed_items": embed_items_frames, "compress": compress_frames}
+def mine_intents_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, CheckSpec]]:
+    """The mined tables of the date (every pipeline variant that ran), with per-user tag counts
+    and rank contiguity; and the coverage: each variant accounts for every user with a history,
+    in user_intent_tags or in mining_failures, exactly once."""
+    _latest_run(ctx, "mine_intents")
+    wh, dt = ctx.warehouse, ctx.dt
+    variant = ["pipeline", "context_mode"]
+    agents = ctx.cfg.pipeline.agents
+    tags = wh.read("user_intent_tags", dt=dt)
+    per_user = Window.partitionBy(*variant, "user_id")
+    # V1 has no arbiter: its routes' validated tags are kept, up to M per route.
+    most = F.when(F.col("pipeline") == "v1_baseline", int(agents.m_tags) * len(ROUTES))
+    tag_frame = (
+        tags.withColumn("_words", F.size(F.split(F.trim("tag"), r"\s+")))
+        .withColumn("_chars", F.length("tag"))
+        .withColumn("_user_tags", F.count("*").over(per_user))
+        .withColumn("_ranks_ok", F.max("rank").over(per_user) == F.col("_user_tags"))
+        .withColumn("_count_ok", F.col("_user_tags") <= most.otherwise(int(agents.n_tags)))
+    )
+    failures = wh.read("mining_failures", dt=dt)
+    tagged = tags.select(*variant, "user_id").distinct()
+    failure_frame = failures.join(
+        tagged.withColumn("_has_tags", F.lit(True)), [*variant, "user_id"], "left"
+    ).withColumn("_has_tags", F.coalesce("_has_tags", F.lit(False)))
+    outcomes = tagged.unionByName(failures.select(*variant, "user_id"))
+    with_history = wh.read("user_context", dt=dt).where(F.col("events_kept") > 0).count()
+    variants = outcomes.select(*variant).distinct().count()
+    frames = {
+        "user_personas": wh.read("user_personas", dt=dt),
+        "user_intent_tags": tag_frame,
+        "mining_failures": failure_frame,
+        "mining_coverage": outcomes,
+    }
+    counts = {
+        "mining_coverage": CheckSpec(
+            "mining_coverage",
+            "expect_table_row_count_to_equal",
+            "critical",
+            {"value": with_history * variants},
+        ),
+        # How many users fail depends on the model; the share is a warning in the suite.
+        "mining_failures": CheckSpec(
+            "mining_failures", "expect_table_row_count_to_be_between", "warning", {"min_value": 0}
+        ),
+    }
+    return frames, counts
+
+
+FRAMES = {
+    "ingest": ingest_frames,
+    "embed_items": embed_items_frames,
+    "compress": compress_frames,
+    "mine_intents": mine_intents_frames,
+}
 
 
 def run(ctx: StageContext) -> None:

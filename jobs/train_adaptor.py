@@ -2,14 +2,19 @@
 LLM frozen, on self-perception and distillation examples from the warehouse, and save it as a
 versioned artifact. Runs on the driver: the data is small and the model is shared.
 
-    python -m jobs.train_adaptor run.dt=2025-10-28 [adaptor.steps=...]
+    python -m jobs.train_adaptor run.dt=2025-10-28 [adaptor.train=always] [adaptor.steps=...]
+
+In the nightly chain it trains only when no adaptor for the configured LLM and embedding model
+exists yet (`adaptor.train: missing`); `adaptor.train=always` retrains.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,9 +47,30 @@ def newest_lines(v1_text: str, hybrid_text: str, buckets: int) -> tuple[str, str
     return "\n".join(v1), "\n".join(hybrid), sum(line.count(EMBED_MARK) for line in hybrid)
 
 
+def compatible(folder: Path | None, llm: str, embedding_model: str) -> bool:
+    if folder is None:
+        return False
+    meta = json.loads((folder / A.META).read_text())
+    return bool(meta.get("llm") == llm and meta.get("embedding_model") == embedding_model)
+
+
 def run(ctx: StageContext) -> None:
     cfg = OmegaConf.to_container(ctx.cfg.adaptor, resolve=True)
     assert isinstance(cfg, dict)
+    when = str(cfg.get("train", "missing"))
+    if when not in ("missing", "always"):
+        raise RecGPTError(f"adaptor.train must be missing or always, not {when!r}")
+    current = A.latest(str(cfg["artifacts_dir"]))
+    if when == "missing" and compatible(
+        current, str(ctx.cfg.llm.model_name), str(ctx.cfg.embedding.model_name)
+    ):
+        assert current is not None
+        ctx.report.rows_in = ctx.report.rows_out = 0
+        ctx.report.details["adaptor"] = {"version": current.name, "path": str(current), "trained": False}
+        ctx.report.details["training"] = (
+            "skipped: a compatible adaptor exists (adaptor.train=always retrains)"
+        )
+        return
     rng = random.Random(int(cfg["seed"]))
     wh = ctx.warehouse
     emb_model = str(ctx.cfg.embedding.model_name)
@@ -154,7 +180,7 @@ def run(ctx: StageContext) -> None:
     r = ctx.report
     r.rows_in = len(train_set) + len(holdout)
     r.rows_out = len(train_set)
-    r.details["adaptor"] = {"version": folder.name, "path": str(folder)}
+    r.details["adaptor"] = {"version": folder.name, "path": str(folder), "trained": True}
     m = result.metrics
     r.details["training"] = (
         f"{len(sp_train)} self-perception + {len(dist_train)} distillation examples, {m['steps']} steps in "

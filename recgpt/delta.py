@@ -43,6 +43,11 @@ def _filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> t
     return fs, path
 
 
+def filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and path of a warehouse location (local path or object-store URI)."""
+    return _filesystem(uri, storage_options)
+
+
 def partition_value_string(value: Any) -> str | None:
     """Delta's string encoding of a partition value."""
     if value is None:

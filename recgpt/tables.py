@@ -274,6 +274,88 @@ LLM_CALLS = TableSpec(
     partition_by=("dt", "stage"),
 )
 
+
+def _mined_by() -> tuple[Column, ...]:
+    """What produced a mined row: the pipeline variant (both partition columns) and the model
+    and prompts, so runs of V2 and V1, hybrid and text, sit side by side for the same date."""
+    return (
+        Column("pipeline", pa.string(), "v2 or v1_baseline", nullable=False),
+        Column(
+            "context_mode", pa.string(), "hybrid or text: the history form the agents read", nullable=False
+        ),
+        Column("model", pa.string(), "served LLM name", nullable=False),
+        Column(
+            "prompt_version", pa.string(), "pipeline.agents.prompt_version of the prompts", nullable=False
+        ),
+    )
+
+
+MINED_PARTITIONS = ("dt", "pipeline", "context_mode")
+
+USER_PERSONAS = TableSpec(
+    "user_personas",
+    "The Global Planner's personas per user and run date (V2 only), after validation.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("persona_rank", pa.int32(), "1-based order the planner gave", nullable=False),
+        Column("name", pa.string(), "short persona label (model output, validated)", nullable=False),
+        Column("description", pa.string(), "one-line description", nullable=False),
+        Column(
+            "evidence", pa.list_(pa.string()), "history words or searches the planner cited", nullable=False
+        ),
+        Column("signals", pa.list_(pa.string()), "situation entries the persona responds to", nullable=False),
+        *_mined_by(),
+        *_lineage("run date the personas are as of"),
+    ),
+    partition_by=MINED_PARTITIONS,
+)
+
+USER_INTENT_TAGS = TableSpec(
+    "user_intent_tags",
+    "Final interest tags per user and run date, ranked, with persona, score, reason and the context "
+    "items that support them: the input of tag-aware recall.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column(
+            "rank", pa.int32(), "1 = best; unique per (dt, pipeline, context_mode, user_id)", nullable=False
+        ),
+        Column("tag", pa.string(), "normalised 'modifier + core word' tag", nullable=False),
+        Column("persona", pa.string(), "persona (V2) or route (V1) the tag serves", nullable=False),
+        Column("score", pa.int32(), "the Arbiter's score 1-10 (null for V1, which has no arbiter)"),
+        Column("reason", pa.string(), "why the tag fits the user (model output, validated)", nullable=False),
+        Column(
+            "evidence_item_ids",
+            pa.list_(pa.string()),
+            "context items most similar to the tag (embedding cosine), best first",
+            nullable=False,
+        ),
+        *_mined_by(),
+        *_lineage("run date the tags are as of"),
+    ),
+    partition_by=MINED_PARTITIONS,
+)
+
+MINING_FAILURES = TableSpec(
+    "mining_failures",
+    "Users whose mining produced no tags after retries and repair, with the step and reason; every "
+    "user mined for a date is in user_intent_tags or here, never neither.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("step", pa.string(), "planner, expert, arbiter or route", nullable=False),
+        Column(
+            "reason",
+            pa.string(),
+            "engine error (prompt_too_long, invalid_output, engine_error, bad_request) or "
+            "no_valid_persona / no_valid_tag / all_calls_failed",
+            nullable=False,
+        ),
+        Column("rejected", pa.string(), "JSON counts of validation rejections by reason code"),
+        *_mined_by(),
+        *_lineage("run date of the mining"),
+    ),
+    partition_by=MINED_PARTITIONS,
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
@@ -288,6 +370,9 @@ ALL_TABLES: dict[str, TableSpec] = {
         ITEM_EMBEDDINGS,
         USER_CONTEXT,
         LLM_CALLS,
+        USER_PERSONAS,
+        USER_INTENT_TAGS,
+        MINING_FAILURES,
     )
 }
 

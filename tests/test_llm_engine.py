@@ -209,6 +209,8 @@ def test_server_command_of_each_llm_config_is_accepted_by_vllms_own_parser(llm):
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(cmd[3:])
     assert args.max_model_len == cfg["max_model_len"] and args.enable_prompt_embeds
     assert args.enable_prefix_caching and args.max_num_seqs == cfg["max_num_seqs"]
+    # Compact JSON must reach the engine's config: the grammar backends ignore the request flag.
+    assert args.structured_outputs_config.disable_any_whitespace is True
     if llm == "vllm_gpu":
         assert args.tensor_parallel_size == 1 and args.gpu_memory_utilization == 0.9
     else:

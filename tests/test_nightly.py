@@ -10,7 +10,9 @@ from deltalake import DeltaTable
 
 from tests.conftest import ROOT
 
-TINY = ["data.users=40", "data.items=300", "data.history_days=90", "data.holdout_days=7"]
+TINY = ["data.users=16", "data.items=300", "data.history_days=90", "data.holdout_days=7"]
+# An adaptor that trains in about a minute: the chain's hybrid mining needs one, not a good one.
+QUICK_ADAPTOR = ["adaptor.steps=8", "adaptor.items=96", "adaptor.distill_users=4", "adaptor.holdout_users=2"]
 
 
 def nightly(tmp_path, env, *extra):
@@ -22,14 +24,23 @@ def nightly(tmp_path, env, *extra):
             "run.dt=2025-10-28",
             f"storage.warehouse={tmp_path / 'wh'}",
             *TINY,
+            *QUICK_ADAPTOR,
             *extra,
         ],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
+
+
+def mined(wh) -> tuple[set[str], set[str]]:
+    tags = DeltaTable(str(wh / "user_intent_tags")).to_pandas()
+    failures = DeltaTable(str(wh / "mining_failures")).to_pandas()
+    assert not tags.duplicated(["dt", "pipeline", "context_mode", "user_id", "rank"]).any()
+    assert set(tags.context_mode) <= {"hybrid"} and set(failures.context_mode) <= {"hybrid"}
+    return set(tags.user_id), set(failures.user_id)
 
 
 @pytest.mark.slow
@@ -49,14 +60,26 @@ def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, pro
     )
     counts = {t: len(DeltaTable(str(tmp_path / "wh" / t)).to_pandas()) for t in tables}
     assert all(n > 0 for n in counts.values()), counts
+    # Every user with a history got tags or a failure row with its reason, never both or neither.
+    contexts = DeltaTable(str(tmp_path / "wh" / "user_context")).to_pandas()
+    with_history = set(contexts[contexts.events_kept > 0].user_id)
+    tagged, failed = mined(tmp_path / "wh")
+    assert tagged | failed == with_history and not tagged & failed
+    assert tagged, "no user got tags from the bundled model"
+    assert "mine_intents" in first.stdout and "adaptor" in first.stdout
 
     second = nightly(tmp_path, project_env)
     assert second.returncode == 0, second.stderr[-4000:]
     assert {t: len(DeltaTable(str(tmp_path / "wh" / t)).to_pandas()) for t in tables} == counts
+    # The rerun replaced the date's mining: still one outcome per user, nothing appended.
+    again_tagged, again_failed = mined(tmp_path / "wh")
+    assert again_tagged | again_failed == with_history and not again_tagged & again_failed
     runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas()
-    # Two chains of (ingest, embed_items, compress, dq), each chain under one run id.
+    # Two chains, each under one run id; the second reuses the adaptor the first trained.
+    chain = ["ingest", "embed_items", "compress", "train_adaptor", "mine_intents", "dq"]
     assert set(runs.status) == {"success"} and runs.run_id.nunique() == 2
-    assert sorted(runs.stage) == sorted(["ingest", "embed_items", "compress", "dq"] * 2)
+    assert sorted(runs.stage) == sorted(chain * 2)
+    assert "skipped: a compatible adaptor exists" in second.stdout
     # A rerun of the same date recomputes its own partition instead of writing nothing.
     assert counts["item_embeddings"] == counts["items"]
     assert f"{counts['items']:,} embedded" in second.stdout

@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, conlist, constr, create_model
 from recgpt.agents.settings import AgentSettings
 
 SCORE_MIN, SCORE_MAX = 1, 10
+# A tag is lower-case words of letters (no digits: model numbers and sizes are not interests, and a
+# digit run is where personal data hides), each at most this long: the
+# "modifier + core word" form is enforced while decoding (a small model otherwise answers with
+# single words or runs of underscores) rather than only rejected afterwards. The pattern also
+# bounds the length (the grammar backend takes a pattern or a maxLength, not both).
+TAG_WORD_CHARS = 12
 
 # No extra keys: an open object would let the decoder add fields without bound.
 _CLOSED = ConfigDict(extra="forbid")
@@ -26,6 +32,15 @@ _CLOSED = ConfigDict(extra="forbid")
 
 def _text(max_chars: int) -> Any:
     return constr(min_length=1, max_length=max_chars)
+
+
+def tag_pattern(min_words: int, max_words: int) -> str:
+    word = f"[a-z]{{1,{TAG_WORD_CHARS}}}"
+    return f"^{word}( {word}){{{min_words - 1},{max_words - 1}}}$"
+
+
+def _tag(settings: AgentSettings) -> Any:
+    return constr(pattern=tag_pattern(settings.tag.min_words, settings.tag.max_words))
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,11 @@ class AgentSchemas:
     planner: type[BaseModel]
     expert: type[BaseModel]
     arbiter: type[BaseModel]
+
+
+def max_candidates(settings: AgentSettings) -> int:
+    """The most candidate tags an Arbiter can be shown: every Expert's full list."""
+    return settings.k_personas * settings.m_tags
 
 
 @lru_cache(maxsize=8)
@@ -57,7 +77,7 @@ def build_schemas(settings: AgentSettings) -> AgentSchemas:
     expert_tag = create_model(
         "ExpertTag",
         __config__=_CLOSED,
-        tag=(_text(t.max_chars), ...),
+        tag=(_tag(settings), ...),
         reason=(_text(t.reason_max_chars), ...),
         evidence=(_text(t.evidence_max_chars), ...),
     )
@@ -66,11 +86,12 @@ def build_schemas(settings: AgentSettings) -> AgentSchemas:
         __config__=_CLOSED,
         tags=(conlist(expert_tag, min_length=1, max_length=settings.m_tags), ...),
     )
+    # The Arbiter selects: it names a numbered candidate line instead of copying the tag, so it
+    # cannot invent a tag and writes a few tokens per pick instead of the whole tag.
     arbiter_tag = create_model(
-        "ArbiterTag",
+        "ArbiterPick",
         __config__=_CLOSED,
-        tag=(_text(t.max_chars), ...),
-        persona=(_text(p.name_max_chars), ...),
+        pick=(int, Field(ge=1, le=max_candidates(settings))),
         score=(int, Field(ge=SCORE_MIN, le=SCORE_MAX)),
         reason=(_text(settings.arbiter_reason_max_chars), ...),
     )
@@ -117,6 +138,15 @@ def expert_tags(output: BaseModel, persona: str) -> list[Tag]:
     return [Tag(t["tag"], t["reason"], persona, t["evidence"]) for t in output.model_dump()["tags"]]
 
 
-def arbiter_tags(output: BaseModel) -> list[Tag]:
-    """The tags of a parsed Arbiter output, best first."""
-    return [Tag(t["tag"], t["reason"], t["persona"], score=t["score"]) for t in output.model_dump()["tags"]]
+@dataclass(frozen=True)
+class Pick:
+    """One Arbiter choice: the 1-based number of a candidate line, its score and reason."""
+
+    pick: int
+    score: int
+    reason: str
+
+
+def arbiter_picks(output: BaseModel) -> list[Pick]:
+    """The picks of a parsed Arbiter output, best first."""
+    return [Pick(t["pick"], t["score"], t["reason"]) for t in output.model_dump()["tags"]]

@@ -70,6 +70,8 @@ class AgentSettings:
     situation_max_chars: int
     sampling: AgentSampling
     routes: tuple[str, ...] = ()
+    # Experts read the history too (costlier), or only the persona the planner distilled from it.
+    expert_history: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AgentSettings:
@@ -115,6 +117,7 @@ class AgentSettings:
                     arbiter=Sampling.from_config(sampling["arbiter"]),
                 ),
                 routes=tuple(str(r) for r in cfg.get("routes") or ()),
+                expert_history=bool(cfg.get("expert_history", False)),
             )
         except KeyError as exc:
             raise ConfigError(

@@ -90,6 +90,8 @@ def server_command(cfg: Mapping[str, Any], port: int, host: str = "127.0.0.1") -
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             cmd.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            cmd += [flag, json.dumps(value)]
         else:
             cmd += [flag, str(value)]
     for extra in (cfg.get("server") or {}).get("extra_args") or []:

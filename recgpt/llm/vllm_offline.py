@@ -36,6 +36,10 @@ def engine_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key, cast in optional.items():
         if cfg.get(key) is not None:
             args[key] = cast(cfg[key])
+    # Compact JSON is an engine setting: vLLM's grammar backends read the engine's structured
+    # outputs config and ignore the per-request flag.
+    if cfg.get("compact_json", True):
+        args["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
     # On CPU, vLLM otherwise reserves a fraction of *all* host memory for the KV cache.
     if cfg.get("kv_cache_gib") is not None:
         args["kv_cache_memory_bytes"] = int(float(cfg["kv_cache_gib"]) * GIB)

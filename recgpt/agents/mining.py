@@ -1,0 +1,293 @@
+"""Intent mining for a batch of users, one agent stage at a time: every planner of the batch in
+one engine call, then every Expert, then every Arbiter (V2); or every V1 route of every user in
+one call (the V1 baseline). Batching by stage keeps the engine's batch full and lets the prefix
+cache serve each agent's shared system message once.
+
+Pure orchestration over an `Engine`: prompts, parsing and validation come from the sibling
+modules, embeddings from an injected function, so the control flow runs the same against the
+real vLLM engine and against a scripted backend in unit tests.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from recgpt.agents.evidence import ground
+from recgpt.agents.prompts import arbiter_prompt, expert_prompt, planner_prompt, route_prompt
+from recgpt.agents.schemas import AgentSchemas, Persona, Pick, Tag, arbiter_picks, expert_tags, personas_of
+from recgpt.agents.settings import AgentSettings
+from recgpt.agents.validate import Checked, Embed, ValidationContext, check_personas, check_tags, pool
+from recgpt.llm.engine import Engine
+from recgpt.llm.request import Request, Result
+
+# Failure reasons of the pipeline itself (engine errors keep the engine's own reason).
+NO_VALID_PERSONA = "no_valid_persona"
+NO_VALID_TAG = "no_valid_tag"
+ALL_CALLS_FAILED = "all_calls_failed"
+
+
+@dataclass(frozen=True)
+class UserInput:
+    """Everything the agents read about one user; `embeds` holds one block per entity mark of a
+    hybrid `history` (empty for a text history), `item_ids`/`item_vectors` the context's items
+    and their embeddings (for grounding tags in evidence)."""
+
+    user_id: str
+    history: str
+    embeds: tuple[np.ndarray, ...] = ()
+    profile: Mapping[str, Any] = field(default_factory=dict)
+    situation: Mapping[str, Any] = field(default_factory=dict)
+    bought_titles: tuple[str, ...] = ()
+    item_ids: tuple[str, ...] = ()
+    item_vectors: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class FinalTag:
+    rank: int
+    tag: Tag
+    evidence_item_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Failure:
+    step: str  # planner | expert | arbiter | route
+    reason: str
+
+
+@dataclass
+class UserOutcome:
+    user_id: str
+    personas: list[Persona] = field(default_factory=list)
+    tags: list[FinalTag] = field(default_factory=list)
+    failure: Failure | None = None
+    # Every LLM call made for the user, with its step, for the cost ledger.
+    calls: list[tuple[str, Result]] = field(default_factory=list)
+    # Reason code -> how many of the model's personas or tags validation rejected.
+    rejected: Counter[str] = field(default_factory=Counter)
+    # Tags the Experts (V2) or routes (V1) proposed, and how many of them repeated another one
+    # of the same user exactly or nearly: the redundancy the V2 planner is meant to remove.
+    proposed: int = 0
+    duplicates: int = 0
+
+
+class Miner:
+    """Runs one pipeline (`v2` or `v1_baseline`) over batches of users."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: AgentSettings,
+        schemas: AgentSchemas,
+        validation: ValidationContext,
+        embed: Embed | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.schemas = schemas
+        self.validation = validation
+        self.embed = embed
+
+    # -- V2: planner -> experts -> arbiter ---------------------------------------------------
+
+    def mine_v2(self, users: Sequence[UserInput]) -> list[UserOutcome]:
+        s = self.settings
+        outcomes = {u.user_id: UserOutcome(u.user_id) for u in users}
+
+        planned = self._call(
+            "planner",
+            [
+                (
+                    u,
+                    planner_prompt(s, u.history, u.profile, u.situation).request(
+                        f"{u.user_id}:planner", self.schemas.planner, s.sampling.planner, u.user_id, u.embeds
+                    ),
+                )
+                for u in users
+            ],
+            outcomes,
+        )
+        personas: dict[str, list[Persona]] = {}
+        for user, result in planned:
+            out = outcomes[user.user_id]
+            if result.parsed is None:
+                out.failure = Failure("planner", result.error or "no_output")
+                continue
+            plan = check_personas(personas_of(result.parsed), self.validation)
+            out.rejected.update(r.reason.value for r in plan.rejected)
+            if not plan.kept:
+                out.failure = Failure("planner", NO_VALID_PERSONA)
+                continue
+            out.personas = plan.kept
+            personas[user.user_id] = plan.kept
+
+        expert_calls = []
+        for user in users:
+            for i, persona in enumerate(personas.get(user.user_id, [])):
+                prompt = expert_prompt(s, user.history, persona, user.situation)
+                embeds = user.embeds if prompt.history_message is not None else ()
+                expert_calls.append(
+                    (
+                        user,
+                        prompt.request(
+                            f"{user.user_id}:expert:{i}",
+                            self.schemas.expert,
+                            s.sampling.expert,
+                            user.user_id,
+                            embeds,
+                        ),
+                    )
+                )
+        proposed: dict[str, list[list[Tag]]] = {}
+        errors: dict[str, str] = {}
+        for user, result in self._call("expert", expert_calls, outcomes):
+            index = int(result.key.rsplit(":", 1)[1])
+            if result.parsed is None:
+                errors.setdefault(user.user_id, result.error or "no_output")
+                continue
+            served = personas[user.user_id][index].name
+            proposed.setdefault(user.user_id, []).append(expert_tags(result.parsed, served))
+
+        candidates: dict[str, list[Tag]] = {}
+        for user in users:
+            out = outcomes[user.user_id]
+            if out.failure is not None:
+                continue
+            if user.user_id not in proposed:
+                out.failure = Failure("expert", errors.get(user.user_id, ALL_CALLS_FAILED))
+                continue
+            checked = self._pooled(proposed[user.user_id], user, out)
+            if not checked.kept:
+                out.failure = Failure("expert", NO_VALID_TAG)
+                continue
+            candidates[user.user_id] = checked.kept
+
+        judged = self._call(
+            "arbiter",
+            [
+                (
+                    u,
+                    arbiter_prompt(s, u.history, u.profile, u.situation, candidates[u.user_id]).request(
+                        f"{u.user_id}:arbiter", self.schemas.arbiter, s.sampling.arbiter, u.user_id, u.embeds
+                    ),
+                )
+                for u in users
+                if u.user_id in candidates
+            ],
+            outcomes,
+        )
+        for user, result in judged:
+            out = outcomes[user.user_id]
+            if result.parsed is None:
+                out.failure = Failure("arbiter", result.error or "no_output")
+                continue
+            picked = self._selection(arbiter_picks(result.parsed), candidates[user.user_id], out)
+            checked = check_tags(picked, self._for(user), self.embed)
+            out.rejected.update(r.reason.value for r in checked.rejected)
+            if not checked.kept:
+                out.failure = Failure("arbiter", NO_VALID_TAG)
+                continue
+            out.tags = self._ground(user, checked.kept[: s.n_tags])
+        return [outcomes[u.user_id] for u in users]
+
+    def _selection(self, picks: list[Pick], candidates: list[Tag], out: UserOutcome) -> list[Tag]:
+        """The candidates the Arbiter picked, in its order, with its score and reason; a number
+        outside the list is rejected (`not_a_candidate`), a repeated one once (`duplicate`)."""
+        chosen, seen = [], set()
+        for pick in picks:
+            if not 1 <= pick.pick <= len(candidates):
+                out.rejected["not_a_candidate"] += 1
+                continue
+            if pick.pick in seen:
+                out.rejected["duplicate"] += 1
+                continue
+            seen.add(pick.pick)
+            candidate = candidates[pick.pick - 1]
+            chosen.append(replace(candidate, score=pick.score, reason=pick.reason or candidate.reason))
+        return chosen
+
+    # -- V1 baseline: independent routes over the full V1 text ---------------------------------
+
+    def mine_v1(self, users: Sequence[UserInput]) -> list[UserOutcome]:
+        s = self.settings
+        outcomes = {u.user_id: UserOutcome(u.user_id) for u in users}
+        calls = [
+            (
+                u,
+                route_prompt(s, route, u.history, u.situation).request(
+                    f"{u.user_id}:route:{route}", self.schemas.expert, s.sampling.expert, u.user_id, u.embeds
+                ),
+            )
+            for u in users
+            for route in s.routes
+        ]
+        proposed: dict[str, list[list[Tag]]] = {}
+        errors: dict[str, str] = {}
+        for user, result in self._call("route", calls, outcomes):
+            route = result.key.rsplit(":", 1)[1]
+            if result.parsed is None:
+                errors.setdefault(user.user_id, result.error or "no_output")
+                continue
+            proposed.setdefault(user.user_id, []).append(expert_tags(result.parsed, route))
+        for user in users:
+            out = outcomes[user.user_id]
+            if user.user_id not in proposed:
+                out.failure = Failure("route", errors.get(user.user_id, ALL_CALLS_FAILED))
+                continue
+            # The routes' tags merged round-robin: no arbiter ranks them in V1.
+            checked = self._pooled(proposed[user.user_id], user, out)
+            if not checked.kept:
+                out.failure = Failure("route", NO_VALID_TAG)
+                continue
+            out.tags = self._ground(user, checked.kept)
+        return [outcomes[u.user_id] for u in users]
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    def _call(
+        self, step: str, calls: list[tuple[UserInput, Request]], outcomes: dict[str, UserOutcome]
+    ) -> list[tuple[UserInput, Result]]:
+        if not calls:
+            return []
+        results = self.engine.generate([request for _, request in calls])
+        for (user, _), result in zip(calls, results, strict=True):
+            outcomes[user.user_id].calls.append((step, result))
+        return [(user, result) for (user, _), result in zip(calls, results, strict=True)]
+
+    def _pooled(self, lists: list[list[Tag]], user: UserInput, out: UserOutcome) -> Checked[Tag]:
+        checked = check_tags(pool(lists), self._for(user), self.embed)
+        codes = Counter(r.reason.value for r in checked.rejected)
+        out.rejected.update(codes)
+        out.proposed += sum(len(tags) for tags in lists)
+        out.duplicates += codes["duplicate"] + codes["near_duplicate"]
+        return checked
+
+    def _for(self, user: UserInput) -> ValidationContext:
+        return self.validation.for_user(user.bought_titles)
+
+    def _ground(self, user: UserInput, tags: list[Tag]) -> list[FinalTag]:
+        evidence: list[list[str]] = [[] for _ in tags]
+        if self.embed is not None and user.item_ids and user.item_vectors is not None:
+            evidence = ground(
+                self.embed([t.tag for t in tags]),
+                list(user.item_ids),
+                user.item_vectors,
+                self.settings.evidence_top_k,
+                self.settings.evidence_min_cosine,
+            )
+        return [FinalTag(i + 1, t, tuple(e)) for i, (t, e) in enumerate(zip(tags, evidence, strict=True))]
+
+
+def mine(miner: Miner, pipeline: str, users: Sequence[UserInput]) -> list[UserOutcome]:
+    runs: dict[str, Callable[[Sequence[UserInput]], list[UserOutcome]]] = {
+        "v2": miner.mine_v2,
+        "v1_baseline": miner.mine_v1,
+    }
+    if pipeline not in runs:
+        raise ValueError(f"unknown pipeline {pipeline!r}; one of {sorted(runs)}")
+    return runs[pipeline](users)

@@ -1,0 +1,117 @@
+"""A deterministic stand-in for a vLLM OpenAI server, for control-flow tests of the Spark stages
+(waves, failures, kill and resume) that must compare runs exactly: the real engine's outputs
+depend on batch composition. It speaks /v1/completions with token-id prompts, reads the output
+schema's title to know which agent is asking, and answers from a hash of the prompt:
+
+- planner: one or two fixed personas; about one prompt in six gets a cut-off answer
+  (finish_reason "length"), so some users fail at the planner;
+- expert: three tags from a small vocabulary;
+- arbiter: the numbered candidate lines of its prompt, in order (at most eight), with falling
+  scores.
+
+Never used outside tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+VOCABULARY = (
+    "waterproof hiking boots",
+    "cast iron skillet",
+    "yoga mat set",
+    "rain jacket shell",
+    "reading desk lamp",
+    "wool hiking socks",
+    "ceramic tea set",
+    "trail running shoes",
+)
+
+
+def _digest(tokens: list[int]) -> int:
+    return int(hashlib.sha256(json.dumps(tokens).encode()).hexdigest(), 16)
+
+
+class FakeOpenAI:
+    def __init__(self, tokenizer: Any, delay_s: float = 0.05) -> None:
+        self.tokenizer = tokenizer
+        self.delay_s = delay_s
+        self.requests = 0
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def answer(self, body: dict[str, Any]) -> tuple[str, str]:
+        tokens = list(body["prompt"])
+        agent = str(((body.get("structured_outputs") or {}).get("json") or {}).get("title"))
+        h = _digest(tokens)
+        if agent == "PlannerOutput":
+            if h % 6 == 0:
+                return '{"personas":[{"name":"cut', "length"
+            names = ["outdoor explorer", "home cook"][: 1 + h % 2]
+            personas = [
+                {"name": n, "description": f"shops as a {n}", "evidence": [n], "signals": []} for n in names
+            ]
+            return json.dumps({"personas": personas}), "stop"
+        if agent == "ExpertOutput":
+            picks = [VOCABULARY[(h >> (8 * i)) % len(VOCABULARY)] for i in range(3)]
+            tags = [{"tag": t, "reason": f"fits {t}", "evidence": t} for t in dict.fromkeys(picks)]
+            return json.dumps({"tags": tags}), "stop"
+        if agent == "ArbiterOutput":
+            text = self.tokenizer.decode(tokens)
+            block = re.search(r"<candidate_tags>\n(.*?)\n</candidate_tags>", text, re.S)
+            lines = block.group(1).split("\n") if block else []
+            picks = [
+                {"pick": i + 1, "score": max(1, 10 - i), "reason": "fits"} for i in range(min(8, len(lines)))
+            ]
+            return json.dumps({"tags": picks}), "stop"
+        return "{}", "stop"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake._lock:
+                    fake.requests += 1
+                time.sleep(fake.delay_s)
+                text, finish = fake.answer(body)
+                payload = json.dumps(
+                    {
+                        "choices": [{"text": text, "finish_reason": finish}],
+                        "usage": {
+                            "prompt_tokens": len(body["prompt"]),
+                            "completion_tokens": max(1, len(text) // 4),
+                            "prompt_tokens_details": {"cached_tokens": 0},
+                        },
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        return Handler

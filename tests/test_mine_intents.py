@@ -1,0 +1,171 @@
+"""mine_intents as a stage: waves staged and written once, failures in their own table, a killed
+run resumed to exactly the tables of an uninterrupted one, and reruns that duplicate nothing.
+
+The model's answers come from a deterministic fake OpenAI server (tests/fake_openai.py): the real
+engine's outputs depend on how requests were batched, which a kill-and-resume comparison cannot
+allow. The real model runs the stage in tests/test_nightly.py and the injection test below."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from tests.conftest import ROOT
+from tests.fake_openai import FakeOpenAI
+from tests.llm_support import llm_config
+
+pytestmark = pytest.mark.slow
+
+DT = "2025-10-28"
+TINY = ["data.users=24", "data.items=200", "data.history_days=90", "data.holdout_days=3"]
+
+
+def job(module: str, wh: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", module, f"run.dt={DT}", f"storage.warehouse={wh}", *TINY, *extra]
+
+
+def fake_llm(url: str) -> list[str]:
+    return [
+        "context.mode=text",
+        "llm.placement=remote",
+        f"llm.http.base_url={url}",
+        "llm.retry.attempts=1",
+        "mine.wave_users=6",
+        "mine.batch_users=4",
+    ]
+
+
+def table(wh: Path, name: str, sort: list[str]) -> pd.DataFrame:
+    df = DeltaTable(str(wh / name)).to_pandas()
+    df = df.drop(columns=[c for c in ("run_id", "created_at", "latency_ms") if c in df.columns])
+    for col in df.columns:  # lists compare as tuples
+        if df[col].map(lambda v: hasattr(v, "tolist")).any():
+            df[col] = df[col].map(lambda v: tuple(v.tolist()) if hasattr(v, "tolist") else v)
+    return df.sort_values(sort).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, project_env):
+    """A warehouse with ingest, embed_items and compress done for DT."""
+    wh = tmp_path_factory.mktemp("mine") / "wh"
+    stages = "pipeline.stages=[ingest,embed_items,compress]"
+    proc = subprocess.run(
+        job("jobs.nightly", wh, stages),
+        cwd=ROOT,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return wh
+
+
+@pytest.fixture(scope="module")
+def fake():
+    from transformers import AutoTokenizer
+
+    with FakeOpenAI(AutoTokenizer.from_pretrained(llm_config()["model_path"]), delay_s=0.05) as server:
+        yield server
+
+
+def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    shutil.copytree(prepared, whole)
+    shutil.copytree(prepared, killed)
+
+    # Uninterrupted.
+    proc = subprocess.run(
+        job("jobs.mine_intents", whole, *fake_llm(fake.url)),
+        cwd=ROOT,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 wave(s)" in proc.stderr
+    tags = table(whole, "user_intent_tags", ["user_id", "rank"])
+    failures = table(whole, "mining_failures", ["user_id"])
+    contexts = DeltaTable(str(whole / "user_context")).to_pandas()
+    with_history = set(contexts[contexts.events_kept > 0].user_id)
+    assert set(tags.user_id) | set(failures.user_id) == with_history
+    assert not set(tags.user_id) & set(failures.user_id)
+    # The fake cuts some planner answers off: those users fail at the planner, with the reason.
+    assert len(failures) > 0 and set(failures.step) == {"planner"}
+    assert failures.reason.str.startswith("invalid_output").all()
+    assert (tags.groupby("user_id")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1)))).all()
+
+    # Killed after its first staged wave, then resumed.
+    staging = killed / "_staging" / "mine_intents" / f"dt={DT}" / "pipeline=v2" / "context_mode=text"
+    run = subprocess.Popen(
+        job("jobs.mine_intents", killed, *fake_llm(fake.url)),
+        cwd=ROOT,
+        env=project_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not list(staging.glob("wave=*/_SUCCESS")):
+        assert run.poll() is None, "the run ended before a wave was staged"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    finished = len(list(staging.glob("wave=*/_SUCCESS")))
+    assert 1 <= finished < 4 and not (killed / "user_intent_tags").exists()
+
+    resumed = subprocess.run(
+        job("jobs.mine_intents", killed, *fake_llm(fake.url), "resume=true"),
+        cwd=ROOT,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "0 already done" not in resumed.stderr and "already done" in resumed.stderr
+    for name, key in (
+        ("user_intent_tags", ["user_id", "rank"]),
+        ("user_personas", ["user_id", "persona_rank"]),
+        ("mining_failures", ["user_id"]),
+    ):
+        pd.testing.assert_frame_equal(table(whole, name, key), table(killed, name, key))
+    ledger = ["stage", "request_key"]
+    assert table(whole, "llm_calls", ledger)[ledger].equals(table(killed, "llm_calls", ledger)[ledger])
+    assert not staging.exists()  # cleaned up after the tables were written
+
+    # A rerun recomputes and replaces; a resume of a finished date mines nobody.
+    again = subprocess.run(
+        job("jobs.mine_intents", whole, *fake_llm(fake.url)),
+        cwd=ROOT,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    pd.testing.assert_frame_equal(table(whole, "user_intent_tags", ["user_id", "rank"]), tags)
+    done = subprocess.run(
+        job("jobs.mine_intents", whole, *fake_llm(fake.url), "resume=true"),
+        cwd=ROOT,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        f"{len(with_history)} users with history, {len(with_history)} already done, 0 to mine" in done.stderr
+    )
+    pd.testing.assert_frame_equal(table(whole, "user_intent_tags", ["user_id", "rank"]), tags)
