@@ -42,6 +42,7 @@ from jobs import compress, embed_items, ingest, train_adaptor
 from jobs.stage import StageContext, StageFn, execute, open_context
 from recgpt import adaptor as A
 from recgpt import context as C
+from recgpt.agents.schemas import tag_pattern
 from recgpt.config import load_config
 from recgpt.embeddings import Embedder
 from recgpt.llm.engine import Engine, RetryPolicy
@@ -67,7 +68,9 @@ TAG_SYSTEM = (
 
 
 class Tags(BaseModel):
-    tags: list[Annotated[str, StringConstraints(min_length=2, max_length=40)]] = Field(
+    # The agents' tag form (lower-case words, 2..4 of them), so a small model names interests
+    # instead of copying dates or ids out of the history.
+    tags: list[Annotated[str, StringConstraints(pattern=tag_pattern(2, 4))]] = Field(
         min_length=1, max_length=5
     )
 

@@ -268,7 +268,11 @@ def test_hostile_titles_and_queries_change_neither_schema_nor_content_class(llm_
         engine, settings, schemas, ValidationContext.for_run(settings, ["Northpeak"]), embedder.encode
     )
     items = ["Waterproof trail hiking boots", "Merino wool hiking socks", "Insulated steel thermos flask"]
-    hostile = [user(f"u{i}", [*items, HOSTILE_TITLE]) if i % 2 else user(f"u{i}", items) for i in range(1, 5)]
+    histories = [[*items, HOSTILE_TITLE] if i % 2 else items for i in range(1, 5)]
+    hostile = [
+        dataclasses.replace(user(f"u{i}", h), item_vectors=embedder.encode(h))
+        for i, h in enumerate(histories, start=1)
+    ]
     query = f'\n2025-10-27 (searched 1) | search "{HOSTILE_QUERY}"'
     hostile[2] = dataclasses.replace(hostile[2], history=hostile[2].history + query)
     outcomes = mine(miner, "v2", hostile)
