@@ -44,6 +44,19 @@ def fake_llm(url: str) -> list[str]:
     ]
 
 
+def mine(wh: Path, url: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        job("jobs.mine_intents", wh, *fake_llm(url), *extra),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def table(wh: Path, name: str, sort: list[str]) -> pd.DataFrame:
     df = DeltaTable(str(wh / name)).to_pandas()
     df = df.drop(columns=[c for c in ("run_id", "created_at", "latency_ms") if c in df.columns])
@@ -84,15 +97,7 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
     shutil.copytree(prepared, killed)
 
     # Uninterrupted.
-    proc = subprocess.run(
-        job("jobs.mine_intents", whole, *fake_llm(fake.url)),
-        cwd=ROOT,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = mine(whole, fake.url, project_env)
     assert "4 wave(s)" in proc.stderr
     tags = table(whole, "user_intent_tags", ["user_id", "rank"])
     failures = table(whole, "mining_failures", ["user_id"])
@@ -125,15 +130,7 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
     finished = len(list(staging.glob("wave=*/_SUCCESS")))
     assert 1 <= finished < 4 and not (killed / "user_intent_tags").exists()
 
-    resumed = subprocess.run(
-        job("jobs.mine_intents", killed, *fake_llm(fake.url), "resume=true"),
-        cwd=ROOT,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = mine(killed, fake.url, project_env, "resume=true")
     assert "0 already done" not in resumed.stderr and "already done" in resumed.stderr
     for name, key in (
         ("user_intent_tags", ["user_id", "rank"]),
@@ -146,25 +143,9 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
     assert not staging.exists()  # cleaned up after the tables were written
 
     # A rerun recomputes and replaces; a resume of a finished date mines nobody.
-    again = subprocess.run(
-        job("jobs.mine_intents", whole, *fake_llm(fake.url)),
-        cwd=ROOT,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    mine(whole, fake.url, project_env)
     pd.testing.assert_frame_equal(table(whole, "user_intent_tags", ["user_id", "rank"]), tags)
-    done = subprocess.run(
-        job("jobs.mine_intents", whole, *fake_llm(fake.url), "resume=true"),
-        cwd=ROOT,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = mine(whole, fake.url, project_env, "resume=true")
     assert (
         f"{len(with_history)} users with history, {len(with_history)} already done, 0 to mine" in done.stderr
     )

@@ -155,6 +155,20 @@ def _bad_request(row: Mapping[str, Any], reason: str, model: str, engine: str) -
     return _result_row(failed, model, engine)
 
 
+def chunked_rows(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[list[dict[str, Any]]]:
+    """The rows of a partition's Arrow batches regrouped into lists of `size` (the last may be
+    shorter): the unit handed to the engine at once, whatever Spark's Arrow batch size is."""
+    buffer: list[dict[str, Any]] = []
+    for batch in batches:
+        for row in batch.to_pylist():
+            buffer.append(row)
+            if len(buffer) >= size:
+                yield buffer
+                buffer = []
+    if buffer:
+        yield buffer
+
+
 def partition_runner(
     cfg: Mapping[str, Any],
     schema: type[BaseModel] | None,
@@ -210,15 +224,8 @@ def partition_runner(
             )
             return pa.RecordBatch.from_pylist(out, schema=RESULT_SCHEMA)
 
-        buffer: list[dict[str, Any]] = []
-        for batch in batches:
-            for row in batch.to_pylist():
-                buffer.append(row)
-                if len(buffer) >= batch_size:
-                    yield flush(buffer)
-                    buffer = []
-        if buffer:
-            yield flush(buffer)
+        for rows in chunked_rows(batches, batch_size):
+            yield flush(rows)
 
     return run
 

@@ -31,7 +31,7 @@ from recgpt.errors import ConfigError
 from recgpt.tables import BEHAVIORS, ENV_SIGNALS, USER_CONTEXT
 from udfs.embeddings import current_embeddings, embedder_for
 from udfs.hybrid import _adaptor
-from udfs.llm import executor_engine
+from udfs.llm import chunked_rows, executor_engine
 from udfs.warehouse import Warehouse
 
 CALL = pa.struct(
@@ -312,15 +312,8 @@ def miner_runner(
             )
             return pa.RecordBatch.from_pylist(out, schema=OUTCOME)
 
-        buffer: list[dict[str, Any]] = []
-        for batch in batches:
-            for row in batch.to_pylist():
-                buffer.append(row)
-                if len(buffer) >= batch_users:
-                    yield flush(buffer)
-                    buffer = []
-        if buffer:
-            yield flush(buffer)
+        for rows in chunked_rows(batches, batch_users):
+            yield flush(rows)
 
     return run
 
