@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run ingest dq test test-fast lint bench-storage bench-engine bench-compression bench-v2-vs-v1 clean-warehouse
+.PHONY: help setup run ingest dq test test-fast lint bench-storage bench-engine bench-compression bench-v2-vs-v1 eval eval-movielens clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,12 @@ bench-compression: setup  ## context tokens full/V1/hybrid, entity probe, tag ag
 
 bench-v2-vs-v1: setup  ## V2 (planner/experts/arbiter, hybrid) vs V1 routes (text): tokens, seconds, duplicates
 	$(PY) -m bench.v2_vs_v1 $(ARGS)
+
+eval: setup  ## offline evaluation on synthetic data: V2 vs V1 on sampled users, metrics + HTML report
+	$(PY) -m bench.evaluation --data synthetic $(ARGS)
+
+eval-movielens: setup  ## the same on ml-100k split in time (../shared/datasets/ml-100k)
+	$(PY) -m bench.evaluation --data movielens $(ARGS)
 
 clean-warehouse:  ## delete the local warehouse (all tables, reports and logs)
 	rm -rf warehouse

@@ -5,8 +5,9 @@ V1 baseline (four independent routes over the V1 text context).
 Reported per pipeline: LLM tokens per user (prompt + generated, from the `llm_calls` ledger),
 wall seconds per user (the stage's own time, engine already warm), the duplicate-tag rate (share
 of the tags the Experts or routes proposed that repeated another tag of the same user, exactly
-or by embedding cosine >= the near-duplicate threshold), failures and tags per user. HR@30 needs
-the evaluation stage and is null until it exists. Target: V2 <= 0.5x V1's tokens per user.
+or by embedding cosine >= the near-duplicate threshold), failures and tags per user, and HR@30
+from the evaluate stage (bench/evaluation.py runs the chain). Target: V2 <= 0.5x V1's tokens per
+user with HR@30 not lower. The users are a seeded sample of synthetic users with held-out activity.
 
     make bench-v2-vs-v1 [ARGS="--users 48 --adaptor PATH"]
 """
@@ -15,39 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from bench.evaluation import PIPELINES, metrics, run_chain
 from bench.machine import write_result
-from jobs import compress, embed_items, ingest, mine_intents, train_adaptor
-from jobs.stage import StageContext, StageFn, execute, open_context
-from recgpt.config import load_config
-from recgpt.llm.server import ensure_server, stop_server
+from jobs.mine_intents import context_mode
+from jobs.stage import StageContext
 from recgpt.tables import LLM_CALLS, MINING_FAILURES, USER_INTENT_TAGS
-
-DT = "2025-10-28"
-
-
-def run_stage(cfg: Any, fn: StageFn, name: str, spark: SparkSession | None) -> tuple[StageContext, float]:
-    ctx = open_context(cfg, name, spark)
-    started = time.perf_counter()
-    execute(ctx, fn)
-    return ctx, time.perf_counter() - started
 
 
 def figures(ctx: StageContext, pipeline: str, mode: str, seconds: float, users: int) -> dict[str, Any]:
     wh = ctx.warehouse
     variant = (F.col("pipeline") == pipeline) & (F.col("context_mode") == mode)
     ledger = (
-        wh.read(LLM_CALLS, dt=DT)
+        wh.read(LLM_CALLS, dt=ctx.dt)
         .where(F.col("stage") == f"mine_intents.{pipeline}.{mode}")
         .agg(
             F.count("*").alias("calls"),
@@ -58,9 +44,9 @@ def figures(ctx: StageContext, pipeline: str, mode: str, seconds: float, users: 
         .first()
     )
     assert ledger is not None
-    tags = wh.read(USER_INTENT_TAGS, dt=DT).where(variant)
+    tags = wh.read(USER_INTENT_TAGS, dt=ctx.dt).where(variant)
     tagged = tags.select("user_id").distinct().count()
-    failed = wh.read(MINING_FAILURES, dt=DT).where(variant).count()
+    failed = wh.read(MINING_FAILURES, dt=ctx.dt).where(variant).count()
     prompt, generated = int(ledger["prompt"] or 0), int(ledger["generated"] or 0)
     details = ctx.report.details
     return {
@@ -86,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--users", type=int, default=48, help="synthetic users (all with a history)")
+    parser.add_argument("--users", type=int, default=48, help="synthetic users to mine (seeded sample)")
     parser.add_argument(
         "--adaptor", help="an existing adaptor artifact folder to use instead of training one"
     )
@@ -94,35 +80,17 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage")
     args = parser.parse_args()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-v2-v1-"))
-    base = [f"run.dt={DT}", f"storage.warehouse={root}", f"data.users={args.users}", *args.overrides]
-    v2_cfg = load_config([*base, "pipeline=v2"])
-    v1_cfg = load_config([*base, "pipeline=v1_baseline"])
-
-    spark: SparkSession | None = None
-    for name, fn in (("ingest", ingest.run), ("embed_items", embed_items.run), ("compress", compress.run)):
-        ctx, _ = run_stage(v2_cfg, fn, name, spark)
-        spark = ctx.spark
-    if args.adaptor:
-        target = Path(str(v2_cfg.adaptor.artifacts_dir)) / Path(args.adaptor).name
-        shutil.copytree(args.adaptor, target, dirs_exist_ok=True)
-    run_stage(v2_cfg, train_adaptor.run, "train_adaptor", spark)
-    users = ctx.warehouse.read("user_context", dt=DT).where(F.col("events_kept") > 0).count()
-
-    # One engine server for both pipelines, started before either is timed.
-    llm = OmegaConf.to_container(v2_cfg.llm, resolve=True)
-    assert isinstance(llm, dict)
-    started = time.perf_counter()
-    ensure_server(llm, owner_pid=os.getpid())
-    engine_start = time.perf_counter() - started
-
-    results = {}
-    for cfg, pipeline in ((v2_cfg, "v2"), (v1_cfg, "v1_baseline")):
-        ctx, seconds = run_stage(cfg, mine_intents.run, "mine_intents", spark)
-        mode = mine_intents.context_mode(ctx)
-        results[pipeline] = figures(ctx, pipeline, mode, seconds, users)
-    stop_server(llm)
-    assert spark is not None
-    spark.stop()
+    chain = run_chain("synthetic", args.users, root, args.adaptor, args.overrides)
+    results = {
+        pipeline: figures(
+            chain.contexts[key], pipeline, context_mode(chain.contexts[key]), chain.seconds[key], chain.users
+        )
+        for key, pipeline in PIPELINES.items()
+    }
+    hr30 = metrics(chain.contexts["v2"], chain.dt).get("hr30", {})
+    users = chain.users
+    v2_cfg = chain.contexts["v2"].cfg
+    chain.contexts["v2"].spark.stop()
 
     v2, v1 = results["v2"], results["v1_baseline"]
     out = {
@@ -134,11 +102,11 @@ def main() -> None:
         "v1_seconds_per_user": v1["seconds_per_user"],
         "v2_dup_rate": v2["duplicate_rate"],
         "v1_dup_rate": v1["duplicate_rate"],
-        "v2_hr30": None,  # evaluation stage not built yet
-        "v1_hr30": None,
-        "engine_start_seconds": round(engine_start, 1),
+        "v2_hr30": hr30.get("v2"),
+        "v1_hr30": hr30.get("v1"),
         "detail": results,
         "llm": str(v2_cfg.llm.model_name),
+        "engine": "one OpenAI-compatible vLLM server for both pipelines, started before either is timed",
     }
     path = write_result("v2_vs_v1", out)
     print(f"\nV2 vs V1 on {users} users ({out['llm']}, engine warm)")
@@ -151,6 +119,7 @@ def main() -> None:
             f"{r['tagged_users']} tagged, {r['failed_users']} failed"
         )
     print(f"  token ratio V2/V1 {out['token_ratio']} (target <= 0.5)")
+    print(f"  HR@30 V2 {out['v2_hr30']} vs V1 {out['v1_hr30']} (target: V2 not lower)")
     print(f"  written to {path}")
     print(json.dumps({k: out[k] for k in ("token_ratio", "v2_dup_rate", "v1_dup_rate")}))
 

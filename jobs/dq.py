@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from pyspark.sql import DataFrame, Row, Window
 from pyspark.sql import functions as F
 
+from jobs.mine_intents import users_in_scope
 from jobs.stage import StageContext, main_for
 from recgpt.agents.prompts import ROUTES
 from recgpt.errors import RecGPTError
@@ -155,7 +156,7 @@ def mine_intents_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[s
         tagged.withColumn("_has_tags", F.lit(True)), [*variant, "user_id"], "left"
     ).withColumn("_has_tags", F.coalesce("_has_tags", F.lit(False)))
     outcomes = tagged.unionByName(failures.select(*variant, "user_id"))
-    with_history = wh.read("user_context", dt=dt).where(F.col("events_kept") > 0).count()
+    with_history = users_in_scope(ctx).count()
     variants = outcomes.select(*variant).distinct().count()
     frames = {
         "user_personas": wh.read("user_personas", dt=dt),
@@ -178,11 +179,39 @@ def mine_intents_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[s
     return frames, counts
 
 
+def recall_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, CheckSpec]]:
+    """The tag-recall rows of the date, and each recalled tag checked against the final tags it
+    came from (a recall row for a tag the user does not have is lineage gone wrong)."""
+    _latest_run(ctx, "recall")
+    wh, dt = ctx.warehouse, ctx.dt
+    keys = ["pipeline", "context_mode", "user_id"]
+    tags = wh.read("user_intent_tags", dt=dt).select(*keys, F.col("rank").alias("tag_rank"), "tag")
+    frame = (
+        wh.read("tag_recall", dt=dt)
+        .join(tags.withColumn("_tag_known", F.lit(True)), [*keys, "tag_rank", "tag"], "left")
+        .withColumn("_tag_known", F.coalesce("_tag_known", F.lit(False)))
+    )
+    return {"tag_recall": frame}, {}
+
+
+def evaluate_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, CheckSpec]]:
+    """The date's metrics, with `_share` = the value of the metrics that are shares (hit rates,
+    recalls, coverage, failure rate), which must lie in [0, 1]."""
+    _latest_run(ctx, "evaluate")
+    metrics = ctx.warehouse.read("eval_metrics", dt=ctx.dt)
+    shares = F.col("metric").rlike(
+        "^(hr[0-9]+|recall_at_.*|exclusive_recall|persona_recovery|novelty|catalog_coverage_.*|failure_rate)$"
+    )
+    return {"eval_metrics": metrics.withColumn("_share", F.when(shares, F.col("value")))}, {}
+
+
 FRAMES = {
     "ingest": ingest_frames,
     "embed_items": embed_items_frames,
     "compress": compress_frames,
     "mine_intents": mine_intents_frames,
+    "recall": recall_frames,
+    "evaluate": evaluate_frames,
 }
 
 

@@ -63,6 +63,24 @@ def adaptor_folder(ctx: StageContext) -> Path:
     return folder
 
 
+def listed_users(ctx: StageContext) -> DataFrame:
+    """The user ids of `mine.users_file` (one per line): an evaluation mines a chosen sample."""
+    path = str(ctx.cfg.mine.users_file)
+    if not Path(path).is_file():
+        raise RecGPTError(f"mine.users_file {path} does not exist")
+    ids = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return ctx.spark.createDataFrame([(i,) for i in ids], "user_id string").distinct()
+
+
+def users_in_scope(ctx: StageContext) -> DataFrame:
+    """Users the stage must account for: every user with a reliable history as of dt, or those
+    of them listed in `mine.users_file`."""
+    users = ctx.warehouse.read(USER_CONTEXT, dt=ctx.dt).where(F.col("events_kept") > 0).select("user_id")
+    if ctx.cfg.mine.get("users_file"):
+        users = users.join(listed_users(ctx), "user_id", "left_semi")
+    return users
+
+
 class Staging:
     """Finished waves of one (dt, pipeline, context_mode) under the warehouse's _staging/."""
 
@@ -180,7 +198,10 @@ def run(ctx: StageContext) -> None:
             "bought_days": agents_cfg["validation"]["bought_days"],
             "calendar": calendar_cfg,
         },
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    if mine_cfg.get("users_file"):
+        inputs = inputs.join(listed_users(ctx), "user_id", "left_semi")
+    inputs = inputs.persist(StorageLevel.MEMORY_AND_DISK)
     total = inputs.count()
     contexts = wh.read(USER_CONTEXT, dt=ctx.dt)
     without_history = contexts.where(F.col("events_kept") == 0).count()
@@ -323,7 +344,10 @@ def run(ctx: StageContext) -> None:
     )
     sample = mined.orderBy("user_id", "rank").limit(int(agents_cfg["n_tags"])).collect()
     if sample:
-        shown = "; ".join(f"{r.rank}. {r.tag} ({r.persona})" for r in sample[:5])
+        # One user's tags (the first user may have fewer than N).
+        shown = "; ".join(
+            f"{r.rank}. {r.tag} ({r.persona})" for r in sample if r.user_id == sample[0].user_id
+        )
         report.details["sample"] = f"{sample[0].user_id}: {shown}"
 
 

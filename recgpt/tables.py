@@ -356,6 +356,41 @@ MINING_FAILURES = TableSpec(
     partition_by=MINED_PARTITIONS,
 )
 
+TAG_RECALL = TableSpec(
+    "tag_recall",
+    "Tag-aware recall: each final tag's nearest catalog items by cosine between the tag's and the "
+    "items' embeddings (exact search), without the items the user bought in the last "
+    "`bought_days` days before the run date.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("tag_rank", pa.int32(), "the tag's rank in user_intent_tags", nullable=False),
+        Column("tag", pa.string(), "the tag (user_intent_tags.tag)", nullable=False),
+        Column("rank", pa.int32(), "1 = the tag's nearest item; unique per (user, tag_rank)", nullable=False),
+        Column("item_id", pa.string(), "recalled item", nullable=False),
+        Column("score", pa.float64(), "cosine similarity of tag and item text", nullable=False),
+        Column("pipeline", pa.string(), "pipeline of the tags (v2 or v1_baseline)", nullable=False),
+        Column("context_mode", pa.string(), "context mode of the tags (hybrid or text)", nullable=False),
+        *_lineage("run date of the tags"),
+    ),
+    partition_by=MINED_PARTITIONS,
+)
+
+EVAL_METRICS = TableSpec(
+    "eval_metrics",
+    "Offline evaluation of a run date's mined intents against the held-out window after it: one "
+    "row per (pipeline variant, metric). Definitions are in the README (Evaluation).",
+    (
+        Column("pipeline", pa.string(), "v2 or v1_baseline", nullable=False),
+        Column("context_mode", pa.string(), "hybrid or text", nullable=False),
+        Column("model", pa.string(), "LLM that mined the tags", nullable=False),
+        Column("metric", pa.string(), "metric name (hr30, recall_at_30_tags, ...)", nullable=False),
+        Column("value", pa.float64(), "its value; null when no user had the data to define it"),
+        Column("users", pa.int64(), "users the value averages over", nullable=False),
+        Column("window_days", pa.int32(), "length of the held-out window in days", nullable=False),
+        *_lineage("run date whose mining is evaluated"),
+    ),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
@@ -373,6 +408,8 @@ ALL_TABLES: dict[str, TableSpec] = {
         USER_PERSONAS,
         USER_INTENT_TAGS,
         MINING_FAILURES,
+        TAG_RECALL,
+        EVAL_METRICS,
     )
 }
 

@@ -505,6 +505,17 @@ def test_word_and_character_limits(ctx):
     assert [t.tag for t in checked.kept] == ["hiking boots", four, "rain poncho"]
 
 
+def test_a_tag_repeating_a_word_is_a_loop_not_a_phrase(ctx):
+    checked = check_tags(
+        [tag("vintage iphone iphone"), tag("Iphone IPHONE"), tag("iphone charging cable")], ctx
+    )
+    assert reasons(checked) == [
+        ("vintage iphone iphone", "repeated_word"),
+        ("Iphone IPHONE", "repeated_word"),
+    ]
+    assert [t.tag for t in checked.kept] == ["iphone charging cable"]
+
+
 def test_exact_duplicates_after_normalisation_keep_the_first(ctx):
     checked = check_tags([tag("Hiking Boots", persona="a"), tag("hiking boots.", persona="b")], ctx)
     assert reasons(checked) == [("hiking boots.", "duplicate")]
@@ -652,6 +663,7 @@ def test_rejection_codes_are_stable_strings():
         "reason_too_long",
         "duplicate",
         "near_duplicate",
+        "repeated_word",
     ]
 
 

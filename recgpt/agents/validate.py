@@ -43,6 +43,7 @@ class Rejection(StrEnum):
     REASON_TOO_LONG = "reason_too_long"
     DUPLICATE = "duplicate"
     NEAR_DUPLICATE = "near_duplicate"
+    REPEATED_WORD = "repeated_word"
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,9 @@ def _tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
         return Rejection.TOO_SHORT
     if count > limits.max_words or len(normal) > limits.max_chars:
         return Rejection.TOO_LONG
+    # "iphone iphone case" is a small model looping, not a modifier + core word phrase.
+    if len(set(normal.split())) < count:
+        return Rejection.REPEATED_WORD
     if ctx.names_brand(normal):
         return Rejection.BRAND
     if ctx.bought_recently(normal):

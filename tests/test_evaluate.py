@@ -1,0 +1,201 @@
+"""The evaluate stage on a hand-made warehouse whose every metric is worked out by hand: two
+pipeline variants, a failed user, a user without held-out activity, the co-visitation channel,
+planted personas and the cost ledger; then its data-quality checkpoint, a rerun and the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs import dq, evaluate
+from jobs.stage import execute, open_context
+from recgpt.config import load_config
+from recgpt.tables import (
+    ALL_TABLES,
+    BEHAVIORS,
+    EVAL_METRICS,
+    ITEMS,
+    LLM_CALLS,
+    MINING_FAILURES,
+    PLANTED_PERSONAS,
+    TAG_RECALL,
+    USER_CONTEXT,
+    USER_INTENT_TAGS,
+)
+from tests.handmade import DT, V1, V2, behaviour, put, recalled, tag, ts
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def world(spark, tmp_path):
+    cfg = load_config([f"storage.warehouse={tmp_path / 'wh'}", f"run.dt={DT}", "eval.window_days=7"])
+    ctx = open_context(cfg, "evaluate", spark)
+    wh = ctx.warehouse
+    items = [
+        ("b1", "waterproof hiking boots", "hiking-boots"),
+        ("b2", "insulated hiking boots", "hiking-boots"),
+        ("t1", "ultralight backpacking tent", "tents"),
+        ("t2", "family-size camping tent", "tents"),
+        ("y1", "non-slip yoga mat", "yoga"),
+        ("d1", "adjustable dumbbell set", "dumbbells"),
+    ]
+    put(wh, ITEMS, [{"item_id": i, "title": t, "category": c, "dt": "2025-10-01"} for i, t, c in items])
+    put(
+        wh,
+        BEHAVIORS,
+        [
+            behaviour("u1", "b1", "purchase", ts("2025-10-20")),
+            behaviour("u1", "t1", "view", ts("2025-09-01")),
+            behaviour("u2", "y1", "view", ts("2025-10-01")),
+            behaviour("u3", "y1", "view", ts("2025-10-02")),
+            # The held-out window [10-28, 11-04): u1's first interaction is b2 (a search has no item).
+            behaviour("u1", None, "search", ts("2025-10-28", 0)),
+            behaviour("u1", "b2", "view", ts("2025-10-29", 10)),
+            behaviour("u1", "t2", "cart", ts("2025-10-30")),
+            behaviour("u2", "d1", "purchase", ts("2025-10-29")),
+            behaviour("u2", "y1", "click", ts("2025-11-10")),  # after the window
+        ],
+    )
+    put(
+        wh,
+        USER_CONTEXT,
+        [
+            {"user_id": u, "events": 2, "events_kept": 2, "buckets": 1, "full_tokens": 10, "v1_text": "x"}
+            | {"v1_tokens": 5, "v1_dropped_buckets": 0, "hybrid_text": "x", "entity_ids": []}
+            | {"hybrid_tokens": 3, "hybrid_dropped_buckets": 0}
+            for u in ("u1", "u2", "u3")
+        ],
+    )
+    put(
+        wh,
+        USER_INTENT_TAGS,
+        [
+            tag("u1", 1, "trail hiking boots", V2),
+            tag("u1", 2, "camping tent", V2),
+            tag("u2", 1, "hiking boots", V2),
+            tag("u3", 1, "yoga mat", V2),
+            tag("u3", 2, "yoga block", V2),
+            tag("u1", 1, "camping tent", V1),
+        ],
+    )
+    put(
+        wh,
+        MINING_FAILURES,
+        [{"user_id": u, "step": "route", "reason": "no_valid_tag"} | V1 for u in ("u2", "u3")],
+    )
+    put(
+        wh,
+        TAG_RECALL,
+        recalled("u1", 1, "trail hiking boots", [("b2", 0.9), ("t1", 0.5)], V2)
+        + recalled("u1", 2, "camping tent", [("t2", 0.8), ("t1", 0.7)], V2)
+        + recalled("u2", 1, "hiking boots", [("b1", 0.9), ("b2", 0.8)], V2)
+        + recalled("u3", 1, "yoga mat", [("y1", 0.9)], V2)
+        + recalled("u3", 2, "yoga block", [("y1", 0.7)], V2)
+        + recalled("u1", 1, "camping tent", [("t1", 0.8)], V1),
+    )
+    put(
+        wh,
+        ALL_TABLES["covisit_recall"],
+        [
+            {"user_id": "u1", "rank": 1, "item_id": "t2", "score": 3.0},
+            {"user_id": "u2", "rank": 1, "item_id": "d1", "score": 1.0},
+        ],
+    )
+    put(
+        wh,
+        PLANTED_PERSONAS,
+        [
+            {"user_id": "u1", "persona": "outdoor", "description": "d", "weight": 0.5}
+            | {"categories": ["hiking-boots", "tents"]},
+            {"user_id": "u1", "persona": "yogi", "description": "d", "weight": 0.5, "categories": ["yoga"]},
+            {
+                "user_id": "u2",
+                "persona": "gym",
+                "description": "d",
+                "weight": 1.0,
+                "categories": ["dumbbells"],
+            },
+            {"user_id": "u3", "persona": "yogi", "description": "d", "weight": 1.0, "categories": ["yoga"]},
+        ],
+        dt="2025-10-01",
+    )
+    put(
+        wh,
+        LLM_CALLS,
+        [
+            {"stage": "mine_intents.v2.hybrid", "request_key": f"k{i}", "user_id": "u1"}
+            | {"prompt_tokens": 100, "generated_tokens": 20, "latency_ms": 1.0, "attempts": 1, "model": "m"}
+            for i in range(3)
+        ],
+    )
+    return cfg
+
+
+def metrics_of(ctx) -> dict[tuple[str, str], dict[str, float | None]]:
+    out: dict[tuple[str, str], dict[str, float | None]] = {}
+    for r in ctx.warehouse.read(EVAL_METRICS, dt=DT).collect():
+        out.setdefault((r.pipeline, r.context_mode), {})[r.metric] = r.value
+    return out
+
+
+def test_evaluate_scores_each_variant_as_worked_out_by_hand(spark, world):
+    ctx = open_context(world, "evaluate", spark)
+    report = execute(ctx, evaluate.run)
+    m = metrics_of(ctx)
+    assert set(m) == {("v2", "hybrid"), ("v1_baseline", "text")}
+    v2, v1 = m[("v2", "hybrid")], m[("v1_baseline", "text")]
+
+    # u1's next interaction (b2, hiking boots) is a tag category; u2's (d1, dumbbells) is not.
+    assert v2["hr30"] == pytest.approx(0.5)
+    # u1: b2 and t2 both in [b2, t2, t1]; u2: d1 not in [b1, b2].
+    assert v2["recall_at_30_tags"] == pytest.approx(0.5)
+    assert v2["recall_at_30_covisit"] == pytest.approx(0.75)  # u1: t2 of {b2, t2}; u2: d1
+    assert v2["exclusive_recall"] == pytest.approx(0.25)  # u1: b2 only; u2: nothing
+    assert v2["persona_recovery"] == pytest.approx(0.5)  # u1 1/2, u2 0, u3 1
+    assert v2["novelty"] == pytest.approx(1 / 3)  # only u2's hiking boots are new to its history
+    assert 0.0 < v2["diversity"] < 1.0
+    assert v2["failure_rate"] == 0.0
+    assert v2["tokens_per_user"] == pytest.approx(360 / 3)
+    assert v2["catalog_coverage_tags"] == pytest.approx(5 / 6)
+    assert v2["catalog_coverage_covisit"] == pytest.approx(2 / 6)
+    assert v2["tagged_users"] == 3 and v2["heldout_users"] == 2
+
+    # V1: only u1 has a tag (tents); the failed users count as misses.
+    assert v1["hr30"] == 0.0
+    assert v1["recall_at_30_tags"] == 0.0
+    assert v1["exclusive_recall"] == 0.0
+    assert v1["persona_recovery"] == pytest.approx(1 / 6)
+    assert v1["failure_rate"] == pytest.approx(2 / 3)
+    assert v1["tokens_per_user"] is None  # no ledger rows for V1
+    assert v1["recall_at_30_covisit"] == pytest.approx(0.75)  # the same users, the same channel
+
+    page = report.details["report"]
+    html = open(page, encoding="utf-8").read()
+    assert "hr30" in html and "v1_baseline" in html
+
+    gate = execute(
+        open_context(load_config([*_overrides(world), "dq.stages=[evaluate]"]), "dq", spark), dq.run
+    )
+    assert "0 failed" in gate.details["dq"], gate.details
+
+    # A smaller K: u1's tags at K=1 are only "trail hiking boots" -> still a hit; recall drops.
+    small = open_context(load_config([*_overrides(world), "eval.k=1"]), "evaluate", spark)
+    execute(small, evaluate.run)
+    v2k1 = metrics_of(small)[("v2", "hybrid")]
+    assert v2k1["hr1"] == pytest.approx(0.5)
+    assert v2k1["recall_at_1_tags"] == pytest.approx(0.25)  # u1: b2 of {b2, t2}
+    # The rerun replaced the date's rows: one row per (variant, metric).
+    assert ctx.warehouse.read(EVAL_METRICS, dt=DT).count() == len(metrics_of(small)) * len(v2k1)
+
+
+def _overrides(cfg) -> list[str]:
+    return [f"storage.warehouse={cfg.storage.warehouse}", f"run.dt={DT}", "eval.window_days=7"]
+
+
+def test_evaluate_refuses_a_window_without_behaviours(spark, world):
+    from recgpt.errors import RecGPTError
+
+    # [10-28, 10-29) holds only a search, which has no item.
+    late = load_config([*_overrides(world), "eval.window_days=1"])
+    with pytest.raises(RecGPTError, match="no interactions in the held-out window"):
+        evaluate.run(open_context(late, "evaluate", spark))

@@ -1,0 +1,114 @@
+"""The evaluation metrics on hand-made cases whose right values are worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recgpt import metrics as M
+
+
+def test_round_robin_takes_each_tags_best_items_first_and_skips_repeats():
+    lists = [["a1", "a2", "a3"], ["b1", "a1", "b3"], ["c1"]]
+    assert M.round_robin(lists, 10) == ["a1", "b1", "c1", "a2", "a3", "b3"]
+    assert M.round_robin(lists, 4) == ["a1", "b1", "c1", "a2"]
+    assert M.round_robin([], 5) == []
+
+
+def test_tag_category_is_the_majority_with_score_then_order_tie_breaks():
+    assert M.tag_category(["boots", "tents", "boots"]) == "boots"
+    # One each: the larger summed score wins.
+    assert M.tag_category(["boots", "tents"], [0.2, 0.9]) == "tents"
+    # Equal counts and scores: the category met first (the better-ranked item) wins.
+    assert M.tag_category(["tents", "boots"], [0.5, 0.5]) == "tents"
+    assert M.tag_category([None, "boots", None]) == "boots"
+    assert M.tag_category([]) is None
+
+
+def test_hit_at_k_looks_only_at_the_k_best_tags():
+    cats = ["boots", "tents", "toys"]
+    assert M.hit_at_k("tents", cats, k=30) == 1.0
+    assert M.hit_at_k("toys", cats, k=2) == 0.0
+    assert M.hit_at_k("socks", cats) == 0.0
+    assert M.hit_at_k(None, cats) == 0.0
+
+
+def test_recall_and_exclusive_recall():
+    heldout = {"i1", "i2", "i3", "i4"}
+    tags = ["i1", "x", "i2", "i3"]
+    covisit = ["i2", "y", "i4"]
+    assert M.recall_at_k(heldout, tags, k=3) == pytest.approx(2 / 4)  # i1, i2 (i3 is 4th)
+    assert M.recall_at_k(heldout, covisit, k=3) == pytest.approx(2 / 4)  # i2, i4
+    # Retrieved by the tags' top 3 and not by co-visitation's top 3: i1 only.
+    assert M.exclusive_recall(heldout, tags, covisit, k=3) == pytest.approx(1 / 4)
+    # With co-visitation cut to its best item, i1 still, and not i2 (co-visitation's first).
+    assert M.exclusive_recall(heldout, tags, covisit, k=1) == pytest.approx(1 / 4)
+    assert M.recall_at_k(set(), tags) is None
+    assert M.exclusive_recall(set(), tags, covisit) is None
+
+
+def test_diversity_is_mean_pairwise_cosine_distance():
+    same = np.array([[1.0, 0.0], [2.0, 0.0]])
+    assert M.diversity(same) == pytest.approx(0.0)
+    orthogonal = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    # pairs: (0,1) 1 - 0 = 1; (0,2) 1 - (-1) = 2; (1,2) 1 - 0 = 1 -> mean 4/3
+    assert M.diversity(orthogonal) == pytest.approx(4 / 3)
+    assert M.diversity(np.array([[1.0, 0.0]])) is None
+
+
+def test_novelty_and_persona_recovery():
+    assert M.novelty(["boots", "toys", "toys", None], {"boots"}) == pytest.approx(1 / 2)
+    assert M.novelty([None], {"boots"}) is None
+    planted = [{"boots", "tents"}, {"toys", "diapers"}, {"yoga"}]
+    assert M.persona_recovery(planted, ["tents", "socks"]) == pytest.approx(1 / 3)
+    assert M.persona_recovery(planted, ["tents", "diapers", "yoga"]) == pytest.approx(1.0)
+    assert M.persona_recovery([], ["tents"]) is None
+
+
+def test_user_metrics_combines_tags_recall_and_heldout():
+    tags = [
+        (["b1", "b2", "t1"], ["boots", "boots", "tents"], [0.9, 0.8, 0.7]),  # -> boots
+        (["t2", "t3"], ["tents", "tents"], [0.6, 0.5]),  # -> tents
+    ]
+    m = M.user_metrics(
+        tags,
+        heldout={"t3", "z9"},
+        next_category="tents",
+        history_categories={"boots"},
+        planted=[{"tents"}, {"yoga"}],
+        covisit=["z9"],
+        tag_vectors=np.array([[1.0, 0.0], [0.0, 1.0]]),
+        k=30,
+        category_items=5,
+    )
+    assert m["tag_categories"] == ["boots", "tents"]
+    assert m["recalled"] == ["b1", "t2", "b2", "t3", "t1"]
+    assert m["hr"] == 1.0
+    assert m["recall_tags"] == pytest.approx(0.5)  # t3
+    assert m["recall_covisit"] == pytest.approx(0.5)  # z9
+    assert m["exclusive_recall"] == pytest.approx(0.5)  # t3 is not in co-visitation
+    assert m["diversity"] == pytest.approx(1.0)
+    assert m["novelty"] == pytest.approx(0.5)  # tents is new
+    assert m["persona_recovery"] == pytest.approx(0.5)
+
+
+def test_user_without_tags_is_a_miss_not_a_gap():
+    m = M.user_metrics(
+        [],
+        heldout={"i1"},
+        next_category="boots",
+        history_categories={"boots"},
+        planted=[{"boots"}],
+        covisit=["i1"],
+    )
+    assert m["hr"] == 0.0
+    assert m["recall_tags"] == 0.0
+    assert m["exclusive_recall"] == 0.0
+    assert m["persona_recovery"] == 0.0
+    assert m["recall_covisit"] == 1.0
+    assert m["diversity"] is None and m["novelty"] is None
+    # Without any held-out interaction, HR and the recalls are undefined, not zero.
+    quiet = M.user_metrics(
+        [], heldout=set(), next_category=None, history_categories=set(), planted=[], covisit=[]
+    )
+    assert quiet["hr"] is None and quiet["recall_tags"] is None and quiet["persona_recovery"] is None
