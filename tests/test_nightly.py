@@ -57,6 +57,7 @@ def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, pro
         "planted_personas",
         "item_embeddings",
         "user_context",
+        "covisit_recall",
     )
     counts = {t: len(DeltaTable(str(tmp_path / "wh" / t)).to_pandas()) for t in tables}
     assert all(n > 0 for n in counts.values()), counts
@@ -76,7 +77,7 @@ def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, pro
     assert again_tagged | again_failed == with_history and not again_tagged & again_failed
     runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas()
     # Two chains, each under one run id; the second reuses the adaptor the first trained.
-    chain = ["ingest", "embed_items", "compress", "train_adaptor", "mine_intents", "dq"]
+    chain = ["ingest", "embed_items", "compress", "covisit", "train_adaptor", "mine_intents", "dq"]
     assert set(runs.status) == {"success"} and runs.run_id.nunique() == 2
     assert sorted(runs.stage) == sorted(chain * 2)
     assert "skipped: a compatible adaptor exists" in second.stdout
