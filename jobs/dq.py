@@ -131,6 +131,31 @@ def compress_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, 
     return {"user_context": frame}, counts
 
 
+def covisit_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, CheckSpec]]:
+    """The recall the latest covisit run wrote, with per-user rank contiguity, score order and
+    whether each user is one compress gave a history (the channel recalls for no one else).
+    How many users get candidates depends on the data: the row count is checked for drift."""
+    latest = _latest_run(ctx, "covisit")
+    rows = ctx.warehouse.read("covisit_recall", dt=ctx.dt).where(
+        F.col("run_id") == F.lit(str(latest["run_id"]))
+    )
+    with_history = (
+        ctx.warehouse.read("user_context", dt=ctx.dt)
+        .where(F.col("events_kept") > 0)
+        .select("user_id", F.lit(True).alias("_user_known"))
+    )
+    per_user = Window.partitionBy("user_id")
+    by_rank = per_user.orderBy("rank")
+    frame = (
+        rows.join(with_history, "user_id", "left")
+        .withColumn("_user_known", F.coalesce("_user_known", F.lit(False)))
+        .withColumn("_ranks_ok", F.max("rank").over(per_user) == F.count("*").over(per_user))
+        # Rank r never scores above rank r-1.
+        .withColumn("_order_ok", F.coalesce(F.lag("score").over(by_rank) >= F.col("score"), F.lit(True)))
+    )
+    return {"covisit_recall": frame}, {}
+
+
 def mine_intents_frames(ctx: StageContext) -> tuple[dict[str, DataFrame], dict[str, CheckSpec]]:
     """The mined tables of the date (every pipeline variant that ran), with per-user tag counts
     and rank contiguity; and the coverage: each variant accounts for every user with a history,
@@ -209,6 +234,7 @@ FRAMES = {
     "ingest": ingest_frames,
     "embed_items": embed_items_frames,
     "compress": compress_frames,
+    "covisit": covisit_frames,
     "mine_intents": mine_intents_frames,
     "recall": recall_frames,
     "evaluate": evaluate_frames,

@@ -252,6 +252,28 @@ USER_CONTEXT = TableSpec(
     ),
 )
 
+COVISIT_RECALL = TableSpec(
+    "covisit_recall",
+    "The conventional recall channel: items recalled per user as of the run date by item-to-item "
+    "co-visitation (users who kept an item near another in their history), the baseline the "
+    "tag-based channel is evaluated against on the same users and date. Users with a history "
+    "(user_context.events_kept > 0) and at least one co-visited candidate; the user's seed items "
+    "and what they bought within covisit.bought_days before the date are never recalled.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("rank", pa.int32(), "1 = best; unique per (dt, user_id), 1..covisit.top_k", nullable=False),
+        Column("item_id", pa.string(), "recalled item", nullable=False),
+        Column(
+            "score",
+            pa.float64(),
+            "summed co-visitation weight: over the user's seed items, the users who co-visited the "
+            "seed and this item (times the seed's recency weight, 1 by default); > 0",
+            nullable=False,
+        ),
+        *_lineage("run date the recall is as of (history ts < dt)"),
+    ),
+)
+
 LLM_CALLS = TableSpec(
     "llm_calls",
     "Cost ledger: one row per LLM request a stage made (all attempts of the request summed). A rerun "
@@ -404,6 +426,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         DQ_RESULTS,
         ITEM_EMBEDDINGS,
         USER_CONTEXT,
+        COVISIT_RECALL,
         LLM_CALLS,
         USER_PERSONAS,
         USER_INTENT_TAGS,

@@ -57,6 +57,8 @@ def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, pro
         "planted_personas",
         "item_embeddings",
         "user_context",
+        "covisit_recall",
+        "eval_metrics",
     )
     counts = {t: len(DeltaTable(str(tmp_path / "wh" / t)).to_pandas()) for t in tables}
     assert all(n > 0 for n in counts.values()), counts
@@ -76,7 +78,8 @@ def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, pro
     assert again_tagged | again_failed == with_history and not again_tagged & again_failed
     runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas()
     # Two chains, each under one run id; the second reuses the adaptor the first trained.
-    chain = ["ingest", "embed_items", "compress", "train_adaptor", "mine_intents", "dq"]
+    chain = ["ingest", "embed_items", "compress", "covisit", "train_adaptor", "mine_intents", "recall"]
+    chain += ["evaluate", "dq"]
     assert set(runs.status) == {"success"} and runs.run_id.nunique() == 2
     assert sorted(runs.stage) == sorted(chain * 2)
     assert "skipped: a compatible adaptor exists" in second.stdout
@@ -84,6 +87,14 @@ def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, pro
     assert counts["item_embeddings"] == counts["items"]
     assert f"{counts['items']:,} embedded" in second.stdout
     assert "report   " in first.stdout and "_reports/dq/index.html" in first.stdout
+    # Every tagged user's tags were recalled, and the evaluation's report is where it says.
+    recalled = DeltaTable(str(tmp_path / "wh" / "tag_recall")).to_pandas()
+    assert set(recalled.user_id) == again_tagged
+    assert not recalled.duplicated(["pipeline", "context_mode", "user_id", "tag_rank", "rank"]).any()
+    report = tmp_path / "wh" / "_reports" / "eval" / "dt=2025-10-28" / "index.html"
+    assert report.is_file() and str(report) in second.stdout
+    metrics = DeltaTable(str(tmp_path / "wh" / "eval_metrics")).to_pandas()
+    assert {"hr30", "exclusive_recall", "recall_at_30_tags", "persona_recovery"} <= set(metrics.metric)
 
 
 @pytest.mark.slow
