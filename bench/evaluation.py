@@ -39,7 +39,7 @@ from udfs.evaluate import heldout
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS: dict[str, dict[str, Any]] = {
-    "synthetic": {"dt": "2025-10-28", "users": 96, "overrides": ["data=synthetic"]},
+    "synthetic": {"dt": "2025-10-28", "users": 64, "overrides": ["data=synthetic"]},
     # ml-100k runs 1997-09-20 .. 1998-04-22: as of 1998-01-01, 100 users have a history and
     # rate something in the next 30 days.
     "movielens": {

@@ -13,6 +13,7 @@ tables as an uninterrupted run; without `resume` a rerun recomputes everything i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -36,6 +37,7 @@ from udfs.mining import mine_users, miner_runner, mining_inputs
 STAGE = "mine_intents"
 PIPELINES = ("v2", "v1_baseline")
 DONE = "_SUCCESS"
+SETTINGS = "_settings.json"
 LINEAGE = ("dt", "run_id", "created_at")
 
 
@@ -63,6 +65,55 @@ def adaptor_folder(ctx: StageContext) -> Path:
     return folder
 
 
+def mining_settings(
+    ctx: StageContext, llm_cfg: dict[str, Any], agents_cfg: dict[str, Any], adaptor: Path | None
+) -> dict[str, Any]:
+    """What decides a user's outcome besides the data: a resumed run must match it exactly."""
+    agents = json.dumps(agents_cfg, sort_keys=True, default=str)
+    return {
+        "model": str(llm_cfg["model_name"]),
+        "prompt_version": str(agents_cfg["prompt_version"]),
+        "agents_sha256": hashlib.sha256(agents.encode()).hexdigest()[:16],
+        "adaptor": adaptor.name if adaptor else None,
+        "users_file": str(ctx.cfg.mine.get("users_file") or ""),
+    }
+
+
+def refuse_mixed_settings(
+    ctx: StageContext, staging: Staging, settings: dict[str, Any], staged: bool
+) -> None:
+    """A resume finishes the same run: staged waves or tables mined with another model, prompt
+    version, agent settings or adaptor would end up mixed with the new users' outcomes."""
+    before = staging.settings()
+    if staged and before != settings:
+        changed = sorted(k for k in settings if (before or {}).get(k) != settings[k])
+        raise RecGPTError(
+            f"resume=true, but the staged waves under {staging.uri} were mined with other settings "
+            f"({', '.join(changed)}): rerun without resume to recompute the date"
+        )
+    if ctx.warehouse.exists(USER_INTENT_TAGS):
+        mixed = (
+            ctx.warehouse.read(USER_INTENT_TAGS, dt=ctx.dt)
+            .where(
+                (F.col("pipeline") == ctx.cfg.pipeline.name)
+                & (F.col("context_mode") == context_mode(ctx))
+                & (
+                    (F.col("model") != settings["model"])
+                    | (F.col("prompt_version") != settings["prompt_version"])
+                )
+            )
+            .select("model", "prompt_version")
+            .distinct()
+            .collect()
+        )
+        if mixed:
+            found = ", ".join(f"{r.model} / {r.prompt_version}" for r in mixed)
+            raise RecGPTError(
+                f"resume=true, but user_intent_tags for {ctx.dt} holds tags of {found}, not "
+                f"{settings['model']} / {settings['prompt_version']}: rerun without resume"
+            )
+
+
 def listed_users(ctx: StageContext) -> DataFrame:
     """The user ids of `mine.users_file` (one per line): an evaluation mines a chosen sample."""
     path = str(ctx.cfg.mine.users_file)
@@ -88,6 +139,23 @@ class Staging:
         root = str(ctx.cfg.storage.warehouse).rstrip("/")
         self.uri = f"{root}/_staging/{STAGE}/dt={ctx.dt}/pipeline={pipeline}/context_mode={mode}"
         self.fs, self.path = filesystem(self.uri)
+
+    def settings(self) -> dict[str, Any] | None:
+        """What the staged waves were mined with (None before the first wave)."""
+        path = f"{self.path}/{SETTINGS}"
+        from pyarrow import fs as pafs
+
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as fh:
+            return dict(json.loads(fh.read().decode()))
+
+    def start(self, settings: dict[str, Any]) -> None:
+        """Empty staging that records what its waves will be mined with."""
+        self.drop()
+        self.fs.create_dir(self.path, recursive=True)
+        with self.fs.open_output_stream(f"{self.path}/{SETTINGS}") as fh:
+            fh.write(json.dumps(settings, sort_keys=True).encode())
 
     def wave_uri(self, wave: int) -> str:
         return f"{self.uri}/wave={wave:05d}"
@@ -207,10 +275,14 @@ def run(ctx: StageContext) -> None:
     without_history = contexts.where(F.col("events_kept") == 0).count()
 
     staging = Staging(ctx, pipeline, mode)
+    settings = mining_settings(ctx, llm_cfg, agents_cfg, folder)
     finished, unfinished = staging.waves()
-    if not resume:
-        staging.drop()
+    if resume:
+        refuse_mixed_settings(ctx, staging, settings, bool(finished))
+    else:
         finished, unfinished = [], []
+    if not finished:
+        staging.start(settings)
     for wave in unfinished:  # a killed run's half-written wave
         staging.drop(wave)
 

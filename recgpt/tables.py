@@ -343,7 +343,11 @@ USER_INTENT_TAGS = TableSpec(
         ),
         Column("tag", pa.string(), "normalised 'modifier + core word' tag", nullable=False),
         Column("persona", pa.string(), "persona (V2) or route (V1) the tag serves", nullable=False),
-        Column("score", pa.int32(), "the Arbiter's score 1-10 (null for V1, which has no arbiter)"),
+        Column(
+            "score",
+            pa.int32(),
+            "the Arbiter's score 1-10; null for V1 (no arbiter) and for tags backfilled after its picks",
+        ),
         Column("reason", pa.string(), "why the tag fits the user (model output, validated)", nullable=False),
         Column(
             "evidence_item_ids",

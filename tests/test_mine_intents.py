@@ -130,6 +130,26 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
     finished = len(list(staging.glob("wave=*/_SUCCESS")))
     assert 1 <= finished < 4 and not (killed / "user_intent_tags").exists()
 
+    # A resume with other prompts would mix two runs' outcomes: refused, staging untouched.
+    mixed = subprocess.run(
+        job(
+            "jobs.mine_intents",
+            killed,
+            *fake_llm(fake.url),
+            "resume=true",
+            "pipeline.agents.prompt_version=v9",
+        ),
+        cwd=ROOT,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert (
+        mixed.returncode == 1 and "mined with other settings (agents_sha256, prompt_version)" in mixed.stderr
+    )
+    assert len(list(staging.glob("wave=*/_SUCCESS"))) == finished
+
     resumed = mine(killed, fake.url, project_env, "resume=true")
     assert "0 already done" not in resumed.stderr and "already done" in resumed.stderr
     for name, key in (
@@ -150,3 +170,19 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
         f"{len(with_history)} users with history, {len(with_history)} already done, 0 to mine" in done.stderr
     )
     pd.testing.assert_frame_equal(table(whole, "user_intent_tags", ["user_id", "rank"]), tags)
+    # Nor may a resume add users mined by another prompt version to the finished tables.
+    other = subprocess.run(
+        job(
+            "jobs.mine_intents",
+            whole,
+            *fake_llm(fake.url),
+            "resume=true",
+            "pipeline.agents.prompt_version=v9",
+        ),
+        cwd=ROOT,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert other.returncode == 1 and "holds tags of" in other.stderr

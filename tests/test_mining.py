@@ -145,6 +145,8 @@ def test_v2_runs_planners_then_experts_then_arbiters_and_ranks_candidates(render
     assert [(t.rank, t.tag.tag, t.tag.persona, t.tag.score) for t in first.tags] == [
         (1, "cast iron skillet", "home cook", 9),
         (2, "waterproof hiking boots", "trail hiker", 7),
+        # Fewer picks than N: the unpicked candidate follows, unscored.
+        (3, "wool hiking socks", "trail hiker", None),
     ]
     # Number 7 is no candidate; the repeated expert tag was pooled once and pick 2 taken once.
     assert first.rejected["not_a_candidate"] == 1 and first.rejected["duplicate"] == 2
@@ -153,6 +155,11 @@ def test_v2_runs_planners_then_experts_then_arbiters_and_ranks_candidates(render
     assert first.tags[0].evidence_item_ids == ("u1-i1",)
     assert first.tags[1].evidence_item_ids[0] == "u1-i0"
     assert [step for step, _ in first.calls] == ["planner", "expert", "expert", "arbiter"]
+
+    # Without backfill only the Arbiter's picks are kept.
+    strict, _ = miner_for(renderer, dataclasses.replace(settings, arbiter_backfill=False), answer)
+    picked = mine(strict, "v2", users)[0]
+    assert [t.tag.tag for t in picked.tags] == ["cast iron skillet", "waterproof hiking boots"]
 
 
 def test_each_failure_names_its_step_and_leaves_other_users_alone(renderer, settings):
@@ -174,7 +181,8 @@ def test_each_failure_names_its_step_and_leaves_other_users_alone(renderer, sett
             return arbiter((2, 9))  # the brand tag is not among the candidates: only 1 is
         return arbiter((1, 9))
 
-    miner, _ = miner_for(renderer, settings, answer)
+    strict = dataclasses.replace(settings, arbiter_backfill=False)
+    miner, _ = miner_for(renderer, strict, answer)
     users = [user(f"u{i}", ["waterproof hiking boots"]) for i in range(1, 6)]
     by_user = {o.user_id: o for o in mine(miner, "v2", users)}
 
@@ -191,6 +199,13 @@ def test_each_failure_names_its_step_and_leaves_other_users_alone(renderer, sett
     # A failed user keeps no tags; every user keeps its calls for the ledger.
     assert all(not by_user[u].tags for u in ("u1", "u2", "u3", "u4"))
     assert all(by_user[u].calls for u in by_user)
+
+    # With backfill (the default), an Arbiter that picked no candidate leaves the pool's order.
+    lenient, _ = miner_for(renderer, settings, answer)
+    u4 = mine(lenient, "v2", users[3:4])[0]
+    assert u4.failure is None and [(t.tag.tag, t.tag.score) for t in u4.tags] == [
+        ("waterproof hiking boots", None)
+    ]
 
 
 def test_recent_purchases_are_not_recommended_again(renderer, settings):

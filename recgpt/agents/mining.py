@@ -189,10 +189,16 @@ class Miner:
             picked = self._selection(arbiter_picks(result.parsed), candidates[user.user_id], out)
             checked = check_tags(picked, self._for(user), self.embed)
             out.rejected.update(r.reason.value for r in checked.rejected)
-            if not checked.kept:
+            kept = checked.kept[: s.n_tags]
+            if s.arbiter_backfill and len(kept) < s.n_tags:
+                # Its picks first; the rest of the (already validated) pool after them, unscored.
+                chosen = {t.tag for t in kept}
+                rest = [t for t in candidates[user.user_id] if t.tag not in chosen]
+                kept += [replace(t, score=None) for t in rest[: s.n_tags - len(kept)]]
+            if not kept:
                 out.failure = Failure("arbiter", NO_VALID_TAG)
                 continue
-            out.tags = self._ground(user, checked.kept[: s.n_tags])
+            out.tags = self._ground(user, kept)
         return [outcomes[u.user_id] for u in users]
 
     def _selection(self, picks: list[Pick], candidates: list[Tag], out: UserOutcome) -> list[Tag]:

@@ -72,6 +72,9 @@ class AgentSettings:
     routes: tuple[str, ...] = ()
     # Experts read the history too (costlier), or only the persona the planner distilled from it.
     expert_history: bool = False
+    # When the Arbiter keeps fewer than N, the unpicked valid candidates (pool order) follow its
+    # picks, unscored, up to N.
+    arbiter_backfill: bool = True
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AgentSettings:
@@ -118,6 +121,7 @@ class AgentSettings:
                 ),
                 routes=tuple(str(r) for r in cfg.get("routes") or ()),
                 expert_history=bool(cfg.get("expert_history", False)),
+                arbiter_backfill=bool(cfg.get("arbiter_backfill", True)),
             )
         except KeyError as exc:
             raise ConfigError(
