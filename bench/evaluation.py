@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DATASETS: dict[str, dict[str, Any]] = {
     "synthetic": {"dt": "2025-10-28", "users": 64, "overrides": ["data=synthetic"]},
     # ml-100k runs 1997-09-20 .. 1998-04-22: as of 1998-01-01, 100 users have a history and
-    # rate something in the next 30 days.
+    # rate something in the next 30 days; the CPU model mines a sample of them.
     "movielens": {
         "dt": "1998-01-01",
-        "users": 100,
+        "users": 64,
         "overrides": [
             "data=movielens",
             f"data.path={ROOT.parent / 'shared' / 'datasets' / 'ml-100k'}",

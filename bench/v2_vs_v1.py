@@ -10,6 +10,7 @@ from the evaluate stage (bench/evaluation.py runs the chain). Target: V2 <= 0.5x
 user with HR@30 not lower. The users are a seeded sample of synthetic users with held-out activity.
 
     make bench-v2-vs-v1 [ARGS="--users 48 --adaptor PATH"]
+    make bench-v2-vs-v1 ARGS="--reuse WAREHOUSE"     # the figures of a finished `make eval` run
 """
 
 from __future__ import annotations
@@ -22,14 +23,31 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
-from bench.evaluation import PIPELINES, metrics, run_chain
+from bench.evaluation import DATASETS, PIPELINES, metrics, run_chain
 from bench.machine import write_result
-from jobs.mine_intents import context_mode
-from jobs.stage import StageContext
-from recgpt.tables import LLM_CALLS, MINING_FAILURES, USER_INTENT_TAGS
+from jobs.stage import StageContext, open_context
+from recgpt.config import load_config
+from recgpt.tables import LLM_CALLS, MINING_FAILURES, RUNS, USER_INTENT_TAGS
 
 
-def figures(ctx: StageContext, pipeline: str, mode: str, seconds: float, users: int) -> dict[str, Any]:
+def mining_run(ctx: StageContext, pipeline: str, mode: str) -> tuple[float, dict[str, Any]]:
+    """Seconds and summary details of the latest successful mine_intents run of the variant."""
+    runs = (
+        ctx.warehouse.read(RUNS, dt=ctx.dt)
+        .where((F.col("stage") == "mine_intents") & (F.col("status") == "success"))
+        .orderBy(F.col("started_at").desc())
+        .collect()
+    )
+    for run in runs:
+        details = json.loads(run.details or "{}")
+        if str(details.get("variant", "")).startswith(f"pipeline={pipeline} context_mode={mode}"):
+            return float(run.seconds), details
+    raise SystemExit(f"no successful mine_intents run of {pipeline}/{mode} for {ctx.dt}")
+
+
+def figures(ctx: StageContext, pipeline: str, mode: str, users: int) -> dict[str, Any]:
+    """One pipeline's cost and output figures from the warehouse: the ledger, the mined tables
+    and the mining run's record."""
     wh = ctx.warehouse
     variant = (F.col("pipeline") == pipeline) & (F.col("context_mode") == mode)
     ledger = (
@@ -48,7 +66,7 @@ def figures(ctx: StageContext, pipeline: str, mode: str, seconds: float, users: 
     tagged = tags.select("user_id").distinct().count()
     failed = wh.read(MINING_FAILURES, dt=ctx.dt).where(variant).count()
     prompt, generated = int(ledger["prompt"] or 0), int(ledger["generated"] or 0)
-    details = ctx.report.details
+    seconds, details = mining_run(ctx, pipeline, mode)
     return {
         "pipeline": pipeline,
         "context_mode": mode,
@@ -77,20 +95,27 @@ def main() -> None:
         "--adaptor", help="an existing adaptor artifact folder to use instead of training one"
     )
     parser.add_argument("--workdir", help="warehouse goes here (default: a new temporary folder)")
+    parser.add_argument(
+        "--reuse",
+        help="report on the warehouse of a finished `make eval` run (synthetic) instead of running "
+        "the chain again: the same chain, both pipelines on the same users in one run",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage")
     args = parser.parse_args()
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-v2-v1-"))
-    chain = run_chain("synthetic", args.users, root, args.adaptor, args.overrides)
-    results = {
-        pipeline: figures(
-            chain.contexts[key], pipeline, context_mode(chain.contexts[key]), chain.seconds[key], chain.users
-        )
-        for key, pipeline in PIPELINES.items()
-    }
-    hr30 = metrics(chain.contexts["v2"], chain.dt).get("hr30", {})
-    users = chain.users
-    v2_cfg = chain.contexts["v2"].cfg
-    chain.contexts["v2"].spark.stop()
+    if args.reuse:
+        dt = str(DATASETS["synthetic"]["dt"])
+        cfg = load_config([f"run.dt={dt}", f"storage.warehouse={args.reuse}", "pipeline=v2", *args.overrides])
+        ctx = open_context(cfg, "bench", None)
+        users = sum(1 for line in (Path(args.reuse) / "_eval_users.txt").read_text().splitlines() if line)
+    else:
+        root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-v2-v1-"))
+        chain = run_chain("synthetic", args.users, root, args.adaptor, args.overrides)
+        ctx, dt, users = chain.contexts["v2"], chain.dt, chain.users
+    modes = {"v2": str(ctx.cfg.context.mode), "v1_baseline": "text"}
+    results = {pipeline: figures(ctx, pipeline, modes[pipeline], users) for pipeline in PIPELINES.values()}
+    hr30 = metrics(ctx, dt).get("hr30", {})
+    v2_cfg = ctx.cfg
+    ctx.spark.stop()
 
     v2, v1 = results["v2"], results["v1_baseline"]
     out = {
