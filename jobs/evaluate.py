@@ -265,6 +265,7 @@ def _report(ctx: StageContext, scored: DataFrame, metrics: pd.DataFrame, cfg: di
         history_categories=history,
         heldout_categories=held,
         metric_docs=metric_docs(k),
+        share_metrics=("novelty",),
         headline=(
             f"hr{k}",
             "exclusive_recall",

@@ -199,3 +199,14 @@ def test_evaluate_refuses_a_window_without_behaviours(spark, world):
     late = load_config([*_overrides(world), "eval.window_days=1"])
     with pytest.raises(RecGPTError, match="no interactions in the held-out window"):
         evaluate.run(open_context(late, "evaluate", spark))
+
+
+def test_evaluation_targets_sample_users_that_can_be_scored(spark, world, tmp_path):
+    from bench.evaluation import sample_users
+
+    ctx = open_context(world, "evaluate", spark)
+    path = tmp_path / "users.txt"
+    # u3 has a history but nothing in the window: it cannot be scored, so it is never sampled.
+    assert sample_users(ctx, 7, 10, 0, path) == 2
+    assert sorted(path.read_text().split()) == ["u1", "u2"]
+    assert sample_users(ctx, 7, 1, 0, path) == 1 and len(path.read_text().split()) == 1

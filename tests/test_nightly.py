@@ -44,6 +44,7 @@ def mined(wh) -> tuple[set[str], set[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the whole chain twice, mining on the real model each time
 def test_nightly_writes_every_table_and_a_rerun_duplicates_nothing(tmp_path, project_env):
     first = nightly(tmp_path, project_env)
     assert first.returncode == 0, first.stderr[-4000:]
