@@ -23,7 +23,7 @@ from jobs.stage import StageContext, main_for
 from recgpt.errors import ConfigError, RecGPTError
 from recgpt.report import ReportData, write_report
 from recgpt.tables import EVAL_METRICS, LLM_CALLS, MINING_FAILURES, USER_INTENT_TAGS
-from udfs.evaluate import day_after, evaluation_rows, heldout, history_categories, score_users
+from udfs.evaluate import day_after, evaluation_rows, score_users
 
 STAGE = "evaluate"
 VARIANT = ["pipeline", "context_mode"]
@@ -94,13 +94,14 @@ def run(ctx: StageContext) -> None:
         )
     wh, dt = ctx.warehouse, ctx.dt
     variants = _variants(ctx).persist()
+    # Scored here and summarised for the report: read the behaviours once.
     rows = evaluation_rows(
         wh,
         dt,
         cfg,
         int(ctx.cfg.compress.lookback_days),
         list(ctx.cfg.compress.keep_behaviors),
-    )
+    ).persist(StorageLevel.MEMORY_AND_DISK)
     scored = score_users(rows, emb_cfg, k, int(cfg["category_items"])).persist(StorageLevel.MEMORY_AND_DISK)
     heldout_users = scored.where(F.col("recall_tags").isNotNull()).select("user_id").distinct().count()
     if heldout_users == 0:
@@ -180,8 +181,9 @@ def run(ctx: StageContext) -> None:
         mode="replace",
         lineage=ctx.lineage,
     )
-    report_path = _report(ctx, scored, metrics, cfg, k)
+    report_path = _report(ctx, rows, scored, metrics, cfg, k)
     scored.unpersist()
+    rows.unpersist()
     variants.unpersist()
 
     r = ctx.report
@@ -212,8 +214,11 @@ def _covisit_items(ctx: StageContext, k: int) -> int:
     )
 
 
-def _report(ctx: StageContext, scored: DataFrame, metrics: pd.DataFrame, cfg: dict[str, Any], k: int) -> Path:
-    """The HTML report: metrics of every variant, and the tags of a sample of users."""
+def _report(
+    ctx: StageContext, rows: DataFrame, scored: DataFrame, metrics: pd.DataFrame, cfg: dict[str, Any], k: int
+) -> Path:
+    """The HTML report: metrics of every variant, the tags of a sample of users, and the
+    categories of the evaluated users' history and held-out interactions."""
     wh, dt = ctx.warehouse, ctx.dt
     sample_users = int(cfg.get("report_users", 2000))
     sample = (
@@ -236,21 +241,15 @@ def _report(ctx: StageContext, scored: DataFrame, metrics: pd.DataFrame, cfg: di
         )
         .toPandas()
     )
+    users = rows.dropDuplicates(["user_id"])
+    history = (
+        users.select(F.explode("history_categories").alias("category")).groupBy("category").count().toPandas()
+    )
     categories = wh.read_snapshot("items", day_after(dt, int(cfg["window_days"]))).select(
         "item_id", "category"
     )
-    history = (
-        history_categories(
-            wh, dt, int(ctx.cfg.compress.lookback_days), list(ctx.cfg.compress.keep_behaviors), categories
-        )
-        .select(F.explode("history_categories").alias("category"))
-        .groupBy("category")
-        .count()
-        .toPandas()
-    )
     held = (
-        heldout(wh, dt, int(cfg["window_days"]), cfg["behaviors"], categories)
-        .select(F.explode("heldout").alias("item_id"))
+        users.select(F.explode("heldout").alias("item_id"))
         .join(categories, "item_id")
         .groupBy("category")
         .count()
