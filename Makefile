@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 PY_BOOT ?= python3.11
 VENV ?= .venv
+AIRFLOW_VENV ?= .venv-airflow
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DT ?= 2025-10-28
@@ -9,7 +10,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run ingest dq test test-fast lint bench-storage bench-engine bench-compression bench-v2-vs-v1 eval eval-movielens clean-warehouse
+.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-compression bench-v2-vs-v1 eval eval-movielens clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -19,7 +20,11 @@ $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh $(PY_BOOT) $(VENV)
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv, install everything, convert the bundled model once
+$(AIRFLOW_VENV)/.installed: dags/requirements.txt scripts/setup_airflow.sh
+	bash scripts/setup_airflow.sh $(PY_BOOT) $(AIRFLOW_VENV)
+	touch $@
+
+setup: $(VENV)/.installed $(AIRFLOW_VENV)/.installed  ## create .venv and .venv-airflow, install everything, convert the bundled model once
 	$(PY) -m recgpt.llm.model_cache
 	bash scripts/fetch_report_assets.sh .cache/report-assets
 
@@ -32,11 +37,19 @@ ingest: setup  ## run only the ingest stage for DT
 dq: setup  ## run only the data-quality gate for DT (Data Docs in warehouse/_reports/dq/)
 	$(PY) -m jobs.dq run.dt=$(DT) $(ARGS)
 
-test: setup  ## the whole test suite, slow end-to-end tests included
-	$(PY) -m pytest $(PYTEST_ARGS)
+setup-airflow: $(AIRFLOW_VENV)/.installed  ## only the scheduler's environment: Airflow 3 + Spark provider in .venv-airflow
+
+airflow: setup  ## the Airflow CLI on dags/ (AIRFLOW_HOME=.airflow): make airflow ARGS="dags test recgpt_nightly $(DT)"
+	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) bash scripts/airflow.sh $(ARGS)
+
+dag-test: setup  ## the DAG for real: `airflow dags test` on tiny synthetic data, twice (same row counts), failure alert
+	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest tests/test_dag.py $(PYTEST_ARGS)
+
+test: setup  ## the whole test suite, slow end-to-end tests included (the DAG and notebooks too)
+	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup  ## the suite without the slow end-to-end tests
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup  ## ruff on everything, mypy on the core package
 	$(PY) -m ruff check .

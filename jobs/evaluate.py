@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
-from recgpt.errors import ConfigError, RecGPTError
+from recgpt.errors import ConfigError, NothingToDo, RecGPTError
 from recgpt.report import ReportData, write_report
 from recgpt.tables import EVAL_METRICS, LLM_CALLS, MINING_FAILURES, USER_INTENT_TAGS
 from udfs.evaluate import day_after, evaluation_rows, score_users
@@ -51,18 +51,26 @@ def metric_docs(k: int) -> dict[str, str]:
 
 
 def _variants(ctx: StageContext) -> DataFrame:
+    """The (pipeline, context_mode, model) variants mined for the date; none is an error, or a
+    skip with `eval.if_unmined=skip` (a scheduler evaluating a date before the job's first run)."""
     wh, dt = ctx.warehouse, ctx.dt
     frames = [
         wh.read(spec, dt=dt).select(*VARIANT, "model")
         for spec in (USER_INTENT_TAGS, MINING_FAILURES)
         if wh.exists(spec)
     ]
-    if not frames:
-        raise RecGPTError(f"nothing mined yet: run `python -m jobs.mine_intents run.dt={dt}` first")
-    variants = frames[0]
-    for frame in frames[1:]:
-        variants = variants.unionByName(frame)
-    return variants.groupBy(*VARIANT).agg(F.first("model").alias("model"))
+    variants = None
+    if frames:
+        variants = frames[0]
+        for frame in frames[1:]:
+            variants = variants.unionByName(frame)
+        variants = variants.groupBy(*VARIANT).agg(F.first("model").alias("model")).persist()
+    if variants is None or variants.isEmpty():
+        message = f"nothing mined for dt={dt}: run `python -m jobs.mine_intents run.dt={dt}` first"
+        if str(ctx.cfg.eval.get("if_unmined", "fail")) == "skip":
+            raise NothingToDo(message)
+        raise RecGPTError(message)
+    return variants
 
 
 def _ledger_tokens(ctx: StageContext) -> dict[tuple[str, str], int]:
@@ -93,7 +101,7 @@ def run(ctx: StageContext) -> None:
             "ingested after dt"
         )
     wh, dt = ctx.warehouse, ctx.dt
-    variants = _variants(ctx).persist()
+    variants = _variants(ctx)
     # Scored here and summarised for the report: read the behaviours once.
     rows = evaluation_rows(
         wh,

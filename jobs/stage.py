@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pyspark.sql import SparkSession
 
 from recgpt.config import config_hash, new_run_id
-from recgpt.errors import RecGPTError
+from recgpt.errors import SKIPPED_EXIT_CODE, NothingToDo, RecGPTError
 from recgpt.tables import RUNS
 from udfs.session import build_session
 from udfs.warehouse import Lineage, Warehouse
@@ -84,6 +84,9 @@ def execute(ctx: StageContext, fn: StageFn) -> StageReport:
     status, error = "success", None
     try:
         fn(ctx)
+    except NothingToDo as exc:
+        status, error = "skipped", str(exc)
+        raise
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -175,6 +178,9 @@ def hydra_entry(stage: str, body: Callable[[DictConfig], None]) -> Callable[[], 
     def _main(cfg: DictConfig) -> None:
         try:
             body(cfg)
+        except NothingToDo as exc:
+            print(f"{stage} skipped: {exc}", file=sys.stderr)
+            sys.exit(SKIPPED_EXIT_CODE)
         except RecGPTError as exc:
             print(f"{stage} failed: {exc}", file=sys.stderr)
             sys.exit(1)

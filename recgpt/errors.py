@@ -7,6 +7,15 @@ class RecGPTError(Exception):
     """Base of every error this job raises on purpose."""
 
 
+class NothingToDo(RecGPTError):
+    """The stage has no input for the date and was asked to skip it: it records a `skipped` run
+    and its entry point exits with SKIPPED_EXIT_CODE (Airflow marks the task skipped)."""
+
+
+# BashOperator's default skip code: the scheduler shows the task as skipped, not failed.
+SKIPPED_EXIT_CODE = 99
+
+
 class ConfigError(RecGPTError):
     """The configuration is missing a value or holds one that cannot work."""
 

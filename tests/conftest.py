@@ -66,3 +66,27 @@ def llm_cfg(tmp_path_factory):
     cfg = llm_config(**{"server.state_dir": str(tmp_path_factory.mktemp("llm-state"))})
     yield cfg
     stop_server(cfg)
+
+
+@pytest.fixture(scope="session")
+def airflow_env(project_env) -> dict[str, str]:
+    """The project's environment plus where the Airflow environment is; fails (does not skip)
+    when it is missing, since `make setup` installs it."""
+    from tests.dag_support import airflow_venv
+
+    venv = airflow_venv()
+    if not (venv / "bin" / "airflow").is_file():
+        pytest.fail(f"no Airflow environment at {venv}: run `make setup-airflow`")
+    return {**project_env, "RECGPT_AIRFLOW_VENV": str(venv)}
+
+
+@pytest.fixture(scope="session")
+def dag_warehouse(tmp_path_factory, airflow_env):
+    """One `airflow dags test` of the whole DAG for DT on the tiny synthetic world: (warehouse,
+    DAG config, the finished process). Shared by the DAG test (which reruns it) and the notebooks."""
+    from tests.dag_support import DT, airflow, dag_config
+
+    tmp = tmp_path_factory.mktemp("dag")
+    config = dag_config(tmp)
+    proc = airflow(airflow_env, config, tmp, "dags", "test", "recgpt_nightly", DT)
+    return tmp / "wh", config, proc

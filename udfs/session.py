@@ -19,13 +19,14 @@ def build_session(spark_cfg: Mapping[str, Any], app_name: str | None = None) -> 
     # Executors and the driver's Python workers must run the project's interpreter.
     os.environ["PYSPARK_PYTHON"] = python
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if str(spark_cfg["master"]).startswith("local"):
+    master = spark_cfg.get("master")
+    if str(master).startswith("local"):
         # Local runs stay on loopback (and Spark stops warning about the host name).
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    builder = SparkSession.builder.master(str(spark_cfg["master"])).appName(
-        app_name or str(spark_cfg.get("app_name", "recgpt"))
-    )
+    builder = SparkSession.builder.appName(app_name or str(spark_cfg.get("app_name", "recgpt")))
+    if master:  # null: spark-submit already chose the master
+        builder = builder.master(str(master))
     for key, value in (spark_cfg.get("conf") or {}).items():
         builder = builder.config(str(key), str(value))
     builder = builder.config("spark.pyspark.python", python)

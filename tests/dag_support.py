@@ -1,0 +1,55 @@
+"""Running the Airflow DAG from tests: a DAG config for a tiny synthetic world in a temporary
+warehouse, and the Airflow CLI of .venv-airflow with its own AIRFLOW_HOME."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from deltalake import DeltaTable
+
+from tests.conftest import ROOT
+
+DT = "2025-10-28"
+# The world and adaptor of tests/test_nightly.py: small enough for two chains in one test.
+TINY = ["data.users=16", "data.items=300", "data.history_days=90", "data.holdout_days=7"]
+QUICK_ADAPTOR = ["adaptor.steps=8", "adaptor.items=96", "adaptor.distill_users=4", "adaptor.holdout_users=2"]
+
+
+def airflow_venv() -> Path:
+    return Path(os.environ.get("RECGPT_AIRFLOW_VENV") or ROOT / ".venv-airflow")
+
+
+def dag_config(tmp_path: Path, **settings: Any) -> Path:
+    """conf/airflow/local.yaml pointed at tmp_path/wh with the tiny world, plus `settings`."""
+    cfg = yaml.safe_load((ROOT / "conf" / "airflow" / "local.yaml").read_text())
+    cfg.update(
+        warehouse=str(tmp_path / "wh"),
+        log_dir=str(tmp_path / "wh" / "_logs"),
+        alerts_file=str(tmp_path / "alerts.jsonl"),
+        overrides=[*TINY, *QUICK_ADAPTOR],
+    )
+    cfg.update(settings)
+    path = tmp_path / f"dag-{len(list(tmp_path.glob('dag-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def airflow(env: dict[str, str], config: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`airflow <args>` on dags/ with the DAG config `config` and AIRFLOW_HOME under tmp_path."""
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "airflow.sh"), *args],
+        cwd=ROOT,
+        env={**env, "AIRFLOW_HOME": str(tmp_path / "airflow-home"), "RECGPT_AIRFLOW_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
+
+
+def table_counts(wh: Path, tables: Iterable[str]) -> dict[str, int]:
+    return {t: len(DeltaTable(str(wh / t)).to_pandas()) for t in tables}
