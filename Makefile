@@ -39,7 +39,7 @@ dq: setup  ## run only the data-quality gate for DT (Data Docs in warehouse/_rep
 
 setup-airflow: $(AIRFLOW_VENV)/.installed  ## only the scheduler's environment: Airflow 3 + Spark provider in .venv-airflow
 
-airflow: setup  ## the Airflow CLI on dags/ (AIRFLOW_HOME=.airflow): make airflow ARGS="dags test recgpt_nightly $(DT)"
+airflow: setup  ## the Airflow CLI on dags/ (AIRFLOW_HOME=.airflow): make airflow ARGS="dags test recgpt_nightly 2025-10-28"
 	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) bash scripts/airflow.sh $(ARGS)
 
 dag-test: setup  ## the DAG for real: `airflow dags test` on tiny synthetic data, twice (same row counts), failure alert

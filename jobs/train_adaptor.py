@@ -40,11 +40,22 @@ def distill_messages(history: str) -> tuple[dict[str, str], ...]:
     )
 
 
-def newest_lines(v1_text: str, hybrid_text: str, buckets: int) -> tuple[str, str, int]:
-    """The newest `buckets` lines of both forms (same buckets), and how many marks they hold."""
-    v1 = v1_text.splitlines()[-buckets:]
-    hybrid = hybrid_text.splitlines()[-buckets:]
-    return "\n".join(v1), "\n".join(hybrid), sum(line.count(EMBED_MARK) for line in hybrid)
+def newest_lines(v1_text: str, hybrid_text: str, buckets: int, max_marks: int) -> tuple[str, str, int] | None:
+    """The newest lines of both forms (the same buckets): at most `buckets` of them, and no more
+    than fit in `max_marks` entity marks, so a distillation sequence stays short whatever the
+    user's history (one busy day can hold hundreds of items). Returns the two texts and the marks
+    they hold; None when even the newest line holds more than `max_marks`."""
+    v1, hybrid = v1_text.splitlines(), hybrid_text.splitlines()
+    kept = marks = 0
+    while kept < min(buckets, len(hybrid)):
+        line_marks = hybrid[-(kept + 1)].count(EMBED_MARK)
+        if marks + line_marks > max_marks:
+            break
+        marks += line_marks
+        kept += 1
+    if kept == 0:
+        return None
+    return "\n".join(v1[-kept:]), "\n".join(hybrid[-kept:]), marks
 
 
 def compatible(folder: Path | None, llm: str, embedding_model: str) -> bool:
@@ -113,8 +124,16 @@ def run(ctx: StageContext) -> None:
         rows = list(contexts.itertuples())
         rng.shuffle(rows)
         chosen = []
-        for r in rows[: int(cfg["distill_users"]) + int(cfg["holdout_users"])]:
-            text, hybrid, marks = newest_lines(r.v1_text, r.hybrid_text, int(cfg["distill_buckets"]))
+        wanted_users = int(cfg["distill_users"]) + int(cfg["holdout_users"])
+        for r in rows:
+            if len(chosen) == wanted_users:
+                break
+            lines = newest_lines(
+                r.v1_text, r.hybrid_text, int(cfg["distill_buckets"]), int(cfg["distill_max_entities"])
+            )
+            if lines is None:
+                continue  # the newest bucket alone is longer than a training sequence may be
+            text, hybrid, marks = lines
             chosen.append(
                 (r.user_id, text, hybrid, list(r.entity_ids)[len(r.entity_ids) - marks :] if marks else [])
             )
@@ -157,6 +176,7 @@ def run(ctx: StageContext) -> None:
                 "lr",
                 "seed",
                 "distill_buckets",
+                "distill_max_entities",
                 "distill_tokens",
                 "distill_share",
             )

@@ -161,3 +161,16 @@ def test_hybrid_requests_get_one_adaptor_block_per_entity_in_order(spark, settin
         to_request({"key": "u2", "messages": message, "embeds": rows["u2"]["embeds"]}, None, Sampling())
     text = {r["user_id"]: r for r in context_columns(contexts, "text").collect()}
     assert text["u1"]["context"] == "t" and text["u1"]["entity_ids"] == []
+
+
+def test_distillation_lines_stop_at_the_entity_cap_and_skip_a_too_busy_newest_day():
+    from jobs.train_adaptor import newest_lines
+    from recgpt.llm.request import EMBED_MARK
+
+    v1 = "old | a; b\nmid | c\nnew | d; e"
+    hybrid = f"old | {EMBED_MARK}; {EMBED_MARK}\nmid | {EMBED_MARK}\nnew | {EMBED_MARK}; {EMBED_MARK}"
+    # Three buckets fit in five marks; four marks keep the two newest; one mark keeps none.
+    assert newest_lines(v1, hybrid, 3, 5) == (v1, hybrid, 5)
+    assert newest_lines(v1, hybrid, 3, 4) == ("mid | c\nnew | d; e", "\n".join(hybrid.splitlines()[1:]), 3)
+    assert newest_lines(v1, hybrid, 1, 10) == ("new | d; e", hybrid.splitlines()[-1], 2)
+    assert newest_lines(v1, hybrid, 3, 1) is None
