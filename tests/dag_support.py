@@ -15,9 +15,33 @@ from deltalake import DeltaTable
 from tests.conftest import ROOT
 
 DT = "2025-10-28"
-# The world and adaptor of tests/test_nightly.py: small enough for two chains in one test.
+# The tiny world and quick adaptor of the whole-chain tests (tests/test_nightly.py, the DAG):
+# small enough for two chains in one test; the mining needs an adaptor, not a good one.
 TINY = ["data.users=16", "data.items=300", "data.history_days=90", "data.holdout_days=7"]
 QUICK_ADAPTOR = ["adaptor.steps=8", "adaptor.items=96", "adaptor.distill_users=4", "adaptor.holdout_users=2"]
+
+# Every table the chain writes for a date: a first run leaves rows in each.
+CHAIN_TABLES = (
+    "behaviors",
+    "items",
+    "users",
+    "env_signals",
+    "quarantine",
+    "planted_personas",
+    "item_embeddings",
+    "user_context",
+    "covisit_recall",
+    "user_personas",
+    "user_intent_tags",
+    "llm_calls",
+    "tag_recall",
+    "eval_metrics",
+    "dq_results",
+)
+# The tables of the LLM's outputs. Their row counts may differ between two runs of a date: vLLM
+# on CPU is not bit-for-bit repeatable across batch compositions, so a user can get another number
+# of personas or tags. A rerun must still replace them: every row then carries the rerun's run id.
+MINED_TABLES = ("user_personas", "user_intent_tags", "mining_failures", "llm_calls", "tag_recall")
 
 
 def airflow_venv() -> Path:

@@ -13,26 +13,8 @@ import yaml
 from deltalake import DeltaTable
 
 from tests.conftest import ROOT
-from tests.dag_support import DT, airflow, dag_config, table_counts
+from tests.dag_support import CHAIN_TABLES, DT, MINED_TABLES, TINY, airflow, dag_config, table_counts
 
-# Every table the chain writes for a date (the DAG's first run must leave rows in each).
-TABLES = (
-    "behaviors",
-    "items",
-    "users",
-    "env_signals",
-    "quarantine",
-    "planted_personas",
-    "item_embeddings",
-    "user_context",
-    "covisit_recall",
-    "user_personas",
-    "user_intent_tags",
-    "llm_calls",
-    "tag_recall",
-    "eval_metrics",
-    "dq_results",
-)
 PARSE = """
 import json, sys
 sys.path.insert(0, "dags")
@@ -84,7 +66,7 @@ def test_dag_is_the_pipeline_chain_with_retries_for_both_launchers(tmp_path, air
         assert info["skip"] == [99]
     mine = local["tasks"]["mine_intents"]["command"]
     assert "-m jobs.mine_intents 'run.dt={{ ds }}' 'run.run_id=\"{{ run_id }}\"'" in mine
-    assert f"storage.warehouse={tmp_path / 'wh'}" in mine and "data.users=16" in mine
+    assert f"storage.warehouse={tmp_path / 'wh'}" in mine and TINY[0] in mine
     assert "-m jobs.dq" in local["tasks"]["dq_ingest"]["command"]
     assert "'dq.stages=[ingest]'" in local["tasks"]["dq_ingest"]["command"]
 
@@ -95,7 +77,7 @@ def test_dag_is_the_pipeline_chain_with_retries_for_both_launchers(tmp_path, air
     assert task["type"] == "SparkSubmitOperator"
     assert task["application"] == str(ROOT / "jobs" / "mine_intents.py")
     assert task["args"][:2] == ["run.dt={{ ds }}", 'run.run_id="{{ run_id }}"']
-    assert "spark=submitted" in task["args"] and "data.users=16" in task["args"]
+    assert "spark=submitted" in task["args"] and TINY[0] in task["args"]
     assert task["env"]["PYTHONPATH"] == str(ROOT)
 
 
@@ -147,7 +129,7 @@ def test_a_failed_stage_raises_an_alert_naming_it_and_its_logs(tmp_path, airflow
 def test_dag_run_writes_every_table_and_a_rerun_duplicates_nothing(dag_warehouse, airflow_env):
     wh, config, first = dag_warehouse
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    counts = table_counts(wh, TABLES)
+    counts = table_counts(wh, CHAIN_TABLES)
     assert all(n > 0 for n in counts.values()), counts
     runs = DeltaTable(str(wh / "runs")).to_pandas()
     stages = yaml.safe_load((ROOT / "conf" / "pipeline" / "v2.yaml").read_text())["stages"]
@@ -159,11 +141,19 @@ def test_dag_run_writes_every_table_and_a_rerun_duplicates_nothing(dag_warehouse
 
     second = airflow(airflow_env, config, wh.parent, "dags", "test", "recgpt_nightly", DT)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
-    assert table_counts(wh, TABLES) == counts
-    tags = DeltaTable(str(wh / "user_intent_tags")).to_pandas()
-    assert not tags.duplicated(["dt", "pipeline", "context_mode", "user_id", "rank"]).any()
     runs = DeltaTable(str(wh / "runs")).to_pandas()
     assert runs.run_id.nunique() == 2 and set(runs.status) == {"success"}
+    rerun_id = (set(runs.run_id) - set(tags.run_id)).pop()
+    # The same row counts wherever the LLM's answers do not decide them...
+    stable = [t for t in CHAIN_TABLES if t not in MINED_TABLES]
+    assert table_counts(wh, stable) == {t: counts[t] for t in stable}
+    # ...and the LLM's tables were replaced, not appended to: only the rerun's rows remain.
+    for table in MINED_TABLES:
+        assert set(DeltaTable(str(wh / table)).to_pandas().run_id) <= {rerun_id}, table
+    tags = DeltaTable(str(wh / "user_intent_tags")).to_pandas()
+    assert not tags.duplicated(["dt", "pipeline", "context_mode", "user_id", "rank"]).any()
+    recalled = DeltaTable(str(wh / "tag_recall")).to_pandas()
+    assert not recalled.duplicated(["pipeline", "context_mode", "user_id", "tag_rank", "rank"]).any()
     out = second.stdout + second.stderr
     assert "skipped: a compatible adaptor exists" in out
     # The rerun recomputed the date (every item embedded again, every user mined again) in place.

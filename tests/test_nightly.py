@@ -9,10 +9,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.conftest import ROOT
-
-TINY = ["data.users=16", "data.items=300", "data.history_days=90", "data.holdout_days=7"]
-# An adaptor that trains in about a minute: the chain's hybrid mining needs one, not a good one.
-QUICK_ADAPTOR = ["adaptor.steps=8", "adaptor.items=96", "adaptor.distill_users=4", "adaptor.holdout_users=2"]
+from tests.dag_support import CHAIN_TABLES, QUICK_ADAPTOR, TINY, table_counts
 
 
 def nightly(tmp_path, env, *extra):
@@ -49,19 +46,7 @@ def test_nightly_writes_every_table(tmp_path, project_env):
     first = nightly(tmp_path, project_env)
     assert first.returncode == 0, first.stderr[-4000:]
     assert f"tables under {tmp_path / 'wh'}/" in first.stdout
-    tables = (
-        "behaviors",
-        "items",
-        "users",
-        "env_signals",
-        "quarantine",
-        "planted_personas",
-        "item_embeddings",
-        "user_context",
-        "covisit_recall",
-        "eval_metrics",
-    )
-    counts = {t: len(DeltaTable(str(tmp_path / "wh" / t)).to_pandas()) for t in tables}
+    counts = table_counts(tmp_path / "wh", CHAIN_TABLES)
     assert all(n > 0 for n in counts.values()), counts
     # Every user with a history got tags or a failure row with its reason, never both or neither.
     contexts = DeltaTable(str(tmp_path / "wh" / "user_context")).to_pandas()
