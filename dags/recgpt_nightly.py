@@ -81,16 +81,21 @@ def alert(context: dict[str, Any]) -> None:
     stage = ti.task_id
     job = "dq" if stage.startswith("dq") else stage
     ds = context.get("ds") or ""
+    dt = ds  # the stage's run date: the evaluation tasks run for ds - lag_days
+    lag = int((cfg.get("evaluate") or {}).get("lag_days") or 0)
+    if ds and lag and stage in ("evaluate", "dq_evaluate"):
+        dt = (_dt.date.fromisoformat(ds) - _dt.timedelta(days=lag)).isoformat()
     log_dir = project_path(str(cfg["log_dir"]))
     warehouse = project_path(str(cfg["warehouse"]))
     record = {
         "dag_id": ti.dag_id,
         "stage": stage,
         "ds": ds,
+        "dt": dt,
         "run_id": context.get("run_id"),
         "try_number": ti.try_number,
         "airflow_log": getattr(ti, "log_url", None),
-        "stage_log": f"{log_dir}/{job}/dt={ds}/",
+        "stage_log": f"{log_dir}/{job}/dt={dt}/",
         "dq_report": f"{warehouse}/_reports/dq/index.html",
         "runs_table": f"{warehouse}/runs",
         "error": str(context.get("exception") or "")[:2000],
@@ -100,7 +105,7 @@ def alert(context: dict[str, Any]) -> None:
         "recgpt: stage %s failed for dt=%s (run %s, try %s). Airflow log: %s · stage log: %s · "
         "data-quality report: %s · runs table: %s",
         stage,
-        ds,
+        dt,
         record["run_id"],
         record["try_number"],
         record["airflow_log"],

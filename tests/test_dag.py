@@ -91,8 +91,27 @@ def test_a_lagged_evaluation_scores_an_earlier_date_and_may_skip(tmp_path, airfl
     # A skipped evaluation (nothing mined 14 days ago) must not skip the date's own quality gate.
     assert tasks["dq"]["trigger_rule"] == "none_failed"
 
-    # For real: nothing was mined for the evaluated date, so the task ends skipped, not failed.
+    # A failure of the lagged evaluation points at the evaluated date's stage log.
     config = dag_config(tmp_path, evaluate={"lag_days": 14})
+    call = (
+        "import sys, types; sys.path.insert(0, 'dags'); import recgpt_nightly as m; "
+        "ti = types.SimpleNamespace(task_id='evaluate', dag_id='d', try_number=1, log_url='u'); "
+        f"m.alert({{'task_instance': ti, 'ds': '{DT}', 'run_id': 'r'}})"
+    )
+    proc = subprocess.run(
+        [airflow_env["RECGPT_AIRFLOW_VENV"] + "/bin/python", "-c", call],
+        cwd=ROOT,
+        env={**airflow_env, "RECGPT_AIRFLOW_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alert = json.loads((tmp_path / "alerts.jsonl").read_text().splitlines()[-1])
+    assert alert["ds"] == DT and alert["dt"] == "2025-10-14"
+    assert alert["stage_log"] == f"{tmp_path / 'wh' / '_logs'}/evaluate/dt=2025-10-14/"
+
+    # For real: nothing was mined for the evaluated date, so the task ends skipped, not failed.
     proc = airflow(airflow_env, config, tmp_path, "tasks", "test", "recgpt_nightly", "evaluate", DT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
@@ -113,7 +132,7 @@ def test_a_failed_stage_raises_an_alert_naming_it_and_its_logs(tmp_path, airflow
     alerts = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert [a["stage"] for a in alerts] == ["ingest"]
     alert = alerts[0]
-    assert alert["ds"] == DT and alert["run_id"].startswith("manual__")
+    assert alert["ds"] == alert["dt"] == DT and alert["run_id"].startswith("manual__")
     assert alert["stage_log"] == f"{tmp_path / 'wh' / '_logs'}/ingest/dt={DT}/"
     assert alert["dq_report"] == f"{tmp_path / 'wh'}/_reports/dq/index.html"
     assert "recgpt: stage ingest failed for dt=2025-10-28" in proc.stdout + proc.stderr
