@@ -37,10 +37,10 @@ print(json.dumps({"max_active_runs": dag.max_active_runs, "catchup": dag.catchup
 """
 
 
-def parse_dag(tmp_path, env, **settings) -> dict:
-    config = dag_config(tmp_path, **settings)
+def in_airflow(env, config, code: str) -> str:
+    """Run `code` with the Airflow environment's Python and the DAG config `config`; its stdout."""
     proc = subprocess.run(
-        [str(env["RECGPT_AIRFLOW_VENV"] + "/bin/python"), "-c", PARSE],
+        [env["RECGPT_AIRFLOW_VENV"] + "/bin/python", "-c", code],
         cwd=ROOT,
         env={**env, "RECGPT_AIRFLOW_CONFIG": str(config)},
         capture_output=True,
@@ -48,7 +48,12 @@ def parse_dag(tmp_path, env, **settings) -> dict:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout
+
+
+def parse_dag(tmp_path, env, **settings) -> dict:
+    out = in_airflow(env, dag_config(tmp_path, **settings), PARSE)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_dag_is_the_pipeline_chain_with_retries_for_both_launchers(tmp_path, airflow_env):
@@ -98,15 +103,7 @@ def test_a_lagged_evaluation_scores_an_earlier_date_and_may_skip(tmp_path, airfl
         "ti = types.SimpleNamespace(task_id='evaluate', dag_id='d', try_number=1, log_url='u'); "
         f"m.alert({{'task_instance': ti, 'ds': '{DT}', 'run_id': 'r'}})"
     )
-    proc = subprocess.run(
-        [airflow_env["RECGPT_AIRFLOW_VENV"] + "/bin/python", "-c", call],
-        cwd=ROOT,
-        env={**airflow_env, "RECGPT_AIRFLOW_CONFIG": str(config)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    in_airflow(airflow_env, config, call)
     alert = json.loads((tmp_path / "alerts.jsonl").read_text().splitlines()[-1])
     assert alert["ds"] == DT and alert["dt"] == "2025-10-14"
     assert alert["stage_log"] == f"{tmp_path / 'wh' / '_logs'}/evaluate/dt=2025-10-14/"
