@@ -68,6 +68,16 @@ def llm_cfg(tmp_path_factory):
     stop_server(cfg)
 
 
+@pytest.fixture
+def machine_for_a_chain(llm_cfg) -> None:
+    """A whole-chain test starts engines of its own: the session's shared engine server (about
+    4 GB) is stopped first, so the two never hold the machine's memory at once. The next test
+    that needs the shared one starts it again."""
+    from recgpt.llm.server import stop_server
+
+    stop_server(llm_cfg)
+
+
 @pytest.fixture(scope="session")
 def airflow_env(project_env) -> dict[str, str]:
     """The project's environment plus where the Airflow environment is; fails (does not skip)
@@ -81,10 +91,13 @@ def airflow_env(project_env) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def dag_warehouse(tmp_path_factory, airflow_env):
+def dag_warehouse(tmp_path_factory, airflow_env, llm_cfg):
     """One `airflow dags test` of the whole DAG for DT on the tiny synthetic world: (warehouse,
     DAG config, the finished process). Shared by the DAG test (which reruns it) and the notebooks."""
+    from recgpt.llm.server import stop_server
     from tests.dag_support import DT, airflow, dag_config
+
+    stop_server(llm_cfg)  # as machine_for_a_chain (a session fixture cannot use that one)
 
     tmp = tmp_path_factory.mktemp("dag")
     config = dag_config(tmp)

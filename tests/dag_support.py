@@ -4,6 +4,7 @@ warehouse, and the Airflow CLI of .venv-airflow with its own AIRFLOW_HOME."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +18,7 @@ from tests.conftest import ROOT
 DT = "2025-10-28"
 # The tiny world and quick adaptor of the whole-chain tests (tests/test_nightly.py, the DAG):
 # small enough for two chains in one test; the mining needs an adaptor, not a good one.
-TINY = ["data.users=16", "data.items=300", "data.history_days=90", "data.holdout_days=7"]
+TINY = ["data.users=16", "data.items=300", "data.history_days=90", "data.holdout_days=7", "mine.partitions=2"]
 QUICK_ADAPTOR = ["adaptor.steps=8", "adaptor.items=96", "adaptor.distill_users=4", "adaptor.holdout_users=2"]
 
 # Every table the chain writes for a date: a first run leaves rows in each.
@@ -77,3 +78,15 @@ def airflow(env: dict[str, str], config: Path, tmp_path: Path, *args: str) -> su
 
 def table_counts(wh: Path, tables: Iterable[str]) -> dict[str, int]:
     return {t: len(DeltaTable(str(wh / t)).to_pandas()) for t in tables}
+
+
+# Log lines of a dying JVM or a killed worker: printed long before the Python traceback that
+# ends a failed run's stderr, and the only place that says why Spark went away.
+_FATAL = re.compile(r"OutOfMemoryError|\d\d:\d\d:\d\d (ERROR|FATAL) |Killed|hs_err_pid|SIGKILL")
+
+
+def failure_report(proc: subprocess.CompletedProcess[str], tail: int = 4000) -> str:
+    """A failed run for an assertion message: its fatal JVM/worker lines, then the end of stderr."""
+    fatal = [line for line in proc.stderr.splitlines() if _FATAL.search(line)]
+    head = "\n".join(fatal[:30])
+    return f"{head}\n[...]\n{proc.stdout[-1500:]}\n{proc.stderr[-tail:]}"

@@ -13,7 +13,16 @@ import yaml
 from deltalake import DeltaTable
 
 from tests.conftest import ROOT
-from tests.dag_support import CHAIN_TABLES, DT, MINED_TABLES, TINY, airflow, dag_config, table_counts
+from tests.dag_support import (
+    CHAIN_TABLES,
+    DT,
+    MINED_TABLES,
+    TINY,
+    airflow,
+    dag_config,
+    failure_report,
+    table_counts,
+)
 
 PARSE = """
 import json, sys
@@ -142,9 +151,11 @@ def test_a_failed_stage_raises_an_alert_naming_it_and_its_logs(tmp_path, airflow
 
 @pytest.mark.slow
 @pytest.mark.timeout(2700)  # the whole chain twice through Airflow, mining on the real model each time
-def test_dag_run_writes_every_table_and_a_rerun_duplicates_nothing(dag_warehouse, airflow_env):
+def test_dag_run_writes_every_table_and_a_rerun_duplicates_nothing(
+    dag_warehouse, airflow_env, machine_for_a_chain
+):
     wh, config, first = dag_warehouse
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    assert first.returncode == 0, failure_report(first)
     counts = table_counts(wh, CHAIN_TABLES)
     assert all(n > 0 for n in counts.values()), counts
     runs = DeltaTable(str(wh / "runs")).to_pandas()
@@ -156,7 +167,7 @@ def test_dag_run_writes_every_table_and_a_rerun_duplicates_nothing(dag_warehouse
     assert set(tags.run_id) == set(runs.run_id)
 
     second = airflow(airflow_env, config, wh.parent, "dags", "test", "recgpt_nightly", DT)
-    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    assert second.returncode == 0, failure_report(second)
     runs = DeltaTable(str(wh / "runs")).to_pandas()
     assert runs.run_id.nunique() == 2 and set(runs.status) == {"success"}
     rerun_id = (set(runs.run_id) - set(tags.run_id)).pop()

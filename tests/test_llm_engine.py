@@ -165,6 +165,43 @@ def test_the_server_supervisor_stops_its_server_when_the_owner_is_gone():
     assert not alive(child.pid)
 
 
+def test_only_the_servers_started_under_a_process_are_stopped(tmp_path):
+    """The nightly chain frees the engine its local executors started, and no other job's."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from recgpt.llm.server import alive, stop_servers_started_under
+
+    cfg = {"server": {"state_dir": str(tmp_path)}}
+    # Ours: the owner (an executor daemon) is a grandchild of this process.
+    daemon_parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess; subprocess.Popen(['sleep', '600']).wait()"]
+    )
+    deadline = time.monotonic() + 30
+    while not psutil.Process(daemon_parent.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [daemon] = psutil.Process(daemon_parent.pid).children()
+    ours = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    # Another job's: owned by a process outside our tree (pid 1 stands for it).
+    theirs = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    (tmp_path / "ours.json").write_text(json.dumps({"pid": ours.pid, "owner": daemon.pid}))
+    (tmp_path / "theirs.json").write_text(json.dumps({"pid": theirs.pid, "owner": 1}))
+    try:
+        assert stop_servers_started_under(os.getpid(), cfg) == ["ours"]
+        ours.wait(timeout=30)
+        assert not (tmp_path / "ours.json").exists()
+        assert (tmp_path / "theirs.json").exists() and alive(theirs.pid)
+    finally:
+        for proc in (theirs, daemon_parent, ours):
+            proc.kill()
+        daemon.kill()
+
+
 class ExplodingOnOne(ScriptedBackend):
     """An in-process engine refuses a whole batch when one prompt is bad."""
 

@@ -62,7 +62,9 @@ def renderer(cfg) -> PromptRenderer:
     return PromptRenderer(cfg["model_path"], cfg["max_model_len"])
 
 
-@pytest.fixture(scope="session")
+# Module scope: the in-process engine holds the model and its KV cache (several GB) in the test
+# process; the whole-chain tests later in the session need that memory.
+@pytest.fixture(scope="module")
 def offline(cfg, renderer):
     from recgpt.llm.vllm_offline import VLLMOfflineBackend
 

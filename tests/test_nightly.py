@@ -9,7 +9,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.conftest import ROOT
-from tests.dag_support import CHAIN_TABLES, QUICK_ADAPTOR, TINY, table_counts
+from tests.dag_support import CHAIN_TABLES, QUICK_ADAPTOR, TINY, failure_report, table_counts
 
 
 def nightly(tmp_path, env, *extra):
@@ -42,9 +42,15 @@ def mined(wh) -> tuple[set[str], set[str]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # the whole chain, mining on the real model
-def test_nightly_writes_every_table(tmp_path, project_env):
-    first = nightly(tmp_path, project_env)
-    assert first.returncode == 0, first.stderr[-4000:]
+def test_nightly_writes_every_table(tmp_path, project_env, machine_for_a_chain):
+    state = tmp_path / "llm-state"
+    first = nightly(tmp_path, project_env, f"llm.server.state_dir={state}")
+    assert first.returncode == 0, failure_report(first)
+    # The engine server the mining started was stopped once mine_intents was done, by the chain
+    # (its state file gone), not left holding its memory through recall, evaluate and dq.
+    assert "stopped after mine_intents" in first.stdout
+    assert [line for line in (state / "engine_starts.log").read_text().splitlines() if line]
+    assert not list(state.glob("*.json"))
     assert f"tables under {tmp_path / 'wh'}/" in first.stdout
     counts = table_counts(tmp_path / "wh", CHAIN_TABLES)
     assert all(n > 0 for n in counts.values()), counts

@@ -256,6 +256,34 @@ def stop_server(cfg: Mapping[str, Any]) -> bool:
         return running
 
 
+def stop_servers_started_under(ancestor_pid: int, cfg: Mapping[str, Any]) -> list[str]:
+    """Stop every engine server in `cfg`'s state dir whose owner is `ancestor_pid` or one of its
+    descendants: the servers a local-mode Spark application of this process started (its executor
+    daemon is a child of its JVM). Servers of other jobs on the machine, and the executors of a
+    cluster, are not descendants and stay. Returns the keys stopped."""
+    import psutil
+
+    folder = state_dir(cfg)
+    stopped = []
+    for state_file in sorted(folder.glob("*.json")):
+        key = state_file.stem
+        with _locked(folder / f"{key}.lock"):
+            if not state_file.exists():
+                continue
+            state = json.loads(state_file.read_text())
+            try:
+                owner = psutil.Process(int(state["owner"]))
+                lineage = [owner.pid, *(p.pid for p in owner.parents())]
+            except (psutil.NoSuchProcess, KeyError, ValueError):
+                continue  # an owner that is gone: its supervisor stops the server by itself
+            if ancestor_pid not in lineage:
+                continue
+            state_file.unlink()
+            stop_pid(int(state["pid"]))
+            stopped.append(key)
+    return stopped
+
+
 def engine_starts(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every engine start recorded on this machine for this state dir (oldest first)."""
     path = state_dir(cfg) / STARTS_LOG
