@@ -115,21 +115,38 @@ def refuse_mixed_settings(
 
 
 def listed_users(ctx: StageContext) -> DataFrame:
-    """The user ids of `mine.users_file` (one per line): an evaluation mines a chosen sample."""
+    """The user ids of `mine.users_file` (one per line): an evaluation mines a chosen sample.
+    Every listed id must have a user_context row for dt: a list drawn from other data (another
+    date or dataset) is refused instead of silently mining fewer users than it names."""
     path = str(ctx.cfg.mine.users_file)
     if not Path(path).is_file():
         raise RecGPTError(f"mine.users_file {path} does not exist")
-    ids = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    return ctx.spark.createDataFrame([(i,) for i in ids], "user_id string").distinct()
+    ids = sorted({line.strip() for line in Path(path).read_text().splitlines() if line.strip()})
+    listed = ctx.spark.createDataFrame([(i,) for i in ids], "user_id string")
+    contexts = ctx.warehouse.read(USER_CONTEXT, dt=ctx.dt).select("user_id")
+    unknown = listed.join(contexts, "user_id", "left_anti")
+    n_unknown = unknown.count()
+    if n_unknown:
+        examples = ", ".join(r.user_id for r in unknown.orderBy("user_id").limit(5).collect())
+        raise RecGPTError(
+            f"mine.users_file {path}: {n_unknown:,} of its {len(ids):,} user ids have no "
+            f"user_context row for {ctx.dt} (e.g. {examples}); list users of this date"
+        )
+    return listed
+
+
+def contexts_in_scope(ctx: StageContext) -> DataFrame:
+    """user_context rows of dt the stage accounts for: every user's, or those of the users listed
+    in `mine.users_file`."""
+    contexts = ctx.warehouse.read(USER_CONTEXT, dt=ctx.dt)
+    if ctx.cfg.mine.get("users_file"):
+        contexts = contexts.join(listed_users(ctx), "user_id", "left_semi")
+    return contexts
 
 
 def users_in_scope(ctx: StageContext) -> DataFrame:
-    """Users the stage must account for: every user with a reliable history as of dt, or those
-    of them listed in `mine.users_file`."""
-    users = ctx.warehouse.read(USER_CONTEXT, dt=ctx.dt).where(F.col("events_kept") > 0).select("user_id")
-    if ctx.cfg.mine.get("users_file"):
-        users = users.join(listed_users(ctx), "user_id", "left_semi")
-    return users
+    """Users the stage must give an outcome: those in scope with a reliable history as of dt."""
+    return contexts_in_scope(ctx).where(F.col("events_kept") > 0).select("user_id")
 
 
 class Staging:
@@ -267,11 +284,11 @@ def run(ctx: StageContext) -> None:
             "calendar": calendar_cfg,
         },
     )
+    contexts = contexts_in_scope(ctx)
     if mine_cfg.get("users_file"):
-        inputs = inputs.join(listed_users(ctx), "user_id", "left_semi")
+        inputs = inputs.join(contexts.select("user_id"), "user_id", "left_semi")
     inputs = inputs.persist(StorageLevel.MEMORY_AND_DISK)
     total = inputs.count()
-    contexts = wh.read(USER_CONTEXT, dt=ctx.dt)
     without_history = contexts.where(F.col("events_kept") == 0).count()
 
     staging = Staging(ctx, pipeline, mode)

@@ -163,3 +163,31 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
     # Nor may a resume add users mined by another prompt version to the finished tables.
     other = mine(whole, fake.url, project_env, "resume=true", "pipeline.agents.prompt_version=v9", ok=False)
     assert other.returncode == 1 and "holds tags of" in other.stderr
+
+
+def test_a_users_file_mines_exactly_its_users_and_refuses_unknown_ids(prepared, fake, tmp_path, project_env):
+    wh = tmp_path / "wh"
+    shutil.copytree(prepared, wh)
+    contexts = DeltaTable(str(wh / "user_context")).to_pandas()
+    with_history = sorted(contexts[contexts.events_kept > 0].user_id)
+    without = sorted(contexts[contexts.events_kept == 0].user_id)
+
+    # An id this date does not know (a list drawn from other data) stops the stage, naming it.
+    listed = tmp_path / "users.txt"
+    listed.write_text("\n".join([*with_history[:3], "u_from_elsewhere"]) + "\n")
+    refused = mine(wh, fake.url, project_env, f"mine.users_file={listed}", ok=False)
+    assert refused.returncode == 1
+    assert (
+        "1 of its 4 user ids have no user_context row for 2025-10-28 (e.g. u_from_elsewhere)"
+        in refused.stderr
+    )
+    assert not (wh / "user_intent_tags").exists()
+
+    # Listed users only: those with history get an outcome, the listed one without is counted.
+    listed.write_text("\n".join([*with_history[:3], *without[:1], with_history[0]]) + "\n")
+    proc = mine(wh, fake.url, project_env, f"mine.users_file={listed}")
+    tags = DeltaTable(str(wh / "user_intent_tags")).to_pandas()
+    failures = DeltaTable(str(wh / "mining_failures")).to_pandas()
+    assert set(tags.user_id) | set(failures.user_id) == set(with_history[:3])
+    assert f"3 with history: {tags.user_id.nunique()} tagged" in proc.stdout
+    assert f"{len(without[:1])} without reliable history not mined" in proc.stdout
