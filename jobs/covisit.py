@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
 from recgpt.errors import RecGPTError
-from recgpt.tables import BEHAVIORS, COVISIT_RECALL, USER_CONTEXT
+from recgpt.tables import BEHAVIORS, COVISIT_RECALL, ITEMS, USER_CONTEXT
 from udfs.covisit import (
     CovisitSettings,
     bought_items,
@@ -53,7 +53,10 @@ def run(ctx: StageContext) -> None:
     events = item_events(behaviors, ctx.dt, s).persist(StorageLevel.MEMORY_AND_DISK)
     pairs = covisit_pairs(events, s).persist(StorageLevel.MEMORY_AND_DISK)
     seeds = seed_items(events, users, s)
-    rows = recall(seeds, top_neighbors(pairs, s), bought_items(behaviors, ctx.dt, s), s)
+    # Recalled items must be in the catalog as of dt (the tag channel's catalog too): the history
+    # may hold items that have been delisted since.
+    catalog = wh.read_snapshot(ITEMS, ctx.dt).select("item_id")
+    rows = recall(seeds, top_neighbors(pairs, s, catalog), bought_items(behaviors, ctx.dt, s), s)
     written = wh.write(rows, COVISIT_RECALL, mode="replace", lineage=ctx.lineage)
 
     positions = events.count()

@@ -259,8 +259,9 @@ COVISIT_RECALL = TableSpec(
     "The conventional recall channel: items recalled per user as of the run date by item-to-item "
     "co-visitation (users who kept an item near another in their history), the baseline the "
     "tag-based channel is evaluated against on the same users and date. Users with a history "
-    "(user_context.events_kept > 0) and at least one co-visited candidate; the user's seed items "
-    "and what they bought within covisit.bought_days before the date are never recalled.",
+    "(user_context.events_kept > 0) and at least one co-visited candidate; only items of the "
+    "catalog snapshot as of the date, never the user's seed items nor what they bought within "
+    "covisit.bought_days before the date.",
     (
         Column("user_id", pa.string(), "user key", nullable=False),
         Column("rank", pa.int32(), "1 = best; unique per (dt, user_id), 1..covisit.top_k", nullable=False),

@@ -17,7 +17,7 @@ from jobs.stage import execute, open_context
 from recgpt.config import load_config
 from recgpt.errors import ConfigError, RecGPTError
 from recgpt.quality import QualityGateError
-from recgpt.tables import BEHAVIORS, COVISIT_RECALL, USER_CONTEXT
+from recgpt.tables import BEHAVIORS, COVISIT_RECALL, ITEMS, USER_CONTEXT
 from udfs.covisit import (
     CovisitSettings,
     bought_items,
@@ -199,13 +199,20 @@ def stage_world() -> tuple[list[tuple], list[tuple[str, int]]]:
     return rows, contexts
 
 
-def write_world(spark, warehouse) -> None:
+def write_world(spark, warehouse, delisted: frozenset[str] = frozenset()) -> None:
+    """The stage's world; `delisted` items are absent from the catalog snapshot of dt."""
     rows, contexts = stage_world()
     lineage = Lineage.now(DT, "fixture")
     frame = behaviors_frame(spark, rows).selectExpr(
         "*", "CAST(NULL AS double) AS rating", "to_date(ts) AS dt"
     )
     warehouse.write(frame, BEHAVIORS, mode="append", lineage=lineage)
+    listed = sorted({r[1] for r in rows if r[1] is not None} - delisted)
+    items = spark.createDataFrame(
+        [(i, f"item {i}", "things", None, None, None) for i in listed],
+        "item_id string, title string, category string, category_path string, brand string, price double",
+    ).withColumn("dt", F.to_date(F.lit(DT)))
+    warehouse.write(items, ITEMS, mode="append", lineage=lineage)
     fields = [f for f in USER_CONTEXT.schema if f.name not in ("dt", "run_id", "created_at")]
     table = pa.Table.from_pylist(
         [
@@ -254,10 +261,10 @@ def test_recall_ranks_the_seeds_neighbours_without_seeds_or_recent_purchases(spa
     behaviors = behaviors_frame(spark, rows)
     users = spark.createDataFrame([(u,) for u, kept in contexts if kept > 0], "user_id string")
 
-    def recalled(*extra: str) -> list[tuple]:
+    def recalled(*extra: str, catalog=None) -> list[tuple]:
         s = settings(*STAGE_ARGS, *extra)
         events = item_events(behaviors, DT, s)
-        neighbors = top_neighbors(covisit_pairs(events, s), s)
+        neighbors = top_neighbors(covisit_pairs(events, s), s, catalog)
         out = recall(seed_items(events, users, s), neighbors, bought_items(behaviors, DT, s), s)
         return sorted((r.user_id, r.rank, r.item_id, r.score) for r in out.collect())
 
@@ -265,6 +272,14 @@ def test_recall_ranks_the_seeds_neighbours_without_seeds_or_recent_purchases(spa
     assert recalled() == [("t", *e) for e in EXPECTED_T]
     # Seeds weighted by recency: s2 (newest) 1, s1 0.5: x = 3 x 0.5 + 1, y 2, p 1, w 0.5.
     assert recalled("covisit.seed_decay=0.5") == [("t", 1, "x", 2.5), ("t", 2, "y", 2.0), ("t", 3, "p", 1.0)]
+    # y delisted: never recalled, and its slot among s2's neighbours goes to z (s1 2, p, x, z 1),
+    # so the candidates are x 4, then p, w and z at 1 (by id).
+    items = {r[1] for r in rows if r[1] is not None}
+    catalog = spark.createDataFrame([(i,) for i in sorted(items - {"y"})], "item_id string")
+    assert recalled(catalog=catalog) == [("t", 1, "x", 4.0), ("t", 2, "p", 1.0), ("t", 3, "w", 1.0)]
+    s = settings(*STAGE_ARGS)
+    neighbors = top_neighbors(covisit_pairs(item_events(behaviors, DT, s), s), s, catalog)
+    assert {r.neighbor_id for r in neighbors.where("item_id = 's2'").collect()} == {"s1", "p", "x", "z"}
 
 
 @pytest.mark.slow
@@ -280,6 +295,17 @@ def test_stage_writes_the_recall_of_the_users_with_a_history(spark, world):
     assert report.details["items"].startswith("3.0 per recalled user")
     # 9 session pairs from helpers only (t's steps are days apart, clicks and the future excluded).
     assert report.details["pairs"].startswith(f"9 item pairs co-visited ({sum(SESSIONS.values())} ")
+
+
+def test_items_delisted_by_the_run_dates_catalog_are_not_recalled(spark, warehouse, warehouse_dir):
+    write_world(spark, warehouse, delisted=frozenset({"y"}))
+    execute(ctx_for(spark, warehouse_dir, "covisit"), covisit.run)
+    rows = recall_rows(warehouse_dir)
+    assert [(u, rank, item, score) for u, rank, item, score, _, _ in rows] == [
+        ("t", 1, "x", 4.0),
+        ("t", 2, "p", 1.0),
+        ("t", 3, "w", 1.0),
+    ]
 
 
 def test_rerun_for_the_same_date_replaces_its_rows(spark, world):

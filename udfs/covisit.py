@@ -156,9 +156,14 @@ def covisit_pairs(events: DataFrame, s: CovisitSettings) -> DataFrame:
     )
 
 
-def top_neighbors(pairs: DataFrame, s: CovisitSettings) -> DataFrame:
+def top_neighbors(pairs: DataFrame, s: CovisitSettings, catalog: DataFrame | None = None) -> DataFrame:
     """Each item's `neighbors_per_item` heaviest neighbours, ties by neighbor_id (deterministic:
-    a rerun keeps the same list). Columns: item_id, neighbor_id, weight."""
+    a rerun keeps the same list). With `catalog` (item_id), only its items may be neighbours: an
+    item co-visited in the past but no longer listed takes no slot. Columns: item_id,
+    neighbor_id, weight."""
+    if catalog is not None:
+        listed = catalog.select(F.col("item_id").alias("neighbor_id"))
+        pairs = pairs.join(listed, "neighbor_id", "left_semi")
     heaviest = Window.partitionBy("item_id").orderBy(F.col("weight").desc(), F.col("neighbor_id"))
     return (
         pairs.withColumn("_n", F.row_number().over(heaviest))
