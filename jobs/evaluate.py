@@ -23,7 +23,7 @@ from jobs.stage import StageContext, main_for
 from recgpt.errors import ConfigError, NothingToDo, RecGPTError
 from recgpt.report import ReportData, write_report
 from recgpt.tables import EVAL_METRICS, LLM_CALLS, MINING_FAILURES, USER_INTENT_TAGS
-from udfs.evaluate import day_after, evaluation_rows, score_users
+from udfs.evaluate import category_counts, day_after, evaluation_rows, score_users
 
 STAGE = "evaluate"
 VARIANT = ["pipeline", "context_mode"]
@@ -249,20 +249,10 @@ def _report(
         )
         .toPandas()
     )
-    users = rows.dropDuplicates(["user_id"])
-    history = (
-        users.select(F.explode("history_categories").alias("category")).groupBy("category").count().toPandas()
-    )
     categories = wh.read_snapshot("items", day_after(dt, int(cfg["window_days"]))).select(
         "item_id", "category"
     )
-    held = (
-        users.select(F.explode("heldout").alias("item_id"))
-        .join(categories, "item_id")
-        .groupBy("category")
-        .count()
-        .toPandas()
-    )
+    history, held = category_counts(rows.dropDuplicates(["user_id"]), categories)
     data = ReportData(
         title=f"Offline evaluation · {ctx.cfg.data.source}",
         dt=dt,

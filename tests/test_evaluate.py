@@ -45,6 +45,7 @@ def world(spark, tmp_path):
         BEHAVIORS,
         [
             behaviour("u1", "b1", "purchase", ts("2025-10-20")),
+            behaviour("u1", "b1", "view", ts("2025-10-22")),  # a second hiking-boots behaviour
             behaviour("u1", "t1", "view", ts("2025-09-01")),
             behaviour("u2", "y1", "view", ts("2025-10-01")),
             behaviour("u3", "y1", "view", ts("2025-10-02")),
@@ -210,3 +211,29 @@ def test_evaluation_targets_sample_users_that_can_be_scored(spark, world, tmp_pa
     assert sample_users(ctx, 7, 10, 0, path) == 2
     assert sorted(path.read_text().split()) == ["u1", "u2"]
     assert sample_users(ctx, 7, 1, 0, path) == 1 and len(path.read_text().split()) == 1
+
+
+def test_the_reports_category_bars_count_behaviours_not_users(spark, world):
+    from omegaconf import OmegaConf
+
+    from udfs.evaluate import category_counts, evaluation_rows
+
+    ctx = open_context(world, "evaluate", spark)
+    eval_cfg = OmegaConf.to_container(world.eval, resolve=True)
+    rows = evaluation_rows(
+        ctx.warehouse, DT, eval_cfg, int(world.compress.lookback_days), list(world.compress.keep_behaviors)
+    )
+    categories = ctx.warehouse.read_snapshot(ITEMS, DT).select("item_id", "category")
+    history, held = category_counts(rows.dropDuplicates(["user_id"]), categories)
+    # u1: b1 bought and viewed again (2 hiking-boots), t1 (tents); u2 and u3: y1 (yoga) each.
+    assert dict(zip(history.category, history["count"], strict=True)) == {
+        "hiking-boots": 2,
+        "tents": 1,
+        "yoga": 2,
+    }
+    # The window: u1's b2 and t2, u2's d1 (u2's later click is outside it, the search has no item).
+    assert dict(zip(held.category, held["count"], strict=True)) == {
+        "hiking-boots": 1,
+        "tents": 1,
+        "dumbbells": 1,
+    }

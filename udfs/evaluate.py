@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -73,7 +74,8 @@ def heldout(
 def history_categories(
     wh: Warehouse, dt: str, lookback_days: int, behaviors: Sequence[str], categories: DataFrame
 ) -> DataFrame:
-    """Per user: the distinct categories of the reliable history the agents read (ts < dt)."""
+    """Per user, over the reliable history the agents read (ts < dt): its distinct categories
+    (`history_categories`) and the behaviours in each (`history_category_counts`, a map)."""
     since = day_after(dt, -lookback_days)
     return (
         wh.read(BEHAVIORS, dt_from=since, dt_to=day_after(dt, -1))
@@ -83,9 +85,35 @@ def history_categories(
             & (F.col("ts") >= F.lit(since).cast("timestamp"))
         )
         .join(categories, "item_id")
+        .groupBy("user_id", "category")
+        .count()
         .groupBy("user_id")
-        .agg(F.collect_set("category").alias("history_categories"))
+        .agg(
+            F.sort_array(F.collect_list("category")).alias("history_categories"),
+            F.map_from_entries(F.collect_list(F.struct("category", "count"))).alias(
+                "history_category_counts"
+            ),
+        )
     )
+
+
+def category_counts(users: DataFrame, categories: DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(history, held-out) behaviour counts per category (columns category, count) over the
+    evaluation rows of `users` (one row per user), for the report's category plot."""
+    history = (
+        users.select(F.explode("history_category_counts").alias("category", "n"))
+        .groupBy("category")
+        .agg(F.sum("n").alias("count"))
+        .toPandas()
+    )
+    held = (
+        users.select(F.explode("heldout").alias("item_id"))
+        .join(categories, "item_id")
+        .groupBy("category")
+        .count()
+        .toPandas()
+    )
+    return history, held
 
 
 def planted(wh: Warehouse, dt: str) -> DataFrame | None:
