@@ -49,14 +49,15 @@ from recgpt.llm.engine import Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
 from recgpt.llm.request import EMBED_MARK, Request, Result, Sampling
 from recgpt.llm.vllm_offline import VLLMOfflineBackend
-from recgpt.tables import BEHAVIORS, USER_CONTEXT
+from recgpt.rundate import RunDate
+from recgpt.tables import BEHAVIORS, ITEMS, USER_CONTEXT
 from udfs.compress import compress_users, history
 from udfs.embeddings import current_embeddings
 
 ROOT = Path(__file__).resolve().parent.parent
 ML100K = ROOT.parent / "shared" / "datasets" / "ml-100k"
-SYNTH_DT = "2025-10-28"
-ML_DT = "1998-04-23"  # after the last ml-100k rating: every user's whole history
+SYNTH_DT = RunDate.parse("2025-10-28")
+ML_DT = RunDate.parse("1998-04-23")  # after the last ml-100k rating: every user's whole history
 NO_BUDGET = 10_000_000
 MIN_KEPT = 50
 
@@ -239,7 +240,7 @@ def full_texts(ctx: StageContext, user_ids: list[str]) -> dict[str, str]:
     wh = ctx.warehouse
     wanted = ctx.spark.createDataFrame([(u,) for u in user_ids], "user_id string")
     rows = (
-        history(wh.read(BEHAVIORS), wh.read_snapshot("items", ctx.dt), ctx.dt, cfg)
+        history(wh.read(BEHAVIORS), wh.read_snapshot(ITEMS, ctx.dt), ctx.dt, cfg)
         .join(wanted, "user_id")
         .toPandas()
     )
@@ -304,14 +305,14 @@ def scale(spark: SparkSession, cfg: dict[str, Any], tokenizer: str, rows: int, u
     items = items.persist(StorageLevel.MEMORY_AND_DISK)
     n = behaviours.count()
     items.count()
-    dt = "2025-10-01"
+    dt = RunDate.parse("2025-10-01")
 
     def timed(df: DataFrame) -> float:
         t0 = time.perf_counter()
         df.write.format("noop").mode("overwrite").save()
         return time.perf_counter() - t0
 
-    bare = behaviours.where(F.col("ts") < F.lit(dt).cast("timestamp")).groupBy("user_id")
+    bare = behaviours.where(F.col("ts") < F.lit(dt.iso).cast("timestamp")).groupBy("user_id")
     group_s = timed(bare.agg(F.collect_list(F.struct("ts", "behavior", "item_id", "query")).alias("events")))
     compress_s = timed(compress_users(behaviours, items, dt, cfg, tokenizer))
     behaviours.unpersist()
@@ -385,7 +386,7 @@ def main() -> None:
     emb_model = str(syn_cfg.embedding.model_name)
     catalog = (
         current_embeddings(wh, SYNTH_DT, emb_model)
-        .join(wh.read_snapshot("items", SYNTH_DT).select("item_id", "title", "category"), "item_id")
+        .join(wh.read_snapshot(ITEMS, SYNTH_DT).select("item_id", "title", "category"), "item_id")
         .toPandas()
     )
     unseen = catalog[~catalog.item_id.isin(seen)].sort_values("item_id")

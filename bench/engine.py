@@ -171,8 +171,8 @@ def spark_layer(cfg: dict[str, Any], n: int, max_tokens: int) -> dict[str, Any]:
     """Path (b): the engine layer in Spark local mode, one engine server for the executor."""
     from recgpt.llm.request import Sampling, encode_messages
     from recgpt.llm.server import engine_starts, ensure_server, stop_server
-    from udfs import llm as spark_llm
-    from udfs.session import build_session
+    from sparkio.session import build_session
+    from udfs.llm_requests import generate
 
     spark = build_session(
         {
@@ -190,25 +190,24 @@ def spark_layer(cfg: dict[str, Any], n: int, max_tokens: int) -> dict[str, Any]:
     try:
         # Warm-up: the first task starts this executor's engine; its start time is logged.
         warm = spark.createDataFrame(rows[:2]).repartition(1)
-        spark_llm.generate(warm, cfg, schema=PlannerOutput, sampling=sampling, label="warm-up").collect()
+        generate(warm, cfg, schema=PlannerOutput, sampling=sampling, label="warm-up").collect()
         [start] = engine_starts(cfg)
         server = ensure_server(cfg)
         df = spark.createDataFrame(rows).repartition(2).cache()
         df.count()
         with PeakRSS([server.pid]) as rss, PeakRSS([os.getpid()]) as spark_rss:
             started = time.perf_counter()
-            results = spark_llm.generate(
-                df, cfg, schema=PlannerOutput, sampling=sampling, label="bench"
-            ).collect()
+            results = generate(df, cfg, schema=PlannerOutput, sampling=sampling, label="bench").collect()
             seconds = time.perf_counter() - started
         by_key = {r["key"]: r for r in results}
         ordered = [by_key[f"p{i:04d}"] for i in range(n)]
+        calls = [c for r in ordered for c in r["calls"]]
         return {
             "start_s": start["start_seconds"],
             "seconds": seconds,
-            "generated_tokens": sum(r["generated_tokens"] for r in ordered),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in ordered),
-            "cached_prompt_tokens": sum(r["cached_prompt_tokens"] or 0 for r in ordered),
+            "generated_tokens": sum(c["generated_tokens"] for c in calls),
+            "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
+            "cached_prompt_tokens": sum(c["cached_prompt_tokens"] or 0 for c in calls),
             "errors": sum(r["error"] is not None for r in ordered),
             "engine_starts": len(engine_starts(cfg)),
             "peak_rss_mb": rss.mb,

@@ -34,7 +34,8 @@ from jobs import compress, covisit, dq, embed_items, evaluate, ingest, mine_inte
 from jobs.stage import StageContext, StageFn, execute, open_context
 from recgpt.config import load_config
 from recgpt.llm.server import ensure_server, stop_server
-from recgpt.tables import EVAL_METRICS, USER_CONTEXT
+from recgpt.rundate import RunDate
+from recgpt.tables import EVAL_METRICS, ITEMS, USER_CONTEXT
 from udfs.evaluate import heldout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ class Chain:
     """What one evaluation run produced."""
 
     root: Path
-    dt: str
+    dt: RunDate
     users: int
     seconds: dict[str, float] = field(default_factory=dict)
     contexts: dict[str, StageContext] = field(default_factory=dict)
@@ -81,7 +82,7 @@ def sample_users(ctx: StageContext, window_days: int, n: int, seed: int, path: P
     """Writes the seeded sample of scorable users to `path`; returns its size."""
     wh, dt = ctx.warehouse, ctx.dt
     with_history = wh.read(USER_CONTEXT, dt=dt).where(F.col("events_kept") > 0).select("user_id")
-    categories = wh.read_snapshot("items", dt).select("item_id", "category")
+    categories = wh.read_snapshot(ITEMS, dt).select("item_id", "category")
     behaviors = list(ctx.cfg.eval.behaviors)
     came_back = heldout(wh, dt, window_days, behaviors, categories).select("user_id")
     chosen = (
@@ -99,7 +100,7 @@ def run_chain(
 ) -> Chain:
     """The whole chain with both pipelines on one warehouse; one engine server for both."""
     spec = DATASETS[data]
-    dt = str(spec["dt"])
+    dt = RunDate.parse(spec["dt"])
     base = [f"run.dt={dt}", f"storage.warehouse={root}", *spec["overrides"], *overrides]
     cfg = load_config([*base, "pipeline=v2"])
     spark: SparkSession | None = None
@@ -143,7 +144,7 @@ def run_chain(
     return chain
 
 
-def metrics(ctx: StageContext, dt: str) -> dict[str, dict[str, float | None]]:
+def metrics(ctx: StageContext, dt: RunDate) -> dict[str, dict[str, float | None]]:
     """metric -> {"v2": value, "v1": value} from eval_metrics."""
     names = {v: k for k, v in PIPELINES.items()}
     out: dict[str, dict[str, float | None]] = {}
@@ -178,7 +179,7 @@ def main() -> None:
     out["detail"] = {name: values for name, values in sorted(found.items()) if name not in HEADLINE}
     out |= {
         "data": args.data,
-        "dt": chain.dt,
+        "dt": chain.dt.iso,
         "users": chain.users,
         "mine_seconds": {k: round(v, 1) for k, v in chain.seconds.items()},
         "total_seconds": round(total, 1),

@@ -18,9 +18,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from bench.machine import write_result
+from recgpt.rundate import RunDate
 from recgpt.tables import BEHAVIORS
-from udfs.session import build_session
-from udfs.warehouse import Lineage, Warehouse
+from sparkio.session import build_session
+from sparkio.warehouse import Lineage, Warehouse
 
 
 def behaviours(spark: SparkSession, rows: int, days: int) -> DataFrame:
@@ -67,7 +68,7 @@ def main() -> None:
     warehouse = Warehouse(spark, f"{root}/delta", engine="delta-rs")
     # Both writers get exactly the same rows, already materialised, in the same column order.
     df = warehouse.conform(
-        behaviours(spark, args.rows, args.days), BEHAVIORS, Lineage.now("2025-10-01", "bench")
+        behaviours(spark, args.rows, args.days), BEHAVIORS, Lineage.now(RunDate.parse("2025-10-01"), "bench")
     ).persist(StorageLevel.MEMORY_ONLY)
     rows = df.count()
 

@@ -27,6 +27,7 @@ from bench.evaluation import DATASETS, PIPELINES, metrics, run_chain
 from bench.machine import write_result
 from jobs.stage import StageContext, open_context
 from recgpt.config import load_config
+from recgpt.rundate import RunDate
 from recgpt.tables import LLM_CALLS, MINING_FAILURES, RUNS, USER_INTENT_TAGS
 
 
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage")
     args = parser.parse_args()
     if args.reuse:
-        dt = str(DATASETS["synthetic"]["dt"])
+        dt = RunDate.parse(DATASETS["synthetic"]["dt"])
         cfg = load_config([f"run.dt={dt}", f"storage.warehouse={args.reuse}", "pipeline=v2", *args.overrides])
         ctx = open_context(cfg, "bench", None)
         users = sum(1 for line in (Path(args.reuse) / "_eval_users.txt").read_text().splitlines() if line)

@@ -6,14 +6,12 @@ text and the hybrid form with entity slots, with token counts against the full t
 
 from __future__ import annotations
 
-import datetime as _dt
-
 from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
-from recgpt.tables import BEHAVIORS, USER_CONTEXT
+from recgpt.tables import BEHAVIORS, ITEMS, USER_CONTEXT
 from udfs.compress import compress_users
 
 STAGE = "compress"
@@ -23,9 +21,8 @@ def run(ctx: StageContext) -> None:
     cfg = OmegaConf.to_container(ctx.cfg.compress, resolve=True)
     assert isinstance(cfg, dict)
     wh = ctx.warehouse
-    day_before = (_dt.date.fromisoformat(ctx.dt) - _dt.timedelta(days=1)).isoformat()
-    behaviors = wh.read(BEHAVIORS, dt_to=day_before)
-    items = wh.read_snapshot("items", ctx.dt)
+    behaviors = wh.read(BEHAVIORS, dt_to=ctx.dt.minus(1))
+    items = wh.read_snapshot(ITEMS, ctx.dt)
     tokenizer = str(ctx.cfg.llm.get("tokenizer_path") or ctx.cfg.llm.model_path)
     contexts = compress_users(behaviors, items, ctx.dt, cfg, tokenizer).persist(StorageLevel.MEMORY_AND_DISK)
     written = wh.write(contexts, USER_CONTEXT, mode="replace", lineage=ctx.lineage)
@@ -44,7 +41,10 @@ def run(ctx: StageContext) -> None:
     r = ctx.report
     # Counted from the behaviours themselves, so a user lost on the way shows as in != out.
     users_in = (
-        behaviors.where(F.col("ts") < F.lit(ctx.dt).cast("timestamp")).select("user_id").distinct().count()
+        behaviors.where(F.col("ts") < F.lit(ctx.dt.iso).cast("timestamp"))
+        .select("user_id")
+        .distinct()
+        .count()
     )
     r.rows_in, r.rows_out, r.rows_quarantined = users_in, written.rows, 0
     r.wrote(USER_CONTEXT.name, written.rows, written.version)

@@ -7,8 +7,6 @@ channel is evaluated against.
 
 from __future__ import annotations
 
-import datetime as _dt
-
 from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
@@ -47,8 +45,7 @@ def run(ctx: StageContext) -> None:
     covered = int(counts["users"] or 0)
     users = contexts.where(F.col("events_kept") > 0).select("user_id")
 
-    day_before = (_dt.date.fromisoformat(ctx.dt) - _dt.timedelta(days=1)).isoformat()
-    behaviors = wh.read(BEHAVIORS, dt_from=s.read_since(ctx.dt), dt_to=day_before)
+    behaviors = wh.read(BEHAVIORS, dt_from=s.read_since(ctx.dt), dt_to=ctx.dt.minus(1))
     # Events feed the pairs and the seeds, pairs the neighbours and the report: computed once.
     events = item_events(behaviors, ctx.dt, s).persist(StorageLevel.MEMORY_AND_DISK)
     pairs = covisit_pairs(events, s).persist(StorageLevel.MEMORY_AND_DISK)

@@ -6,14 +6,12 @@ text under the configured model (content hash), so a nightly run only embeds new
 
 from __future__ import annotations
 
-import datetime as _dt
-
 from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
-from recgpt.tables import ITEM_EMBEDDINGS
+from recgpt.tables import ITEM_EMBEDDINGS, ITEMS
 from udfs.embeddings import embed, item_texts
 
 STAGE = "embed_items"
@@ -24,16 +22,15 @@ def run(ctx: StageContext) -> None:
     assert isinstance(cfg, dict)
     model = str(cfg["model_name"])
     wh = ctx.warehouse
-    texts = item_texts(wh.read_snapshot("items", ctx.dt), model).persist(StorageLevel.MEMORY_AND_DISK)
+    texts = item_texts(wh.read_snapshot(ITEMS, ctx.dt), model).persist(StorageLevel.MEMORY_AND_DISK)
     total = texts.count()
 
     todo = texts
     if wh.exists(ITEM_EMBEDDINGS):
         # Vectors from earlier run dates only: a rerun of this date recomputes its own partition,
         # so it writes the same rows again instead of finding them "already done" and writing none.
-        before = (_dt.date.fromisoformat(ctx.dt) - _dt.timedelta(days=1)).isoformat()
         done = (
-            wh.read(ITEM_EMBEDDINGS, dt_to=before)
+            wh.read(ITEM_EMBEDDINGS, dt_to=ctx.dt.minus(1))
             .where(F.col("model") == model)
             .select("item_id", "content_hash")
             .distinct()

@@ -17,77 +17,83 @@ import pandas as pd
 from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
 from recgpt.errors import ConfigError, NothingToDo, RecGPTError
+from recgpt.metrics import mean_metrics, metric_docs, variant_metrics
 from recgpt.report import ReportData, write_report
-from recgpt.tables import EVAL_METRICS, LLM_CALLS, MINING_FAILURES, USER_INTENT_TAGS
-from udfs.evaluate import category_counts, day_after, evaluation_rows, score_users
+from recgpt.tables import EVAL_METRICS, ITEMS
+from udfs.evaluate import (
+    Variant,
+    category_counts,
+    covisit_items,
+    evaluation_rows,
+    failed_users,
+    heldout_users,
+    item_categories,
+    mined_variants,
+    mining_tokens,
+    recalled_items,
+    sample_tags,
+    score_users,
+    variant_means,
+)
 
 STAGE = "evaluate"
-VARIANT = ["pipeline", "context_mode"]
+# The eval_metrics columns the stage computes (lineage is stamped on write).
+EVAL_METRICS_SCHEMA = (
+    "pipeline string, context_mode string, model string, metric string, value double, users long, "
+    "window_days int"
+)
 
 
-def metric_docs(k: int) -> dict[str, str]:
-    """One-line definitions, shown in the report (the README has the long form)."""
-    return {
-        f"hr{k}": f"users whose first held-out interaction's category is a category of their top-{k} tags",
-        f"recall_at_{k}_tags": (
-            f"held-out items among the user's {k} tag-recall items (round robin over tags)"
-        ),
-        f"recall_at_{k}_covisit": f"held-out items among the user's {k} co-visitation items",
-        "exclusive_recall": f"held-out items in the tag channel's {k} and not in co-visitation's {k}",
-        "persona_recovery": "planted personas sharing a category with one of the user's tags (synthetic)",
-        "diversity": "mean pairwise cosine distance of the user's tag embeddings",
-        "novelty": "share of the user's tag categories absent from the history",
-        "catalog_coverage_tags": "catalog items in at least one user's tag-recall list",
-        "catalog_coverage_covisit": "catalog items in at least one user's co-visitation list",
-        "failure_rate": "mined users that ended in mining_failures",
-        "tokens_per_user": "LLM prompt + generated tokens per mined user (llm_calls)",
-        "tagged_users": "users with final tags",
-        "heldout_users": "users with an interaction in the held-out window",
-    }
-
-
-def _variants(ctx: StageContext) -> DataFrame:
-    """The (pipeline, context_mode, model) variants mined for the date; none is an error, or a
-    skip with `eval.if_unmined=skip` (a scheduler evaluating a date before the job's first run)."""
-    wh, dt = ctx.warehouse, ctx.dt
-    frames = [
-        wh.read(spec, dt=dt).select(*VARIANT, "model")
-        for spec in (USER_INTENT_TAGS, MINING_FAILURES)
-        if wh.exists(spec)
-    ]
-    variants = None
-    if frames:
-        variants = frames[0]
-        for frame in frames[1:]:
-            variants = variants.unionByName(frame)
-        variants = variants.groupBy(*VARIANT).agg(F.first("model").alias("model")).persist()
+def variants_to_score(ctx: StageContext) -> DataFrame:
+    """The (pipeline, context_mode, model) variants mined for the date, persisted; none is an
+    error, or a skip with `eval.if_unmined=skip` (a scheduler evaluating a date before the job's
+    first run)."""
+    variants = mined_variants(ctx.warehouse, ctx.dt)
+    if variants is not None:
+        variants = variants.persist()
     if variants is None or variants.isEmpty():
-        message = f"nothing mined for dt={dt}: run `python -m jobs.mine_intents run.dt={dt}` first"
+        message = f"nothing mined for dt={ctx.dt}: run `python -m jobs.mine_intents run.dt={ctx.dt}` first"
         if str(ctx.cfg.eval.get("if_unmined", "fail")) == "skip":
             raise NothingToDo(message)
         raise RecGPTError(message)
     return variants
 
 
-def _ledger_tokens(ctx: StageContext) -> dict[tuple[str, str], int]:
-    if not ctx.warehouse.exists(LLM_CALLS):
-        return {}
-    rows = (
-        ctx.warehouse.read(LLM_CALLS, dt=ctx.dt)
-        .where(F.col("stage").startswith("mine_intents."))
-        .groupBy("stage")
-        .agg(F.sum(F.col("prompt_tokens") + F.col("generated_tokens")).alias("tokens"))
-        .collect()
-    )
-    out = {}
-    for r in rows:
-        _, pipeline, mode = str(r["stage"]).split(".", 2)
-        out[(pipeline, mode)] = int(r["tokens"] or 0)
-    return out
+def metric_records(
+    ctx: StageContext,
+    variants: DataFrame,
+    scored: DataFrame,
+    per_variant: dict[Variant, dict[str, Any]],
+    k: int,
+    window: int,
+) -> pd.DataFrame:
+    """The eval_metrics rows of every variant (recgpt.metrics.variant_metrics), from the scored
+    users' means and the warehouse (catalog, co-visitation, failures, the LLM ledger)."""
+    wh, dt = ctx.warehouse, ctx.dt
+    catalog_size = wh.read_snapshot(ITEMS, dt).count()
+    coverage, covisit = recalled_items(scored), covisit_items(wh, dt, k)
+    tokens, failures = mining_tokens(wh, dt), failed_users(wh, dt)
+    models = {(v["pipeline"], v["context_mode"]): str(v["model"]) for v in variants.collect()}
+    records: list[dict[str, Any]] = []
+    for key in sorted(models):
+        values = variant_metrics(
+            per_variant[key],
+            k,
+            failures.get(key, 0),
+            tokens.get(key),
+            coverage.get(key, 0),
+            covisit,
+            catalog_size,
+        )
+        records += [
+            {"pipeline": key[0], "context_mode": key[1], "model": models[key], "metric": metric}
+            | {"value": None if value is None else float(value), "users": int(n), "window_days": window}
+            for metric, value, n in values
+        ]
+    return pd.DataFrame.from_records(records)
 
 
 def run(ctx: StageContext) -> None:
@@ -101,161 +107,55 @@ def run(ctx: StageContext) -> None:
             "ingested after dt"
         )
     wh, dt = ctx.warehouse, ctx.dt
-    variants = _variants(ctx)
+    variants = variants_to_score(ctx)
     # Scored here and summarised for the report: read the behaviours once.
-    rows = evaluation_rows(
-        wh,
-        dt,
-        cfg,
-        int(ctx.cfg.compress.lookback_days),
-        list(ctx.cfg.compress.keep_behaviors),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    lookback, history = int(ctx.cfg.compress.lookback_days), list(ctx.cfg.compress.keep_behaviors)
+    rows = evaluation_rows(wh, dt, cfg, lookback, history).persist(StorageLevel.MEMORY_AND_DISK)
     scored = score_users(rows, emb_cfg, k, int(cfg["category_items"])).persist(StorageLevel.MEMORY_AND_DISK)
-    heldout_users = scored.where(F.col("recall_tags").isNotNull()).select("user_id").distinct().count()
-    if heldout_users == 0:
+    came_back = heldout_users(scored)
+    if came_back == 0:
         raise RecGPTError(
-            f"no interactions in the held-out window [{dt}, {day_after(dt, window)}): ingest behaviours "
+            f"no interactions in the held-out window [{dt}, {dt.plus(window)}): ingest behaviours "
             "through it (data.ingest_until) or evaluate an older run date"
         )
-
-    means = [
-        (f"hr{k}", "hr"),
-        (f"recall_at_{k}_tags", "recall_tags"),
-        (f"recall_at_{k}_covisit", "recall_covisit"),
-        ("exclusive_recall", "exclusive_recall"),
-        ("persona_recovery", "persona_recovery"),
-        ("diversity", "diversity"),
-        ("novelty", "novelty"),
-    ]
-    aggs = []
-    for name, column in means:
-        aggs += [F.avg(column).alias(name), F.count(column).alias(f"{name}__n")]
-    per_variant = {
-        (r["pipeline"], r["context_mode"]): r.asDict()
-        for r in scored.groupBy(*VARIANT)
-        .agg(*aggs, F.sum(F.col("tagged").cast("int")).alias("tagged"), F.count("*").alias("users"))
-        .collect()
-    }
-    catalog_size = wh.read_snapshot("items", dt).count()
-    coverage = {
-        (r["pipeline"], r["context_mode"]): int(r["items"])
-        for r in scored.select(*VARIANT, F.explode("recalled").alias("item_id"))
-        .groupBy(*VARIANT)
-        .agg(F.countDistinct("item_id").alias("items"))
-        .collect()
-    }
-    covisit_items = _covisit_items(ctx, k)
-    tokens = _ledger_tokens(ctx)
-    failures = (
-        {
-            (r["pipeline"], r["context_mode"]): int(r["n"])
-            for r in wh.read(MINING_FAILURES, dt=dt).groupBy(*VARIANT).agg(F.count("*").alias("n")).collect()
-        }
-        if wh.exists(MINING_FAILURES)
-        else {}
-    )
-
-    records: list[dict[str, Any]] = []
-    models = {(v["pipeline"], v["context_mode"]): str(v["model"]) for v in variants.collect()}
-    for key in sorted(models):
-        agg = per_variant[key]
-        users, tagged, failed = int(agg["users"]), int(agg["tagged"]), failures.get(key, 0)
-        mined = tagged + failed
-        values: list[tuple[str, float | None, int]] = [
-            (name, agg[name], agg[f"{name}__n"]) for name, _ in means
-        ]
-        values += [
-            ("catalog_coverage_tags", coverage.get(key, 0) / max(catalog_size, 1), users),
-            ("catalog_coverage_covisit", covisit_items / max(catalog_size, 1), users),
-            ("failure_rate", failed / mined if mined else None, mined),
-            ("tokens_per_user", tokens[key] / mined if key in tokens and mined else None, mined),
-            ("tagged_users", tagged, users),
-            ("heldout_users", agg[f"recall_at_{k}_tags__n"], users),
-        ]
-        records += [
-            {"pipeline": key[0], "context_mode": key[1], "model": models[key], "metric": metric}
-            | {"value": None if value is None else float(value), "users": int(n), "window_days": window}
-            for metric, value, n in values
-        ]
-
-    metrics = pd.DataFrame.from_records(records)
+    per_variant = variant_means(scored, mean_metrics(k))
+    metrics = metric_records(ctx, variants, scored, per_variant, k, window)
     written = wh.write(
-        ctx.spark.createDataFrame(
-            metrics,
-            schema="pipeline string, context_mode string, model string, "
-            "metric string, value double, users long, window_days int",
-        ),
+        ctx.spark.createDataFrame(metrics, schema=EVAL_METRICS_SCHEMA),
         EVAL_METRICS,
         mode="replace",
         lineage=ctx.lineage,
     )
-    report_path = _report(ctx, rows, scored, metrics, cfg, k)
+    report_path = write_eval_report(ctx, rows, scored, metrics, cfg, k)
+    evaluated = int(scored.count())
     scored.unpersist()
     rows.unpersist()
     variants.unpersist()
 
     r = ctx.report
-    r.rows_in, r.rows_out, r.rows_quarantined = int(scored.count()), written.rows, 0
+    r.rows_in, r.rows_out, r.rows_quarantined = evaluated, written.rows, 0
     r.wrote(EVAL_METRICS.name, written.rows, written.version)
-    r.details["window"] = (
-        f"[{dt}, {day_after(dt, window)}): {heldout_users:,} users with held-out interactions"
-    )
+    r.details["window"] = f"[{dt}, {dt.plus(window)}): {came_back:,} users with held-out interactions"
     for (pipeline, mode), agg in sorted(per_variant.items()):
-        shown = ", ".join(
-            f"{name} {agg[name]:.3f}"
-            for name in (f"hr{k}", "exclusive_recall", "persona_recovery")
-            if agg[name] is not None
+        headline = (f"hr{k}", "exclusive_recall", "persona_recovery")
+        r.details[f"{pipeline}/{mode}"] = ", ".join(
+            f"{name} {agg[name]:.3f}" for name in headline if agg[name] is not None
         )
-        r.details[f"{pipeline}/{mode}"] = shown
     r.details["report"] = str(report_path)
 
 
-def _covisit_items(ctx: StageContext, k: int) -> int:
-    if not ctx.warehouse.exists("covisit_recall"):
-        return 0
-    return (
-        ctx.warehouse.read("covisit_recall", dt=ctx.dt)
-        .where(F.col("rank") <= k)
-        .select("item_id")
-        .distinct()
-        .count()
-    )
-
-
-def _report(
+def write_eval_report(
     ctx: StageContext, rows: DataFrame, scored: DataFrame, metrics: pd.DataFrame, cfg: dict[str, Any], k: int
 ) -> Path:
     """The HTML report: metrics of every variant, the tags of a sample of users, and the
     categories of the evaluated users' history and held-out interactions."""
-    wh, dt = ctx.warehouse, ctx.dt
-    sample_users = int(cfg.get("report_users", 2000))
-    sample = (
-        scored.where(F.col("tagged"))
-        .select("user_id")
-        .distinct()
-        .orderBy(F.xxhash64("user_id"))
-        .limit(sample_users)
-    )
-    tags = (
-        wh.read(USER_INTENT_TAGS, dt=dt)
-        .join(sample, "user_id")
-        .join(scored.select(*VARIANT, "user_id", "tag_categories"), [*VARIANT, "user_id"])
-        .select(
-            *VARIANT,
-            "user_id",
-            "rank",
-            "tag",
-            F.element_at("tag_categories", F.col("rank")).alias("category"),
-        )
-        .toPandas()
-    )
-    categories = wh.read_snapshot("items", day_after(dt, int(cfg["window_days"]))).select(
-        "item_id", "category"
-    )
+    dt, window, sample_users = ctx.dt, int(cfg["window_days"]), int(cfg.get("report_users", 2000))
+    tags = sample_tags(ctx.warehouse, dt, scored, sample_users)
+    categories = item_categories(ctx.warehouse, dt.plus(window))
     history, held = category_counts(rows.dropDuplicates(["user_id"]), categories)
     data = ReportData(
         title=f"Offline evaluation · {ctx.cfg.data.source}",
-        dt=dt,
+        dt=dt.iso,
         run_id=ctx.lineage.run_id,
         metrics=metrics,
         tags=tags,
@@ -271,15 +171,14 @@ def _report(
             "persona_recovery",
         ),
         notes=(
-            f"Held-out window: [{dt}, {day_after(dt, int(cfg['window_days']))}); interactions: "
-            + ", ".join(cfg["behaviors"]),
+            f"Held-out window: [{dt}, {dt.plus(window)}); interactions: " + ", ".join(cfg["behaviors"]),
             f"A tag's category is the most common category among its {cfg['category_items']} best "
             "recalled items (ties: larger summed cosine, then the better-ranked item).",
             "Users whose mining failed count as misses in HR, Recall and persona recovery.",
             f"Tag plots and samples: up to {sample_users:,} tagged users (seeded by user id hash).",
         ),
     )
-    return write_report(Path(str(cfg["reports_dir"])) / f"dt={dt}", data)
+    return write_report(Path(str(cfg["reports_dir"])) / f"dt={dt.iso}", data)
 
 
 main = main_for(STAGE, run)

@@ -12,10 +12,10 @@ from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from jobs.mine_intents import context_mode
 from jobs.stage import StageContext, main_for
 from recgpt.errors import RecGPTError
 from recgpt.tables import TAG_RECALL, USER_INTENT_TAGS
+from udfs.mining_scope import context_mode
 from udfs.recall import catalog, recall_inputs, recall_tags
 
 STAGE = "recall"
@@ -23,7 +23,7 @@ STAGE = "recall"
 
 def run(ctx: StageContext) -> None:
     cfg = ctx.cfg
-    pipeline, mode = str(cfg.pipeline.name), context_mode(ctx)
+    pipeline, mode = str(cfg.pipeline.name), context_mode(cfg)
     emb_cfg = OmegaConf.to_container(cfg.embedding, resolve=True)
     assert isinstance(emb_cfg, dict)
     wh = ctx.warehouse

@@ -19,9 +19,10 @@ from pyspark.sql import SparkSession
 
 from recgpt.config import config_hash, new_run_id
 from recgpt.errors import SKIPPED_EXIT_CODE, NothingToDo, RecGPTError
-from recgpt.tables import RUNS
-from udfs.session import build_session
-from udfs.warehouse import Lineage, Warehouse
+from recgpt.rundate import RunDate
+from recgpt.tables import ALL_TABLES, RUNS
+from sparkio.session import build_session
+from sparkio.warehouse import Lineage, Warehouse
 
 log = logging.getLogger("recgpt")
 # Libraries that log every step at INFO; their warnings still show.
@@ -41,7 +42,7 @@ class StageReport:
         self.details.setdefault("tables", {})[table] = {"rows": rows, "version": version}
 
     def llm(self, step: str, summary: dict[str, Any]) -> None:
-        """Record one LLM step's calls and tokens (udfs.llm.summarize) for the summary and `runs`."""
+        """Record one LLM step's calls and tokens (`udfs.llm.summarize`) for the summary and `runs`."""
         self.details.setdefault("llm", {})[step] = summary
 
 
@@ -55,7 +56,8 @@ class StageContext:
     report: StageReport = field(default_factory=StageReport)
 
     @property
-    def dt(self) -> str:
+    def dt(self) -> RunDate:
+        """The run date, parsed once when the stage opened."""
         return self.lineage.dt
 
 
@@ -67,11 +69,8 @@ def prepare(cfg: DictConfig, stage: str) -> DictConfig:
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.run.stage = stage
-    dt = str(cfg.run.dt)
-    try:
-        _dt.date.fromisoformat(dt)
-    except ValueError:
-        raise RecGPTError(f"run.dt must be YYYY-MM-DD, not {dt!r}") from None
+    dt = RunDate.parse(cfg.run.dt)
+    cfg.run.dt = dt.iso
     if not cfg.run.get("run_id"):
         cfg.run.run_id = new_run_id(stage, dt)
     return cfg
@@ -113,7 +112,7 @@ def _record_run(
         "error": (error or None) and error[:4000],
         "details": json.dumps(r.details, default=str),
         "started_at": started,
-        "dt": _dt.date.fromisoformat(ctx.dt),
+        "dt": ctx.dt.day,
         "created_at": _dt.datetime.now(_dt.UTC),
     }
     try:
@@ -133,9 +132,10 @@ def render_summary(ctx: StageContext, seconds: float, status: str, error: str | 
         f"   rows     in={_n(r.rows_in)}  out={_n(r.rows_out)}  quarantined={_n(r.rows_quarantined)}",
     ]
     for table, info in (r.details.get("tables") or {}).items():
+        # `llm_calls[mine_intents.v2.text]`: the ledger rows of one stage live in llm_calls.
+        spec = ALL_TABLES[table.split("[", 1)[0]]
         lines.append(
-            f"   table    {table:<18} {info['rows']:>12,} rows  v{info['version']}  "
-            f"{ctx.warehouse.uri(table)}"
+            f"   table    {table:<18} {info['rows']:>12,} rows  v{info['version']}  {ctx.warehouse.uri(spec)}"
         )
     for step, llm in (r.details.get("llm") or {}).items():
         lines.append(
@@ -162,7 +162,9 @@ def open_context(cfg: DictConfig, stage: str, spark: SparkSession | None = None)
         spark = build_session(OmegaConf.to_container(cfg.spark, resolve=True), f"recgpt-{stage}")  # type: ignore[arg-type]
     storage = OmegaConf.to_container(cfg.storage, resolve=True)
     warehouse = Warehouse.from_config(spark, storage)  # type: ignore[arg-type]
-    return StageContext(cfg, spark, warehouse, Lineage.now(str(cfg.run.dt), str(cfg.run.run_id)), stage)
+    return StageContext(
+        cfg, spark, warehouse, Lineage.now(RunDate.parse(cfg.run.dt), str(cfg.run.run_id)), stage
+    )
 
 
 def hydra_entry(stage: str, body: Callable[[DictConfig], None]) -> Callable[[], None]:
@@ -215,35 +217,12 @@ def main_for(stage: str, fn: StageFn) -> Callable[[], None]:
     return hydra_entry(stage, body)
 
 
-def llm_step(
-    ctx: StageContext,
-    requests: Any,
-    step: str,
-    schema: Any = None,
-    sampling: Any = None,
-) -> Any:
-    """Run one LLM step of a stage inside Spark: results (cached DataFrame, one row per request),
-    progress on the console, the `llm_calls` ledger replaced for (dt, stage.step), and calls and
-    tokens in the stage summary."""
-    from udfs import llm as spark_llm
+def record_llm(ctx: StageContext, outcomes: Any, stage: str) -> None:
+    """An LLM stage's calls into the `llm_calls` ledger (replacing the (dt, stage) rows of an
+    earlier run) and its calls and tokens per step into the summary and `runs`."""
+    from udfs import llm
 
-    cfg = OmegaConf.to_container(ctx.cfg.llm, resolve=True)
-    name = f"{ctx.stage}.{step}"
-    interval = float(ctx.cfg.llm.get("progress_interval_s", 30))
-    progress = spark_llm.Progress(ctx.spark, name, total=requests.count(), interval_s=interval)
-    results = spark_llm.generate(
-        requests,
-        cfg,  # type: ignore[arg-type]
-        schema=schema,
-        sampling=sampling,
-        label=name,
-        progress=progress,
-    ).cache()
-    started = time.monotonic()
-    with progress:
-        summary = spark_llm.summarize(results)
-    summary["seconds"] = round(time.monotonic() - started, 1)
-    written = spark_llm.write_ledger(ctx.warehouse, results, name, ctx.lineage)
-    ctx.report.wrote(f"llm_calls[{name}]", written.rows, written.version)
-    ctx.report.llm(name, summary)
-    return results
+    written = llm.write_ledger(ctx.warehouse, outcomes, stage, ctx.lineage)
+    ctx.report.wrote(f"llm_calls[{stage}]", written.rows, written.version)
+    for step, summary in llm.summarize(outcomes).items():
+        ctx.report.llm(step, summary)

@@ -9,6 +9,7 @@ the training-data hash, metrics and the models it belongs to.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import math
@@ -23,12 +24,26 @@ import numpy as np
 
 from recgpt.errors import ConfigError
 from recgpt.llm.request import EMBED_MARK
+from recgpt.rundate import RunDate
 
 WEIGHTS = "adaptor.safetensors"
 META = "adaptor.json"
 EXAMPLES = "examples.json"
 
 PROBE_PROMPT = f"Item: {EMBED_MARK}\nWhat is this item? Answer as: title | category"
+DISTILL_INSTRUCTION = "In a few words, what is this shopper interested in right now?"
+# The settings that shape an artifact: with the data hash and the models, its version key.
+TRAINING_SETTINGS = (
+    "hidden",
+    "steps",
+    "batch_size",
+    "lr",
+    "seed",
+    "distill_buckets",
+    "distill_max_entities",
+    "distill_tokens",
+    "distill_share",
+)
 
 
 def build_adaptor(in_dim: int, hidden: int, out_dim: int, target_norm: float | None = None) -> Any:
@@ -81,6 +96,66 @@ def self_perception_examples(items: Sequence[Mapping[str, Any]]) -> list[Example
         )
         for it in items
     ]
+
+
+def distill_messages(history: str) -> tuple[dict[str, str], ...]:
+    """The distillation prompt: a user's newest history lines (text or hybrid form) and the one
+    question whose text-form answer the hybrid form must reproduce."""
+    return (
+        {"role": "user", "content": f"Shopping history (oldest first):\n{history}\n\n{DISTILL_INSTRUCTION}"},
+    )
+
+
+def newest_lines(v1_text: str, hybrid_text: str, buckets: int, max_marks: int) -> tuple[str, str, int] | None:
+    """The newest lines of both forms (the same buckets): at most `buckets` of them, and no more
+    than fit in `max_marks` entity marks, so a distillation sequence stays short whatever the
+    user's history (one busy day can hold hundreds of items). Returns the two texts and the marks
+    they hold; None when even the newest line holds more than `max_marks`."""
+    v1, hybrid = v1_text.splitlines(), hybrid_text.splitlines()
+    kept = marks = 0
+    while kept < min(buckets, len(hybrid)):
+        line_marks = hybrid[-(kept + 1)].count(EMBED_MARK)
+        if marks + line_marks > max_marks:
+            break
+        marks += line_marks
+        kept += 1
+    if kept == 0:
+        return None
+    return "\n".join(v1[-kept:]), "\n".join(hybrid[-kept:]), marks
+
+
+@dataclass(frozen=True)
+class DistillationUser:
+    """A user chosen for distillation: the newest lines of their context in text form (the
+    teacher's prompt) and hybrid form (the student's), and the items behind the hybrid marks."""
+
+    user_id: str
+    text: str
+    hybrid: str
+    entity_ids: list[str]
+
+
+def distillation_users(
+    contexts: Sequence[Mapping[str, Any]], rng: random.Random, wanted: int, buckets: int, max_marks: int
+) -> list[DistillationUser]:
+    """Up to `wanted` users in the order `rng` shuffles `contexts` into (rows of user_id, v1_text,
+    hybrid_text, entity_ids), each cut to its newest lines (`newest_lines`); a user whose newest
+    bucket alone holds more than `max_marks` entities is passed over."""
+    rows = list(contexts)
+    rng.shuffle(rows)
+    chosen: list[DistillationUser] = []
+    for r in rows:
+        if len(chosen) == wanted:
+            break
+        lines = newest_lines(r["v1_text"], r["hybrid_text"], buckets, max_marks)
+        if lines is None:
+            continue  # the newest bucket alone is longer than a training sequence may be
+        text, hybrid, marks = lines
+        ids = list(r["entity_ids"])
+        chosen.append(
+            DistillationUser(str(r["user_id"]), text, hybrid, ids[len(ids) - marks :] if marks else [])
+        )
+    return chosen
 
 
 @dataclass
@@ -235,6 +310,74 @@ def train(
     return TrainResult(adaptor, metrics)
 
 
+def distillation_examples(
+    lm: FrozenLM, users: Sequence[DistillationUser], vectors: Mapping[str, Any], max_new_tokens: int
+) -> tuple[list[Example], list[str]]:
+    """One distillation example per user whose items all have a vector in `vectors` (item id ->
+    embedding): the hybrid prompt with those embeddings, and as the target what the frozen `lm`
+    answers to the text prompt. Returns the examples and, in the same order, their users."""
+    examples: list[Example] = []
+    user_ids: list[str] = []
+    for user in users:
+        ids = user.entity_ids
+        if any(i not in vectors for i in ids):
+            continue  # an item without a vector (should not happen after embed_items)
+        teacher = lm.generate(distill_messages(user.text), max_new_tokens)
+        entities = np.asarray([vectors[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+        examples.append(Example(distill_messages(user.hybrid), entities, teacher, "distillation"))
+        user_ids.append(user.user_id)
+    return examples, user_ids
+
+
+def artifact_meta(
+    train_set: Sequence[Example],
+    result: TrainResult,
+    lm_hidden: int,
+    models: Mapping[str, str],
+    cfg: Mapping[str, Any],
+    dt: RunDate,
+    run_id: str,
+) -> dict[str, Any]:
+    """The adaptor.json of a trained artifact: what it was trained on (data hash, `models`: the
+    `llm` and `embedding_model` names, TRAINING_SETTINGS of `cfg`), its metrics, and the run
+    date and run that trained it."""
+    return {
+        "data_hash": data_hash(train_set),
+        "llm": models["llm"],
+        "llm_hidden": lm_hidden,
+        "embedding_model": models["embedding_model"],
+        "embedding_dim": int(train_set[0].entities.shape[1]),
+        "config": {k: cfg[k] for k in TRAINING_SETTINGS},
+        "metrics": result.metrics,
+        "trained_for_dt": dt.iso,
+        "run_id": run_id,
+        "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def trained_on(
+    item_ids: Sequence[str], holdout_items: int, user_ids: Sequence[str], holdout_users: int
+) -> dict[str, dict[str, list[str]]]:
+    """Which items (self-perception) and users (distillation) trained an artifact and which were
+    held out (the first ones): evaluations probe items it has never seen."""
+    return {
+        "self_perception": {
+            "holdout": list(item_ids[:holdout_items]),
+            "train": list(item_ids[holdout_items:]),
+        },
+        "distillation": {"holdout": list(user_ids[:holdout_users]), "train": list(user_ids[holdout_users:])},
+    }
+
+
+def compatible(folder: Path | None, llm: str, embedding_model: str) -> bool:
+    """Whether `folder` holds an artifact trained for this LLM and embedding model (the nightly
+    chain keeps it instead of training again)."""
+    if folder is None:
+        return False
+    meta = json.loads((folder / META).read_text())
+    return bool(meta.get("llm") == llm and meta.get("embedding_model") == embedding_model)
+
+
 def save(
     adaptor: Any, root: str | Path, meta: Mapping[str, Any], examples: Mapping[str, Any] | None = None
 ) -> Path:
@@ -283,6 +426,23 @@ def latest(root: str | Path) -> Path | None:
     if not folders:
         return None
     return max(folders, key=lambda p: json.loads((p / META).read_text()).get("trained_at", ""))
+
+
+def resolve(root: str | Path, pinned: str | None, expected: Mapping[str, str], dt: Any) -> Path:
+    """The artifact a hybrid run uses: `pinned` if set, else the newest under `root`; it must have
+    been trained for the `expected` models (`llm`, `embedding_model`)."""
+    root = Path(root)
+    folder = root / str(pinned) if pinned else latest(root)
+    if folder is None or not (folder / META).is_file():
+        raise ConfigError(
+            f"context.mode=hybrid needs an entity adaptor under {root}: run `python -m jobs.train_adaptor "
+            f"run.dt={dt}` first (or mine with context.mode=text)"
+        )
+    meta = json.loads((folder / META).read_text())
+    found = {k: meta.get(k) for k in expected}
+    if found != dict(expected):
+        raise ConfigError(f"adaptor {folder.name} was trained for {found}, this run uses {dict(expected)}")
+    return folder
 
 
 def entity_vectors(adaptor: Any, embeddings: np.ndarray) -> np.ndarray:

@@ -15,11 +15,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from recgpt.rundate import RunDate, shift
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _date_add(day: str, days: Any) -> str:
-    return (_dt.date.fromisoformat(str(day)) + _dt.timedelta(days=int(days))).isoformat()
+    return shift(day, int(days))
 
 
 def _conf_path(relative: str) -> str:
@@ -63,6 +65,6 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def new_run_id(stage: str, dt: str) -> str:
+def new_run_id(stage: str, dt: RunDate | str) -> str:
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
     return f"{stage}__{dt}__{stamp}__{uuid.uuid4().hex[:8]}"

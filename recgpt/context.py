@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from recgpt.llm.request import EMBED_MARK, strip_marks
+from recgpt.rundate import RunDate
 
 # Verbs that read well in a history line, per behaviour type.
 VERBS = {
@@ -96,9 +97,9 @@ def reliable(events: Iterable[Event], keep: Sequence[str]) -> list[Event]:
     return out
 
 
-def bucket_label(day: _dt.date, as_of: _dt.date, daily_days: int = 30, monthly_days: int = 365) -> str:
+def bucket_label(day: _dt.date, as_of: RunDate, daily_days: int = 30, monthly_days: int = 365) -> str:
     """Daily within `daily_days` of the run date, monthly within a year, yearly beyond."""
-    age = (as_of - day).days
+    age = RunDate(day).days_until(as_of)
     if age <= daily_days:
         return day.isoformat()
     if age <= monthly_days:
@@ -106,7 +107,7 @@ def bucket_label(day: _dt.date, as_of: _dt.date, daily_days: int = 30, monthly_d
     return str(day.year)
 
 
-def buckets(events: Sequence[Event], as_of: _dt.date, core_words: int = 6) -> list[Bucket]:
+def buckets(events: Sequence[Event], as_of: RunDate, core_words: int = 6) -> list[Bucket]:
     """Reliable events grouped by time bucket, oldest bucket first."""
     out: dict[str, Bucket] = {}
     for e in events:

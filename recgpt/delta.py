@@ -459,25 +459,6 @@ def read_file(
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def read_table(
-    uri: str,
-    version: int | None = None,
-    dt_from: str | None = None,
-    dt_to: str | None = None,
-    storage_options: Mapping[str, str] | None = None,
-) -> pa.Table:
-    """Read a table (or a dt range of it) into Arrow through deltalake itself, without Spark."""
-    from deltalake import DeltaTable
-
-    table = DeltaTable(uri, version=version, storage_options=dict(storage_options or {}))
-    filters: list[tuple[str, str, Any]] = []
-    if dt_from:
-        filters.append(("dt", ">=", dt_from))
-    if dt_to:
-        filters.append(("dt", "<=", dt_to))
-    return pa.table(table.to_pyarrow_table(filters=filters or None))
-
-
 def table_version(uri: str, storage_options: Mapping[str, str] | None = None) -> int | None:
     from deltalake import DeltaTable
 

@@ -16,7 +16,8 @@ Definitions (also in the README):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -137,3 +138,70 @@ def user_metrics(
         "tag_categories": categories,
         "recalled": recalled,
     }
+
+
+def metric_docs(k: int) -> dict[str, str]:
+    """One-line definitions of the eval_metrics rows, shown in the report (the README has the
+    long form)."""
+    return {
+        f"hr{k}": f"users whose first held-out interaction's category is a category of their top-{k} tags",
+        f"recall_at_{k}_tags": (
+            f"held-out items among the user's {k} tag-recall items (round robin over tags)"
+        ),
+        f"recall_at_{k}_covisit": f"held-out items among the user's {k} co-visitation items",
+        "exclusive_recall": f"held-out items in the tag channel's {k} and not in co-visitation's {k}",
+        "persona_recovery": "planted personas sharing a category with one of the user's tags (synthetic)",
+        "diversity": "mean pairwise cosine distance of the user's tag embeddings",
+        "novelty": "share of the user's tag categories absent from the history",
+        "catalog_coverage_tags": "catalog items in at least one user's tag-recall list",
+        "catalog_coverage_covisit": "catalog items in at least one user's co-visitation list",
+        "failure_rate": "mined users that ended in mining_failures",
+        "tokens_per_user": "LLM prompt + generated tokens per mined user (llm_calls)",
+        "tagged_users": "users with final tags",
+        "heldout_users": "users with an interaction in the held-out window",
+    }
+
+
+def mean_metrics(k: int) -> list[tuple[str, str]]:
+    """The eval_metrics that are a variant's mean of a per-user score: (metric, the
+    `user_metrics` key it averages), over the users for whom the score is defined."""
+    return [
+        (f"hr{k}", "hr"),
+        (f"recall_at_{k}_tags", "recall_tags"),
+        (f"recall_at_{k}_covisit", "recall_covisit"),
+        ("exclusive_recall", "exclusive_recall"),
+        ("persona_recovery", "persona_recovery"),
+        ("diversity", "diversity"),
+        ("novelty", "novelty"),
+    ]
+
+
+def variant_metrics(
+    means: Mapping[str, Any],
+    k: int,
+    failed: int,
+    tokens: int | None,
+    tag_items: int,
+    covisit_items: int,
+    catalog_size: int,
+) -> list[tuple[str, float | None, int]]:
+    """One variant's eval_metrics as (metric, value, users it is over). `means` holds each mean
+    metric's value (None without users) and its user count under `<metric>__n`, and the
+    variant's evaluated `users` and `tagged` users. A mined user is tagged or `failed`: the
+    failure rate and LLM `tokens` per user are over those. Catalog coverage: the distinct items
+    in the tag channel's (`tag_items`) and the co-visitation channel's (`covisit_items`) lists
+    as a share of the catalog."""
+    users, tagged = int(means["users"]), int(means["tagged"])
+    mined = tagged + failed
+    values: list[tuple[str, float | None, int]] = [
+        (name, means[name], means[f"{name}__n"]) for name, _ in mean_metrics(k)
+    ]
+    values += [
+        ("catalog_coverage_tags", tag_items / max(catalog_size, 1), users),
+        ("catalog_coverage_covisit", covisit_items / max(catalog_size, 1), users),
+        ("failure_rate", failed / mined if mined else None, mined),
+        ("tokens_per_user", tokens / mined if tokens is not None and mined else None, mined),
+        ("tagged_users", tagged, users),
+        ("heldout_users", means[f"recall_at_{k}_tags__n"], users),
+    ]
+    return values

@@ -91,6 +91,21 @@ def row_count_check(table: str, previous: int | None, tolerance: float, severity
     return CheckSpec(table, "expect_table_row_count_to_be_between", severity, bounds)
 
 
+def table_checks(
+    table: str,
+    configured: Iterable[Mapping[str, Any]],
+    row_count: CheckSpec | None,
+    previous: int | None,
+    drift: Mapping[str, Any],
+) -> list[CheckSpec]:
+    """The expectations a checkpoint runs on one table: its configured suite, then one row-count
+    expectation: the stage's own when it has one (`row_count`), else drift against the row count
+    of the table's previous run (`drift`: tolerance and severity from the config)."""
+    specs = check_specs(table, configured)
+    specs.append(row_count or row_count_check(table, previous, float(drift["tolerance"]), drift["severity"]))
+    return specs
+
+
 @dataclass(frozen=True)
 class CheckResult:
     table: str
@@ -157,3 +172,19 @@ def gate(
             f"{len(blocking)} critical data-quality expectation(s) failed:\n{lines}\nreport: {report}"
         )
     return blocking, warnings
+
+
+def outcome(results: Sequence[CheckResult]) -> str:
+    """The gate's summary line: expectations run, how many failed, and how many of those were
+    critical and how many warnings."""
+    failed = [r for r in results if not r.success]
+    critical = sum(r.severity == "critical" for r in failed)
+    return (
+        f"{len(results)} expectations, {len(failed)} failed "
+        f"({critical} critical, {len(failed) - critical} warning)"
+    )
+
+
+def warning_lines(results: Sequence[CheckResult], fail_on: Sequence[str]) -> list[str]:
+    """The failed expectations that let the run go on (severity not in `fail_on`), described."""
+    return [r.describe() for r in results if not r.success and r.severity not in fail_on]

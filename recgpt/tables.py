@@ -443,6 +443,19 @@ ALL_TABLES: dict[str, TableSpec] = {
     )
 }
 
+# Bookkeeping columns of raw rows between the source readers and the ingest checks (dropped
+# before writing): why a row is quarantined, its raw record, its intake order.
+REASONS = "_reasons"
+RAW = "_raw"
+INTAKE = "_intake"
+# Where each raw row came from (a file path, "synthetic", ...); set by the source reader.
+SOURCE = "_source"
+# The original text of a line the reader could not parse (Spark's corrupt-record column).
+MALFORMED = "_malformed"
+# Delimited-text readers: a spare column after the expected ones, and what is wrong with a line.
+OVERFLOW = "_overflow"
+LINE_ISSUE = "_line_issue"
+
 # What a source must provide for each input table; other canonical columns are optional.
 INPUT_TABLES: tuple[str, ...] = ("behaviors", "items", "users", "env_signals")
 REQUIRED_INPUTS: tuple[str, ...] = ("behaviors", "items")

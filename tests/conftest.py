@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT))
 
 @pytest.fixture(scope="session")
 def spark():
-    from udfs.session import build_session
+    from sparkio.session import build_session
 
     session = build_session(
         {
@@ -43,7 +43,7 @@ def warehouse_dir(tmp_path: Path) -> str:
 
 @pytest.fixture
 def warehouse(spark, warehouse_dir):
-    from udfs.warehouse import Warehouse
+    from sparkio.warehouse import Warehouse
 
     return Warehouse(spark, warehouse_dir, engine="delta-rs")
 

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from pyspark.sql import functions as F
 
 from recgpt import adaptor as A
 from recgpt.config import load_config
@@ -120,51 +119,8 @@ def test_train_adaptor_stage_saves_a_versioned_artifact_from_the_warehouse(spark
     assert details["adaptor"]["version"] == folder.name
 
 
-@pytest.mark.slow
-def test_hybrid_requests_get_one_adaptor_block_per_entity_in_order(spark, setting, tmp_path):
-    from recgpt.llm.request import EMBED_MARK, decode_block, encode_messages
-    from udfs.hybrid import attach_entity_blocks, context_columns
-
-    lm, examples = setting
-    adaptor = A.build_adaptor(384, 64, lm.hidden, lm.token_norm)
-    meta = {
-        "data_hash": "x",
-        "llm": "m",
-        "llm_hidden": lm.hidden,
-        "embedding_model": "e",
-        "embedding_dim": 384,
-    }
-    folder = A.save(adaptor, tmp_path, {**meta, "config": {"hidden": 64}})
-    vecs = {f"i{k}": examples[k].entities[0].tolist() for k in range(3)}
-    vectors = spark.createDataFrame(list(vecs.items()), "item_id string, embedding array<float>")
-    contexts = spark.createDataFrame(
-        [
-            ("u1", "t", f"2025-10-27 (viewed 2) | {EMBED_MARK}; {EMBED_MARK}", ["i2", "i0"]),
-            ("u2", "t", f"2025-10-27 (viewed 1) | {EMBED_MARK}", ["i9"]),  # no vector for i9
-            ("u3", "t", "2025-10-27 (searched 1) | search", []),
-        ],
-        "user_id string, v1_text string, hybrid_text string, entity_ids array<string>",
-    )
-    hybrid = context_columns(contexts, "hybrid").withColumn("key", F.col("user_id"))
-    rows = {r["key"]: r for r in attach_entity_blocks(hybrid, vectors, str(folder)).collect()}
-    blocks = [decode_block(b) for b in rows["u1"]["embeds"]]
-    expected = A.entity_vectors(adaptor, np.asarray([vecs["i2"], vecs["i0"]], dtype=np.float32))
-    assert [b.shape for b in blocks] == [(1, lm.hidden)] * 2
-    np.testing.assert_allclose(np.vstack(blocks), expected, rtol=1e-5)
-    assert rows["u2"]["embeds"] == [] and rows["u3"]["embeds"] == []
-    # A missing vector surfaces as a bad request (marks != blocks), never as a shifted slot.
-    from recgpt.llm.request import Sampling
-    from udfs.llm import to_request
-
-    message = encode_messages([{"role": "user", "content": rows["u2"]["context"]}])
-    with pytest.raises(ValueError, match="1 embedding marks"):
-        to_request({"key": "u2", "messages": message, "embeds": rows["u2"]["embeds"]}, None, Sampling())
-    text = {r["user_id"]: r for r in context_columns(contexts, "text").collect()}
-    assert text["u1"]["context"] == "t" and text["u1"]["entity_ids"] == []
-
-
 def test_distillation_lines_stop_at_the_entity_cap_and_skip_a_too_busy_newest_day():
-    from jobs.train_adaptor import newest_lines
+    from recgpt.adaptor import newest_lines
     from recgpt.llm.request import EMBED_MARK
 
     v1 = "old | a; b\nmid | c\nnew | d; e"
@@ -174,3 +130,81 @@ def test_distillation_lines_stop_at_the_entity_cap_and_skip_a_too_busy_newest_da
     assert newest_lines(v1, hybrid, 3, 4) == ("mid | c\nnew | d; e", "\n".join(hybrid.splitlines()[1:]), 3)
     assert newest_lines(v1, hybrid, 1, 10) == ("new | d; e", hybrid.splitlines()[-1], 2)
     assert newest_lines(v1, hybrid, 3, 1) is None
+
+
+def test_distillation_users_are_drawn_in_seeded_order_up_to_the_number_wanted():
+    import random
+
+    from recgpt.llm.request import EMBED_MARK
+
+    def context(user, lines):
+        v1 = "\n".join(f"day{i} | {' '.join(ids)}" for i, ids in enumerate(lines))
+        hybrid = "\n".join(f"day{i} | " + "; ".join(EMBED_MARK for _ in ids) for i, ids in enumerate(lines))
+        return {
+            "user_id": user,
+            "v1_text": v1,
+            "hybrid_text": hybrid,
+            "entity_ids": [i for ids in lines for i in ids],
+        }
+
+    contexts = [
+        context("u1", [["a", "b"], ["c"]]),
+        context("u2", [["d", "e", "f"]]),  # its newest (only) day holds 3 > 2 items: passed over
+        context("u3", [["g"], ["h", "i"]]),
+    ]
+    # random.Random(7) shuffles three rows into the order 2, 0, 1: u3, u1, u2.
+    users = A.distillation_users(contexts, random.Random(7), wanted=5, buckets=2, max_marks=2)
+    assert [u.user_id for u in users] == ["u3", "u1"]
+    # Both of u1's days would hold 3 items: only the newest (c) is kept, with its one entity.
+    assert users[1] == A.DistillationUser("u1", "day1 | c", f"day1 | {EMBED_MARK}", ["c"])
+    assert users[0] == A.DistillationUser(
+        "u3", "day1 | h i", f"day1 | {EMBED_MARK}; {EMBED_MARK}", ["h", "i"]
+    )
+    # One wanted: the first user of the shuffled order that fits.
+    first = A.distillation_users(contexts, random.Random(7), wanted=1, buckets=2, max_marks=2)
+    assert [u.user_id for u in first] == ["u3"]
+
+
+def test_an_artifact_is_kept_only_for_the_same_llm_and_embedding_model(tmp_path):
+    assert not A.compatible(None, "llm", "emb")
+    (tmp_path / A.META).write_text(json.dumps({"llm": "llm", "embedding_model": "emb"}))
+    assert A.compatible(tmp_path, "llm", "emb")
+    assert not A.compatible(tmp_path, "llm", "other-emb")
+    assert not A.compatible(tmp_path, "other-llm", "emb")
+
+
+def test_trained_on_names_the_held_out_items_and_users_first():
+    assert A.trained_on(["i1", "i2", "i3"], 1, ["u1", "u2"], 1) == {
+        "self_perception": {"holdout": ["i1"], "train": ["i2", "i3"]},
+        "distillation": {"holdout": ["u1"], "train": ["u2"]},
+    }
+
+
+def test_distillation_examples_teach_the_hybrid_prompt_the_text_prompts_answer():
+    from recgpt.llm.request import EMBED_MARK
+
+    class Teacher:  # stands in for the frozen LLM: one fixed answer, the prompts it was asked
+        def __init__(self):
+            self.seen = []
+
+        def generate(self, messages, max_new_tokens):
+            self.seen.append((messages, max_new_tokens))
+            return "hiking gear"
+
+    users = [
+        A.DistillationUser("u1", "10-27 | boots; tent", f"10-27 | {EMBED_MARK}; {EMBED_MARK}", ["b1", "t1"]),
+        A.DistillationUser("u2", "10-27 | mat", f"10-27 | {EMBED_MARK}", ["y9"]),  # y9 has no vector
+    ]
+    teacher = Teacher()
+    examples, ids = A.distillation_examples(teacher, users, {"b1": [1.0, 2.0], "t1": [3.0, 4.0]}, 8)
+    assert ids == ["u1"] and len(examples) == 1
+    (example,) = examples
+    assert example.kind == "distillation" and example.target == "hiking gear"
+    assert example.messages[0]["content"] == (
+        f"Shopping history (oldest first):\n10-27 | {EMBED_MARK}; {EMBED_MARK}\n\n"
+        "In a few words, what is this shopper interested in right now?"
+    )
+    assert example.entities.dtype == np.float32
+    np.testing.assert_array_equal(example.entities, [[1.0, 2.0], [3.0, 4.0]])
+    # The teacher answered the text form of the same lines, with the configured answer length.
+    assert teacher.seen == [(A.distill_messages("10-27 | boots; tent"), 8)]

@@ -41,6 +41,8 @@ def test_unknown_festival_region_is_a_config_error():
 def test_synthetic_ingest_runs_through_the_holdout_window():
     cfg = load_config(["run.stage=t", "run.dt=2025-10-28"])
     assert cfg.ingest.until == "2025-11-11"
+    # date_add counts calendar days, over the year end too.
+    assert load_config(["run.stage=t", "run.dt=2025-12-20"]).ingest.until == "2026-01-03"
     assert load_config(["run.stage=t", "data=canonical", "data.path=x"]).ingest.until == cfg.run.dt
 
 

@@ -10,7 +10,7 @@ from jobs import compress, dq, ingest
 from jobs.stage import execute, open_context
 from recgpt.config import load_config
 from recgpt.llm.request import EMBED_MARK
-from recgpt.tables import BEHAVIORS, USER_CONTEXT
+from recgpt.tables import BEHAVIORS, ITEMS, USER_CONTEXT
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def test_users_split_across_arrow_batches_still_get_one_context(spark, tmp_path)
     execute(ctx, ingest.run)
     wh = ctx.warehouse
     cfg = dict(ctx.cfg.compress)
-    behaviors, items = wh.read(BEHAVIORS), wh.read_snapshot("items", ctx.dt)
+    behaviors, items = wh.read(BEHAVIORS), wh.read_snapshot(ITEMS, ctx.dt)
     path = str(ctx.cfg.llm.model_path)
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     before = spark.conf.get(key)

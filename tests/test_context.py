@@ -7,12 +7,13 @@ import datetime as dt
 
 from recgpt import context as C
 from recgpt.llm.request import EMBED_MARK
+from recgpt.rundate import RunDate
 
-AS_OF = dt.date(2025, 10, 28)
+AS_OF = RunDate.parse("2025-10-28")
 
 
 def at(days_ago: int, hour: int = 12) -> dt.datetime:
-    day = AS_OF - dt.timedelta(days=days_ago)
+    day = AS_OF.minus(days_ago).day
     return dt.datetime(day.year, day.month, day.day, hour, tzinfo=dt.UTC)
 
 
@@ -44,6 +45,18 @@ def test_buckets_are_daily_within_a_month_monthly_within_a_year_yearly_beyond():
     assert [b.label for b in blocks] == ["2024", "2025-09", "2025-10-26", "2025-10-27"]
     assert blocks[2].kinds == {"view": 1, "purchase": 1}
     assert blocks[2].entries == [("i1", "Trail Shoe Waterproof Gore-Tex Hiking Boot")]
+
+
+def test_bucket_boundaries_count_days_back_from_the_run_date():
+    # 30 days back is still a day of its own, 31 a month; 365 days back a month, 366 a year.
+    assert C.bucket_label(dt.date(2025, 9, 28), AS_OF) == "2025-09-28"
+    assert C.bucket_label(dt.date(2025, 9, 27), AS_OF) == "2025-09"
+    assert C.bucket_label(dt.date(2024, 10, 28), AS_OF) == "2024-10"
+    assert C.bucket_label(dt.date(2024, 10, 27), AS_OF) == "2024"
+    # Across a year end: 2024-12-30 is 3 days before a run on 2025-01-02, 2024-11-15 is 48.
+    new_year = RunDate.parse("2025-01-02")
+    assert C.bucket_label(dt.date(2024, 12, 30), new_year) == "2024-12-30"
+    assert C.bucket_label(dt.date(2024, 11, 15), new_year) == "2024-11"
 
 
 def test_core_title_drops_asides_and_model_numbers():

@@ -17,7 +17,9 @@ from jobs.stage import execute, open_context
 from recgpt.config import load_config
 from recgpt.errors import ConfigError, RecGPTError
 from recgpt.quality import QualityGateError
+from recgpt.rundate import RunDate
 from recgpt.tables import BEHAVIORS, COVISIT_RECALL, ITEMS, USER_CONTEXT
+from sparkio.warehouse import Lineage
 from udfs.covisit import (
     CovisitSettings,
     bought_items,
@@ -27,13 +29,12 @@ from udfs.covisit import (
     seed_items,
     top_neighbors,
 )
-from udfs.warehouse import Lineage
 
-DT = "2025-10-28"
+DT = RunDate.parse("2025-10-28")
 BEHAVIOR_SCHEMA = "user_id string, item_id string, behavior string, query string, ts timestamp"
 
 
-def at(day: str, clock: str = "10:00") -> _dt.datetime:
+def at(day: str | RunDate, clock: str = "10:00") -> _dt.datetime:
     return _dt.datetime.fromisoformat(f"{day}T{clock}:00+00:00")
 
 
@@ -142,6 +143,14 @@ def test_bad_settings_fail_at_load_naming_the_key():
     assert (s.seed_decay, s.bought_days, s.lookback_days) == (1.0, 30, 1095)
 
 
+def test_the_read_starts_at_the_longer_of_the_lookback_and_the_purchase_window():
+    dt = RunDate.parse("2025-03-01")
+    # The purchase window is the longer one here: 30 days back over a 28-day February.
+    assert settings("covisit.lookback_days=10").read_since(dt) == RunDate.parse("2025-01-30")
+    # The default lookback: 1095 days back over 2024-02-29 is not three calendar years.
+    assert settings().read_since(dt) == RunDate.parse("2022-03-02")
+
+
 # -- the stage ------------------------------------------------------------------------------------
 
 # Helper users each co-visit two items on 2025-10-20 (one session); pair weight = sessions.
@@ -211,7 +220,7 @@ def write_world(spark, warehouse, delisted: frozenset[str] = frozenset()) -> Non
     items = spark.createDataFrame(
         [(i, f"item {i}", "things", None, None, None) for i in listed],
         "item_id string, title string, category string, category_path string, brand string, price double",
-    ).withColumn("dt", F.to_date(F.lit(DT)))
+    ).withColumn("dt", F.to_date(F.lit(DT.iso)))
     warehouse.write(items, ITEMS, mode="append", lineage=lineage)
     fields = [f for f in USER_CONTEXT.schema if f.name not in ("dt", "run_id", "created_at")]
     table = pa.Table.from_pylist(
@@ -289,7 +298,7 @@ def test_stage_writes_the_recall_of_the_users_with_a_history(spark, world):
     rows = recall_rows(world)
     # Only "t": the helpers have no context row, "lonely" no candidate, "clicker" no history.
     assert [(u, rank, item, score) for u, rank, item, score, _, _ in rows] == [("t", *e) for e in EXPECTED_T]
-    assert {(d, run) for *_, d, run in rows} == {(DT, ctx.lineage.run_id)}
+    assert {(d, run) for *_, d, run in rows} == {(DT.iso, ctx.lineage.run_id)}
     assert report.rows_out == 3
     assert report.details["users"] == "2 with a history, 1 recalled, 1 without co-visited candidates"
     assert report.details["items"].startswith("3.0 per recalled user")

@@ -9,12 +9,14 @@ import threading
 
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
 from recgpt import delta
 from recgpt.errors import CommitConflictError, StorageError
-from recgpt.tables import BEHAVIORS, QUARANTINE
-from udfs.warehouse import Lineage
+from recgpt.rundate import RunDate
+from recgpt.tables import BEHAVIORS, ITEMS, QUARANTINE
+from sparkio.warehouse import Lineage
 
 UTC = dt.UTC
 
@@ -31,7 +33,7 @@ def behaviors_df(spark, day: str, n: int, user_prefix: str = "u"):
     return df.withColumn("dt", F.to_date("ts"))
 
 
-def lineage(day: str = "2025-10-28", run: str = "r1") -> Lineage:
+def lineage(day: RunDate | str = "2025-10-28", run: str = "r1") -> Lineage:
     return Lineage.now(day, run)
 
 
@@ -45,14 +47,16 @@ def test_round_trip_spark_and_deltalake_agree(spark, warehouse):
     assert result.rows == 800 and result.version == 0
 
     via_spark = warehouse.read(BEHAVIORS).toArrow()
-    via_deltalake = delta.read_table(warehouse.uri(BEHAVIORS))
+    via_deltalake = DeltaTable(warehouse.uri(BEHAVIORS)).to_pyarrow_table()
     cols = BEHAVIORS.column_names
     assert via_spark.num_rows == via_deltalake.num_rows == 800
     assert sorted_rows(via_spark.select(cols)) == sorted_rows(
         via_deltalake.select(cols).cast(via_spark.select(cols).schema)
     )
-    # Partition pruning by dt returns exactly that day.
+    # Partition pruning by dt returns exactly that day, given as a RunDate or in ISO form.
     assert warehouse.read(BEHAVIORS, dt="2025-10-27").count() == 500
+    assert warehouse.read(BEHAVIORS, dt=RunDate.parse("2025-10-28").minus(1)).count() == 500
+    assert warehouse.read(BEHAVIORS, dt_from=RunDate.parse("2025-10-28")).count() == 300
 
 
 def test_replace_is_idempotent_and_only_touches_its_partition(spark, warehouse):
@@ -162,6 +166,28 @@ def test_read_an_older_version(spark, warehouse):
     assert warehouse.read(BEHAVIORS).count() == 9
 
 
+def test_a_snapshot_as_of_a_run_date_is_the_latest_on_or_before_it(spark, warehouse):
+    def items(*ids: str):
+        return spark.createDataFrame(
+            [(i, f"item {i}", "things", None, None, None) for i in ids],
+            "item_id string, title string, category string, category_path string, brand string, price double",
+        )
+
+    warehouse.write(items("a"), ITEMS, mode="replace", lineage=lineage("2025-09-30"))
+    warehouse.write(items("a", "b"), ITEMS, mode="replace", lineage=lineage("2025-10-28"))
+
+    def ids(as_of: RunDate | str) -> list[str]:
+        return sorted(r.item_id for r in warehouse.read_snapshot(ITEMS, as_of).collect())
+
+    # Between two snapshots (and across the month end) the older one is current.
+    assert ids(RunDate.parse("2025-10-01")) == ["a"]
+    assert ids(RunDate.parse("2025-10-28")) == ["a", "b"] == ids("2025-10-28")
+    with pytest.raises(
+        StorageError, match=r"^items has no snapshot on or before 2025-09-29: run ingest first$"
+    ):
+        warehouse.read_snapshot(ITEMS, RunDate.parse("2025-09-30").minus(1))
+
+
 def test_reading_a_missing_table_says_which(spark, warehouse):
     with pytest.raises(Exception, match=r"no Delta table at .*behaviors"):
         warehouse.read(BEHAVIORS).count()
@@ -225,7 +251,7 @@ def test_concurrent_appends_all_land_and_the_table_stays_readable(warehouse_dir)
         t.join()
     # Appends never conflict logically: every one must land, each in its own version.
     assert errors == []
-    table = delta.read_table(uri)
+    table = DeltaTable(uri).to_pyarrow_table()
     assert table.num_rows == 4 * 5 * 10
     assert delta.table_version(uri) == 4 * 5 - 1
 
@@ -250,7 +276,7 @@ def test_concurrent_replaces_of_one_partition_leave_exactly_one_copy(warehouse_d
     failures = [e for e in outcomes.values() if e is not None]
     # A loser fails clearly (conflict) rather than corrupting the table.
     assert all(isinstance(e, (CommitConflictError, StorageError)) for e in failures), failures
-    table = delta.read_table(uri)
+    table = DeltaTable(uri).to_pyarrow_table()
     writers = set(table.column("run_id").to_pylist())
     assert table.num_rows == 25 and len(writers) == 1 and writers <= set(outcomes)
     assert outcomes[writers.pop()] is None

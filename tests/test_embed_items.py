@@ -11,14 +11,16 @@ from jobs import dq, embed_items, ingest
 from jobs.stage import execute, open_context
 from recgpt.config import load_config
 from recgpt.embeddings import Embedder, content_hash, item_text
+from recgpt.rundate import RunDate
 from recgpt.tables import ITEM_EMBEDDINGS, ITEMS
+from sparkio.warehouse import Lineage
 from udfs.embeddings import current_embeddings
-from udfs.warehouse import Lineage
 
 pytestmark = pytest.mark.slow
 
 TINY = ["data.users=20", "data.items=120", "data.history_days=30", "data.holdout_days=3"]
-DAY1, DAY2 = "2025-10-28", "2025-10-29"
+DAY1 = RunDate.parse("2025-10-28")
+DAY2 = DAY1.plus(1)
 
 
 def ctx_for(spark, tmp_path, stage, dt=DAY1):

@@ -9,9 +9,10 @@ import pytest
 from jobs import dq, evaluate
 from jobs.stage import execute, open_context
 from recgpt.config import load_config
+from recgpt.rundate import RunDate
 from recgpt.tables import (
-    ALL_TABLES,
     BEHAVIORS,
+    COVISIT_RECALL,
     EVAL_METRICS,
     ITEMS,
     LLM_CALLS,
@@ -96,7 +97,7 @@ def world(spark, tmp_path):
     )
     put(
         wh,
-        ALL_TABLES["covisit_recall"],
+        COVISIT_RECALL,
         [
             {"user_id": "u1", "rank": 1, "item_id": "t2", "score": 3.0},
             {"user_id": "u2", "rank": 1, "item_id": "d1", "score": 1.0},
@@ -221,7 +222,11 @@ def test_the_reports_category_bars_count_behaviours_not_users(spark, world):
     ctx = open_context(world, "evaluate", spark)
     eval_cfg = OmegaConf.to_container(world.eval, resolve=True)
     rows = evaluation_rows(
-        ctx.warehouse, DT, eval_cfg, int(world.compress.lookback_days), list(world.compress.keep_behaviors)
+        ctx.warehouse,
+        RunDate.parse(DT),
+        eval_cfg,
+        int(world.compress.lookback_days),
+        list(world.compress.keep_behaviors),
     )
     categories = ctx.warehouse.read_snapshot(ITEMS, DT).select("item_id", "category")
     history, held = category_counts(rows.dropDuplicates(["user_id"]), categories)

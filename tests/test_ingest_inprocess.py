@@ -13,7 +13,8 @@ from deltalake import DeltaTable
 from jobs import ingest
 from jobs.stage import execute, open_context
 from recgpt.config import load_config
-from recgpt.errors import RowCountMismatchError
+from recgpt.errors import ConfigError, RowCountMismatchError
+from recgpt.rundate import RunDate
 
 
 def _ctx(spark, tmp_path, *overrides: str):
@@ -79,16 +80,28 @@ def test_synthetic_source_writes_ground_truth_and_signals(spark, tmp_path):
 
 
 def test_reconciliation_catches_a_lost_row():
-    from udfs.warehouse import Lineage
+    from sparkio.warehouse import Lineage
 
-    with pytest.raises(RowCountMismatchError, match="behaviors: in=10 written=8 quarantined=1"):
-        ingest._reconcile({"behaviors": (10, 1)}, {"behaviors": 8}, 1, Lineage.now("2025-10-28", "r"))
-    ingest._reconcile({"behaviors": (10, 1)}, {"behaviors": 9}, 1, Lineage.now("2025-10-28", "r"))
+    lineage = Lineage.now(RunDate.parse("2025-10-28"), "r")
+    with pytest.raises(
+        RowCountMismatchError, match=r"ingest dt=2025-10-28 lost .*behaviors: in=10 written=8 quarantined=1"
+    ):
+        ingest._reconcile({"behaviors": (10, 1)}, {"behaviors": 8}, 1, lineage)
+    ingest._reconcile({"behaviors": (10, 1)}, {"behaviors": 9}, 1, lineage)
+
+
+def test_the_ingest_end_date_comes_from_config_and_a_bad_one_names_itself():
+    cfg = load_config(["run.dt=2025-12-20", "data.holdout_days=14"])
+    # The synthetic source's default: the end of its held-out window, across the year end.
+    assert ingest._until(cfg) == RunDate.parse("2026-01-03")
+    bad = load_config(["run.dt=2025-10-28", "ingest.until=2025-13-01"])
+    with pytest.raises(ConfigError, match=r"^ingest\.until must be YYYY-MM-DD, not '2025-13-01'$"):
+        ingest._until(bad)
 
 
 def test_a_file_without_required_columns_names_itself(spark, tmp_path):
     from recgpt.errors import SourceError
-    from udfs.sources import read_canonical
+    from sparkio.sources import read_canonical
 
     (tmp_path / "behaviors").mkdir()
     (tmp_path / "items").mkdir()

@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 from recgpt.llm.request import EMBED_MARK, encode_messages
 from recgpt.llm.server import engine_starts
 from recgpt.tables import LLM_CALLS
+from sparkio.warehouse import Lineage
 from tests.llm_support import SCHEMA_TOKENS, PersonaSplit, planner_messages
 from udfs import llm as spark_llm
-from udfs.warehouse import Lineage
+from udfs.llm_requests import generate
 
 pytestmark = pytest.mark.slow
 
@@ -62,14 +63,14 @@ def test_one_engine_serves_every_partition_and_stage_and_failures_become_rows(sp
             request_rows(10, stage), "key string, user_id string, messages string, history_message int"
         )
         progress = spark_llm.Progress(spark, stage, total=13, interval_s=5)
-        results = spark_llm.generate(
+        results = generate(
             df.repartition(4), cfg, schema=PersonaSplit, label=stage, progress=progress
         ).cache()
         with progress:
             rows = {r["key"]: r for r in results.collect()}
-        assert progress.requests.value == 13
-        assert progress.tokens.value == sum(r["generated_tokens"] for r in rows.values())
-        assert progress.line().startswith(f"[llm {stage}] 13/13 requests")
+        assert progress.rows.value == 13
+        assert progress.tokens.value == sum(c["generated_tokens"] for r in rows.values() for c in r["calls"])
+        assert progress.line().startswith(f"[{stage}] 13/13 rows")
         runs.append((stage, results, rows))
 
     # However many tasks, partitions and stages: one engine on this machine (started by the first
@@ -85,33 +86,39 @@ def test_one_engine_serves_every_partition_and_stage_and_failures_become_rows(sp
         for r in good:
             assert r["error"] is None, r["error"]
             assert len(PersonaSplit.model_validate_json(r["parsed_json"]).personas) >= 1
-            assert r["prompt_tokens"] > 0 and r["generated_tokens"] > 0 and r["attempts"] >= 1
-        assert rows[f"{stage}-bad"]["error"].startswith("bad_request:")
+            [call] = r["calls"]
+            assert call["step"] == stage and call["request_key"] == r["key"]
+            assert call["prompt_tokens"] > 0 and call["generated_tokens"] > 0 and call["attempts"] >= 1
+        assert (
+            rows[f"{stage}-bad"]["error"].startswith("bad_request:") and rows[f"{stage}-bad"]["calls"] == []
+        )
         assert rows[f"{stage}-long"]["error"].startswith("prompt_too_long")
         assert (
             rows[f"{stage}-marks"]["error"].startswith("bad_request:")
             and "embedding" in rows[f"{stage}-marks"]["error"]
         )
 
-    # Cost ledger: one row per call, replaced (not duplicated) when the stage reruns.
+    # Cost ledger: one row per request sent to the engine (the unparseable row never was),
+    # replaced (not duplicated) when the stage reruns.
     stage, results, rows = runs[0]
     lineage = Lineage.now("2025-10-28", "run-1")
     spark_llm.write_ledger(warehouse, results, stage, lineage)
     spark_llm.write_ledger(warehouse, results, stage, Lineage.now("2025-10-28", "run-2"))
     spark_llm.write_ledger(warehouse, runs[1][1], "experts", lineage)
     ledger = warehouse.read(LLM_CALLS, dt="2025-10-28")
-    assert ledger.count() == 26
+    assert ledger.count() == 24
     planner = ledger.where("stage = 'planner'")
     assert {r["run_id"] for r in planner.select("run_id").collect()} == {"run-2"}
-    summary = spark_llm.summarize(results)
-    assert summary["calls"] == 13 and summary["errors"] == 3
+    summary = spark_llm.summarize(results)["planner"]
+    assert summary["calls"] == 12 and summary["errors"] == 2
     ledger_tokens = planner.agg({"generated_tokens": "sum"}).first()[0]
-    assert ledger_tokens == summary["generated_tokens"] == sum(r["generated_tokens"] for r in rows.values())
+    generated = sum(c["generated_tokens"] for r in rows.values() for c in r["calls"])
+    assert ledger_tokens == summary["generated_tokens"] == generated
     assert json.loads(json.dumps(summary))  # plain ints: goes into the runs table details
 
 
-def test_an_llm_step_of_a_stage_records_ledger_summary_and_quality(spark, tmp_path, cfg):
-    from jobs.stage import llm_step, open_context, render_summary
+def test_a_stage_records_its_ledger_summary_and_quality(spark, tmp_path, cfg):
+    from jobs.stage import open_context, record_llm, render_summary
     from recgpt.config import load_config
     from recgpt.quality import check_specs
     from udfs.quality import QualityRunner
@@ -130,16 +137,18 @@ def test_an_llm_step_of_a_stage_records_ledger_summary_and_quality(spark, tmp_pa
     df = spark.createDataFrame(
         request_rows(6, "s"), "key string, user_id string, messages string, history_message int"
     )
-    results = llm_step(ctx, df, "planner", schema=PersonaSplit)
+    llm_cfg = OmegaConf.to_container(conf.llm, resolve=True)
+    results = generate(df, llm_cfg, schema=PersonaSplit, label="planner").cache()
     assert results.count() == 9
-    summary = ctx.report.details["llm"]["mine_intents.planner"]
-    assert summary["calls"] == 9 and summary["errors"] == 3 and summary["generated_tokens"] > 0
+    record_llm(ctx, results, "mine_intents.test")
+    summary = ctx.report.details["llm"]["planner"]
+    assert summary["calls"] == 8 and summary["errors"] == 2 and summary["generated_tokens"] > 0
     text = render_summary(ctx, 1.0, "success", None)
-    assert "mine_intents.planner" in text and "9 calls" in text and "generated tok" in text
+    assert "llm_calls[mine_intents.test]" in text and "8 calls" in text and "generated tok" in text
 
     ledger = ctx.warehouse.read(LLM_CALLS, dt="2025-10-28")
-    assert ledger.count() == 9
-    assert {r["stage"] for r in ledger.select("stage").collect()} == {"mine_intents.planner"}
+    assert ledger.count() == 8
+    assert {r["stage"] for r in ledger.select("stage").collect()} == {"mine_intents.test"}
 
     # The ledger's great-expectations suite passes on what was written and catches duplicates.
     specs = check_specs("llm_calls", OmegaConf.to_container(conf.quality.suites.llm_calls, resolve=True))
@@ -150,5 +159,5 @@ def test_an_llm_step_of_a_stage_records_ledger_summary_and_quality(spark, tmp_pa
     bad = runner.validate("mine_intents", "llm_calls", doubled, specs, "dup")
     failed = {r.expectation for r in bad if not r.success}
     assert "expect_compound_columns_to_be_unique" in failed
-    # Same engine as the first test: the step reused it rather than starting another.
+    # Same engine as the first test: the stage reused it rather than starting another.
     assert len(engine_starts(cfg)) == 1

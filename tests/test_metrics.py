@@ -112,3 +112,41 @@ def test_user_without_tags_is_a_miss_not_a_gap():
         [], heldout=set(), next_category=None, history_categories=set(), planted=[], covisit=[]
     )
     assert quiet["hr"] is None and quiet["recall_tags"] is None and quiet["persona_recovery"] is None
+
+
+def test_a_variants_metrics_from_its_means_failures_tokens_and_coverage():
+    means = {name: None for name, _ in M.mean_metrics(30)} | {f"{n}__n": 0 for n, _ in M.mean_metrics(30)}
+    means |= {"hr30": 0.5, "hr30__n": 2, "recall_at_30_tags": 0.25, "recall_at_30_tags__n": 2}
+    means |= {"users": 4, "tagged": 3}
+    values = M.variant_metrics(means, 30, failed=1, tokens=360, tag_items=5, covisit_items=2, catalog_size=10)
+    by_name = {name: (value, n) for name, value, n in values}
+    assert by_name["hr30"] == (0.5, 2) and by_name["recall_at_30_tags"] == (0.25, 2)
+    assert by_name["diversity"] == (None, 0)
+    assert by_name["catalog_coverage_tags"] == (0.5, 4)  # 5 of 10 catalog items, over all 4 users
+    assert by_name["catalog_coverage_covisit"] == (0.2, 4)
+    # Mined users: 3 tagged + 1 failed.
+    assert by_name["failure_rate"] == (0.25, 4)
+    assert by_name["tokens_per_user"] == (90.0, 4)
+    assert by_name["tagged_users"] == (3, 4)
+    assert by_name["heldout_users"] == (2, 4)  # the users whose tag recall is defined
+    # One row per documented metric, in the order of the definitions.
+    assert [name for name, _, _ in values] == list(M.metric_docs(30))
+
+
+def test_a_variant_without_mined_users_or_ledger_has_no_rates():
+    means = {name: None for name, _ in M.mean_metrics(5)} | {f"{n}__n": 0 for n, _ in M.mean_metrics(5)}
+    means |= {"users": 2, "tagged": 0}
+    by_name = {
+        name: (value, n)
+        for name, value, n in M.variant_metrics(
+            means, 5, failed=0, tokens=None, tag_items=0, covisit_items=0, catalog_size=0
+        )
+    }
+    assert by_name["failure_rate"] == (None, 0)
+    assert by_name["tokens_per_user"] == (None, 0)
+    assert by_name["catalog_coverage_tags"] == (0.0, 2)  # an empty catalog is not a division by zero
+    # A ledger with zero tokens is a figure, not a gap.
+    with_ledger = M.variant_metrics(
+        means | {"tagged": 2}, 5, failed=0, tokens=0, tag_items=0, covisit_items=0, catalog_size=1
+    )
+    assert ("tokens_per_user", 0.0, 2) in with_ledger

@@ -136,7 +136,7 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
     # A resume with other prompts would mix two runs' outcomes: refused, staging untouched.
     mixed = mine(killed, fake.url, project_env, "resume=true", "pipeline.agents.prompt_version=v9", ok=False)
     assert (
-        mixed.returncode == 1 and "mined with other settings (agents_sha256, prompt_version)" in mixed.stderr
+        mixed.returncode == 1 and "made with other settings (agents_sha256, prompt_version)" in mixed.stderr
     )
     assert len(list(staging.glob("wave=*/_SUCCESS"))) == finished
 

@@ -15,8 +15,18 @@ from jobs import dq, ingest
 from jobs.stage import execute, open_context
 from recgpt.config import load_config
 from recgpt.errors import ConfigError
-from recgpt.quality import QualityGateError, check_specs, row_count_check
-from recgpt.tables import ITEMS
+from recgpt.quality import (
+    CheckResult,
+    CheckSpec,
+    QualityGateError,
+    check_specs,
+    outcome,
+    row_count_check,
+    table_checks,
+    warning_lines,
+)
+from recgpt.rundate import RunDate
+from recgpt.tables import DQ_RESULTS, ITEMS, MINING_FAILURES, USER_CONTEXT, USER_INTENT_TAGS, USER_PERSONAS
 
 TINY = ["data.users=30", "data.items=200", "data.history_days=40", "data.holdout_days=5"]
 
@@ -109,9 +119,118 @@ def test_row_count_drift_against_the_previous_run(spark, ingested):
     assert (check.kwargs["min_value"], check.kwargs["max_value"]) == (100, 301)
     from udfs.quality import previous_row_counts
 
-    history = next_day.warehouse.read("dq_results")
-    assert previous_row_counts(history, "2025-10-29")["items"] == 200
-    assert previous_row_counts(history, "2025-10-28") == {}
+    history = next_day.warehouse.read(DQ_RESULTS)
+    assert previous_row_counts(history, RunDate.parse("2025-10-29"))["items"] == 200
+    assert previous_row_counts(history, RunDate.parse("2025-10-28")) == {}
+
+
+def test_a_table_gets_its_suite_then_the_stages_row_count_or_else_drift():
+    suite = [{"expect": "expect_column_values_to_not_be_null", "column": "item_id", "severity": "critical"}]
+    drift = {"tolerance": 0.5, "severity": "warning"}
+    specs = table_checks("items", suite, None, 200, drift)
+    assert [(s.expect, s.severity, dict(s.kwargs)) for s in specs] == [
+        ("expect_column_values_to_not_be_null", "critical", {"column": "item_id"}),
+        # 200 rows last time, +-50%: 100 to 301 (the upper bound rounds up by one).
+        ("expect_table_row_count_to_be_between", "warning", {"min_value": 100, "max_value": 301}),
+    ]
+    # No previous run: at least one row.
+    assert dict(table_checks("items", [], None, None, drift)[-1].kwargs) == {"min_value": 1}
+    # A stage's own row count replaces the drift check.
+    own = CheckSpec("user_context", "expect_table_row_count_to_equal", "critical", {"value": 7})
+    assert table_checks("user_context", [], own, 200, drift) == [own]
+
+
+def test_the_gate_summary_counts_failures_by_severity_and_lists_the_warnings():
+    def result(table, severity, success):
+        return CheckResult(table, "expect_x", None, severity, success, "3", None, None, "{}")
+
+    results = [
+        result("items", "critical", True),
+        result("users", "critical", False),
+        result("quarantine", "warning", False),
+        result("behaviors", "warning", False),
+    ]
+    assert outcome(results) == "4 expectations, 3 failed (1 critical, 2 warning)"
+    assert warning_lines(results, ["critical"]) == [
+        "quarantine: expect_x (observed 3)",
+        "behaviors: expect_x (observed 3)",
+    ]
+    # With warnings blocking too, nothing is a mere warning.
+    assert warning_lines(results, ["critical", "warning"]) == []
+    assert outcome([]) == "0 expectations, 0 failed (0 critical, 0 warning)"
+
+
+def test_mine_intents_checkpoint_counts_tags_per_user_and_covers_every_user_once(warehouse, tmp_path):
+    from tests.handmade import DT, V1, V2, put, tag
+    from udfs.checkpoints import mine_intents_tables
+
+    history = {"events": 2, "buckets": 1, "full_tokens": 1, "v1_text": "x", "v1_tokens": 1}
+    history |= {"v1_dropped_buckets": 0, "hybrid_text": "x", "entity_ids": [], "hybrid_tokens": 1}
+    history |= {"hybrid_dropped_buckets": 0}
+    put(
+        warehouse,
+        USER_CONTEXT,
+        [{"user_id": u, "events_kept": 2} | history for u in ("u1", "u2", "u3")]
+        + [{"user_id": "u4", "events_kept": 0} | history],  # no reliable history: not mined
+    )
+    put(
+        warehouse,
+        USER_INTENT_TAGS,
+        [tag("u1", r, t, V2) for r, t in ((1, "trail hiking boots"), (2, " camping  tent"), (3, "tent"))]
+        + [tag("u2", r, "yoga mat", V2) for r in (1, 3)]  # rank 2 missing
+        + [tag("u1", r, "tent", V1) for r in (1, 2, 3)],
+    )
+    failure = {"step": "route", "reason": "no_valid_tag"}
+    put(
+        warehouse,
+        MINING_FAILURES,
+        [
+            {"user_id": "u3"} | failure | V2,
+            {"user_id": "u2"} | failure | V1,
+            {"user_id": "u1"} | failure | V1,
+        ],
+    )
+    persona = {"persona_rank": 1, "name": "hiker", "description": "d", "evidence": [], "signals": []}
+    put(warehouse, USER_PERSONAS, [{"user_id": "u1"} | persona | V2])
+
+    # V2 keeps at most n_tags=2 per user; V1 up to m_tags=1 per route (4 routes).
+    checkpoint = mine_intents_tables(warehouse, RunDate.parse(DT), None, n_tags=2, m_tags=1)
+    assert set(checkpoint.frames) == {
+        "user_personas",
+        "user_intent_tags",
+        "mining_failures",
+        "mining_coverage",
+    }
+    tags = checkpoint.frames["user_intent_tags"].collect()
+    per_user = {(r.pipeline, r.user_id): (r._user_tags, r._ranks_ok, r._count_ok) for r in tags}
+    assert per_user == {
+        ("v2", "u1"): (3, True, False),  # 3 > n_tags
+        ("v2", "u2"): (2, False, True),  # ranks 1, 3
+        ("v1_baseline", "u1"): (3, True, True),  # 3 <= 1 x 4 routes
+    }
+    assert {(r.tag, r._words, r._chars) for r in tags if r.rank == 2 and r.pipeline == "v2"} == {
+        (" camping  tent", 2, 14)
+    }
+    failures = checkpoint.frames["mining_failures"].collect()
+    assert {(r.pipeline, r.user_id): r._has_tags for r in failures} == {
+        ("v2", "u3"): False,
+        ("v1_baseline", "u2"): False,
+        ("v1_baseline", "u1"): True,  # tagged and failed: the coverage count catches it
+    }
+    # Outcomes: v2 u1, u2 (tags), u3 (failure); v1 u1 (tags), u2, u1 (failures) = 6 rows; and
+    # 3 users with a history x 2 variants must have exactly one each.
+    assert checkpoint.frames["mining_coverage"].count() == 6
+    coverage = checkpoint.row_counts["mining_coverage"]
+    assert (coverage.expect, coverage.severity, dict(coverage.kwargs)) == (
+        "expect_table_row_count_to_equal",
+        "critical",
+        {"value": 6},
+    )
+    # A users file limits the scope: 2 listed users x 2 variants.
+    listed = tmp_path / "users.txt"
+    listed.write_text("u1\nu2\n")
+    scoped = mine_intents_tables(warehouse, RunDate.parse(DT), str(listed), n_tags=2, m_tags=1)
+    assert dict(scoped.row_counts["mining_coverage"].kwargs) == {"value": 4}
 
 
 def test_unknown_expectation_or_severity_is_a_config_error():

@@ -26,3 +26,13 @@ def test_ci_runs_the_readme_commands():
 def test_table_reference_is_generated_from_the_schemas():
     section = README.split("<!-- tables:begin -->\n", 1)[1].split("<!-- tables:end -->", 1)[0]
     assert section.strip() == markdown_reference().strip()
+
+
+def test_the_layout_table_names_every_module_of_the_spark_folders():
+    rows = dict(re.findall(r"^\| `([a-z]+)/` \| (.*) \|$", README, flags=re.M))
+    for folder in ("sparkio", "udfs"):
+        modules = sorted(p.name for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py")
+        missing = [m for m in modules if f"`{m}`" not in rows[folder]]
+        assert not missing, f"README's layout row for {folder}/ does not name {missing}"
+    for folder in rows:
+        assert (ROOT / folder).is_dir(), f"README's layout names {folder}/, which does not exist"

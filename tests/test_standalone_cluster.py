@@ -18,8 +18,8 @@ ROUND_TRIP = textwrap.dedent("""
     from recgpt import delta
     from recgpt.config import load_config
     from recgpt.tables import BEHAVIORS
-    from udfs.session import build_session
-    from udfs.warehouse import Lineage, Warehouse
+    from sparkio.session import build_session
+    from sparkio.warehouse import Lineage, Warehouse
     from omegaconf import OmegaConf
 
     wh_dir = sys.argv[1]

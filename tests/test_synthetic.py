@@ -11,6 +11,7 @@ import pytest
 
 from recgpt.calendar import Calendar
 from recgpt.config import load_config
+from recgpt.rundate import RunDate
 from recgpt.synthetic import generator as gen
 from recgpt.synthetic.world import CATEGORY_BY_NAME, PERSONA_BY_NAME
 from recgpt.tables import BEHAVIOR_TYPES
@@ -19,7 +20,7 @@ from recgpt.tables import BEHAVIOR_TYPES
 @pytest.fixture(scope="module")
 def world():
     cfg = load_config(["run.stage=test"])
-    spec = gen.SyntheticSpec.from_config(cfg.data, "2025-10-28")
+    spec = gen.SyntheticSpec.from_config(cfg.data, RunDate.parse("2025-10-28"))
     spec = gen.SyntheticSpec(**{**spec.__dict__, "users": 60, "dirty_fraction": 0.0})
     calendar = Calendar.from_config(cfg.calendar)
     catalog = gen.make_catalog(spec)
@@ -35,6 +36,16 @@ def test_same_seed_same_rows_regardless_of_partitioning(world):
     assert gen.make_behaviors(other_seed, range(10), index, contexts).to_pylist() != whole.to_pylist()
 
 
+def test_the_horizon_is_counted_in_days_from_the_run_date():
+    # 60 days back from 2025-03-01 crosses a 28-day February and the year end; the held-out
+    # window of 3 days includes the run date itself.
+    spec = gen.SyntheticSpec(run_dt=RunDate.parse("2025-03-01"), history_days=60, holdout_days=3)
+    assert (spec.start, spec.end) == (dt.date(2024, 12, 31), dt.date(2025, 3, 3))
+    # Without a held-out window the last day generated is the day before the run date.
+    bare = gen.SyntheticSpec(run_dt=RunDate.parse("2025-01-01"), history_days=1, holdout_days=0)
+    assert (bare.start, bare.end) == (dt.date(2024, 12, 31), dt.date(2024, 12, 31))
+
+
 def test_behaviour_stays_inside_the_horizon_and_uses_every_type(world):
     spec, _, _, index, contexts = world
     table = gen.make_behaviors(spec, range(60), index, contexts)
@@ -43,9 +54,8 @@ def test_behaviour_stays_inside_the_horizon_and_uses_every_type(world):
     assert pc.min(ts).as_py().date() >= spec.start
     assert pc.max(ts).as_py().date() <= spec.end
     # The held-out window after the run date has activity to evaluate against.
-    assert (
-        pc.sum(pc.greater_equal(ts, dt.datetime.combine(spec.run_dt, dt.time(), tzinfo=dt.UTC))).as_py() > 0
-    )
+    run_start = dt.datetime.combine(spec.run_dt.day, dt.time(), tzinfo=dt.UTC)
+    assert pc.sum(pc.greater_equal(ts, run_start)).as_py() > 0
     searches = table.filter(pc.equal(table.column("behavior"), "search"))
     assert searches.column("item_id").null_count == searches.num_rows
     assert searches.column("query").null_count == 0

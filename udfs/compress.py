@@ -5,7 +5,6 @@ LLM's own tokenizer."""
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -16,6 +15,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from recgpt import context as C
 from recgpt.llm.request import EMBED_MARK
+from recgpt.rundate import RunDate
 from recgpt.tables import USER_CONTEXT
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -31,14 +31,14 @@ def tokenizer_for(path: str) -> Any:
     return _TOKENIZERS[path]
 
 
-def history(behaviors: DataFrame, items: DataFrame, dt: str, cfg: Mapping[str, Any]) -> DataFrame:
+def history(behaviors: DataFrame, items: DataFrame, dt: RunDate, cfg: Mapping[str, Any]) -> DataFrame:
     """Behaviours strictly before `dt`, of the kept types, one row per (user, day, behaviour,
     target), the newest `max_events_per_user` per user, with item title and category."""
     keep = [str(k) for k in cfg["keep_behaviors"]]
-    since = (_dt.date.fromisoformat(dt) - _dt.timedelta(days=int(cfg["lookback_days"]))).isoformat()
+    since = dt.minus(int(cfg["lookback_days"]))
     events = behaviors.where(
-        (F.col("ts") < F.lit(dt).cast("timestamp"))
-        & (F.col("ts") >= F.lit(since).cast("timestamp"))
+        (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
+        & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
         & F.col("behavior").isin(keep)
     )
     target = F.when(F.col("behavior") == "search", F.lower(F.trim("query"))).otherwise(F.col("item_id"))
@@ -59,9 +59,9 @@ def history(behaviors: DataFrame, items: DataFrame, dt: str, cfg: Mapping[str, A
     return capped.join(F.broadcast(titles) if cfg.get("broadcast_items") else titles, "item_id", "left")
 
 
-def counts_before(behaviors: DataFrame, dt: str) -> DataFrame:
+def counts_before(behaviors: DataFrame, dt: RunDate) -> DataFrame:
     return (
-        behaviors.where(F.col("ts") < F.lit(dt).cast("timestamp"))
+        behaviors.where(F.col("ts") < F.lit(dt.iso).cast("timestamp"))
         .groupBy("user_id")
         .agg(F.count("*").alias("events"))
     )
@@ -96,11 +96,10 @@ class TokenCounter:
 
 
 def user_compressor(
-    dt: str, cfg: Mapping[str, Any], tokenizer_path: str
+    dt: RunDate, cfg: Mapping[str, Any], tokenizer_path: str
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow over history rows clustered by user (every row of a user in one partition,
     adjacent): one user_context row per user, a batch of users at a time."""
-    as_of = _dt.date.fromisoformat(dt)
     budget = int(cfg["token_budget"])
     core_words = int(cfg["core_title_words"])
     keep = [str(k) for k in cfg["keep_behaviors"]]
@@ -116,7 +115,7 @@ def user_compressor(
                 ),
                 keep,
             )
-            blocks = C.buckets(events, as_of, core_words)
+            blocks = C.buckets(events, dt, core_words)
             prepared.append((rows[0], events, blocks, C.full_text(events)))
         count.prime(
             text.replace(EMBED_MARK, "")
@@ -167,7 +166,7 @@ def user_compressor(
 
 
 def compress_users(
-    behaviors: DataFrame, items: DataFrame, dt: str, cfg: Mapping[str, Any], tokenizer_path: str
+    behaviors: DataFrame, items: DataFrame, dt: RunDate, cfg: Mapping[str, Any], tokenizer_path: str
 ) -> DataFrame:
     """One user_context row (without lineage) per user with any behaviour before `dt`; users
     whose behaviours are all of dropped types get an empty context, not a missing row."""

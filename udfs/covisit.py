@@ -14,7 +14,6 @@ proportional to the data reaches the driver.
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recgpt.errors import ConfigError
+from recgpt.rundate import RunDate
 from recgpt.tables import BEHAVIOR_TYPES
 
 _DAY_SECONDS = 86_400
@@ -82,25 +82,21 @@ class CovisitSettings:
             bought_days=at_least("bought_days", 0),
         )
 
-    def read_since(self, dt: str) -> str:
+    def read_since(self, dt: RunDate) -> RunDate:
         """First event date any step reads: the history's lookback or the purchase window."""
-        days = max(self.lookback_days, self.bought_days)
-        return (_dt.date.fromisoformat(dt) - _dt.timedelta(days=days)).isoformat()
+        return dt.minus(max(self.lookback_days, self.bought_days))
 
 
-def _days_before(dt: str, days: int) -> Any:
-    return F.lit((_dt.date.fromisoformat(dt) - _dt.timedelta(days=days)).isoformat()).cast("timestamp")
-
-
-def item_events(behaviors: DataFrame, dt: str, s: CovisitSettings) -> DataFrame:
+def item_events(behaviors: DataFrame, dt: RunDate, s: CovisitSettings) -> DataFrame:
     """The users' item histories as of `dt`: kept behaviours with ts in [dt - lookback_days, dt)
     that name an item, one position per (user, item, day) at its first ts that day (a view, a
     cart and a purchase of one item in one visit are one step of the history, not three that
     would push other items out of the window), numbered `pos` 1 = newest, ties by item_id, the
     newest `max_events_per_user` kept. Columns: user_id, item_id, ts, pos."""
+    since = dt.minus(s.lookback_days)
     kept = behaviors.where(
-        (F.col("ts") < F.lit(dt).cast("timestamp"))
-        & (F.col("ts") >= _days_before(dt, s.lookback_days))
+        (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
+        & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
         & F.col("behavior").isin(list(s.keep_behaviors))
         & F.col("item_id").isNotNull()
     )
@@ -188,15 +184,16 @@ def seed_items(events: DataFrame, users: DataFrame, s: CovisitSettings) -> DataF
     )
 
 
-def bought_items(behaviors: DataFrame, dt: str, s: CovisitSettings) -> DataFrame:
+def bought_items(behaviors: DataFrame, dt: RunDate, s: CovisitSettings) -> DataFrame:
     """(user_id, item_id) purchased with ts in [dt - bought_days, dt): what the tag channel's
     validation also refuses to recommend."""
+    since = dt.minus(s.bought_days)
     return (
         behaviors.where(
             (F.col("behavior") == "purchase")
             & F.col("item_id").isNotNull()
-            & (F.col("ts") < F.lit(dt).cast("timestamp"))
-            & (F.col("ts") >= _days_before(dt, s.bought_days))
+            & (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
+            & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
         )
         .select("user_id", "item_id")
         .distinct()

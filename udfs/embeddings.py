@@ -13,8 +13,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from recgpt.embeddings import FIELD_SEP, Embedder
-from recgpt.tables import ITEM_EMBEDDINGS
-from udfs.warehouse import Warehouse
+from recgpt.rundate import RunDate
+from recgpt.tables import ITEM_EMBEDDINGS, ITEMS
+from sparkio.warehouse import Warehouse
 
 _EMBEDDERS: dict[str, Embedder] = {}
 
@@ -87,9 +88,9 @@ def embed(texts: DataFrame, cfg: Mapping[str, Any]) -> DataFrame:
     )
 
 
-def current_embeddings(warehouse: Warehouse, as_of: str, model_name: str) -> DataFrame:
+def current_embeddings(warehouse: Warehouse, as_of: RunDate, model_name: str) -> DataFrame:
     """Each item of the catalog snapshot as of `as_of` with the vector of its current text."""
-    items = item_texts(warehouse.read_snapshot("items", as_of), model_name)
+    items = item_texts(warehouse.read_snapshot(ITEMS, as_of), model_name)
     vectors = (
         warehouse.read(ITEM_EMBEDDINGS, dt_to=as_of)
         .where(F.col("model") == model_name)

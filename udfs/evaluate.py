@@ -1,10 +1,11 @@
 """Offline evaluation inside Spark: one row per (pipeline variant, user) with the user's tags and
 their recalled items, what the user did in the held-out window, the history's categories, the
-planted personas and the co-visitation list; a mapInArrow scores each row with recgpt.metrics."""
+planted personas and the co-visitation list; a mapInArrow scores each row with recgpt.metrics.
+Then the per-variant figures of the scored rows and the warehouse (means, coverage, failures,
+LLM tokens) that recgpt.metrics turns into eval_metrics, and the tags the report samples."""
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -16,9 +17,19 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from recgpt.metrics import user_metrics
-from recgpt.tables import BEHAVIORS, MINING_FAILURES, PLANTED_PERSONAS, TAG_RECALL, USER_INTENT_TAGS
+from recgpt.rundate import RunDate
+from recgpt.tables import (
+    BEHAVIORS,
+    COVISIT_RECALL,
+    ITEMS,
+    LLM_CALLS,
+    MINING_FAILURES,
+    PLANTED_PERSONAS,
+    TAG_RECALL,
+    USER_INTENT_TAGS,
+)
+from sparkio.warehouse import Warehouse
 from udfs.embeddings import embedder_for
-from udfs.warehouse import Warehouse
 
 SCORED = pa.schema(
     [
@@ -39,23 +50,24 @@ SCORED = pa.schema(
 )
 
 
-def day_after(dt: str, days: int) -> str:
-    return (_dt.date.fromisoformat(dt) + _dt.timedelta(days=days)).isoformat()
+# A mined variant: the partition columns of the mined tables.
+VARIANT = ["pipeline", "context_mode"]
+Variant = tuple[str, str]
 
 
 def heldout(
-    wh: Warehouse, dt: str, window_days: int, behaviors: Sequence[str], categories: DataFrame
+    wh: Warehouse, dt: RunDate, window_days: int, behaviors: Sequence[str], categories: DataFrame
 ) -> DataFrame:
     """Per user with item interactions on [dt, dt + window_days): the distinct items and the
     category of the first interaction (earliest ts, then smallest item id)."""
-    end = day_after(dt, window_days)
+    end = dt.plus(window_days)
     events = (
-        wh.read(BEHAVIORS, dt_from=dt, dt_to=day_after(dt, window_days - 1))
+        wh.read(BEHAVIORS, dt_from=dt, dt_to=dt.plus(window_days - 1))
         .where(
             F.col("behavior").isin(list(behaviors))
             & F.col("item_id").isNotNull()
-            & (F.col("ts") >= F.lit(dt).cast("timestamp"))
-            & (F.col("ts") < F.lit(end).cast("timestamp"))
+            & (F.col("ts") >= F.lit(dt.iso).cast("timestamp"))
+            & (F.col("ts") < F.lit(end.iso).cast("timestamp"))
         )
         .select("user_id", "item_id", "ts")
         .join(categories, "item_id", "left")
@@ -72,17 +84,17 @@ def heldout(
 
 
 def history_categories(
-    wh: Warehouse, dt: str, lookback_days: int, behaviors: Sequence[str], categories: DataFrame
+    wh: Warehouse, dt: RunDate, lookback_days: int, behaviors: Sequence[str], categories: DataFrame
 ) -> DataFrame:
     """Per user, over the reliable history the agents read (ts < dt): its distinct categories
     (`history_categories`) and the behaviours in each (`history_category_counts`, a map)."""
-    since = day_after(dt, -lookback_days)
+    since = dt.minus(lookback_days)
     return (
-        wh.read(BEHAVIORS, dt_from=since, dt_to=day_after(dt, -1))
+        wh.read(BEHAVIORS, dt_from=since, dt_to=dt.minus(1))
         .where(
             F.col("behavior").isin(list(behaviors))
-            & (F.col("ts") < F.lit(dt).cast("timestamp"))
-            & (F.col("ts") >= F.lit(since).cast("timestamp"))
+            & (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
+            & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
         )
         .join(categories, "item_id")
         .groupBy("user_id", "category")
@@ -95,6 +107,12 @@ def history_categories(
             ),
         )
     )
+
+
+def item_categories(wh: Warehouse, as_of: RunDate) -> DataFrame:
+    """item_id, category of the catalog snapshot as of `as_of` (the end of the held-out window,
+    so items first listed in the window have a category too)."""
+    return wh.read_snapshot(ITEMS, as_of).select("item_id", "category")
 
 
 def category_counts(users: DataFrame, categories: DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -116,7 +134,7 @@ def category_counts(users: DataFrame, categories: DataFrame) -> tuple[pd.DataFra
     return history, held
 
 
-def planted(wh: Warehouse, dt: str) -> DataFrame | None:
+def planted(wh: Warehouse, dt: RunDate) -> DataFrame | None:
     """Per user: the planted personas' category sets (synthetic data only), from the newest
     generation on or before dt."""
     if not wh.exists(PLANTED_PERSONAS):
@@ -132,7 +150,7 @@ def planted(wh: Warehouse, dt: str) -> DataFrame | None:
     )
 
 
-def tags_with_items(wh: Warehouse, dt: str, categories: DataFrame, k: int) -> DataFrame:
+def tags_with_items(wh: Warehouse, dt: RunDate, categories: DataFrame, k: int) -> DataFrame:
     """Per (variant, user): the final tags best first, each with its k best recalled items,
     their categories and scores."""
     tags = wh.read(USER_INTENT_TAGS, dt=dt).select(
@@ -172,12 +190,12 @@ def tags_with_items(wh: Warehouse, dt: str, categories: DataFrame, k: int) -> Da
     )
 
 
-def covisit_lists(wh: Warehouse, dt: str, k: int) -> DataFrame | None:
+def covisit_lists(wh: Warehouse, dt: RunDate, k: int) -> DataFrame | None:
     """Per user: the co-visitation channel's k best items, best first."""
-    if not wh.exists("covisit_recall"):
+    if not wh.exists(COVISIT_RECALL):
         return None
     return (
-        wh.read("covisit_recall", dt=dt)
+        wh.read(COVISIT_RECALL, dt=dt)
         .where(F.col("rank") <= k)
         .groupBy("user_id")
         .agg(F.array_sort(F.collect_list(F.struct("rank", "item_id"))).alias("c"))
@@ -187,16 +205,14 @@ def covisit_lists(wh: Warehouse, dt: str, k: int) -> DataFrame | None:
 
 def evaluation_rows(
     wh: Warehouse,
-    dt: str,
+    dt: RunDate,
     cfg: Mapping[str, Any],
     lookback_days: int,
     history_behaviors: Sequence[str],
 ) -> DataFrame:
     """One row per (variant, mined user) with everything the user's metrics need: the users of
     user_intent_tags and of mining_failures, so a user the mining failed counts (as a miss)."""
-    categories = wh.read_snapshot("items", day_after(dt, int(cfg["window_days"]))).select(
-        "item_id", "category"
-    )
+    categories = item_categories(wh, dt.plus(int(cfg["window_days"])))
     keys = ["pipeline", "context_mode", "user_id"]
     base = wh.read(USER_INTENT_TAGS, dt=dt).select(*keys).distinct()
     if wh.exists(MINING_FAILURES):
@@ -263,3 +279,103 @@ def scorer(
 def score_users(rows: DataFrame, embedding_cfg: Mapping[str, Any], k: int, category_items: int) -> DataFrame:
     """SCORED rows, one per input row; lazy."""
     return rows.mapInArrow(scorer(dict(embedding_cfg), k, category_items), from_arrow_schema(SCORED))
+
+
+def mined_variants(wh: Warehouse, dt: RunDate) -> DataFrame | None:
+    """The (pipeline, context_mode, model) variants mined for dt: those with final tags or
+    mining failures; None when neither table exists yet."""
+    frames = [
+        wh.read(spec, dt=dt).select(*VARIANT, "model")
+        for spec in (USER_INTENT_TAGS, MINING_FAILURES)
+        if wh.exists(spec)
+    ]
+    if not frames:
+        return None
+    variants = frames[0]
+    for frame in frames[1:]:
+        variants = variants.unionByName(frame)
+    return variants.groupBy(*VARIANT).agg(F.first("model").alias("model"))
+
+
+def heldout_users(scored: DataFrame) -> int:
+    """Users with an interaction in the held-out window (those whose tag recall is defined)."""
+    return scored.where(F.col("recall_tags").isNotNull()).select("user_id").distinct().count()
+
+
+def variant_means(scored: DataFrame, means: Sequence[tuple[str, str]]) -> dict[Variant, dict[str, Any]]:
+    """Per variant of the SCORED rows: for each (metric, column) of `means` the column's mean
+    under the metric's name and its non-null count under `<metric>__n`; the `tagged` users and
+    all evaluated `users`."""
+    aggs = []
+    for name, column in means:
+        aggs += [F.avg(column).alias(name), F.count(column).alias(f"{name}__n")]
+    totals = scored.groupBy(*VARIANT).agg(
+        *aggs, F.sum(F.col("tagged").cast("int")).alias("tagged"), F.count("*").alias("users")
+    )
+    return {(r["pipeline"], r["context_mode"]): r.asDict() for r in totals.collect()}
+
+
+def recalled_items(scored: DataFrame) -> dict[Variant, int]:
+    """Per variant: the distinct items in its users' tag-recall lists (its catalog coverage)."""
+    per_variant = (
+        scored.select(*VARIANT, F.explode("recalled").alias("item_id"))
+        .groupBy(*VARIANT)
+        .agg(F.countDistinct("item_id").alias("items"))
+    )
+    return {(r["pipeline"], r["context_mode"]): int(r["items"]) for r in per_variant.collect()}
+
+
+def covisit_items(wh: Warehouse, dt: RunDate, k: int) -> int:
+    """The distinct items among the co-visitation channel's k best per user (0 without it)."""
+    if not wh.exists(COVISIT_RECALL):
+        return 0
+    return wh.read(COVISIT_RECALL, dt=dt).where(F.col("rank") <= k).select("item_id").distinct().count()
+
+
+def failed_users(wh: Warehouse, dt: RunDate) -> dict[Variant, int]:
+    """Per variant: the users whose mining failed (their mining_failures rows)."""
+    if not wh.exists(MINING_FAILURES):
+        return {}
+    per_variant = wh.read(MINING_FAILURES, dt=dt).groupBy(*VARIANT).agg(F.count("*").alias("n"))
+    return {(r["pipeline"], r["context_mode"]): int(r["n"]) for r in per_variant.collect()}
+
+
+def mining_tokens(wh: Warehouse, dt: RunDate) -> dict[Variant, int]:
+    """Per variant: the LLM prompt + generated tokens its mining spent, from the llm_calls
+    ledger of the `mine_intents.<pipeline>.<context_mode>` steps."""
+    if not wh.exists(LLM_CALLS):
+        return {}
+    rows = (
+        wh.read(LLM_CALLS, dt=dt)
+        .where(F.col("stage").startswith("mine_intents."))
+        .groupBy("stage")
+        .agg(F.sum(F.col("prompt_tokens") + F.col("generated_tokens")).alias("tokens"))
+        .collect()
+    )
+    out = {}
+    for r in rows:
+        _, pipeline, mode = str(r["stage"]).split(".", 2)
+        out[(pipeline, mode)] = int(r["tokens"] or 0)
+    return out
+
+
+def sample_tags(wh: Warehouse, dt: RunDate, scored: DataFrame, users: int) -> pd.DataFrame:
+    """The final tags (variant, user, rank, tag, the tag's category) of up to `users` tagged
+    users, the report's samples; a seeded order (hash of the user id) picks the same users in
+    every run."""
+    sample = (
+        scored.where(F.col("tagged")).select("user_id").distinct().orderBy(F.xxhash64("user_id")).limit(users)
+    )
+    return (
+        wh.read(USER_INTENT_TAGS, dt=dt)
+        .join(sample, "user_id")
+        .join(scored.select(*VARIANT, "user_id", "tag_categories"), [*VARIANT, "user_id"])
+        .select(
+            *VARIANT,
+            "user_id",
+            "rank",
+            "tag",
+            F.element_at("tag_categories", F.col("rank")).alias("category"),
+        )
+        .toPandas()
+    )

@@ -1,30 +1,31 @@
-"""LLM calls inside Spark: a DataFrame of requests in, a DataFrame of results out (mapInArrow),
-with ONE engine per executor shared by every task, partition and stage, and the cost ledger.
-
-Request rows: `key`, `user_id`, `messages` (JSON list of {role, content}), optional `embeds`
-(list of .npy-encoded blocks for the embedding marks) and `history_message` (index of the message
-whose oldest lines may be truncated). One output schema and one sampling setting per call.
+"""The one way an LLM stage runs inside Spark. A stage describes its work as a `Program` (rows in,
+validated outcome rows out, every engine call it made attached); this runner does the rest:
+batching per partition, ONE engine per executor shared by every task, partition and stage,
+progress, error rows for bad input, the `llm_calls` ledger and the per-step summary.
 
 Placement (`llm.placement`): `executor_server` (default) starts one vLLM server per executor on
 first use and every task sends its requests there, so all concurrent tasks are batched together;
 `remote` sends to a shared server at `llm.http.base_url`. (A vLLM engine inside each Python worker
 is not offered: engines in concurrent workers fight over the executor's cores.)
+
+Output rows: `key`, `user_id`, the program's own columns, `error` (why the row has no output),
+`calls` (one struct per engine request: step, tokens, latency, attempts, error), `model` and
+`engine` (host:pid of the process that ran the model).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import pyarrow as pa
-from pydantic import BaseModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -32,43 +33,85 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from recgpt.errors import ConfigError
 from recgpt.llm.engine import Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
-from recgpt.llm.request import Request, Result, Sampling, decode_block, decode_messages
+from recgpt.llm.request import Result
 from recgpt.tables import LLM_CALLS
-from udfs.warehouse import Lineage, Warehouse, WriteResult
-
-log = logging.getLogger(__name__)
+from sparkio.warehouse import Lineage, Warehouse, WriteResult
 
 PLACEMENTS = ("executor_server", "remote")
 
-RESULT_SCHEMA = pa.schema(
+CALL = pa.struct(
     [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("user_id", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("parsed_json", pa.string()),
-        pa.field("error", pa.string()),
-        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("step", pa.string()),
+        pa.field("request_key", pa.string()),
+        pa.field("prompt_tokens", pa.int64()),
         pa.field("cached_prompt_tokens", pa.int64()),
-        pa.field("generated_tokens", pa.int64(), nullable=False),
-        pa.field("latency_ms", pa.float64(), nullable=False),
-        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("generated_tokens", pa.int64()),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("attempts", pa.int32()),
         pa.field("finish_reason", pa.string()),
         pa.field("truncated_lines", pa.int32()),
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("engine", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
     ]
 )
+KEY_FIELDS = (pa.field("key", pa.string(), nullable=False), pa.field("user_id", pa.string()))
+RUNNER_FIELDS = (
+    pa.field("error", pa.string()),
+    pa.field("calls", pa.list_(CALL)),
+    pa.field("model", pa.string()),
+    pa.field("engine", pa.string()),
+)
+BAD_INPUT = (ValueError, TypeError, KeyError)
+
+
+@dataclass
+class Outcome:
+    """A program's answer for one input row: its columns (`values`, validated), every engine
+    call made for the row as (step, result), and `error` when the row has no usable output."""
+
+    key: str
+    user_id: str | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
+    calls: Sequence[tuple[str, Result]] = ()
+    error: str | None = None
+
+
+class Program(Protocol):
+    """A stage's work on the rows of one task, built in the worker around the executor's engine."""
+
+    def prepare(self, row: Mapping[str, Any]) -> Any:
+        """The program's input for one row; ValueError/TypeError/KeyError marks the row bad."""
+        ...
+
+    def run(self, prepared: Sequence[Any]) -> list[Outcome]:
+        """One outcome per prepared input, calling the engine in as few batches as it can."""
+        ...
+
+
+@dataclass(frozen=True)
+class LLMStage:
+    """What a stage tells the runner. `build` is pickled to the workers and called there with
+    the executor's engine (models, validators and schemas are made in the worker)."""
+
+    name: str  # the ledger's `stage` value and the progress label, e.g. "mine_intents.v2.hybrid"
+    llm: Mapping[str, Any]  # the `llm` config group
+    columns: pa.Schema  # the program's own output columns
+    build: Callable[[Engine], Program]
+    batch_rows: int = 256  # rows handed to the program at once (bounded memory, full engine batches)
+    key: str = "key"  # the input column naming a row
+    partitions: int | None = None  # repartition the input first (None: keep Spark's)
+
+    def output_schema(self) -> pa.Schema:
+        return pa.schema([*KEY_FIELDS, *self.columns, *RUNNER_FIELDS])
+
+
+# -- the executor's engine --------------------------------------------------------------------
 
 # Per Python worker: the renderer (tokenizer, embedding table), loaded once and reused.
 _RENDERERS: dict[str, PromptRenderer] = {}
 
 
-def _cache_key(cfg: Mapping[str, Any]) -> str:
-    return json.dumps(cfg, sort_keys=True, default=str)
-
-
 def renderer_for(cfg: Mapping[str, Any]) -> PromptRenderer:
-    key = _cache_key(cfg)
+    key = json.dumps(cfg, sort_keys=True, default=str)
     if key not in _RENDERERS:
         context = dict(cfg.get("context") or {})
         _RENDERERS[key] = PromptRenderer(
@@ -84,20 +127,18 @@ def executor_engine(cfg: Mapping[str, Any]) -> tuple[Engine, str]:
     """This executor's engine for `cfg` and a name for it (host:pid of the process doing the
     inference). For `executor_server` it checks the server on every call (cheap) so a server that
     died is replaced rather than failing every later partition."""
+    from recgpt.llm.http_backend import OpenAIHTTPBackend
+
     placement = str(cfg.get("placement", "executor_server"))
     retry = RetryPolicy.from_config(cfg.get("retry"))
-    host = socket.gethostname()
     if placement == "executor_server":
-        from recgpt.llm.http_backend import OpenAIHTTPBackend
         from recgpt.llm.server import ensure_server
 
         # The Python daemon that forks the workers lives as long as the executor does.
         info = ensure_server(cfg, owner_pid=os.getppid())
         backend = OpenAIHTTPBackend.from_config(info.url, cfg)
-        return Engine(backend, renderer_for(cfg), retry), f"{host}:{info.pid}"
+        return Engine(backend, renderer_for(cfg), retry), f"{socket.gethostname()}:{info.pid}"
     if placement == "remote":
-        from recgpt.llm.http_backend import OpenAIHTTPBackend
-
         url = (cfg.get("http") or {}).get("base_url")
         if not url:
             raise ConfigError("llm.placement=remote needs llm.http.base_url")
@@ -105,59 +146,12 @@ def executor_engine(cfg: Mapping[str, Any]) -> tuple[Engine, str]:
     raise ConfigError(f"llm.placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
 
 
-def to_request(row: Mapping[str, Any], schema: type[BaseModel] | None, sampling: Sampling) -> Request:
-    blocks = tuple(decode_block(b) for b in (row.get("embeds") or ()))
-    history = row.get("history_message")
-    return Request(
-        key=str(row["key"]),
-        messages=decode_messages(row["messages"]),
-        embeds=blocks,
-        schema=schema,
-        sampling=sampling,
-        history_message=None if history is None else int(history),
-        user_id=row.get("user_id"),
-    )
-
-
-def _result_row(result: Result, model: str, engine: str) -> dict[str, Any]:
-    return {
-        "key": result.key,
-        "user_id": result.user_id,
-        "text": result.text,
-        "parsed_json": result.parsed_json(),
-        "error": result.error,
-        "prompt_tokens": result.prompt_tokens,
-        "cached_prompt_tokens": result.cached_prompt_tokens,
-        "generated_tokens": result.generated_tokens,
-        "latency_ms": result.latency_ms,
-        "attempts": result.attempts,
-        "finish_reason": result.finish_reason,
-        "truncated_lines": result.truncated_lines,
-        "model": model,
-        "engine": engine,
-    }
-
-
-def _bad_request(row: Mapping[str, Any], reason: str, model: str, engine: str) -> dict[str, Any]:
-    failed = Result(
-        str(row.get("key")),
-        row.get("user_id"),
-        None,
-        None,
-        f"bad_request: {reason}",
-        0,
-        None,
-        0,
-        0.0,
-        None,
-        0,
-    )
-    return _result_row(failed, model, engine)
+# -- one task's rows ----------------------------------------------------------------------------
 
 
 def chunked_rows(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[list[dict[str, Any]]]:
     """The rows of a partition's Arrow batches regrouped into lists of `size` (the last may be
-    shorter): the unit handed to the engine at once, whatever Spark's Arrow batch size is."""
+    shorter): the unit handed to the program at once, whatever Spark's Arrow batch size is."""
     buffer: list[dict[str, Any]] = []
     for batch in batches:
         for row in batch.to_pylist():
@@ -169,158 +163,180 @@ def chunked_rows(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[list[
         yield buffer
 
 
-def partition_runner(
-    cfg: Mapping[str, Any],
-    schema: type[BaseModel] | None,
-    sampling: Sampling,
-    batch_size: int,
-    label: str,
+def call_row(step: str, result: Result) -> dict[str, Any]:
+    return {
+        "step": step,
+        "request_key": result.key,
+        "prompt_tokens": result.prompt_tokens,
+        "cached_prompt_tokens": result.cached_prompt_tokens,
+        "generated_tokens": result.generated_tokens,
+        "latency_ms": result.latency_ms,
+        "attempts": result.attempts,
+        "finish_reason": result.finish_reason,
+        "truncated_lines": result.truncated_lines,
+        "error": result.error,
+    }
+
+
+def _row(outcome: Outcome, columns: Sequence[str], model: str, engine: str) -> dict[str, Any]:
+    return {
+        "key": outcome.key,
+        "user_id": outcome.user_id,
+        **{c: outcome.values.get(c) for c in columns},
+        "error": outcome.error,
+        "calls": [call_row(step, result) for step, result in outcome.calls],
+        "model": model,
+        "engine": engine,
+    }
+
+
+def run_rows(
+    rows: list[dict[str, Any]], stage: LLMStage, program: Program, model: str, engine: str
+) -> list[dict[str, Any]]:
+    """One chunk of rows through the program: a row that cannot be prepared, or repeats a key of
+    the chunk, becomes an error row (`bad_request: ...`); the others get the program's outcome."""
+    columns = stage.columns.names
+    out: list[dict[str, Any]] = []
+    prepared, keys = [], set()
+    for row in rows:
+        key = str(row.get(stage.key))
+        user = row.get("user_id")
+        try:
+            if key in keys:
+                raise ValueError(f"duplicate key {key!r}")
+            prepared.append(program.prepare(row))
+            keys.add(key)
+        except BAD_INPUT as exc:
+            bad = Outcome(key, None if user is None else str(user), error=f"bad_request: {exc}")
+            out.append(_row(bad, columns, model, engine))
+    outcomes = program.run(prepared) if prepared else []
+    if len(outcomes) != len(prepared):
+        raise RuntimeError(f"{stage.name}: {len(prepared)} rows in, {len(outcomes)} outcomes out")
+    out += [_row(o, columns, model, engine) for o in outcomes]
+    return out
+
+
+def process(
+    batches: Iterator[pa.RecordBatch],
+    stage: LLMStage,
+    engine: Engine,
+    engine_name: str,
     counters: tuple[Any, Any] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """A task's rows through the stage's program on `engine`, `stage.batch_rows` at a time.
+    `counters` (rows, generated tokens) are Spark accumulators the driver's Progress reads."""
+    from pyspark import TaskContext
+
+    task = TaskContext.get()
+    part = task.partitionId() if task else 0
+    program = stage.build(engine)
+    schema = stage.output_schema()
+    done = tokens = 0
+    started = time.perf_counter()
+    for rows in chunked_rows(batches, stage.batch_rows):
+        out = run_rows(rows, stage, program, engine.model, engine_name)
+        generated = sum(c["generated_tokens"] or 0 for r in out for c in r["calls"])
+        done, tokens = done + len(rows), tokens + generated
+        if counters is not None:
+            counters[0].add(len(rows))
+            counters[1].add(generated)
+        elapsed = time.perf_counter() - started
+        print(
+            f"[{stage.name}] partition {part}: {done:,} rows done, "
+            f"{tokens / max(elapsed, 1e-9):,.0f} generated tok/s, {elapsed:,.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        yield pa.RecordBatch.from_pylist(out, schema=schema)
+
+
+def _task(
+    stage: LLMStage, counters: tuple[Any, Any] | None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The mapInArrow function: rows are grouped into batches of `batch_size` requests (bounded
-    memory), each batch goes to the executor's engine in one call, results come back as Arrow.
-    `counters` (requests, generated tokens) are Spark accumulators the driver's Progress reads."""
-
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        engine, name = executor_engine(cfg)
-        task = TaskContext.get()
-        part = task.partitionId() if task else 0
-        done = tokens = 0
-        started = time.perf_counter()
-
-        def flush(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-            nonlocal done, tokens
-            out: list[dict[str, Any] | None] = [None] * len(rows)
-            requests, slots, keys = [], [], set()
-            for i, row in enumerate(rows):
-                try:
-                    request = to_request(row, schema, sampling)
-                except (ValueError, KeyError, TypeError) as exc:
-                    out[i] = _bad_request(row, str(exc), engine.model, name)
-                    continue
-                if request.key in keys:
-                    out[i] = _bad_request(row, f"duplicate key {request.key!r}", engine.model, name)
-                    continue
-                keys.add(request.key)
-                requests.append(request)
-                slots.append(i)
-            batch_tokens = 0
-            for i, result in zip(slots, engine.generate(requests), strict=True):
-                out[i] = _result_row(result, engine.model, name)
-                batch_tokens += result.generated_tokens
-            done += len(rows)
-            tokens += batch_tokens
-            if counters is not None:
-                counters[0].add(len(rows))
-                counters[1].add(batch_tokens)
-            elapsed = time.perf_counter() - started
-            print(
-                f"[llm {label}] partition {part}: {done:,} requests done, "
-                f"{tokens / max(elapsed, 1e-9):,.0f} generated tok/s",
-                file=sys.stderr,
-                flush=True,
-            )
-            return pa.RecordBatch.from_pylist(out, schema=RESULT_SCHEMA)
-
-        for rows in chunked_rows(batches, batch_size):
-            yield flush(rows)
+        engine, name = executor_engine(stage.llm)
+        yield from process(batches, stage, engine, name, counters)
 
     return run
 
 
-REQUEST_COLUMNS = ("key", "user_id", "messages", "embeds", "history_message")
+def run(df: DataFrame, stage: LLMStage, progress: Progress | None = None) -> DataFrame:
+    """The stage's outcome rows (`stage.output_schema()`) for the rows of `df`; lazy, like any
+    transform. `df` must have the `stage.key` column (and may have `user_id`)."""
+    if stage.key not in df.columns:
+        raise ConfigError(f"{stage.name}: input lacks its key column {stage.key!r}")
+    if stage.partitions:
+        df = df.repartition(int(stage.partitions))
+    counters = None if progress is None else (progress.rows, progress.tokens)
+    return df.mapInArrow(_task(stage, counters), from_arrow_schema(stage.output_schema()))
 
 
-def generate(
-    df: DataFrame,
-    cfg: Mapping[str, Any],
-    *,
-    schema: type[BaseModel] | None = None,
-    sampling: Sampling | None = None,
-    label: str = "llm",
-    progress: Progress | None = None,
-) -> DataFrame:
-    """Results (RESULT_SCHEMA) for the request rows of `df`; lazy, like any transform."""
-    for required in ("key", "messages"):
-        if required not in df.columns:
-            raise ConfigError(f"LLM request DataFrame lacks column {required!r}")
-    spark_cfg = dict(cfg.get("spark") or {})
-    columns = [
-        F.col("key").cast("string").alias("key"),
-        (F.col("user_id") if "user_id" in df.columns else F.lit(None)).cast("string").alias("user_id"),
-        F.col("messages").cast("string").alias("messages"),
-        (F.col("embeds") if "embeds" in df.columns else F.lit(None)).cast("array<binary>").alias("embeds"),
-        (F.col("history_message") if "history_message" in df.columns else F.lit(None))
-        .cast("int")
-        .alias("history_message"),
-    ]
-    requests = df.select(*columns)
-    if spark_cfg.get("partitions"):
-        requests = requests.repartition(int(spark_cfg["partitions"]))
-    runner = partition_runner(
-        dict(cfg),
-        schema,
-        sampling or Sampling.from_config(cfg.get("sampling")),
-        int(spark_cfg.get("batch_size", 256)),
-        label,
-        None if progress is None else (progress.requests, progress.tokens),
-    )
-    return requests.mapInArrow(runner, from_arrow_schema(RESULT_SCHEMA))
+# -- after the stage: ledger and summary ----------------------------------------------------------
 
 
-def summarize(results: DataFrame) -> dict[str, Any]:
-    """Calls, errors and tokens of a results DataFrame (one Spark job)."""
-    row = results.agg(
-        F.count("*").alias("calls"),
-        F.count("error").alias("errors"),
-        F.sum("prompt_tokens").alias("prompt_tokens"),
-        F.sum("cached_prompt_tokens").alias("cached_prompt_tokens"),
-        F.sum("generated_tokens").alias("generated_tokens"),
-        F.sum(F.greatest(F.col("attempts") - 1, F.lit(0))).alias("repairs"),
-    ).first()
-    assert row is not None
-    return {
-        k: int(row[k] or 0)
-        for k in ("calls", "errors", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "repairs")
-    }
-
-
-def write_ledger(warehouse: Warehouse, results: DataFrame, stage: str, lineage: Lineage) -> WriteResult:
-    """Replace the ledger rows of (run date, stage) with this run's calls: reruns never duplicate."""
-    ledger = results.select(
-        F.lit(stage).alias("stage"),
-        F.col("key").alias("request_key"),
+def calls_of(outcomes: DataFrame) -> DataFrame:
+    """One row per engine call of the outcome rows, with the row's user and model."""
+    return outcomes.select("user_id", "model", F.explode("calls").alias("c")).select(
+        F.col("c.step").alias("step"),
+        F.col("c.request_key").alias("request_key"),
         "user_id",
-        "prompt_tokens",
-        "cached_prompt_tokens",
-        "generated_tokens",
-        "latency_ms",
-        "attempts",
-        "finish_reason",
-        "truncated_lines",
-        "error",
-        "model",
+        "c.prompt_tokens",
+        "c.cached_prompt_tokens",
+        "c.generated_tokens",
+        "c.latency_ms",
+        "c.attempts",
+        "c.finish_reason",
+        "c.truncated_lines",
+        "c.error",
+        F.coalesce(F.col("model"), F.lit("unknown")).alias("model"),
     )
+
+
+def write_ledger(warehouse: Warehouse, outcomes: DataFrame, stage: str, lineage: Lineage) -> WriteResult:
+    """Replace the ledger rows of (run date, stage) with this run's calls: reruns never duplicate."""
+    calls = calls_of(outcomes)
+    ledger = calls.select(F.lit(stage).alias("stage"), *[c for c in calls.columns if c != "step"])
     return warehouse.write(
         ledger, LLM_CALLS, mode="replace", lineage=lineage, where={"dt": lineage.dt, "stage": stage}
     )
 
 
+SUMMARY_FIELDS = ("calls", "errors", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "repairs")
+
+
+def summarize(outcomes: DataFrame) -> dict[str, dict[str, int]]:
+    """Calls, errors, tokens and repairs (attempts beyond the first) per step (one Spark job)."""
+    rows = (
+        calls_of(outcomes)
+        .groupBy("step")
+        .agg(
+            F.count("*").alias("calls"),
+            F.count("error").alias("errors"),
+            F.sum("prompt_tokens").alias("prompt_tokens"),
+            F.sum("cached_prompt_tokens").alias("cached_prompt_tokens"),
+            F.sum("generated_tokens").alias("generated_tokens"),
+            F.sum(F.greatest(F.col("attempts") - 1, F.lit(0))).alias("repairs"),
+        )
+        .collect()
+    )
+    return {
+        str(r["step"]): {k: int(r[k] or 0) for k in SUMMARY_FIELDS}
+        for r in sorted(rows, key=lambda r: r.step)
+    }
+
+
 class Progress:
-    """Prints an LLM step's progress from the driver every `interval_s` seconds: requests done of
-    the total, generated tokens/s and elapsed time. Counts arrive as tasks finish (accumulators);
-    each task also prints its own running count to its stderr."""
+    """Prints an LLM stage's progress from the driver every `interval_s` seconds: rows done of
+    the total, rows/s, generated tokens/s and the time left at that rate. Counts arrive as tasks
+    finish (accumulators); each task also prints its own running count to its stderr."""
 
     def __init__(
         self, spark: SparkSession, label: str, total: int | None = None, interval_s: float = 30.0
     ) -> None:
-        self.spark = spark
         self.label = label
         self.total = total
         self.interval_s = interval_s
-        self.requests = spark.sparkContext.accumulator(0)
+        self.rows = spark.sparkContext.accumulator(0)
         self.tokens = spark.sparkContext.accumulator(0)
         self.started = time.perf_counter()
         self._stop = threading.Event()
@@ -336,13 +352,21 @@ class Progress:
         self._thread.join(timeout=5)
         print(self.line(), file=sys.stderr, flush=True)
 
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
     def line(self) -> str:
-        elapsed = time.perf_counter() - self.started
+        elapsed = max(self.seconds, 1e-9)
+        done = int(self.rows.value)
         total = f"/{self.total:,}" if self.total is not None else ""
-        return (
-            f"[llm {self.label}] {self.requests.value:,}{total} requests · "
-            f"{self.tokens.value / max(elapsed, 1e-9):,.0f} generated tok/s · {elapsed:,.0f}s"
+        line = (
+            f"[{self.label}] {done:,}{total} rows · {done / elapsed:,.2f} rows/s · "
+            f"{self.tokens.value / elapsed:,.0f} generated tok/s · {elapsed:,.0f}s"
         )
+        if self.total and 0 < done < self.total:
+            line += f" · ~{(self.total - done) * elapsed / done:,.0f}s left"
+        return line
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

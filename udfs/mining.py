@@ -1,23 +1,20 @@
 """Intent mining inside Spark: one input row per user (context, profile, situation, recent
-purchases, the context items' vectors), then a mapInArrow that runs the agents a batch of users
-at a time on the executor's engine and returns one outcome row per user (personas, tags, failure
-and every call for the ledger), which the job explodes into its tables."""
+purchases, the context items' vectors) and the program the LLM-stage runner runs on them, a batch
+of users at a time on the executor's engine: one outcome row per user (personas, tags, failure)."""
 
 from __future__ import annotations
 
-import datetime as _dt
+import hashlib
 import json
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_schema
 
 from recgpt import adaptor as A
 from recgpt.agents.mining import Miner, UserInput, UserOutcome, mine
@@ -28,26 +25,13 @@ from recgpt.calendar import Calendar
 from recgpt.context import core_title
 from recgpt.env_signals import situation_rows
 from recgpt.errors import ConfigError
-from recgpt.tables import BEHAVIORS, ENV_SIGNALS, USER_CONTEXT
+from recgpt.llm.engine import Engine
+from recgpt.rundate import RunDate
+from recgpt.tables import BEHAVIORS, ENV_SIGNALS, ITEMS, USER_CONTEXT, USERS
+from sparkio.warehouse import Warehouse
 from udfs.embeddings import current_embeddings, embedder_for
-from udfs.hybrid import _adaptor
-from udfs.llm import chunked_rows, executor_engine
-from udfs.warehouse import Warehouse
+from udfs.llm import LLMStage, Outcome
 
-CALL = pa.struct(
-    [
-        pa.field("step", pa.string()),
-        pa.field("request_key", pa.string()),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("cached_prompt_tokens", pa.int64()),
-        pa.field("generated_tokens", pa.int64()),
-        pa.field("latency_ms", pa.float64()),
-        pa.field("attempts", pa.int32()),
-        pa.field("finish_reason", pa.string()),
-        pa.field("truncated_lines", pa.int32()),
-        pa.field("error", pa.string()),
-    ]
-)
 PERSONA = pa.struct(
     [
         pa.field("name", pa.string()),
@@ -66,9 +50,9 @@ TAG = pa.struct(
         pa.field("evidence_item_ids", pa.list_(pa.string())),
     ]
 )
+# A user's outcome as the program's columns; the runner adds key, user_id, error, calls, model.
 OUTCOME = pa.schema(
     [
-        pa.field("user_id", pa.string(), nullable=False),
         pa.field("personas", pa.list_(PERSONA)),
         pa.field("tags", pa.list_(TAG)),
         pa.field("failure_step", pa.string()),
@@ -76,22 +60,19 @@ OUTCOME = pa.schema(
         pa.field("rejected", pa.string()),
         pa.field("proposed", pa.int32()),
         pa.field("duplicates", pa.int32()),
-        pa.field("calls", pa.list_(CALL)),
-        pa.field("model", pa.string()),
-        pa.field("engine", pa.string()),
     ]
 )
 PROFILE_COLUMNS = ("age", "gender", "region", "occupation")
 SITUATION_COLUMNS = ("season", "weather", "festivals", "trends")
 
 
-def situations(spark: SparkSession, wh: Warehouse, dt: str, calendar_cfg: Mapping[str, Any]) -> DataFrame:
+def situations(spark: SparkSession, wh: Warehouse, dt: RunDate, calendar_cfg: Mapping[str, Any]) -> DataFrame:
     """The situation of every calendar region on the run date: season and festivals from the
     calendar, weather and trends from the newest `env_signals` feed row on or before the date."""
     calendar = Calendar.from_config(calendar_cfg)
-    day = _dt.date.fromisoformat(dt)
-    weather: dict[tuple[str, _dt.date], str] = {}
-    trends: dict[tuple[str, _dt.date], list[str]] = {}
+    day = dt.day
+    weather: dict[tuple[str, Any], str] = {}
+    trends: dict[tuple[str, Any], list[str]] = {}
     if wh.exists(ENV_SIGNALS):
         feed = wh.read(ENV_SIGNALS, dt_to=dt).where(F.col("region").isin(sorted(calendar.regions)))
         newest = feed.groupBy("region").agg(F.max("dt").alias("dt"))
@@ -103,10 +84,19 @@ def situations(spark: SparkSession, wh: Warehouse, dt: str, calendar_cfg: Mappin
     return spark.createDataFrame([{k: r[k] for k in ("region", *SITUATION_COLUMNS)} for r in rows], schema)
 
 
+def vectors_in_mark_order(contexts: DataFrame, vectors: DataFrame) -> DataFrame:
+    """`vectors` per user: the embedding of each of `entity_ids`, in that order (the order of
+    the history's entity marks), null where an item has none; users without entities are absent."""
+    exploded = contexts.select("user_id", F.posexplode("entity_ids").alias("pos", "item_id"))
+    joined = exploded.join(vectors.select("item_id", "embedding"), "item_id", "left")
+    by_position = F.array_sort(F.collect_list(F.struct("pos", "embedding")))
+    return joined.groupBy("user_id").agg(F.transform(by_position, lambda s: s["embedding"]).alias("vectors"))
+
+
 def mining_inputs(
     spark: SparkSession,
     wh: Warehouse,
-    dt: str,
+    dt: RunDate,
     mode: str,
     cfg: Mapping[str, Any],
 ) -> DataFrame:
@@ -120,19 +110,9 @@ def mining_inputs(
     history = F.col("hybrid_text") if mode == "hybrid" else F.col("v1_text")
     base = contexts.select("user_id", history.alias("history"), "entity_ids")
 
-    vectors = current_embeddings(wh, dt, str(cfg["embedding_model"])).select("item_id", "embedding")
-    exploded = base.select("user_id", F.posexplode("entity_ids").alias("pos", "item_id"))
-    ordered = (
-        exploded.join(vectors, "item_id", "left")
-        .groupBy("user_id")
-        .agg(
-            F.transform(
-                F.array_sort(F.collect_list(F.struct("pos", "embedding"))), lambda s: s["embedding"]
-            ).alias("vectors")
-        )
-    )
+    ordered = vectors_in_mark_order(base, current_embeddings(wh, dt, str(cfg["embedding_model"])))
 
-    users = wh.read_snapshot("users", dt) if wh.exists("users") else None
+    users = wh.read_snapshot(USERS, dt) if wh.exists(USERS) else None
     profile = (
         users.select(
             "user_id", *[F.col(c) if c in users.columns else F.lit(None).alias(c) for c in PROFILE_COLUMNS]
@@ -142,14 +122,14 @@ def mining_inputs(
             [], "user_id string, age int, gender string, region string, occupation string"
         )
     )
-    since = (_dt.date.fromisoformat(dt) - _dt.timedelta(days=int(cfg["bought_days"]))).isoformat()
-    items = wh.read_snapshot("items", dt).select("item_id", "title")
+    since = dt.minus(int(cfg["bought_days"]))
+    items = wh.read_snapshot(ITEMS, dt).select("item_id", "title")
     bought = (
         wh.read(BEHAVIORS, dt_from=since, dt_to=dt)
         .where(
             (F.col("behavior") == "purchase")
-            & (F.col("ts") < F.lit(dt).cast("timestamp"))
-            & (F.col("ts") >= F.lit(since).cast("timestamp"))
+            & (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
+            & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
         )
         .join(items, "item_id")
         .groupBy("user_id")
@@ -173,16 +153,18 @@ def mining_inputs(
     )
 
 
-def _user_input(row: Mapping[str, Any], mode: str, adaptor: Any, core_words: int) -> UserInput:
+def user_input(row: Mapping[str, Any], mode: str, adaptor: Any, core_words: int) -> UserInput:
+    """What the agents read about one user. In hybrid mode every entity mark of the history gets
+    the adaptor's slot for its item, in the order of `entity_ids` (the order of the marks); an
+    item without a vector raises ValueError (the user becomes an error row) instead of letting
+    every later mark read its neighbour's slot."""
     ids = tuple(row["entity_ids"] or ())
-    vectors = row["vectors"] or []
-    present = [v for v in vectors if v is not None]
-    matrix = np.asarray(present, dtype=np.float32) if present else None
+    vectors = [v for v in row["vectors"] or [] if v is not None]
+    matrix = np.asarray(vectors, dtype=np.float32) if ids and len(vectors) == len(ids) else None
     embeds: tuple[np.ndarray, ...] = ()
     if mode == "hybrid" and ids:
-        if len(present) != len(ids):
-            # An entity without a vector would read a wrong slot: the request fails as bad.
-            raise ValueError(f"{len(ids) - len(present)} of {len(ids)} context items have no embedding")
+        if matrix is None:
+            raise ValueError(f"{len(ids) - len(vectors)} of {len(ids)} context items have no embedding")
         embeds = tuple(slot[None, :] for slot in A.entity_vectors(adaptor, matrix))
     return UserInput(
         user_id=str(row["user_id"]),
@@ -191,14 +173,14 @@ def _user_input(row: Mapping[str, Any], mode: str, adaptor: Any, core_words: int
         profile={c: row.get(c) for c in PROFILE_COLUMNS},
         situation={c: row.get(c) for c in SITUATION_COLUMNS},
         bought_titles=tuple(core_title(t, core_words) for t in row["bought_titles"] or ()),
-        item_ids=ids if matrix is not None and len(present) == len(ids) else (),
-        item_vectors=matrix if len(present) == len(ids) else None,
+        item_ids=ids if matrix is not None else (),
+        item_vectors=matrix,
     )
 
 
-def _outcome_row(out: UserOutcome, model: str, engine: str) -> dict[str, Any]:
+def outcome_values(out: UserOutcome) -> dict[str, Any]:
+    """A user's outcome as the OUTCOME columns."""
     return {
-        "user_id": out.user_id,
         "personas": [
             {
                 "name": p.name,
@@ -224,99 +206,88 @@ def _outcome_row(out: UserOutcome, model: str, engine: str) -> dict[str, Any]:
         "rejected": json.dumps(dict(sorted(out.rejected.items()))) if out.rejected else None,
         "proposed": out.proposed,
         "duplicates": out.duplicates,
-        "calls": [
-            {
-                "step": step,
-                "request_key": r.key,
-                "prompt_tokens": r.prompt_tokens,
-                "cached_prompt_tokens": r.cached_prompt_tokens,
-                "generated_tokens": r.generated_tokens,
-                "latency_ms": r.latency_ms,
-                "attempts": r.attempts,
-                "finish_reason": r.finish_reason,
-                "truncated_lines": r.truncated_lines,
-                "error": r.error,
-            }
-            for step, r in out.calls
-        ],
-        "model": model,
-        "engine": engine,
     }
 
 
-def _bad_input(user_id: str, reason: str, model: str, engine: str) -> dict[str, Any]:
-    return {
-        "user_id": user_id,
-        "personas": [],
-        "tags": [],
-        "failure_step": "input",
-        "failure_reason": f"bad_request: {reason}",
-        "rejected": None,
-        "proposed": 0,
-        "duplicates": 0,
-        "calls": [],
-        "model": model,
-        "engine": engine,
-    }
-
-
+# Per Python worker: adaptors and validation contexts, loaded once and reused by every task.
+_ADAPTORS: dict[str, Any] = {}
 _VALIDATION: dict[str, ValidationContext] = {}
 
 
-def miner_runner(
-    pipeline: str,
-    mode: str,
-    llm_cfg: Mapping[str, Any],
-    emb_cfg: Mapping[str, Any],
-    agents_cfg: Mapping[str, Any],
-    brands: Sequence[str],
-    adaptor_folder: str | None,
-    batch_users: int,
-    core_words: int,
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The mapInArrow function. Settings and schemas are built in the worker (pydantic models
-    made at run time do not pickle by name); the engine, embedder and adaptor are per process."""
+def adaptor_for(folder: str) -> Any:
+    if folder not in _ADAPTORS:
+        _ADAPTORS[folder] = A.load(folder)[0]
+    return _ADAPTORS[folder]
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        settings = AgentSettings.from_config(agents_cfg)
-        key = json.dumps([agents_cfg, len(brands)], sort_keys=True, default=str)
+
+class MiningProgram:
+    """The runner's program for mine_intents: rows of `mining_inputs` in, one outcome per user."""
+
+    def __init__(self, plan: MiningPlan, engine: Engine) -> None:
+        settings = AgentSettings.from_config(plan.agents)
+        key = json.dumps([plan.agents, len(plan.brands)], sort_keys=True, default=str)
         if key not in _VALIDATION:
-            _VALIDATION[key] = ValidationContext.for_run(settings, brands)
-        engine, name = executor_engine(llm_cfg)
-        embedder = embedder_for(emb_cfg)
-        adaptor = _adaptor(adaptor_folder) if adaptor_folder else None
-        miner = Miner(engine, settings, build_schemas(settings), _VALIDATION[key], embedder.encode)
-        task = TaskContext.get()
-        part = task.partitionId() if task else 0
-        done = tokens = 0
-        started = time.perf_counter()
+            _VALIDATION[key] = ValidationContext.for_run(settings, plan.brands)
+        embedder = embedder_for(plan.embedding)
+        self.plan = plan
+        self.adaptor = adaptor_for(plan.adaptor_folder) if plan.adaptor_folder else None
+        self.miner = Miner(engine, settings, build_schemas(settings), _VALIDATION[key], embedder.encode)
 
-        def flush(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-            nonlocal done, tokens
-            out: list[dict[str, Any]] = []
-            users = []
-            for row in rows:
-                try:
-                    users.append(_user_input(row, mode, adaptor, core_words))
-                except (ValueError, TypeError) as exc:
-                    out.append(_bad_input(str(row["user_id"]), str(exc), engine.model, name))
-            outcomes = mine(miner, pipeline, users)
-            out += [_outcome_row(o, engine.model, name) for o in outcomes]
-            done += len(rows)
-            tokens += sum(r.prompt_tokens + r.generated_tokens for o in outcomes for _, r in o.calls)
-            print(
-                f"[mine_intents {pipeline}/{mode}] partition {part}: {done:,} users done, "
-                f"{tokens / max(done, 1):,.0f} tokens per user, {time.perf_counter() - started:,.0f}s",
-                file=sys.stderr,
-                flush=True,
-            )
-            return pa.RecordBatch.from_pylist(out, schema=OUTCOME)
+    def prepare(self, row: Mapping[str, Any]) -> UserInput:
+        return user_input(row, self.plan.mode, self.adaptor, self.plan.core_words)
 
-        for rows in chunked_rows(batches, batch_users):
-            yield flush(rows)
-
-    return run
+    def run(self, prepared: Sequence[UserInput]) -> list[Outcome]:
+        return [
+            Outcome(o.user_id, o.user_id, outcome_values(o), o.calls)
+            for o in mine(self.miner, self.plan.pipeline, prepared)
+        ]
 
 
-def mine_users(inputs: DataFrame, runner: Callable[..., Any]) -> DataFrame:
-    return inputs.mapInArrow(runner, from_arrow_schema(OUTCOME))
+@dataclass(frozen=True)
+class MiningPlan:
+    """Everything a worker needs to mine users, as plain picklable values. Settings and schemas
+    are built in the worker (pydantic models made at run time do not pickle by name)."""
+
+    pipeline: str
+    mode: str
+    agents: Mapping[str, Any]
+    embedding: Mapping[str, Any]
+    brands: Sequence[str]
+    adaptor_folder: str | None
+    core_words: int
+
+    def __call__(self, engine: Engine) -> MiningProgram:
+        return MiningProgram(self, engine)
+
+
+def mining_stage(plan: MiningPlan, llm_cfg: Mapping[str, Any], mine_cfg: Mapping[str, Any]) -> LLMStage:
+    """The runner's description of mine_intents for one variant (its ledger stage name) with the
+    `mine` settings: users handed to the agents at once, and partitions (None: Spark's)."""
+    partitions = mine_cfg.get("partitions")
+    return LLMStage(
+        name=f"mine_intents.{plan.pipeline}.{plan.mode}",
+        llm=dict(llm_cfg),
+        columns=OUTCOME,
+        build=plan,
+        batch_rows=int(mine_cfg["batch_users"]),
+        key="user_id",
+        partitions=int(partitions) if partitions else None,
+    )
+
+
+def resume_settings(plan: MiningPlan, model: str, users_file: str | None) -> dict[str, Any]:
+    """What decides a user's outcome besides the data: a resumed run must match it exactly."""
+    agents = json.dumps(plan.agents, sort_keys=True, default=str)
+    return {
+        "model": model,
+        "prompt_version": str(plan.agents["prompt_version"]),
+        "agents_sha256": hashlib.sha256(agents.encode()).hexdigest()[:16],
+        "adaptor": Path(plan.adaptor_folder).name if plan.adaptor_folder else None,
+        "users_file": users_file or "",
+    }
+
+
+def catalog_brands(wh: Warehouse, dt: RunDate) -> list[str]:
+    """The brands of the catalog as of dt: a tag naming one is rejected (no brands in tags)."""
+    items = wh.read_snapshot(ITEMS, dt).where(F.col("brand").isNotNull())
+    return [r.brand for r in items.select("brand").distinct().collect()]

@@ -1,6 +1,8 @@
-"""Spark side of the data-quality gates: derived columns that express cross-table rules, and
-great-expectations checkpoints run on the stage's Spark DataFrames with Data Docs built under the
-warehouse's `_reports/`."""
+"""Spark side of the data-quality gates: great-expectations checkpoints run on the stage's Spark
+DataFrames with Data Docs built under the warehouse's `_reports/`, and their results as rows.
+
+What each checkpoint validates (the tables with their derived columns) is in `udfs/checkpoints.py`.
+"""
 
 from __future__ import annotations
 
@@ -11,31 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recgpt.quality import CheckResult, CheckSpec, build_suite, flatten
 from recgpt.report_assets import localize
+from recgpt.rundate import RunDate
 
 log = logging.getLogger(__name__)
-
-
-def derive_behaviors(df: DataFrame, items: DataFrame, until: str) -> DataFrame:
-    """_item_known: an item event refers to a catalog item; _query_ok: a search carries a query;
-    _age_days: days from the event to the ingest end date (negative = from the future)."""
-    known = items.select(F.col("item_id").alias("_known_id")).distinct()
-    is_search = F.col("behavior") == "search"
-    return (
-        df.join(known, F.col("item_id") == F.col("_known_id"), "left")
-        .withColumn("_item_known", is_search | F.col("_known_id").isNotNull())
-        .withColumn("_query_ok", ~is_search | (F.length(F.trim(F.coalesce(F.col("query"), F.lit("")))) > 0))
-        .withColumn("_age_days", F.datediff(F.lit(until).cast("date"), F.col("dt")))
-        .drop("_known_id")
-    )
-
-
-def derive_items(df: DataFrame) -> DataFrame:
-    return df.withColumn("_title_chars", F.length("title"))
 
 
 @dataclass
@@ -114,7 +99,16 @@ class QualityRunner:
             log.warning("Data Docs still reference %d remote assets: %s", len(remaining), remaining[:5])
 
 
+# The columns of a dq_results row a checkpoint fills (lineage is stamped on write).
+RESULTS_SCHEMA = (
+    "checkpoint string, table_name string, expectation string, column_name string, severity string, "
+    "success boolean, observed string, unexpected_count long, unexpected_percent double, "
+    "details string, report string"
+)
+
+
 def results_rows(results: Sequence[CheckResult], checkpoint: str, report: str) -> list[dict[str, Any]]:
+    """One dq_results row per expectation of a checkpoint, naming the Data Docs `report`."""
     return [
         {
             "checkpoint": checkpoint,
@@ -133,13 +127,21 @@ def results_rows(results: Sequence[CheckResult], checkpoint: str, report: str) -
     ]
 
 
-def previous_row_counts(dq_results: DataFrame | None, before_dt: str) -> Mapping[str, int]:
-    """Observed row count per table from the latest dq run before `before_dt`."""
+def results_frame(
+    spark: SparkSession, results: Sequence[CheckResult], checkpoint: str, report: str
+) -> DataFrame:
+    """A checkpoint's results as a DataFrame of dq_results rows (without lineage)."""
+    return spark.createDataFrame(results_rows(results, checkpoint, report), schema=RESULTS_SCHEMA)
+
+
+def previous_row_counts(dq_results: DataFrame | None, before: RunDate) -> Mapping[str, int]:
+    """Observed row count per table from the latest dq run before the run date `before`: what
+    the row-count drift check compares with."""
     if dq_results is None:
         return {}
     counts = dq_results.where(
         (F.col("expectation") == "expect_table_row_count_to_be_between")
-        & (F.col("dt") < F.lit(before_dt).cast("date"))
+        & (F.col("dt") < F.lit(before.iso).cast("date"))
     )
     latest = counts.groupBy("table_name").agg(F.max_by("observed", "dt").alias("observed")).collect()
     out = {}

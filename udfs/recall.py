@@ -11,7 +11,6 @@ stage (inputs, exclusions, output rows) does not change.
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,9 +21,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from recgpt.errors import RecGPTError
+from recgpt.rundate import RunDate
 from recgpt.tables import BEHAVIORS
+from sparkio.warehouse import Warehouse
 from udfs.embeddings import current_embeddings, embedder_for
-from udfs.warehouse import Warehouse
 
 RECALLED = pa.schema(
     [
@@ -48,7 +48,7 @@ class Catalog:
         self.index = {item: i for i, item in enumerate(ids)}
 
 
-def catalog(wh: Warehouse, dt: str, model: str) -> Catalog:
+def catalog(wh: Warehouse, dt: RunDate, model: str) -> Catalog:
     """The catalog snapshot as of dt with each item's current vector; items without one (not
     embedded yet) cannot be recalled and make the stage fail, since embed_items runs first."""
     rows = current_embeddings(wh, dt, model).select("item_id", "embedding").collect()
@@ -63,17 +63,17 @@ def catalog(wh: Warehouse, dt: str, model: str) -> Catalog:
     return Catalog([r["item_id"] for r in rows], np.asarray([r["embedding"] for r in rows], dtype=np.float32))
 
 
-def recall_inputs(wh: Warehouse, tags: DataFrame, dt: str, bought_days: int) -> DataFrame:
+def recall_inputs(wh: Warehouse, tags: DataFrame, dt: RunDate, bought_days: int) -> DataFrame:
     """One row per user: the tags best first (rank, tag) and the items bought within
     `bought_days` before dt, which recall must not return."""
-    since = (_dt.date.fromisoformat(dt) - _dt.timedelta(days=bought_days)).isoformat()
+    since = dt.minus(bought_days)
     bought = (
         wh.read(BEHAVIORS, dt_from=since, dt_to=dt)
         .where(
             (F.col("behavior") == "purchase")
             & F.col("item_id").isNotNull()
-            & (F.col("ts") < F.lit(dt).cast("timestamp"))
-            & (F.col("ts") >= F.lit(since).cast("timestamp"))
+            & (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
+            & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
         )
         .groupBy("user_id")
         .agg(F.collect_set("item_id").alias("excluded"))

@@ -6,25 +6,16 @@ Transforms are pure functions of DataFrames and plain values, so tests build tin
 
 from __future__ import annotations
 
-import datetime as _dt
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recgpt.tables import BEHAVIOR_TYPES
-
-REASONS = "_reasons"
-RAW = "_raw"
-INTAKE = "_intake"
-# Where each raw row came from (a file path, "synthetic", ...); set by the source reader.
-SOURCE = "_source"
-# The original text of a line the reader could not parse (Spark's corrupt-record column).
-MALFORMED = "_malformed"
-# Delimited-text readers: a spare column after the expected ones, and what is wrong with a line.
-OVERFLOW = "_overflow"
-LINE_ISSUE = "_line_issue"
+from recgpt.errors import SourceError
+from recgpt.rundate import RunDate
+from recgpt.tables import BEHAVIOR_TYPES, INTAKE, LINE_ISSUE, MALFORMED, RAW, REASONS, SOURCE
 
 
 def _blank(col: Column) -> Column:
@@ -159,7 +150,11 @@ def check_users(raw: DataFrame) -> DataFrame:
 
 
 def check_behaviors(
-    raw: DataFrame, item_ids: DataFrame, until: str, min_ts: str = "1995-01-01", epoch_unit: str | None = None
+    raw: DataFrame,
+    item_ids: DataFrame,
+    until: RunDate,
+    min_ts: str = "1995-01-01",
+    epoch_unit: str | None = None,
 ) -> DataFrame:
     """Typed behaviours with `_reasons`: ids, behaviour type, timestamps in [min_ts, until],
     queries for searches, items that exist in `item_ids` (a one-column DataFrame of good ids)."""
@@ -182,7 +177,7 @@ def check_behaviors(
     df = df.withColumn("item_id", F.when(_blank(F.col("item_id")), None).otherwise(F.col("item_id")))
     known = item_ids.select(F.col("item_id").alias("_known")).distinct()
     df = df.join(known, F.col("item_id") == F.col("_known"), "left")
-    end = _dt.date.fromisoformat(until) + _dt.timedelta(days=1)
+    end = until.plus(1)
     is_search = F.col("behavior") == "search"
     df = _with_reasons(
         df,
@@ -193,7 +188,7 @@ def check_behaviors(
             (F.col("_bad_ts"), "unparseable ts"),
             (F.col("ts").isNull() & ~F.col("_bad_ts"), "missing ts"),
             (F.col("ts") < F.lit(min_ts).cast("timestamp"), f"ts before {min_ts}"),
-            (F.col("ts") >= F.lit(end.isoformat()).cast("timestamp"), f"ts after ingest end date {until}"),
+            (F.col("ts") >= F.lit(end.iso).cast("timestamp"), f"ts after ingest end date {until}"),
             (is_search & _blank(F.col("query")), "search without query"),
             (~is_search & F.col("item_id").isNull(), "missing item_id"),
             (~is_search & F.col("item_id").isNotNull() & F.col("_known").isNull(), "unknown item_id"),
@@ -253,3 +248,67 @@ def bad(df: DataFrame, table: str) -> DataFrame:
         F.col(RAW).alias("raw"),
         F.array_join(REASONS, "; ").alias("reason"),
     )
+
+
+def check_inputs(
+    tables: Mapping[str, DataFrame],
+    until: RunDate,
+    min_ts: str,
+    max_title_chars: int,
+    epoch_unit: str | None = None,
+) -> dict[str, DataFrame]:
+    """Every input table of a source checked, items first (a behaviour must name a good item);
+    the optional users and env_signals only when the source has them."""
+    checked = {"items": check_items(tables["items"], max_title_chars=max_title_chars)}
+    if "users" in tables:
+        checked["users"] = check_users(tables["users"])
+    if "env_signals" in tables:
+        checked["env_signals"] = check_env_signals(tables["env_signals"])
+    checked["behaviors"] = check_behaviors(
+        tables["behaviors"],
+        good(checked["items"]).select("item_id"),
+        until=until,
+        min_ts=min_ts,
+        epoch_unit=epoch_unit,
+    )
+    return checked
+
+
+def flagged_counts(df: DataFrame) -> tuple[int, int]:
+    """(rows, rows breaking at least one rule) of a checked DataFrame."""
+    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum((F.size(REASONS) > 0).cast("long")).alias("bad")).first()
+    assert row is not None
+    return int(row["n"]), int(row["bad"] or 0)
+
+
+def refuse_unusable(
+    source: str,
+    checked: Mapping[str, DataFrame],
+    counts: Mapping[str, tuple[int, int]],
+    max_quarantine_fraction: float,
+) -> None:
+    """SourceError when the source gave no behaviours or items, or when more than
+    `max_quarantine_fraction` of any table's rows broke a rule (a source not in the format it
+    claims), with the first reasons of each such table."""
+    empty = [name for name in ("behaviors", "items") if counts[name][0] == 0]
+    if empty:
+        raise SourceError(f"source {source!r} gave no rows for {empty}: nothing to ingest")
+    limit = max_quarantine_fraction
+    over = [name for name, (n_in, n_bad) in counts.items() if n_in and n_bad / n_in > limit]
+    if over:
+        raise SourceError(
+            "; ".join(f"{counts[n][1]:,} of {counts[n][0]:,} {n} rows failed their checks" for n in over)
+            + f" (> {limit:.0%} each): is the source in the format it claims? First reasons:\n"
+            + "\n".join(_preview(bad(checked[n], n)) for n in over)
+        )
+
+
+def _preview(df: DataFrame, n: int = 5) -> str:
+    rows = df.select("source", "reason", "raw").limit(n).collect()
+    return "\n".join(f"  {r['source']}: {r['reason']} <- {r['raw'][:200]}" for r in rows)
+
+
+def quarantine(checked: Mapping[str, DataFrame]) -> DataFrame:
+    """The quarantine rows of every checked table, one DataFrame."""
+    parts = [bad(df, name) for name, df in checked.items()]
+    return functools.reduce(DataFrame.unionByName, parts)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from recgpt.calendar import Calendar
+from recgpt.rundate import RunDate
 from recgpt.synthetic.world import BRANDS, CATEGORIES, PERSONAS, Category
 from recgpt.tables import UTC_TS
 
@@ -35,7 +36,7 @@ P_BUY_AFTER_CART, P_BUY_DIRECT, P_REVIEW = 0.5, 0.04, 0.35
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    run_dt: _dt.date
+    run_dt: RunDate
     seed: int = 7
     users: int = 400
     items: int = 3000
@@ -47,9 +48,9 @@ class SyntheticSpec:
     regions: tuple[str, ...] = ("north-cn",)
 
     @classmethod
-    def from_config(cls, data_cfg: Any, run_dt: str) -> SyntheticSpec:
+    def from_config(cls, data_cfg: Any, run_dt: RunDate) -> SyntheticSpec:
         return cls(
-            run_dt=_dt.date.fromisoformat(str(run_dt)),
+            run_dt=run_dt,
             seed=int(data_cfg.seed),
             users=int(data_cfg.users),
             items=int(data_cfg["items"]),
@@ -63,16 +64,14 @@ class SyntheticSpec:
 
     @property
     def start(self) -> _dt.date:
-        return self.run_dt - _dt.timedelta(days=self.history_days)
+        """First day generated: `history_days` before the run date."""
+        return self.run_dt.minus(self.history_days).day
 
     @property
     def end(self) -> _dt.date:
         """Last day generated (inclusive): the end of the held-out window."""
-        return (
-            self.run_dt + _dt.timedelta(days=self.holdout_days - 1)
-            if self.holdout_days
-            else (self.run_dt - _dt.timedelta(days=1))
-        )
+        last = self.run_dt.plus(self.holdout_days - 1) if self.holdout_days else self.run_dt.minus(1)
+        return last.day
 
 
 def user_id(index: int) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from udfs.delta_source import DeltaRsDataSource
+from sparkio.delta_source import DeltaRsDataSource
 
 
 def build_session(spark_cfg: Mapping[str, Any], app_name: str | None = None) -> SparkSession:

@@ -15,7 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recgpt.errors import SourceError
-from udfs.validation import LINE_ISSUE, MALFORMED, OVERFLOW, SOURCE
+from recgpt.tables import LINE_ISSUE, MALFORMED, OVERFLOW, SOURCE
 
 ML100K_GENRES: tuple[str, ...] = (
     "unknown",

@@ -4,7 +4,7 @@ Delta jars. Tasks write Parquet parts and return them; the driver commits ONE De
 Reads plan from the live files of the requested table version (pruned by dt range), so removed
 files are never read; small files are packed into splits of about `split_bytes` (a big file is its
 own split) so a table of many tiny day partitions does not cost one task per file. Options are
-strings; `udfs.warehouse.Warehouse` is the typed front door.
+strings; `sparkio.warehouse.Warehouse` is the typed front door.
 """
 
 from __future__ import annotations

@@ -20,20 +20,23 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from recgpt import delta
 from recgpt.errors import StorageError
-from recgpt.tables import ALL_TABLES, TableSpec
-from udfs.delta_source import FORMAT, encode_schema
-from udfs.session import has_delta_spark
+from recgpt.rundate import RunDate
+from recgpt.tables import TableSpec
+from sparkio.delta_source import FORMAT, encode_schema
+from sparkio.session import has_delta_spark
 
 
 @dataclass(frozen=True)
 class Lineage:
-    dt: str
+    """The lineage columns a stage stamps on every row it writes."""
+
+    dt: RunDate
     run_id: str
     created_at: _dt.datetime
 
     @classmethod
-    def now(cls, dt: str, run_id: str) -> Lineage:
-        return cls(dt, run_id, _dt.datetime.now(_dt.UTC).replace(microsecond=0))
+    def now(cls, dt: RunDate | str, run_id: str) -> Lineage:
+        return cls(RunDate.parse(dt), run_id, _dt.datetime.now(_dt.UTC).replace(microsecond=0))
 
 
 @dataclass(frozen=True)
@@ -86,17 +89,18 @@ class Warehouse:
         )
 
     # -- paths and metadata ---------------------------------------------------------------------
-    def uri(self, table: str | TableSpec) -> str:
-        name = table.name if isinstance(table, TableSpec) else table
-        return delta.table_uri(self.root, name)
+    def uri(self, table: TableSpec) -> str:
+        if not isinstance(table, TableSpec):  # every call site names its table by its spec
+            raise TypeError(f"a table is given by its TableSpec (recgpt.tables), not {table!r}")
+        return delta.table_uri(self.root, table.name)
 
-    def exists(self, table: str | TableSpec) -> bool:
+    def exists(self, table: TableSpec) -> bool:
         return delta.table_exists(self.uri(table), self.options)
 
-    def version(self, table: str | TableSpec) -> int | None:
+    def version(self, table: TableSpec) -> int | None:
         return delta.table_version(self.uri(table), self.options)
 
-    def vacuum(self, table: str | TableSpec, retention_hours: int = 168) -> list[str]:
+    def vacuum(self, table: TableSpec, retention_hours: int = 168) -> list[str]:
         return delta.vacuum(self.uri(table), retention_hours, self.options)
 
     # -- writes ---------------------------------------------------------------------------------
@@ -109,7 +113,7 @@ class Warehouse:
                 col = F.col(field.name)
             elif lineage is not None and field.name in ("dt", "run_id", "created_at"):
                 value: Any = {
-                    "dt": _dt.date.fromisoformat(lineage.dt),
+                    "dt": lineage.dt.day,
                     "run_id": lineage.run_id,
                     "created_at": lineage.created_at,
                 }[field.name]
@@ -191,48 +195,48 @@ class Warehouse:
     # -- reads ----------------------------------------------------------------------------------
     def read(
         self,
-        table: str | TableSpec,
-        dt: str | None = None,
-        dt_from: str | None = None,
-        dt_to: str | None = None,
+        table: TableSpec,
+        dt: RunDate | str | None = None,
+        dt_from: RunDate | str | None = None,
+        dt_to: RunDate | str | None = None,
         version: int | None = None,
     ) -> DataFrame:
         """A table (optionally one dt, a dt range inclusive, or an older version) as a DataFrame."""
         if dt is not None:
             dt_from = dt_to = dt
-        name = table.name if isinstance(table, TableSpec) else table
+        first = None if dt_from is None else RunDate.parse(dt_from).iso
+        last = None if dt_to is None else RunDate.parse(dt_to).iso
         if self.engine == "delta-spark":
             reader = self.spark.read.format("delta")
             if version is not None:
                 reader = reader.option("versionAsOf", version)
-            df = reader.load(self.uri(name))
+            df = reader.load(self.uri(table))
         else:
             options = {
-                "path": self.uri(name),
+                "path": self.uri(table),
                 "storage_options": json.dumps(self.options),
                 "split_bytes": str(self.read_split_bytes),
             }
             if version is not None:
                 options["version"] = str(version)
-            if dt_from:
-                options["dt_from"] = dt_from
-            if dt_to:
-                options["dt_to"] = dt_to
+            if first:
+                options["dt_from"] = first
+            if last:
+                options["dt_to"] = last
             df = self.spark.read.format(FORMAT).options(**options).load()
         # The file-level pruning above is coarse; the filter keeps the semantics exact.
-        if dt_from and "dt" in df.columns:
-            df = df.where(F.col("dt") >= F.lit(dt_from).cast("date"))
-        if dt_to and "dt" in df.columns:
-            df = df.where(F.col("dt") <= F.lit(dt_to).cast("date"))
+        if first and "dt" in df.columns:
+            df = df.where(F.col("dt") >= F.lit(first).cast("date"))
+        if last and "dt" in df.columns:
+            df = df.where(F.col("dt") <= F.lit(last).cast("date"))
         return df
 
-    def read_snapshot(self, table: str | TableSpec, as_of: str) -> DataFrame:
+    def read_snapshot(self, table: TableSpec, as_of: RunDate | str) -> DataFrame:
         """The latest snapshot partition on or before `as_of` of a snapshot table (items, users)."""
         df = self.read(table, dt_to=as_of)
         latest = df.agg(F.max("dt")).first()
         if latest is None or latest[0] is None:
-            name = table.name if isinstance(table, TableSpec) else table
-            raise StorageError(f"{name} has no snapshot on or before {as_of}: run ingest first")
+            raise StorageError(f"{table.name} has no snapshot on or before {as_of}: run ingest first")
         return df.where(F.col("dt") == F.lit(latest[0]))
 
 
@@ -243,10 +247,3 @@ def replace_where_sql(where: Mapping[str, str]) -> str:
         escaped = value.replace("'", "''")
         parts.append(f"`{col}` = '{escaped}'")
     return " AND ".join(parts)
-
-
-def spec_of(name: str) -> TableSpec:
-    try:
-        return ALL_TABLES[name]
-    except KeyError:
-        raise StorageError(f"unknown table {name!r}; known: {sorted(ALL_TABLES)}") from None

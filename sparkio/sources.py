@@ -16,11 +16,11 @@ from pyspark.sql import functions as F
 
 from recgpt.calendar import Calendar
 from recgpt.errors import ConfigError, SourceError
+from recgpt.rundate import RunDate
 from recgpt.synthetic.generator import SyntheticSpec
-from recgpt.tables import INPUT_TABLES, REQUIRED_COLUMNS, REQUIRED_INPUTS
-from udfs import loaders
-from udfs.synthetic import synthetic_frames
-from udfs.validation import SOURCE
+from recgpt.tables import INPUT_TABLES, PLANTED_PERSONAS, REQUIRED_COLUMNS, REQUIRED_INPUTS, SOURCE, TableSpec
+from sparkio import loaders
+from sparkio.synthetic import synthetic_frames
 
 
 @dataclass
@@ -28,15 +28,16 @@ class RawInputs:
     """Raw frames per input table; `extra` holds tables a source writes as they are (ground truth)."""
 
     tables: dict[str, DataFrame]
-    extra: dict[str, DataFrame] = field(default_factory=dict)
+    extra: dict[TableSpec, DataFrame] = field(default_factory=dict)
     # How numeric timestamps are to be read (s, ms, us); None = text timestamps only.
     epoch_unit: str | None = None
 
 
-def read_source(spark: SparkSession, cfg: Any) -> RawInputs:
+def read_source(spark: SparkSession, cfg: Any, dt: RunDate) -> RawInputs:
+    """The configured source (`cfg.data`); the synthetic one generates its world around `dt`."""
     kind = str(cfg.data.source)
     if kind == "synthetic":
-        return _synthetic(spark, cfg)
+        return _synthetic(spark, cfg, dt)
     if kind == "canonical":
         return read_canonical(spark, str(cfg.data.path), str(cfg.data.get("format", "parquet")))
     if kind == "movielens":
@@ -52,15 +53,15 @@ def read_source(spark: SparkSession, cfg: Any) -> RawInputs:
     )
 
 
-def _synthetic(spark: SparkSession, cfg: Any) -> RawInputs:
-    spec = SyntheticSpec.from_config(cfg.data, str(cfg.run.dt))
+def _synthetic(spark: SparkSession, cfg: Any, dt: RunDate) -> RawInputs:
+    spec = SyntheticSpec.from_config(cfg.data, dt)
     frames = synthetic_frames(spark, spec, Calendar.from_config(cfg.calendar), int(cfg.data.partitions))
     tag = F.lit(f"synthetic(seed={spec.seed})")
     tables = {
         name: getattr(frames, name).withColumn(SOURCE, tag)
         for name in ("behaviors", "items", "users", "env_signals")
     }
-    return RawInputs(tables, extra={"planted_personas": frames.planted_personas})
+    return RawInputs(tables, extra={PLANTED_PERSONAS: frames.planted_personas})
 
 
 def _find(path: str, table: str, fmt: str) -> str | None:
