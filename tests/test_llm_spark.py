@@ -98,19 +98,20 @@ def test_one_engine_serves_every_partition_and_stage_and_failures_become_rows(sp
             and "embedding" in rows[f"{stage}-marks"]["error"]
         )
 
-    # Cost ledger: one row per request sent to the engine (the unparseable row never was),
-    # replaced (not duplicated) when the stage reruns.
+    # Cost ledger: one row per request sent to the engine (the unparseable row and the one whose
+    # marks have no embeddings never were; the too-long one was, and was refused), replaced (not
+    # duplicated) when the stage reruns.
     stage, results, rows = runs[0]
     lineage = Lineage.now("2025-10-28", "run-1")
     spark_llm.write_ledger(warehouse, results, stage, lineage)
     spark_llm.write_ledger(warehouse, results, stage, Lineage.now("2025-10-28", "run-2"))
     spark_llm.write_ledger(warehouse, runs[1][1], "experts", lineage)
     ledger = warehouse.read(LLM_CALLS, dt="2025-10-28")
-    assert ledger.count() == 24
+    assert ledger.count() == 22
     planner = ledger.where("stage = 'planner'")
     assert {r["run_id"] for r in planner.select("run_id").collect()} == {"run-2"}
     summary = spark_llm.summarize(results)["planner"]
-    assert summary["calls"] == 12 and summary["errors"] == 2
+    assert summary["calls"] == 11 and summary["errors"] == 1
     ledger_tokens = planner.agg({"generated_tokens": "sum"}).first()[0]
     generated = sum(c["generated_tokens"] for r in rows.values() for c in r["calls"])
     assert ledger_tokens == summary["generated_tokens"] == generated
@@ -142,12 +143,12 @@ def test_a_stage_records_its_ledger_summary_and_quality(spark, tmp_path, cfg):
     assert results.count() == 9
     record_llm(ctx, results, "mine_intents.test")
     summary = ctx.report.details["llm"]["planner"]
-    assert summary["calls"] == 8 and summary["errors"] == 2 and summary["generated_tokens"] > 0
+    assert summary["calls"] == 7 and summary["errors"] == 1 and summary["generated_tokens"] > 0
     text = render_summary(ctx, 1.0, "success", None)
-    assert "llm_calls[mine_intents.test]" in text and "8 calls" in text and "generated tok" in text
+    assert "llm_calls[mine_intents.test]" in text and "7 calls" in text and "generated tok" in text
 
     ledger = ctx.warehouse.read(LLM_CALLS, dt="2025-10-28")
-    assert ledger.count() == 8
+    assert ledger.count() == 7
     assert {r["stage"] for r in ledger.select("stage").collect()} == {"mine_intents.test"}
 
     # The ledger's great-expectations suite passes on what was written and catches duplicates.
