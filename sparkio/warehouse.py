@@ -232,7 +232,17 @@ class Warehouse:
         return df
 
     def read_snapshot(self, table: TableSpec, as_of: RunDate | str) -> DataFrame:
-        """The latest snapshot partition on or before `as_of` of a snapshot table (items, users)."""
+        """The latest snapshot partition on or before `as_of` of a snapshot table (items, users).
+
+        With delta-rs the latest date comes from the Delta log's partition values, so finding it
+        costs no Spark job; delta-spark aggregates the column."""
+        last = RunDate.parse(as_of).iso
+        if self.engine != "delta-spark" and "dt" in table.partition_by:
+            _, _, files = delta.live_files(self.uri(table), dt_to=last, storage_options=self.options)
+            days = [d for f in files if (d := f.partition_values.get("dt"))]
+            if not days:
+                raise StorageError(f"{table.name} has no snapshot on or before {as_of}: run ingest first")
+            return self.read(table, dt=max(days))
         df = self.read(table, dt_to=as_of)
         latest = df.agg(F.max("dt")).first()
         if latest is None or latest[0] is None:

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,16 +71,6 @@ def llm_cfg(tmp_path_factory):
     stop_server(cfg)
 
 
-@pytest.fixture
-def machine_for_a_chain(llm_cfg) -> None:
-    """A whole-chain test starts engines of its own: the session's shared engine server (about
-    4 GB) is stopped first, so the two never hold the machine's memory at once. The next test
-    that needs the shared one starts it again."""
-    from recgpt.llm.server import stop_server
-
-    stop_server(llm_cfg)
-
-
 @pytest.fixture(scope="session")
 def airflow_env(project_env) -> dict[str, str]:
     """The project's environment plus where the Airflow environment is; fails (does not skip)
@@ -91,15 +84,56 @@ def airflow_env(project_env) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def dag_warehouse(tmp_path_factory, airflow_env, llm_cfg):
-    """One `airflow dags test` of the whole DAG for DT on the tiny synthetic world: (warehouse,
-    DAG config, the finished process). Shared by the DAG test (which reruns it) and the notebooks."""
+def scripted_llm():
+    """The deterministic fake OpenAI server (tests/fake_openai.py), for tests of control flow that
+    run whole stages: its answers do not depend on batching, and it starts in no time."""
+    from transformers import AutoTokenizer
+
+    from tests.fake_openai import FakeOpenAI
+    from tests.llm_support import llm_config
+
+    with FakeOpenAI(AutoTokenizer.from_pretrained(llm_config()["model_path"]), delay_s=0.05) as server:
+        yield server
+
+
+@dataclass(frozen=True)
+class ChainRun:
+    warehouse: Path
+    proc: subprocess.CompletedProcess[str]
+    llm_state: Path | None = None  # the engine server's state dir, when the chain started one
+
+
+@pytest.fixture(scope="session")
+def nightly_run(tmp_path_factory, project_env, llm_cfg) -> ChainRun:
+    """The nightly chain (`jobs.nightly`, as `make run` runs it) for DT on the tiny synthetic world,
+    mining on the real bundled model: once per session, read by every whole-chain test. Nothing
+    writes to its warehouse afterwards; a test that reruns a date works on a copy.
+
+    The chain starts an engine server of its own (and stops it after mining): the session's shared
+    one (about 4 GB) is stopped first, so the two never hold the machine's memory at once. The
+    next test that needs the shared one starts it again."""
     from recgpt.llm.server import stop_server
-    from tests.dag_support import DT, airflow, dag_config
+    from tests.dag_support import nightly
+    from tests.llm_support import EAGER
 
-    stop_server(llm_cfg)  # as machine_for_a_chain (a session fixture cannot use that one)
+    stop_server(llm_cfg)
+    tmp = tmp_path_factory.mktemp("nightly")
+    state = tmp / "llm-state"
+    proc = nightly(tmp, project_env, f"llm.server.state_dir={state}", EAGER)
+    return ChainRun(tmp / "wh", proc, state)
 
+
+@pytest.fixture(scope="session")
+def dag_rerun(tmp_path_factory, nightly_run, airflow_env, scripted_llm) -> ChainRun:
+    """`airflow dags test` of the whole DAG for DT on a copy of the nightly run's warehouse: every
+    stage as Airflow launches it, and a rerun of a date that is already done.
+
+    The DAG is orchestration: its stages' LLM calls go to the scripted engine, which answers at
+    once and costs no engine start. The real model mined the date in the nightly run."""
+    from tests.dag_support import DT, airflow, dag_config, failure_report, scripted
+
+    assert nightly_run.proc.returncode == 0, failure_report(nightly_run.proc)
     tmp = tmp_path_factory.mktemp("dag")
-    config = dag_config(tmp)
-    proc = airflow(airflow_env, config, tmp, "dags", "test", "recgpt_nightly", DT)
-    return tmp / "wh", config, proc
+    shutil.copytree(nightly_run.warehouse, tmp / "wh")
+    config = dag_config(tmp, scripted(scripted_llm.url))
+    return ChainRun(tmp / "wh", airflow(airflow_env, config, tmp, "dags", "test", "recgpt_nightly", DT))

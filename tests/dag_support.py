@@ -1,11 +1,13 @@
-"""Running the Airflow DAG from tests: a DAG config for a tiny synthetic world in a temporary
-warehouse, and the Airflow CLI of .venv-airflow with its own AIRFLOW_HOME."""
+"""Whole-chain runs from tests: the nightly chain as `make run` runs it, and the Airflow DAG (a DAG
+config for a tiny synthetic world in a temporary warehouse, and the Airflow CLI of .venv-airflow
+with its own AIRFLOW_HOME)."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,9 +41,8 @@ CHAIN_TABLES = (
     "eval_metrics",
     "dq_results",
 )
-# The tables of the LLM's outputs. Their row counts may differ between two runs of a date: vLLM
-# on CPU is not bit-for-bit repeatable across batch compositions, so a user can get another number
-# of personas or tags. A rerun must still replace them: every row then carries the rerun's run id.
+# The tables of the LLM's outputs: a rerun of the date replaces them, so every row then carries
+# the rerun's run id.
 MINED_TABLES = ("user_personas", "user_intent_tags", "mining_failures", "llm_calls", "tag_recall")
 
 
@@ -49,14 +50,41 @@ def airflow_venv() -> Path:
     return Path(os.environ.get("RECGPT_AIRFLOW_VENV") or ROOT / ".venv-airflow")
 
 
-def dag_config(tmp_path: Path, **settings: Any) -> Path:
-    """conf/airflow/local.yaml pointed at tmp_path/wh with the tiny world, plus `settings`."""
+def nightly(tmp_path: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    """`python -m jobs.nightly` for DT on the tiny world in tmp_path/wh, plus `extra` overrides."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.nightly",
+            f"run.dt={DT}",
+            f"storage.warehouse={tmp_path / 'wh'}",
+            *TINY,
+            *QUICK_ADAPTOR,
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+
+
+def scripted(url: str) -> list[str]:
+    """Overrides that send every LLM call of a stage to the scripted engine at `url`."""
+    return ["llm.placement=remote", f"llm.http.base_url={url}", "llm.retry.attempts=1"]
+
+
+def dag_config(tmp_path: Path, extra: Iterable[str] = (), **settings: Any) -> Path:
+    """conf/airflow/local.yaml pointed at tmp_path/wh with the tiny world plus the `extra` Hydra
+    overrides, then `settings` (which may replace the overrides altogether)."""
     cfg = yaml.safe_load((ROOT / "conf" / "airflow" / "local.yaml").read_text())
     cfg.update(
         warehouse=str(tmp_path / "wh"),
         log_dir=str(tmp_path / "wh" / "_logs"),
         alerts_file=str(tmp_path / "alerts.jsonl"),
-        overrides=[*TINY, *QUICK_ADAPTOR],
+        overrides=[*TINY, *QUICK_ADAPTOR, *extra],
     )
     cfg.update(settings)
     path = tmp_path / f"dag-{len(list(tmp_path.glob('dag-*.yaml')))}.yaml"

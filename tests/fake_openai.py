@@ -1,20 +1,23 @@
 """A deterministic stand-in for a vLLM OpenAI server, for control-flow tests of the Spark stages
 (waves, failures, kill and resume) that must compare runs exactly: the real engine's outputs
 depend on batch composition. It speaks /v1/completions with token-id prompts, reads the output
-schema's title to know which agent is asking, and answers from a hash of the prompt:
+schema's title to know which agent is asking, and answers from a hash of the prompt (the token
+ids, or the serialized tensor of a hybrid prompt sent as `prompt_embeds`):
 
 - planner: one or two fixed personas; about one prompt in six gets a cut-off answer
   (finish_reason "length"), so some users fail at the planner;
 - expert: three tags from a small vocabulary;
 - arbiter: the numbered candidate lines of its prompt, in order (at most eight), with falling
-  scores.
+  scores; the first candidate only when the prompt came as embeddings (it cannot be read back).
 
 Never used outside tests.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import re
 import threading
@@ -34,8 +37,8 @@ VOCABULARY = (
 )
 
 
-def _digest(tokens: list[int]) -> int:
-    return int(hashlib.sha256(json.dumps(tokens).encode()).hexdigest(), 16)
+def _digest(prompt: object) -> int:
+    return int(hashlib.sha256(json.dumps(prompt).encode()).hexdigest(), 16)
 
 
 class FakeOpenAI:
@@ -60,9 +63,9 @@ class FakeOpenAI:
         self.server.server_close()
 
     def answer(self, body: dict[str, Any]) -> tuple[str, str]:
-        tokens = list(body["prompt"])
+        tokens = list(body["prompt"]) if "prompt" in body else None
         agent = str(((body.get("structured_outputs") or {}).get("json") or {}).get("title"))
-        h = _digest(tokens)
+        h = _digest(tokens if tokens is not None else body["prompt_embeds"])
         if agent == "PlannerOutput":
             if h % 6 == 0:
                 return '{"personas":[{"name":"cut', "length"
@@ -76,14 +79,25 @@ class FakeOpenAI:
             tags = [{"tag": t, "reason": f"fits {t}", "evidence": t} for t in dict.fromkeys(picks)]
             return json.dumps({"tags": tags}), "stop"
         if agent == "ArbiterOutput":
-            text = self.tokenizer.decode(tokens)
-            block = re.search(r"<candidate_tags>\n(.*?)\n</candidate_tags>", text, re.S)
-            lines = block.group(1).split("\n") if block else []
+            if tokens is None:
+                lines = ["the first candidate"]
+            else:
+                text = self.tokenizer.decode(tokens)
+                block = re.search(r"<candidate_tags>\n(.*?)\n</candidate_tags>", text, re.S)
+                lines = block.group(1).split("\n") if block else []
             picks = [
                 {"pick": i + 1, "score": max(1, 10 - i), "reason": "fits"} for i in range(min(8, len(lines)))
             ]
             return json.dumps({"tags": picks}), "stop"
         return "{}", "stop"
+
+    @staticmethod
+    def prompt_tokens(body: dict[str, Any]) -> int:
+        if "prompt" in body:
+            return len(body["prompt"])
+        import torch  # a hybrid prompt: a base64 torch tensor of (positions, hidden)
+
+        return int(torch.load(io.BytesIO(base64.b64decode(body["prompt_embeds"]))).shape[0])
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -102,7 +116,7 @@ class FakeOpenAI:
                     {
                         "choices": [{"text": text, "finish_reason": finish}],
                         "usage": {
-                            "prompt_tokens": len(body["prompt"]),
+                            "prompt_tokens": fake.prompt_tokens(body),
                             "completion_tokens": max(1, len(text) // 4),
                             "prompt_tokens_details": {"cached_tokens": 0},
                         },

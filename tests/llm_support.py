@@ -26,8 +26,13 @@ class PersonaSplit(BaseModel):
 SCHEMA_TOKENS = 384
 
 
+# The tests' engines skip torch.compile: they start in about half the time, and the little they
+# generate does not pay back a compile (conf/llm/smollm2_cpu.yaml, enforce_eager).
+EAGER = "llm.enforce_eager=true"
+
+
 def llm_config(**overrides: Any) -> dict[str, Any]:
-    cfg = OmegaConf.to_container(load_config(["run.stage=test"]).llm, resolve=True)
+    cfg = OmegaConf.to_container(load_config(["run.stage=test", EAGER]).llm, resolve=True)
     assert isinstance(cfg, dict)
     for dotted, value in overrides.items():
         node = cfg

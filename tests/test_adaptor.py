@@ -82,41 +82,28 @@ def test_artifact_round_trip_and_versioning(setting, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_adaptor_stage_saves_a_versioned_artifact_from_the_warehouse(spark, tmp_path):
-    from jobs import compress, embed_items, ingest, train_adaptor
-    from jobs.stage import execute, open_context
-
-    small = [
-        f"storage.warehouse={tmp_path / 'wh'}",
-        "run.dt=2025-10-28",
-        "data.users=12",
-        "data.items=80",
-        "data.history_days=40",
-        "data.holdout_days=2",
-        "adaptor.steps=6",
-        "adaptor.batch_size=4",
-        "adaptor.items=30",
-        "adaptor.holdout_items=6",
-        "adaptor.distill_users=3",
-        "adaptor.holdout_users=1",
-        "adaptor.distill_tokens=8",
-    ]
-    for stage, fn in (("ingest", ingest.run), ("embed_items", embed_items.run), ("compress", compress.run)):
-        execute(open_context(load_config(small), stage, spark), fn)
-    report = execute(open_context(load_config(small), "train_adaptor", spark), train_adaptor.run)
-
-    folder = tmp_path / "wh" / "_artifacts" / "adaptor" / report.details["adaptor"]["version"]
-    _weights, meta = A.load(folder)
-    assert meta["llm"] == "SmolLM2-135M-Instruct" and meta["embedding_dim"] == 384
-    assert meta["metrics"]["train_examples"] == report.rows_out == 24 + 3
-    assert set(meta["metrics"]["holdout_loss_after"]) == {"self_perception", "distillation"}
-    assert "distillation" in report.details["training"]
-    # The run record names the artifact version it produced.
+def test_train_adaptor_stage_saves_a_versioned_artifact_from_the_warehouse(nightly_run):
     from deltalake import DeltaTable
 
-    runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas()
-    details = json.loads(runs[runs.stage == "train_adaptor"].iloc[0].details)
-    assert details["adaptor"]["version"] == folder.name
+    from tests.dag_support import QUICK_ADAPTOR, failure_report
+
+    assert nightly_run.proc.returncode == 0, failure_report(nightly_run.proc)
+    runs = DeltaTable(str(nightly_run.warehouse / "runs")).to_pandas()
+    row = runs[runs.stage == "train_adaptor"].iloc[0]
+    details = json.loads(row.details)
+    # The run record names the artifact version it produced, and the artifact is that version.
+    folder = nightly_run.warehouse / "_artifacts" / "adaptor" / details["adaptor"]["version"]
+    _weights, meta = A.load(folder)
+    assert details["adaptor"]["trained"] and meta["version"] == folder.name
+    assert meta["llm"] == "SmolLM2-135M-Instruct" and meta["embedding_dim"] == 384
+    # Self-perception items (a quarter held out) and distillation users (some held out).
+    settings = dict(o.split("=") for o in QUICK_ADAPTOR)
+    items, holdout_users = int(settings["adaptor.items"]), int(settings["adaptor.holdout_users"])
+    distilled = meta["metrics"]["train_examples"] - (items - items // 4)
+    assert meta["metrics"]["train_examples"] == row.rows_out and distilled >= 1
+    assert row.rows_in == items + distilled + holdout_users
+    assert set(meta["metrics"]["holdout_loss_after"]) == {"self_perception", "distillation"}
+    assert "distillation" in details["training"]
 
 
 def test_distillation_lines_stop_at_the_entity_cap_and_skip_a_too_busy_newest_day():

@@ -20,13 +20,9 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.conftest import ROOT
-from tests.fake_openai import FakeOpenAI
-from tests.llm_support import llm_config
+from tests.dag_support import DT, MINED_TABLES, TINY, failure_report
 
 pytestmark = pytest.mark.slow
-
-DT = "2025-10-28"
-TINY = ["data.users=24", "data.items=200", "data.history_days=90", "data.holdout_days=3"]
 
 
 def job(module: str, wh: Path, *extra: str) -> list[str]:
@@ -70,28 +66,20 @@ def table(wh: Path, name: str, sort: list[str]) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, project_env):
-    """A warehouse with ingest, embed_items and compress done for DT."""
+def prepared(tmp_path_factory, nightly_run):
+    """A warehouse with ingest, embed_items and compress done for DT: a copy of the session's
+    nightly run without the tables that mining and the stages after it wrote."""
+    assert nightly_run.proc.returncode == 0, failure_report(nightly_run.proc)
     wh = tmp_path_factory.mktemp("mine") / "wh"
-    stages = "pipeline.stages=[ingest,embed_items,compress]"
-    proc = subprocess.run(
-        job("jobs.nightly", wh, stages),
-        cwd=ROOT,
-        env=project_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copytree(nightly_run.warehouse, wh)
+    for name in (*MINED_TABLES, "_staging"):
+        shutil.rmtree(wh / name, ignore_errors=True)
     return wh
 
 
-@pytest.fixture(scope="module")
-def fake():
-    from transformers import AutoTokenizer
-
-    with FakeOpenAI(AutoTokenizer.from_pretrained(llm_config()["model_path"]), delay_s=0.05) as server:
-        yield server
+@pytest.fixture
+def fake(scripted_llm):
+    return scripted_llm
 
 
 def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
@@ -99,13 +87,16 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
     shutil.copytree(prepared, whole)
     shutil.copytree(prepared, killed)
 
-    # Uninterrupted.
-    proc = mine(whole, fake.url, project_env)
-    assert "4 wave(s)" in proc.stderr
-    tags = table(whole, "user_intent_tags", ["user_id", "rank"])
-    failures = table(whole, "mining_failures", ["user_id"])
     contexts = DeltaTable(str(whole / "user_context")).to_pandas()
     with_history = set(contexts[contexts.events_kept > 0].user_id)
+    waves = -(-len(with_history) // 6)  # mine.wave_users=6
+    assert waves >= 3
+
+    # Uninterrupted.
+    proc = mine(whole, fake.url, project_env)
+    assert f"{waves} wave(s)" in proc.stderr
+    tags = table(whole, "user_intent_tags", ["user_id", "rank"])
+    failures = table(whole, "mining_failures", ["user_id"])
     assert set(tags.user_id) | set(failures.user_id) == with_history
     assert not set(tags.user_id) & set(failures.user_id)
     # The fake cuts some planner answers off: those users fail at the planner, with the reason.
@@ -131,7 +122,7 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     finished = len(list(staging.glob("wave=*/_SUCCESS")))
-    assert 1 <= finished < 4 and not (killed / "user_intent_tags").exists()
+    assert 1 <= finished < waves and not (killed / "user_intent_tags").exists()
 
     # A resume with other prompts would mix two runs' outcomes: refused, staging untouched.
     mixed = mine(killed, fake.url, project_env, "resume=true", "pipeline.agents.prompt_version=v9", ok=False)

@@ -9,27 +9,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.conftest import ROOT
-from tests.dag_support import CHAIN_TABLES, QUICK_ADAPTOR, TINY, failure_report, table_counts
-
-
-def nightly(tmp_path, env, *extra):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.nightly",
-            "run.dt=2025-10-28",
-            f"storage.warehouse={tmp_path / 'wh'}",
-            *TINY,
-            *QUICK_ADAPTOR,
-            *extra,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+from tests.dag_support import CHAIN_TABLES, failure_report, table_counts
 
 
 def mined(wh) -> tuple[set[str], set[str]]:
@@ -42,28 +22,27 @@ def mined(wh) -> tuple[set[str], set[str]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # the whole chain, mining on the real model
-def test_nightly_writes_every_table(tmp_path, project_env, machine_for_a_chain):
-    state = tmp_path / "llm-state"
-    first = nightly(tmp_path, project_env, f"llm.server.state_dir={state}")
+def test_nightly_writes_every_table(nightly_run):
+    first, state, wh = nightly_run.proc, nightly_run.llm_state, nightly_run.warehouse
     assert first.returncode == 0, failure_report(first)
     # The engine server the mining started was stopped once mine_intents was done, by the chain
     # (its state file gone), not left holding its memory through recall, evaluate and dq.
     assert "stopped after mine_intents" in first.stdout
     assert [line for line in (state / "engine_starts.log").read_text().splitlines() if line]
     assert not list(state.glob("*.json"))
-    assert f"tables under {tmp_path / 'wh'}/" in first.stdout
-    counts = table_counts(tmp_path / "wh", CHAIN_TABLES)
+    assert f"tables under {wh}/" in first.stdout
+    counts = table_counts(wh, CHAIN_TABLES)
     assert all(n > 0 for n in counts.values()), counts
     # Every user with a history got tags or a failure row with its reason, never both or neither.
-    contexts = DeltaTable(str(tmp_path / "wh" / "user_context")).to_pandas()
+    contexts = DeltaTable(str(wh / "user_context")).to_pandas()
     with_history = set(contexts[contexts.events_kept > 0].user_id)
-    tagged, failed = mined(tmp_path / "wh")
+    tagged, failed = mined(wh)
     assert tagged | failed == with_history and not tagged & failed
     assert tagged, "no user got tags from the bundled model"
     assert "mine_intents" in first.stdout and "adaptor" in first.stdout
 
-    # The rerun of the same date (duplicating nothing) is tests/test_dag.py's, through Airflow.
-    runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas()
+    # The rerun of the same date (duplicating nothing) is tests/test_dag.py's: Airflow on a copy.
+    runs = DeltaTable(str(wh / "runs")).to_pandas()
     # One chain under one run id.
     chain = ["ingest", "embed_items", "compress", "covisit", "train_adaptor", "mine_intents", "recall"]
     chain += ["evaluate", "dq"]
@@ -72,12 +51,12 @@ def test_nightly_writes_every_table(tmp_path, project_env, machine_for_a_chain):
     assert counts["item_embeddings"] == counts["items"]
     assert "report   " in first.stdout and "_reports/dq/index.html" in first.stdout
     # Every tagged user's tags were recalled, and the evaluation's report is where it says.
-    recalled = DeltaTable(str(tmp_path / "wh" / "tag_recall")).to_pandas()
+    recalled = DeltaTable(str(wh / "tag_recall")).to_pandas()
     assert set(recalled.user_id) == tagged
     assert not recalled.duplicated(["pipeline", "context_mode", "user_id", "tag_rank", "rank"]).any()
-    report = tmp_path / "wh" / "_reports" / "eval" / "dt=2025-10-28" / "index.html"
+    report = wh / "_reports" / "eval" / "dt=2025-10-28" / "index.html"
     assert report.is_file() and str(report) in first.stdout
-    metrics = DeltaTable(str(tmp_path / "wh" / "eval_metrics")).to_pandas()
+    metrics = DeltaTable(str(wh / "eval_metrics")).to_pandas()
     assert {"hr30", "exclusive_recall", "recall_at_30_tags", "persona_recovery"} <= set(metrics.metric)
 
 

@@ -1,4 +1,4 @@
-"""The analyst notebooks run top to bottom on a warehouse the DAG wrote, and draw their plots."""
+"""The analyst notebooks run top to bottom on a warehouse the nightly chain wrote, and draw their plots."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ def test_there_are_notebooks_and_they_are_stored_without_outputs():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # includes the DAG run that writes the warehouse, when it runs first
+@pytest.mark.timeout(1800)  # includes the nightly run that writes the warehouse, when it runs first
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes_and_plots(path, dag_warehouse, monkeypatch, tmp_path):
-    wh, _, proc = dag_warehouse
+def test_notebook_executes_and_plots(path, nightly_run, monkeypatch, tmp_path):
+    wh, proc = nightly_run.warehouse, nightly_run.proc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     monkeypatch.setenv("RECGPT_WAREHOUSE", str(wh))
     nb = nbformat.read(path, as_version=4)
@@ -42,12 +42,12 @@ def test_notebook_executes_and_plots(path, dag_warehouse, monkeypatch, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)
-def test_readme_example_queries_run_on_a_nightly_warehouse(dag_warehouse):
+@pytest.mark.timeout(1800)
+def test_readme_example_queries_run_on_a_nightly_warehouse(nightly_run):
     import duckdb
     from deltalake import DeltaTable
 
-    wh, _, proc = dag_warehouse
+    wh, proc = nightly_run.warehouse, nightly_run.proc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("**Three example queries**") :]

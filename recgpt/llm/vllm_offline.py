@@ -32,6 +32,7 @@ def engine_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "max_num_batched_tokens": int,
         "tensor_parallel_size": int,
         "gpu_memory_utilization": float,
+        "enforce_eager": bool,
     }
     for key, cast in optional.items():
         if cfg.get(key) is not None:
