@@ -14,6 +14,7 @@ uninterrupted run; without `resume` a rerun recomputes everything idempotently.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from omegaconf import OmegaConf
 from pyspark import StorageLevel
@@ -92,8 +93,8 @@ def run(ctx: StageContext) -> None:
     llm_cfg = OmegaConf.to_container(ctx.cfg.llm, resolve=True)
     stage = mining_stage(plan, llm_cfg, ctx.cfg.mine)  # type: ignore[arg-type]
     inputs, total, without_history = scoped_inputs(ctx, plan)
-    waves, kept = open_waves(ctx, plan, variant)
-    todo = inputs.join(done_users(ctx.spark, waves, kept), "user_id", "left_anti")
+    waves, staged, kept = open_waves(ctx, plan, variant)
+    todo = inputs.join(done_users(ctx.spark, staged, kept), "user_id", "left_anti")
     mine_waves(ctx, stage, waves, todo, total, f"{plan.pipeline}/{plan.mode}")
     mined_by = {**variant, "prompt_version": str(plan.agents["prompt_version"])}
     write_tables(ctx, stage, waves.staged(), kept, mined_by)
@@ -105,18 +106,19 @@ def run(ctx: StageContext) -> None:
 
 def open_waves(
     ctx: StageContext, plan: MiningPlan, variant: dict[str, str]
-) -> tuple[Waves, dict[str, DataFrame]]:
+) -> tuple[Waves, DataFrame | None, dict[str, DataFrame]]:
     """This run's staged waves: fresh, or with `resume=true` the finished waves of the killed run
-    plus the rows an earlier final write left in the tables, once both are known to be mined
-    with this run's settings."""
+    (their rows, or None) plus the rows an earlier final write left in the tables, once both are
+    known to be mined with this run's settings."""
     settings = resume_settings(plan, str(ctx.cfg.llm.model_name), ctx.cfg.mine.get("users_file"))
     resume = bool(ctx.cfg.get("resume", False))
     if resume:
         refuse_other_model(ctx.warehouse, ctx.dt, variant, settings)
     staging = Staging(str(ctx.cfg.storage.warehouse), STAGE, ctx.dt, variant)
     waves = Waves(ctx.spark, staging, settings, resume, STAGE)
-    kept = kept_rows(ctx.warehouse, ctx.dt, variant, waves.staged()) if resume else {}
-    return waves, kept
+    staged = waves.staged()
+    kept = kept_rows(ctx.warehouse, ctx.dt, variant, staged) if resume else {}
+    return waves, staged, kept
 
 
 def mine_waves(
@@ -172,7 +174,7 @@ def report(
         f"{without_history:,} without reliable history not mined"
     )
     r.details["variant"] = f"pipeline={plan.pipeline} context_mode={plan.mode}" + (
-        f" adaptor={plan.adaptor_folder.rstrip('/').rsplit('/', 1)[-1]}" if plan.adaptor_folder else ""
+        f" adaptor={Path(plan.adaptor_folder).name}" if plan.adaptor_folder else ""
     )
     sample = sample_line(ctx.warehouse, ctx.dt, variant, int(plan.agents["n_tags"]))
     if sample:

@@ -17,7 +17,6 @@ from recgpt.errors import RecGPTError
 from recgpt.rundate import RunDate
 from recgpt.tables import MINING_FAILURES, USER_INTENT_TAGS, USER_PERSONAS, TableSpec
 from sparkio.warehouse import Warehouse
-from udfs.waves import Waves
 
 TABLES: dict[str, TableSpec] = {
     "personas": USER_PERSONAS,
@@ -109,9 +108,9 @@ def kept_rows(
     return kept
 
 
-def done_users(spark: SparkSession, waves: Waves, kept: Mapping[str, DataFrame]) -> DataFrame:
-    """Users whose outcome already exists: in a finished wave, or in the tables (tags or failure)."""
-    staged = waves.staged()
+def done_users(spark: SparkSession, staged: DataFrame | None, kept: Mapping[str, DataFrame]) -> DataFrame:
+    """Users whose outcome already exists: in a finished wave (`staged`), or in the tables (tags or
+    failure)."""
     done = staged.select("user_id") if staged is not None else spark.createDataFrame([], "user_id string")
     for key in ("tags", "failures"):
         if key in kept:
