@@ -20,7 +20,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.conftest import ROOT
-from tests.dag_support import DT, MINED_TABLES, TINY, failure_report
+from tests.dag_support import DT, MINED_TABLES, TINY, failure_report, scripted
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +30,7 @@ def job(module: str, wh: Path, *extra: str) -> list[str]:
 
 
 def fake_llm(url: str) -> list[str]:
-    return [
-        "context.mode=text",
-        "llm.placement=remote",
-        f"llm.http.base_url={url}",
-        "llm.retry.attempts=1",
-        "mine.wave_users=6",
-        "mine.batch_users=4",
-    ]
+    return ["context.mode=text", *scripted(url), "mine.wave_users=6", "mine.batch_users=4"]
 
 
 def mine(
@@ -77,12 +70,8 @@ def prepared(tmp_path_factory, nightly_run):
     return wh
 
 
-@pytest.fixture
-def fake(scripted_llm):
-    return scripted_llm
-
-
-def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
+def test_failures_kill_resume_and_rerun(prepared, scripted_llm, tmp_path, project_env):
+    fake = scripted_llm
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     shutil.copytree(prepared, whole)
     shutil.copytree(prepared, killed)
@@ -156,7 +145,10 @@ def test_failures_kill_resume_and_rerun(prepared, fake, tmp_path, project_env):
     assert other.returncode == 1 and "holds tags of" in other.stderr
 
 
-def test_a_users_file_mines_exactly_its_users_and_refuses_unknown_ids(prepared, fake, tmp_path, project_env):
+def test_a_users_file_mines_exactly_its_users_and_refuses_unknown_ids(
+    prepared, scripted_llm, tmp_path, project_env
+):
+    fake = scripted_llm
     wh = tmp_path / "wh"
     shutil.copytree(prepared, wh)
     contexts = DeltaTable(str(wh / "user_context")).to_pandas()
