@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -164,6 +165,13 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def default_threads() -> int:
+    """Torch threads for training on the driver: all cores but one. Torch's default (every core)
+    spins its threads on each operation; with anything else running beside it (Spark's JVM, a
+    package install) a 2-core machine measured 15x slower generation than with one thread."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 class FrozenLM:
     """The LLM (transformers, fp32, frozen) used to train the adaptor: chat template, input
     embeddings of text pieces, and the loss of a target given spliced embeddings."""
@@ -174,8 +182,7 @@ class FrozenLM:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads or default_threads())
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
         self.model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         self.model.eval()
@@ -232,16 +239,30 @@ class FrozenLM:
             labels[row, : len(lab)] = torch.tensor(lab)
         return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
-    def generate(self, messages: Sequence[Mapping[str, str]], max_new_tokens: int) -> str:
-        """The frozen model's greedy answer to a text prompt (the distillation teacher)."""
+    def generate(
+        self, prompts: Sequence[Sequence[Mapping[str, str]]], max_new_tokens: int, batch: int = 8
+    ) -> list[str]:
+        """The frozen model's greedy answers to text prompts (the distillation teacher), `batch`
+        prompts per forward pass, left-padded: one call per prompt spent most of its time in
+        per-token overhead on CPU."""
         import torch
 
-        ids = torch.tensor([self.ids(self.prompt(messages))])
-        with torch.no_grad():
-            out = self.model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
-            )
-        return str(self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
+        pad = self.tokenizer.pad_token_id
+        pad = int(self.tokenizer.eos_token_id if pad is None else pad)
+        answers: list[str] = []
+        for start in range(0, len(prompts), batch):
+            encoded = [self.ids(self.prompt(m)) for m in prompts[start : start + batch]]
+            width = max(len(ids) for ids in encoded)
+            ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+            with torch.no_grad():
+                out = self.model.generate(
+                    ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+                )
+            answers += [
+                str(self.tokenizer.decode(row[width:], skip_special_tokens=True)).strip() for row in out
+            ]
+        return answers
 
 
 def train(
@@ -316,16 +337,14 @@ def distillation_examples(
     """One distillation example per user whose items all have a vector in `vectors` (item id ->
     embedding): the hybrid prompt with those embeddings, and as the target what the frozen `lm`
     answers to the text prompt. Returns the examples and, in the same order, their users."""
+    usable = [u for u in users if all(i in vectors for i in u.entity_ids)]  # else: no vector yet
+    teachers = lm.generate([distill_messages(u.text) for u in usable], max_new_tokens)
     examples: list[Example] = []
-    user_ids: list[str] = []
-    for user in users:
+    for user, teacher in zip(usable, teachers, strict=True):
         ids = user.entity_ids
-        if any(i not in vectors for i in ids):
-            continue  # an item without a vector (should not happen after embed_items)
-        teacher = lm.generate(distill_messages(user.text), max_new_tokens)
         entities = np.asarray([vectors[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
         examples.append(Example(distill_messages(user.hybrid), entities, teacher, "distillation"))
-        user_ids.append(user.user_id)
+    user_ids = [u.user_id for u in usable]
     return examples, user_ids
 
 

@@ -174,9 +174,9 @@ def test_distillation_examples_teach_the_hybrid_prompt_the_text_prompts_answer()
         def __init__(self):
             self.seen = []
 
-        def generate(self, messages, max_new_tokens):
-            self.seen.append((messages, max_new_tokens))
-            return "hiking gear"
+        def generate(self, prompts, max_new_tokens):
+            self.seen.append((prompts, max_new_tokens))
+            return ["hiking gear"] * len(prompts)
 
     users = [
         A.DistillationUser("u1", "10-27 | boots; tent", f"10-27 | {EMBED_MARK}; {EMBED_MARK}", ["b1", "t1"]),
@@ -194,4 +194,4 @@ def test_distillation_examples_teach_the_hybrid_prompt_the_text_prompts_answer()
     assert example.entities.dtype == np.float32
     np.testing.assert_array_equal(example.entities, [[1.0, 2.0], [3.0, 4.0]])
     # The teacher answered the text form of the same lines, with the configured answer length.
-    assert teacher.seen == [(A.distill_messages("10-27 | boots; tent"), 8)]
+    assert teacher.seen == [([A.distill_messages("10-27 | boots; tent")], 8)]

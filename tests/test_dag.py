@@ -183,34 +183,3 @@ def test_a_dag_rerun_of_a_done_date_writes_every_table_and_duplicates_nothing(ni
     tagged, failed = set(tags.user_id), set(failures.user_id)
     assert tagged | failed == set(contexts[contexts.events_kept > 0].user_id) and not tagged & failed
     assert tagged and failed  # the scripted planner cuts some answers off: both paths ran
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_the_spark_submit_launcher_runs_a_stage_through_spark_submit(tmp_path, airflow_env):
-    # The cluster launcher for real, on a local master: Airflow's SparkSubmitOperator builds the
-    # spark-submit command from the connection and runs jobs/ingest.py with the Hydra arguments.
-    venv_bin = str(ROOT / ".venv" / "bin")
-    config = dag_config(
-        tmp_path,
-        launcher="spark_submit",
-        spark_submit={
-            "conn_id": "spark_default",
-            "overrides": ["spark=submitted"],
-            "py_files": None,
-            "conf": {"spark.driver.memory": "2g"},
-            "env_vars": {"PYSPARK_PYTHON": f"{venv_bin}/python"},
-        },
-    )
-    env = {
-        **airflow_env,
-        "PATH": f"{venv_bin}:{airflow_env['PATH']}",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-    }
-    proc = airflow(env, config, tmp_path, "tasks", "test", "recgpt_nightly", "ingest", DT)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    assert "spark-submit" in out and "--master local[2]" in out and "jobs/ingest.py" in out
-    runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas()
-    assert runs[["stage", "status"]].values.tolist() == [["ingest", "success"]]
-    assert len(DeltaTable(str(tmp_path / "wh" / "behaviors")).to_pandas()) > 0

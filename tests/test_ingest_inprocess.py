@@ -114,3 +114,12 @@ def test_a_file_without_required_columns_names_itself(spark, tmp_path):
     )
     with pytest.raises(SourceError, match=r"behaviors lacks required column\(s\) \['ts'\]"):
         read_canonical(spark, str(tmp_path), "parquet")
+
+
+def test_a_missing_source_folder_is_a_clear_error(spark, tmp_path):
+    from recgpt.errors import SourceError
+
+    ctx = _ctx(spark, tmp_path, "data=canonical", f"data.path={tmp_path / 'src'}", "data.format=csv")
+    with pytest.raises(SourceError, match=f"canonical source folder {tmp_path / 'src'} does not exist"):
+        execute(ctx, ingest.run)
+    assert DeltaTable(str(tmp_path / "wh" / "runs")).to_pandas().status.tolist() == ["failed"]

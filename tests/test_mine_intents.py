@@ -3,11 +3,15 @@ run resumed to exactly the tables of an uninterrupted one, and reruns that dupli
 
 The model's answers come from a deterministic fake OpenAI server (tests/fake_openai.py): the real
 engine's outputs depend on how requests were batched, which a kill-and-resume comparison cannot
-allow. The real model runs the stage in tests/test_nightly.py and the injection test below."""
+allow. The real model runs the stage in the session's nightly chain (tests/test_nightly.py).
+
+Only the run that is killed is a process of its own; the others run in the test session's Spark
+(the stage's entry point and exit codes are covered by the chain and the DAG)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +23,10 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
+from jobs import mine_intents
+from jobs.stage import StageReport, execute, open_context
+from recgpt.config import load_config
+from recgpt.errors import RecGPTError
 from tests.conftest import ROOT
 from tests.dag_support import DT, MINED_TABLES, TINY, failure_report, scripted
 
@@ -33,20 +41,10 @@ def fake_llm(url: str) -> list[str]:
     return ["context.mode=text", *scripted(url), "mine.wave_users=6", "mine.batch_users=4"]
 
 
-def mine(
-    wh: Path, url: str, env: dict[str, str], *extra: str, ok: bool = True
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        job("jobs.mine_intents", wh, *fake_llm(url), *extra),
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def mine(spark, wh: Path, url: str, *extra: str) -> StageReport:
+    """One mine_intents run in the session's Spark; failures raise as they would in the job."""
+    cfg = load_config([f"run.dt={DT}", f"storage.warehouse={wh}", *TINY, *fake_llm(url), *extra])
+    return execute(open_context(cfg, "mine_intents", spark), mine_intents.run)
 
 
 def table(wh: Path, name: str, sort: list[str]) -> pd.DataFrame:
@@ -70,7 +68,7 @@ def prepared(tmp_path_factory, nightly_run):
     return wh
 
 
-def test_failures_kill_resume_and_rerun(prepared, scripted_llm, tmp_path, project_env):
+def test_failures_kill_resume_and_rerun(prepared, scripted_llm, spark, tmp_path, project_env, capsys):
     fake = scripted_llm
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     shutil.copytree(prepared, whole)
@@ -82,8 +80,8 @@ def test_failures_kill_resume_and_rerun(prepared, scripted_llm, tmp_path, projec
     assert waves >= 3
 
     # Uninterrupted.
-    proc = mine(whole, fake.url, project_env)
-    assert f"{waves} wave(s)" in proc.stderr
+    mine(spark, whole, fake.url)
+    assert f"{waves} wave(s)" in capsys.readouterr().err
     tags = table(whole, "user_intent_tags", ["user_id", "rank"])
     failures = table(whole, "mining_failures", ["user_id"])
     assert set(tags.user_id) | set(failures.user_id) == with_history
@@ -114,14 +112,14 @@ def test_failures_kill_resume_and_rerun(prepared, scripted_llm, tmp_path, projec
     assert 1 <= finished < waves and not (killed / "user_intent_tags").exists()
 
     # A resume with other prompts would mix two runs' outcomes: refused, staging untouched.
-    mixed = mine(killed, fake.url, project_env, "resume=true", "pipeline.agents.prompt_version=v9", ok=False)
-    assert (
-        mixed.returncode == 1 and "made with other settings (agents_sha256, prompt_version)" in mixed.stderr
-    )
+    with pytest.raises(RecGPTError, match=r"made with other settings \(agents_sha256, prompt_version\)"):
+        mine(spark, killed, fake.url, "resume=true", "pipeline.agents.prompt_version=v9")
     assert len(list(staging.glob("wave=*/_SUCCESS"))) == finished
 
-    resumed = mine(killed, fake.url, project_env, "resume=true")
-    assert "0 already done" not in resumed.stderr and "already done" in resumed.stderr
+    capsys.readouterr()
+    mine(spark, killed, fake.url, "resume=true")
+    resumed = capsys.readouterr().err
+    assert "0 already done" not in resumed and "already done" in resumed
     for name, key in (
         ("user_intent_tags", ["user_id", "rank"]),
         ("user_personas", ["user_id", "persona_rank"]),
@@ -133,20 +131,20 @@ def test_failures_kill_resume_and_rerun(prepared, scripted_llm, tmp_path, projec
     assert not staging.exists()  # cleaned up after the tables were written
 
     # A rerun recomputes and replaces; a resume of a finished date mines nobody.
-    mine(whole, fake.url, project_env)
+    mine(spark, whole, fake.url)
     pd.testing.assert_frame_equal(table(whole, "user_intent_tags", ["user_id", "rank"]), tags)
-    done = mine(whole, fake.url, project_env, "resume=true")
-    assert (
-        f"{len(with_history)} users with history, {len(with_history)} already done, 0 to mine" in done.stderr
-    )
+    capsys.readouterr()
+    mine(spark, whole, fake.url, "resume=true")
+    done = capsys.readouterr().err
+    assert f"{len(with_history)} users with history, {len(with_history)} already done, 0 to mine" in done
     pd.testing.assert_frame_equal(table(whole, "user_intent_tags", ["user_id", "rank"]), tags)
     # Nor may a resume add users mined by another prompt version to the finished tables.
-    other = mine(whole, fake.url, project_env, "resume=true", "pipeline.agents.prompt_version=v9", ok=False)
-    assert other.returncode == 1 and "holds tags of" in other.stderr
+    with pytest.raises(RecGPTError, match="holds tags of"):
+        mine(spark, whole, fake.url, "resume=true", "pipeline.agents.prompt_version=v9")
 
 
 def test_a_users_file_mines_exactly_its_users_and_refuses_unknown_ids(
-    prepared, scripted_llm, tmp_path, project_env
+    prepared, scripted_llm, spark, tmp_path, capsys
 ):
     fake = scripted_llm
     wh = tmp_path / "wh"
@@ -158,19 +156,18 @@ def test_a_users_file_mines_exactly_its_users_and_refuses_unknown_ids(
     # An id this date does not know (a list drawn from other data) stops the stage, naming it.
     listed = tmp_path / "users.txt"
     listed.write_text("\n".join([*with_history[:3], "u_from_elsewhere"]) + "\n")
-    refused = mine(wh, fake.url, project_env, f"mine.users_file={listed}", ok=False)
-    assert refused.returncode == 1
-    assert (
-        "1 of its 4 user ids have no user_context row for 2025-10-28 (e.g. u_from_elsewhere)"
-        in refused.stderr
-    )
+    refusal = "1 of its 4 user ids have no user_context row for 2025-10-28 (e.g. u_from_elsewhere)"
+    with pytest.raises(RecGPTError, match=re.escape(refusal)):
+        mine(spark, wh, fake.url, f"mine.users_file={listed}")
     assert not (wh / "user_intent_tags").exists()
 
     # Listed users only: those with history get an outcome, the listed one without is counted.
     listed.write_text("\n".join([*with_history[:3], *without[:1], with_history[0]]) + "\n")
-    proc = mine(wh, fake.url, project_env, f"mine.users_file={listed}")
+    capsys.readouterr()
+    mine(spark, wh, fake.url, f"mine.users_file={listed}")
+    summary = capsys.readouterr().out
     tags = DeltaTable(str(wh / "user_intent_tags")).to_pandas()
     failures = DeltaTable(str(wh / "mining_failures")).to_pandas()
     assert set(tags.user_id) | set(failures.user_id) == set(with_history[:3])
-    assert f"3 with history: {tags.user_id.nunique()} tagged" in proc.stdout
-    assert f"{len(without[:1])} without reliable history not mined" in proc.stdout
+    assert f"3 with history: {tags.user_id.nunique()} tagged" in summary
+    assert f"{len(without[:1])} without reliable history not mined" in summary

@@ -1,17 +1,21 @@
-"""Ingest and a Delta round trip on a real Spark standalone cluster (master + 2 workers on
-loopback), so nothing silently depends on running inside the driver."""
+"""The cluster launcher for real: Airflow's spark-submit launcher runs ingest on a Spark standalone
+cluster (master + 2 workers on loopback), then a Delta round trip through the workers' executors,
+so nothing silently depends on running inside the driver or on a local master."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
 
 from scripts.standalone_cluster import standalone_cluster
 from tests.conftest import ROOT
+from tests.dag_support import DT, airflow, dag_config
 
 ROUND_TRIP = textwrap.dedent("""
     import sys, json
@@ -44,40 +48,57 @@ ROUND_TRIP = textwrap.dedent("""
 """)
 
 
+def submitted_to(master: str, tmp_path) -> tuple[dict, Path]:
+    """A DAG config whose stages Airflow's SparkSubmitOperator sends to `master`, and the
+    Airflow connection naming that master."""
+    venv_bin = str(ROOT / ".venv" / "bin")
+    config = dag_config(
+        tmp_path,
+        launcher="spark_submit",
+        spark_submit={
+            "conn_id": "spark_default",
+            "overrides": ["spark=submitted", "data.users=80", "data.items=400"],
+            "py_files": None,  # the workers share this machine's venv, where the project is installed
+            "conf": {
+                "spark.driver.memory": "1g",
+                "spark.executor.memory": "1g",
+                "spark.executor.cores": "1",
+                "spark.cores.max": "2",
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
+            },
+            "env_vars": {"PYSPARK_PYTHON": f"{venv_bin}/python"},
+        },
+    )
+    conn = {"AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": master})}
+    return conn, config
+
+
 @pytest.mark.slow
-def test_ingest_and_delta_round_trip_on_a_standalone_cluster(tmp_path, project_env):
+@pytest.mark.timeout(900)
+def test_spark_submit_launcher_ingests_on_a_standalone_cluster_and_delta_round_trips(tmp_path, airflow_env):
     wh = tmp_path / "wh"
+    venv_bin = str(ROOT / ".venv" / "bin")
     with standalone_cluster(workers=2, cores=1, memory="1g", work_dir=str(tmp_path / "cluster")) as url:
-        env = dict(project_env, SPARK_MASTER_URL=url)
-        ingest = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "jobs.ingest",
-                "run.dt=2025-10-28",
-                "spark=standalone",
-                "data.users=80",
-                "data.items=400",
-                f"storage.warehouse={wh}",
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert ingest.returncode == 0, ingest.stderr[-4000:]
+        conn, config = submitted_to(url, tmp_path)
+        env = {**airflow_env, **conn, "PATH": f"{venv_bin}:{airflow_env['PATH']}", "SPARK_MASTER_URL": url}
+        # Airflow builds the spark-submit command from the connection and runs jobs/ingest.py
+        # with the stage's Hydra arguments.
+        proc = airflow(env, config, tmp_path, "tasks", "test", "recgpt_nightly", "ingest", DT)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-4000:]
+        assert "spark-submit" in out and f"--master {url}" in out and "jobs/ingest.py" in out
+        runs = DeltaTable(str(wh / "runs")).to_pandas()
+        assert runs[["stage", "status"]].values.tolist() == [["ingest", "success"]]
         trip = subprocess.run(
             [sys.executable, "-c", ROUND_TRIP, str(wh)],
             cwd=ROOT,
-            env=env,
+            env={**airflow_env, "SPARK_MASTER_URL": url},
             capture_output=True,
             text=True,
             timeout=300,
         )
         assert trip.returncode == 0, trip.stderr[-4000:]
-    import json
-
     figures = json.loads(trip.stdout.strip().splitlines()[-1])
     behaviors = DeltaTable(str(wh / "behaviors")).to_pyarrow_table()
     copy = DeltaTable(str(wh / "behaviors_copy")).to_pyarrow_table()
