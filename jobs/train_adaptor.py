@@ -37,7 +37,11 @@ def distillation(
         int(cfg["distill_max_entities"]),
     )
     by_id = vectors_of(vectors, {i for u in users for i in u.entity_ids})
-    return A.distillation_examples(lm, users, by_id, int(cfg["distill_tokens"]))
+    return A.distillation_examples(lm, users, by_id, int(cfg["distill_tokens"]), progress=_stderr)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def run(ctx: StageContext) -> None:
@@ -69,7 +73,7 @@ def run(ctx: StageContext) -> None:
     sp_train, dist_train = sp[holdout_n:], distill[holdout_users:]
     train_set, holdout = sp_train + dist_train, sp[:holdout_n] + distill[:holdout_users]
 
-    result = A.train(lm, train_set, holdout, cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    result = A.train(lm, train_set, holdout, cfg, progress=_stderr)
     meta = A.artifact_meta(train_set, result, lm.hidden, models, cfg, ctx.dt, ctx.lineage.run_id)
     examples = A.trained_on([it["item_id"] for it in items], holdout_n, distill_users, holdout_users)
     folder = A.save(result.adaptor, str(cfg["artifacts_dir"]), meta, examples)

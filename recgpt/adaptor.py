@@ -25,6 +25,7 @@ import numpy as np
 
 from recgpt.errors import ConfigError
 from recgpt.llm.request import EMBED_MARK
+from recgpt.progress import Ticker
 from recgpt.rundate import RunDate
 
 WEIGHTS = "adaptor.safetensors"
@@ -240,7 +241,11 @@ class FrozenLM:
         return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
     def generate(
-        self, prompts: Sequence[Sequence[Mapping[str, str]]], max_new_tokens: int, batch: int = 8
+        self,
+        prompts: Sequence[Sequence[Mapping[str, str]]],
+        max_new_tokens: int,
+        batch: int = 8,
+        progress: Callable[[str], None] | None = None,
     ) -> list[str]:
         """The frozen model's greedy answers to text prompts (the distillation teacher), `batch`
         prompts per forward pass, left-padded: one call per prompt spent most of its time in
@@ -250,6 +255,7 @@ class FrozenLM:
         pad = self.tokenizer.pad_token_id
         pad = int(self.tokenizer.eos_token_id if pad is None else pad)
         answers: list[str] = []
+        ticker = Ticker("adaptor teacher", len(prompts), "answers", emit=progress)
         for start in range(0, len(prompts), batch):
             encoded = [self.ids(self.prompt(m)) for m in prompts[start : start + batch]]
             width = max(len(ids) for ids in encoded)
@@ -262,6 +268,7 @@ class FrozenLM:
             answers += [
                 str(self.tokenizer.decode(row[width:], skip_special_tokens=True)).strip() for row in out
             ]
+            ticker.advance(len(encoded))
         return answers
 
 
@@ -304,7 +311,8 @@ def train(
     pools = {kind: [e for e in train_set if e.kind == kind] for kind in sorted({e.kind for e in train_set})}
     others = [k for k in pools if k != "distillation"]
     share = float(cfg.get("distill_share", 0.25)) if others and "distillation" in pools else 0.0
-    for step in range(1, steps + 1):
+    ticker = Ticker("adaptor training", steps, "steps", emit=progress)
+    for _ in range(steps):
         kind = "distillation" if (not others or rng.random() < share) else others[0]
         pool = pools[kind]
         sample = rng.sample(pool, min(batch, len(pool)))
@@ -313,9 +321,8 @@ def train(
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-        if progress and (step % max(1, steps // 10) == 0 or step == steps):
-            recent = losses[-max(1, steps // 10) :]
-            progress(f"adaptor step {step}/{steps}: loss {sum(recent) / len(recent):.3f}")
+        recent = losses[-10:]
+        ticker.advance(note=f"train loss {sum(recent) / len(recent):.3f}")
     after = evaluate()
     metrics = {
         "steps": steps,
@@ -332,13 +339,17 @@ def train(
 
 
 def distillation_examples(
-    lm: FrozenLM, users: Sequence[DistillationUser], vectors: Mapping[str, Any], max_new_tokens: int
+    lm: FrozenLM,
+    users: Sequence[DistillationUser],
+    vectors: Mapping[str, Any],
+    max_new_tokens: int,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Example], list[str]]:
     """One distillation example per user whose items all have a vector in `vectors` (item id ->
     embedding): the hybrid prompt with those embeddings, and as the target what the frozen `lm`
     answers to the text prompt. Returns the examples and, in the same order, their users."""
     usable = [u for u in users if all(i in vectors for i in u.entity_ids)]  # else: no vector yet
-    teachers = lm.generate([distill_messages(u.text) for u in usable], max_new_tokens)
+    teachers = lm.generate([distill_messages(u.text) for u in usable], max_new_tokens, progress=progress)
     examples: list[Example] = []
     for user, teacher in zip(usable, teachers, strict=True):
         ids = user.entity_ids

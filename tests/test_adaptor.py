@@ -174,7 +174,7 @@ def test_distillation_examples_teach_the_hybrid_prompt_the_text_prompts_answer()
         def __init__(self):
             self.seen = []
 
-        def generate(self, prompts, max_new_tokens):
+        def generate(self, prompts, max_new_tokens, progress=None):
             self.seen.append((prompts, max_new_tokens))
             return ["hiking gear"] * len(prompts)
 
