@@ -7,6 +7,7 @@ and stops the run (exit 1) when a critical expectation failed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -22,9 +23,9 @@ from udfs.checkpoints import (
     covisit_tables,
     embed_items_tables,
     evaluate_tables,
-    has_run,
     ingest_tables,
     latest_run,
+    latest_runs,
     mine_intents_tables,
     recall_tables,
 )
@@ -57,12 +58,18 @@ def checkpoint_tables(ctx: StageContext, stage: str, run: StageRun) -> Checkpoin
 
 
 def validate_stage(
-    ctx: StageContext, runner: QualityRunner, stage: str, q: dict[str, Any], previous: dict[str, int]
+    ctx: StageContext,
+    runner: QualityRunner,
+    stage: str,
+    runs: Mapping[str, StageRun],
+    q: dict[str, Any],
+    previous: dict[str, int],
 ) -> list[CheckResult]:
-    """Run `stage`'s checkpoint and replace its dq_results rows for the run date."""
+    """Run `stage`'s checkpoint on what its latest run (in `runs`) wrote and replace its
+    dq_results rows for the run date."""
     if stage not in CHECKPOINTED:
         raise RecGPTError(f"no data-quality checkpoint for stage {stage!r} (known: {sorted(CHECKPOINTED)})")
-    tables = checkpoint_tables(ctx, stage, latest_run(ctx.warehouse, stage, ctx.dt))
+    tables = checkpoint_tables(ctx, stage, latest_run(runs, stage, ctx.dt))
     results: list[CheckResult] = []
     for table, df in tables.frames.items():
         if table not in q["checkpoints"][stage]:
@@ -87,18 +94,22 @@ def run(ctx: StageContext) -> None:
     assert isinstance(q, dict)
     wh, dt = ctx.warehouse, ctx.dt
     # Explicit stages must have run; by default, every checkpoint whose stage ran for the date.
-    stages = list(ctx.cfg.dq.stages or [s for s in q["checkpoints"] if has_run(wh, s, dt)])
+    runs = latest_runs(wh, dt)
+    stages = list(ctx.cfg.dq.stages or [s for s in q["checkpoints"] if s in runs])
     if not stages:
         raise RecGPTError(f"nothing to validate for dt={dt}: no stage with a checkpoint has run")
     skipped = [s for s in q["checkpoints"] if s not in stages]
     if skipped:
         ctx.report.details["skipped"] = f"no successful run for dt={dt}: {', '.join(skipped)}"
-    runner = QualityRunner(str(q["reports_dir"]), str(q["assets_dir"]))
+    runner = QualityRunner(str(q["reports_dir"]), str(q["assets_dir"]), int(q["local_max_rows"]))
     previous = dict(previous_row_counts(wh.read(DQ_RESULTS) if wh.exists(DQ_RESULTS) else None, dt))
     everything: list[CheckResult] = []
-    for stage in stages:
-        everything += validate_stage(ctx, runner, stage, q, previous)
-    runner.finish()
+    try:
+        for stage in stages:
+            everything += validate_stage(ctx, runner, stage, runs, q, previous)
+    finally:
+        # The Data Docs show what was validated, also when a later checkpoint broke off the run.
+        runner.finish()
 
     r = ctx.report
     r.rows_in = len(everything)

@@ -152,11 +152,19 @@ def flatten(table: str, validation_result: Any) -> list[CheckResult]:
                         "sample": result.get("partial_unexpected_list"),
                         "exception": (r.exception_info or {}).get("exception_message"),
                     },
-                    default=str,
+                    default=_json_value,
                 ),
             )
         )
     return out
+
+
+def _json_value(value: Any) -> Any:
+    """What json cannot encode: a missing value of a pandas-validated column as null (as Spark
+    reports it), anything else as its text."""
+    import pandas as pd
+
+    return None if value is pd.NA or value is pd.NaT else str(value)
 
 
 def gate(

@@ -40,6 +40,14 @@ def results(tmp_path):
     return DeltaTable(str(tmp_path / "wh" / "dq_results")).to_pandas()
 
 
+def runs_of(spark, tmp_path):
+    """The latest successful run of each stage for the test date, as the dq stage reads them."""
+    from sparkio.warehouse import Warehouse
+    from udfs.checkpoints import latest_runs
+
+    return latest_runs(Warehouse(spark, str(tmp_path / "wh")), RunDate.parse("2025-10-28"))
+
+
 @pytest.fixture
 def ingested(spark, tmp_path):
     execute(ctx_for(spark, tmp_path, "ingest"), ingest.run)
@@ -70,6 +78,13 @@ def test_clean_ingest_passes_and_results_are_recorded(spark, ingested):
     assert (docs / "static" / "vendor" / "bootstrap" / "bootstrap.min.css").stat().st_size > 100_000
     assert (docs / "static" / "vendor" / "fontawesome" / "webfonts" / "fa-solid-900.woff2").is_file()
     assert report.details["report"].endswith("_reports/dq/index.html")
+    # Built once at the end, the index still links a page for every table the run validated.
+    index = (docs / "index.html").read_text()
+    run_name = f"2025-10-28_{runs_of(spark, ingested)['dq'].run_id}"
+    for table in set(r.table_name):
+        pages = list((docs / "validations" / "ingest" / table / run_name).rglob("*.html"))
+        assert len(pages) == 1, (table, pages)
+        assert str(pages[0].relative_to(docs)) in index, table
     # Rerunning the gate for the same date replaces its results instead of adding to them.
     execute(ctx_for(spark, ingested, "dq"), dq.run)
     assert len(results(ingested)) == len(r)
@@ -86,10 +101,20 @@ def test_planted_critical_violation_stops_the_run_and_names_it(spark, ingested):
     message = str(err.value)
     assert "items.item_id: expect_column_values_to_be_unique" in message
     assert "report: " in message and message.strip().endswith("_reports/dq/index.html")
-    failed = results(ingested).query("not success")
+    first = results(ingested)
+    failed = first.query("not success")
     assert list(failed.expectation) == ["expect_column_values_to_be_unique"]
     runs = DeltaTable(str(ingested / "wh" / "runs")).to_pandas()
     assert runs.sort_values("created_at").status.iloc[-1] == "failed"
+    # The same gate with every table validated in Spark (no pandas engine for small tables):
+    # the same message and the same dq_results rows.
+    with pytest.raises(QualityGateError) as in_spark:
+        execute(ctx_for(spark, ingested, "dq", "quality.local_max_rows=0"), dq.run)
+    assert str(in_spark.value) == message
+    lineage = ["run_id", "created_at"]
+    key = ["table_name", "expectation", "column_name", "details"]
+    spark_rows = results(ingested).drop(columns=lineage).sort_values(key, ignore_index=True)
+    assert spark_rows.equals(first.drop(columns=lineage).sort_values(key, ignore_index=True))
 
 
 def test_warnings_are_reported_and_the_run_goes_on(spark, ingested):
@@ -231,6 +256,65 @@ def test_mine_intents_checkpoint_counts_tags_per_user_and_covers_every_user_once
     listed.write_text("u1\nu2\n")
     scoped = mine_intents_tables(warehouse, RunDate.parse(DT), str(listed), n_tags=2, m_tags=1)
     assert dict(scoped.row_counts["mining_coverage"].kwargs) == {"value": 4}
+
+
+def test_small_tables_are_validated_in_pandas_with_the_results_spark_gives(spark, tmp_path):
+    from udfs.quality import QualityRunner
+
+    day = dt.date(2025, 10, 28)
+    at = dt.datetime(2025, 10, 28, 12, tzinfo=dt.UTC)
+    # Nulls of every type, an out-of-range int next to a null (pandas would make it a float),
+    # a duplicate key, a false flag.
+    rows = [
+        ("u1", 1, 0.5, True, day, at, [1.0], "a", 5),
+        ("u1", None, 1.5, None, day, at, None, "b", 7),
+        ("u2", 12, -0.1, False, None, None, [1.0], None, 12),
+        ("u3", 3, None, True, day, at, [], "a", 1),
+    ]
+    schema = (
+        "user_id string, rank int, score double, ok boolean, dt date, created_at timestamp, "
+        "vec array<double>, kind string, n long"
+    )
+    df = spark.createDataFrame(rows, schema)
+    between = "expect_column_values_to_be_between"
+    suite = [
+        *(
+            {"expect": "expect_column_values_to_not_be_null", "column": c, "severity": "critical"}
+            for c in ("rank", "score", "ok", "dt", "created_at", "vec")
+        ),
+        {"expect": "expect_column_values_to_be_unique", "column": "user_id", "severity": "critical"},
+        {"expect": "expect_compound_columns_to_be_unique", "column_list": ["user_id", "dt"]},
+        {"expect": between, "column": "rank", "min_value": 1, "max_value": 10, "severity": "critical"},
+        {"expect": between, "column": "n", "min_value": 1, "max_value": 10},
+        {"expect": between, "column": "score", "min_value": 0, "strict_min": True},
+        {"expect": "expect_column_values_to_be_in_set", "column": "ok", "value_set": [True]},
+        {"expect": "expect_column_values_to_be_in_set", "column": "kind", "value_set": ["a"], "mostly": 0.5},
+        {"expect": "expect_column_values_to_be_in_set", "column": "rank", "value_set": [1, 3]},
+        {"expect": "expect_column_min_to_be_between", "column": "rank", "min_value": 2, "max_value": 5},
+        {"expect": "expect_column_min_to_be_between", "column": "dt", "min_value": "2025-10-29"},
+        {"expect": "expect_column_distinct_values_to_contain_set", "column": "kind", "value_set": ["a", "c"]},
+        {"expect": "expect_column_values_to_be_null", "column": "kind", "mostly": 0.9},
+        {"expect": "expect_table_row_count_to_equal", "value": 4, "severity": "critical"},
+    ]
+    specs = check_specs("t", suite)
+    assets = str(load_config([]).quality.assets_dir)
+    in_spark = QualityRunner(str(tmp_path / "spark"), assets, local_max_rows=0)
+    in_pandas = QualityRunner(str(tmp_path / "pandas"), assets, local_max_rows=4)
+    assert not in_spark.fits_locally(df) and in_pandas.fits_locally(df)
+    spark_results = in_spark.validate("s", "t", df, specs, "run")
+    pandas_results = in_pandas.validate("s", "t", df, specs, "run")
+    assert pandas_results == spark_results
+    by_check = {(r.expectation, r.column): r for r in pandas_results}
+    assert [r.success for r in pandas_results].count(True) == 2  # kind in {a} mostly; the row count
+    assert by_check[(between, "rank")].details.endswith('"sample": [12], "exception": null}')
+    assert by_check[("expect_column_values_to_not_be_null", "created_at")].details.endswith(
+        '"sample": [null], "exception": null}'
+    )
+    assert by_check[("expect_column_min_to_be_between", "rank")].observed == "1"
+    assert by_check[("expect_column_min_to_be_between", "dt")].observed == "2025-10-28"
+    # Larger than the threshold, or a NaN (ordered above every number by Spark only): Spark.
+    assert not in_pandas.fits_locally(df.unionByName(df.limit(1)))
+    assert not in_pandas.fits_locally(df.withColumn("score", F.lit(float("nan"))))
 
 
 def test_unknown_expectation_or_severity_is_a_config_error():

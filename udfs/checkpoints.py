@@ -8,6 +8,7 @@ The dq stage runs these through great-expectations (`udfs/quality.py`) with the 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, Window
@@ -63,30 +64,31 @@ class CheckpointTables:
     row_counts: dict[str, CheckSpec] = field(default_factory=dict)
 
 
-def latest_run(wh: Warehouse, stage: str, dt: RunDate) -> StageRun:
-    """The latest successful run of `stage` for `dt`; a RecGPTError telling which stage to run
-    when there is none."""
-    row = None
-    if wh.exists(RUNS):
-        row = (
-            wh.read(RUNS, dt=dt)
-            .where((F.col("stage") == stage) & (F.col("status") == "success"))
-            .orderBy(F.col("created_at").desc())
-            .select("run_id", "rows_in")
-            .first()
-        )
-    if row is None:
+def latest_runs(wh: Warehouse, dt: RunDate) -> dict[str, StageRun]:
+    """The latest successful run of every stage for `dt`, from one read of `runs` (one small
+    aggregate: a row per stage), so the dq stage does not scan the table once per checkpoint."""
+    if not wh.exists(RUNS):
+        return {}
+    latest = (
+        wh.read(RUNS, dt=dt)
+        .where(F.col("status") == "success")
+        .groupBy("stage")
+        .agg(F.max_by(F.struct("run_id", "rows_in"), "created_at").alias("run"))
+        .collect()
+    )
+    return {
+        str(row["stage"]): StageRun(str(row["run"]["run_id"]), int(row["run"]["rows_in"] or 0))
+        for row in latest
+    }
+
+
+def latest_run(runs: Mapping[str, StageRun], stage: str, dt: RunDate) -> StageRun:
+    """`stage`'s entry in `runs` (from `latest_runs`); a RecGPTError telling which stage to run
+    when it has no successful run for `dt`."""
+    run = runs.get(stage)
+    if run is None:
         raise RecGPTError(f"no successful {stage} run for dt={dt}: run `python -m jobs.{stage}` first")
-    return StageRun(str(row["run_id"]), int(row["rows_in"] or 0))
-
-
-def has_run(wh: Warehouse, stage: str, dt: RunDate) -> bool:
-    """Whether `stage` ran successfully for `dt` (its checkpoint has something to validate)."""
-    try:
-        latest_run(wh, stage, dt)
-    except RecGPTError:
-        return False
-    return True
+    return run
 
 
 def derive_behaviors(df: DataFrame, items: DataFrame, until: str) -> DataFrame:

@@ -1,5 +1,6 @@
 """Spark side of the data-quality gates: great-expectations checkpoints run on the stage's Spark
-DataFrames with Data Docs built under the warehouse's `_reports/`, and their results as rows.
+DataFrames (small ones collected and validated in pandas) with Data Docs built under the
+warehouse's `_reports/`, and their results as rows.
 
 What each checkpoint validates (the tables with their derived columns) is in `udfs/checkpoints.py`.
 """
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, FloatType
 
 from recgpt.quality import CheckResult, CheckSpec, build_suite, flatten
 from recgpt.report_assets import localize
@@ -26,10 +29,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class QualityRunner:
     """A file-backed great-expectations project under `reports_dir/gx` (suites and the history of
-    results) with its Data Docs site at `reports_dir/dq/index.html`."""
+    results) with its Data Docs site at `reports_dir/dq/index.html`.
+
+    A table of at most `local_max_rows` rows is collected once and validated by great-expectations'
+    pandas engine: its Spark engine runs several small Spark jobs per suite, which cost far more
+    than the data on a small partition. Larger tables (and every table when it is 0) stay in Spark.
+    """
 
     reports_dir: str
     assets_dir: str
+    local_max_rows: int = 0
 
     def __post_init__(self) -> None:
         import great_expectations as gx
@@ -40,22 +49,26 @@ class QualityRunner:
         self.context = gx.get_context(mode="file", project_root_dir=str(root))
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.context.variables.save()
-        sites = self.context.get_site_names()
-        if "recgpt" not in sites:
-            self.context.add_data_docs_site(
-                site_name="recgpt",
-                site_config={
-                    "class_name": "SiteBuilder",
-                    "store_backend": {
-                        "class_name": "TupleFilesystemStoreBackend",
-                        "base_directory": str(self.docs_dir),
-                    },
-                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                },
-            )
+        site = {
+            "class_name": "SiteBuilder",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(self.docs_dir),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+        sites = self.context.variables.data_docs_sites or {}
+        if sites.get("recgpt") != site:  # new, or the reports dir moved (a copied warehouse)
+            if "recgpt" in sites:
+                self.context.delete_data_docs_site("recgpt")
+            self.context.add_data_docs_site(site_name="recgpt", site_config=site)
         for other in [s for s in sites if s != "recgpt"]:
             self.context.delete_data_docs_site(other)
-        self.source = self.context.data_sources.add_or_update_spark("warehouse")
+        # Kept in the project with their assets: registering an asset rewrites the project file.
+        self.source = data_source(self.context, "spark", "warehouse")
+        self.local_source = data_source(self.context, "pandas", "warehouse_local")
+        # The results (and their suites) validated since the last `finish`, whose pages it renders.
+        self.unrendered: list[Any] = []
 
     @property
     def index(self) -> str:
@@ -64,39 +77,105 @@ class QualityRunner:
     def validate(
         self, stage: str, table: str, df: DataFrame, specs: Sequence[CheckSpec], run_name: str
     ) -> list[CheckResult]:
+        """Run `table`'s suite on `df` (a checkpoint named `stage.table`); the Data Docs pages of
+        the result are rendered by `finish`."""
+        # Cached while its suite runs, the frame's joins and windows run once: the first query fills
+        # the cache, the collect or the Spark engine's metric queries read it. A frame the caller
+        # cached stays as it was.
+        cached = df.storageLevel != StorageLevel.NONE
+        frame = df if cached else df.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            if self.fits_locally(frame):
+                return self._run_checkpoint(stage, table, local_frame(frame), specs, run_name, local=True)
+            return self._run_checkpoint(stage, table, frame, specs, run_name, local=False)
+        finally:
+            if not cached:
+                frame.unpersist()
+
+    def fits_locally(self, df: DataFrame) -> bool:
+        """Whether pandas gives the same results as Spark on `df` and it is small enough to collect:
+        at most `local_max_rows` rows and no NaN in a float column (Spark orders NaN above every
+        number, pandas compares it as missing)."""
+        if self.local_max_rows <= 0:
+            return False
+        floats = [f.name for f in df.schema.fields if isinstance(f.dataType, FloatType | DoubleType)]
+        nan = [F.max(F.isnan(df[c])) for c in floats]
+        rows, *nans = df.agg(F.count(F.lit(1)), *nan).collect()[0]
+        return rows <= self.local_max_rows and not any(nans)
+
+    def _run_checkpoint(
+        self, stage: str, table: str, data: Any, specs: Sequence[CheckSpec], run_name: str, local: bool
+    ) -> list[CheckResult]:
         import great_expectations as gx
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+        )
 
         name = f"{stage}.{table}"
-        try:
-            asset = self.source.get_asset(table)
-        except LookupError:
-            asset = self.source.add_dataframe_asset(table)
-        try:
-            batch = asset.get_batch_definition("whole")
-        except (KeyError, LookupError):
-            batch = asset.add_batch_definition_whole_dataframe("whole")
+        # One suite (so one Data Docs entry) per table; a validation definition and checkpoint per
+        # engine, since updating a stored definition loads the asset it names.
+        runner_name = f"{name}.local" if local else name
+        batch = whole_frame_batch(self.local_source if local else self.source, table)
         suite = self.context.suites.add_or_update(build_suite(name, specs))
         definition = self.context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+            gx.ValidationDefinition(name=runner_name, data=batch, suite=suite)
         )
+        # No Data Docs action: rebuilding the site after every checkpoint re-lists and re-renders
+        # it each time; `finish` renders the run's pages and the index once.
         checkpoint = self.context.checkpoints.add_or_update(
             gx.Checkpoint(
-                name=name,
+                name=runner_name,
                 validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["recgpt"])],
+                actions=[],
                 result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
             )
         )
         result = checkpoint.run(
-            batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(run_name=run_name)
+            batch_parameters={"dataframe": data}, run_id=gx.RunIdentifier(run_name=run_name)
         )
+        for key in result.run_results:
+            self.unrendered += [key, ExpectationSuiteIdentifier(name=name)]
         return [r for v in result.run_results.values() for r in flatten(table, v)]
 
     def finish(self) -> None:
-        """Make the Data Docs readable offline (vendored CSS/JS instead of CDN links)."""
+        """Render the Data Docs pages of what was validated and the index (which lists every
+        validation in the project), then make them readable offline (vendored CSS/JS instead of
+        CDN links)."""
+        if self.unrendered:
+            self.context.build_data_docs(site_names=["recgpt"], resource_identifiers=self.unrendered)
+            self.unrendered = []
         remaining = localize(self.docs_dir, self.assets_dir)
         if remaining:
             log.warning("Data Docs still reference %d remote assets: %s", len(remaining), remaining[:5])
+
+
+def local_frame(df: DataFrame) -> Any:
+    """`df` collected as a pandas frame of Arrow-backed columns: integers with nulls stay integers
+    and nulls stay nulls (plain pandas turns them into floats and NaN), so the pandas engine
+    observes the values Spark does."""
+    import pandas as pd
+
+    return df.toArrow().to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def data_source(context: Any, kind: str, name: str) -> Any:
+    """The project's fluent data source `name` of `kind` (spark, pandas), added if new."""
+    try:
+        return context.data_sources.get(name)
+    except KeyError:
+        return getattr(context.data_sources, f"add_{kind}")(name)
+
+
+def whole_frame_batch(source: Any, table: str) -> Any:
+    """The batch definition "whole" of the dataframe asset `table` of `source`, added if new."""
+    try:
+        asset = source.get_asset(table)
+    except LookupError:
+        asset = source.add_dataframe_asset(table)
+    try:
+        return asset.get_batch_definition("whole")
+    except (KeyError, LookupError):
+        return asset.add_batch_definition_whole_dataframe("whole")
 
 
 # The columns of a dq_results row a checkpoint fills (lineage is stamped on write).
