@@ -6,6 +6,8 @@ AIRFLOW_VENV ?= .venv-airflow
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DT ?= 2025-10-28
+# make run's world: conf/profile/demo.yaml (minutes on 2 cores); PROFILE= runs the full defaults.
+PROFILE ?= demo
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -28,8 +30,8 @@ setup: $(VENV)/.installed $(AIRFLOW_VENV)/.installed  ## create .venv and .venv-
 	$(PY) -m recgpt.llm.model_cache
 	bash scripts/fetch_report_assets.sh .cache/report-assets
 
-run: setup  ## run the nightly chain for DT (default $(DT)) on the embedded default
-	$(PY) -m jobs.nightly run.dt=$(DT) $(ARGS)
+run: setup  ## run the nightly chain for DT (default $(DT)) on the embedded default (PROFILE=demo; PROFILE= for the full world)
+	$(PY) -m jobs.nightly run.dt=$(DT) $(if $(PROFILE),+profile=$(PROFILE)) $(ARGS)
 
 ingest: setup  ## run only the ingest stage for DT
 	$(PY) -m jobs.ingest run.dt=$(DT) $(ARGS)

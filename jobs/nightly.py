@@ -19,8 +19,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from jobs.stage import StageFn, execute, hydra_entry, open_context, prepare
+from jobs.stage import StageFn, StageReport, execute, hydra_entry, open_context, prepare
 from recgpt.llm.server import stop_servers_started_under
+from recgpt.tables import USER_INTENT_TAGS
+from sparkio.warehouse import Warehouse
 
 
 def _stage_fn(stage: str) -> StageFn:
@@ -37,10 +39,11 @@ def run_chain(cfg: DictConfig) -> str:
     cfg = prepare(cfg, "nightly")
     t0 = time.monotonic()
     spark = None
+    reports: dict[str, StageReport] = {}
     for stage in stages:
         ctx = open_context(cfg, stage, spark)
         spark = ctx.spark
-        execute(ctx, fns[stage])
+        reports[stage] = execute(ctx, fns[stage])
         if ctx.report.details.get("llm"):
             llm_cfg = OmegaConf.to_container(cfg.llm, resolve=True)
             for key in stop_servers_started_under(os.getpid(), llm_cfg):  # type: ignore[arg-type]
@@ -48,8 +51,33 @@ def run_chain(cfg: DictConfig) -> str:
     root = str(cfg.storage.warehouse)
     root = root if "://" in root else str(Path(root).resolve())
     print(f"\nnightly dt={cfg.run.dt} done in {time.monotonic() - t0:.1f}s · run_id {cfg.run.run_id}")
+    if spark is not None and "mine_intents" in reports:
+        print(sample_tags(ctx.warehouse, cfg))
+    for stage, label in (("evaluate", "evaluation report"), ("dq", "data-quality report")):
+        if path := (reports.get(stage) or StageReport()).details.get("report"):
+            print(f"{label}: {path}")
     print(f"tables under {root}/ (Delta: open with deltalake.DeltaTable(path), DuckDB or Spark)")
     return str(cfg.run.run_id)
+
+
+def sample_tags(warehouse: Warehouse, cfg: DictConfig, users: int = 3, per_user: int = 3) -> str:
+    """A few users' best tags of this run: the first thing to look at after a run."""
+    from pyspark.sql import functions as F
+
+    tags = (
+        warehouse.read(USER_INTENT_TAGS, dt=str(cfg.run.dt))
+        .where((F.col("run_id") == str(cfg.run.run_id)) & (F.col("rank") <= per_user))
+        .select("user_id", "rank", "tag", "persona")
+    )
+    first = [r.user_id for r in tags.select("user_id").distinct().orderBy("user_id").limit(users).collect()]
+    rows = tags.where(F.col("user_id").isin(first)).orderBy("user_id", "rank").collect()
+    if not rows:
+        return "tags: none written by this run"
+    lines = ["tags (a few users, best first):"]
+    for user in first:
+        mine = [f"{r.tag} ({r.persona})" for r in rows if r.user_id == user]
+        lines.append(f"   {user}: " + "; ".join(mine))
+    return "\n".join(lines)
 
 
 main = hydra_entry("nightly", lambda cfg: run_chain(cfg) and None)

@@ -62,3 +62,11 @@ def test_gpu_cluster_config_extends_the_cluster_template_with_one_gpu_per_execut
     assert conf["spark.sql.extensions"].startswith("io.delta")
     assert cfg.llm.placement == "executor_server" and cfg.llm.kv_cache_gib is None
     assert cfg.llm.tensor_parallel_size >= 1 and 0 < cfg.llm.gpu_memory_utilization <= 1
+
+
+def test_the_demo_profile_is_small_and_keeps_its_adaptor_apart():
+    full, demo = load_config([]), load_config(["+profile=demo"])
+    assert demo.data.users < full.data.users and demo.adaptor.steps < full.adaptor.steps
+    # A full run after the demo must train its own adaptor, not reuse the demo's quick one.
+    assert demo.adaptor.artifacts_dir != full.adaptor.artifacts_dir
+    assert demo.storage.warehouse == full.storage.warehouse

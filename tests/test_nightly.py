@@ -56,6 +56,13 @@ def test_nightly_writes_every_table(nightly_run):
     assert not recalled.duplicated(["pipeline", "context_mode", "user_id", "tag_rank", "rank"]).any()
     report = wh / "_reports" / "eval" / "dt=2025-10-28" / "index.html"
     assert report.is_file() and str(report) in first.stdout
+    # The run ends with what to look at: a few users' best tags and the two reports.
+    ending = first.stdout.split("nightly dt=2025-10-28 done in", 1)[1]
+    tags = DeltaTable(str(wh / "user_intent_tags")).to_pandas()
+    first_user = min(tagged)
+    best = tags[(tags.user_id == first_user) & (tags["rank"] == 1)].tag.item()
+    assert "tags (a few users, best first):" in ending and f"   {first_user}: {best} (" in ending
+    assert f"evaluation report: {report}" in ending and "data-quality report: " in ending
     metrics = DeltaTable(str(wh / "eval_metrics")).to_pandas()
     assert {"hr30", "exclusive_recall", "recall_at_30_tags", "persona_recovery"} <= set(metrics.metric)
 
