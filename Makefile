@@ -44,7 +44,7 @@ setup-airflow: $(AIRFLOW_VENV)/.installed  ## only the scheduler's environment: 
 airflow: setup  ## the Airflow CLI on dags/ (AIRFLOW_HOME=.airflow): make airflow ARGS="dags test recgpt_nightly 2025-10-28"
 	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) bash scripts/airflow.sh $(ARGS)
 
-dag-test: setup  ## the DAG for real: `airflow dags test` on tiny synthetic data, twice (same row counts), failure alert
+dag-test: setup  ## the DAG for real: `airflow dags test` rerunning a nightly chain's date (nothing duplicated), failure alert, lagged evaluation
 	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest tests/test_dag.py $(PYTEST_ARGS)
 
 test: setup  ## the whole test suite, slow end-to-end tests included (the DAG and notebooks too)

@@ -1,6 +1,7 @@
 """The Airflow DAG for real: Airflow 3 in its own environment (.venv-airflow, `make setup-airflow`)
 parses dags/ and runs the stages with `airflow dags test` / `airflow tasks test`; the stages run in
-the project's environment on a tiny synthetic world and write real Delta tables."""
+the project's environment on a tiny synthetic world and write real Delta tables. The spark-submit
+launcher is proven on a standalone cluster in tests/test_standalone_cluster.py."""
 
 from __future__ import annotations
 
