@@ -123,7 +123,8 @@ def buckets(events: Sequence[Event], as_of: RunDate, core_words: int = 6) -> lis
     return list(out.values())
 
 
-def _kinds(kinds: Counter[str]) -> str:
+def kinds_summary(kinds: Counter[str]) -> str:
+    """`bought 1, viewed 2`: strongest signal first, other types after in first-seen order."""
     return ", ".join(f"{VERBS.get(k, k)} {kinds[k]}" for k in STRENGTH if kinds[k]) + "".join(
         f", {k} {n}" for k, n in kinds.items() if k not in STRENGTH
     )
@@ -139,7 +140,7 @@ def bucket_line(b: Bucket, hybrid: bool) -> tuple[str, list[str]]:
             entities.append(item_id)
         else:
             parts.append(text)
-    return f"{b.label} ({_kinds(b.kinds)}) | " + "; ".join(parts), entities
+    return f"{b.label} ({kinds_summary(b.kinds)}) | " + "; ".join(parts), entities
 
 
 def full_text(events: Sequence[Event]) -> str:
