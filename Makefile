@@ -30,7 +30,7 @@ setup: $(VENV)/.installed $(AIRFLOW_VENV)/.installed  ## create .venv and .venv-
 	$(PY) -m recgpt.llm.model_cache
 	bash scripts/fetch_report_assets.sh .cache/report-assets
 
-run: setup  ## run the nightly chain for DT (default $(DT)) on the embedded default (PROFILE=demo; PROFILE= for the full world)
+run: setup  ## run the nightly chain for DT (default $(DT)) on the embedded default (PROFILE=demo: 24 users; PROFILE= for the full world)
 	$(PY) -m jobs.nightly run.dt=$(DT) $(if $(PROFILE),+profile=$(PROFILE)) $(ARGS)
 
 ingest: setup  ## run only the ingest stage for DT

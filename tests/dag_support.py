@@ -21,7 +21,14 @@ DT = "2025-10-28"
 # The tiny world and quick adaptor of the whole-chain tests (tests/test_nightly.py, the DAG):
 # small enough for two chains in one test; the mining needs an adaptor, not a good one.
 TINY = ["data.users=16", "data.items=300", "data.history_days=90", "data.holdout_days=7", "mine.partitions=2"]
-QUICK_ADAPTOR = ["adaptor.steps=8", "adaptor.items=96", "adaptor.distill_users=4", "adaptor.holdout_users=2"]
+QUICK_ADAPTOR = [
+    "adaptor.steps=8",
+    "adaptor.items=96",
+    "adaptor.distill_users=4",
+    "adaptor.holdout_users=2",
+    "adaptor.distill_buckets=1",  # short distillation sequences: a step over long ones is ~10 s
+    "adaptor.distill_max_entities=12",
+]
 
 # Every table the chain writes for a date: a first run leaves rows in each.
 CHAIN_TABLES = (
