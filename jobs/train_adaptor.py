@@ -11,7 +11,6 @@ exists yet (`adaptor.train: missing`); `adaptor.train=always` retrains.
 from __future__ import annotations
 
 import random
-import sys
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -37,11 +36,7 @@ def distillation(
         int(cfg["distill_max_entities"]),
     )
     by_id = vectors_of(vectors, {i for u in users for i in u.entity_ids})
-    return A.distillation_examples(lm, users, by_id, int(cfg["distill_tokens"]), progress=_stderr)
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    return A.distillation_examples(lm, users, by_id, int(cfg["distill_tokens"]))
 
 
 def run(ctx: StageContext) -> None:
@@ -73,7 +68,7 @@ def run(ctx: StageContext) -> None:
     sp_train, dist_train = sp[holdout_n:], distill[holdout_users:]
     train_set, holdout = sp_train + dist_train, sp[:holdout_n] + distill[:holdout_users]
 
-    result = A.train(lm, train_set, holdout, cfg, progress=_stderr)
+    result = A.train(lm, train_set, holdout, cfg)
     meta = A.artifact_meta(train_set, result, lm.hidden, models, cfg, ctx.dt, ctx.lineage.run_id)
     examples = A.trained_on([it["item_id"] for it in items], holdout_n, distill_users, holdout_users)
     folder = A.save(result.adaptor, str(cfg["artifacts_dir"]), meta, examples)

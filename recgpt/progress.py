@@ -13,6 +13,8 @@ def _stderr(line: str) -> None:
 
 
 class Ticker:
+    """Counts a loop's progress; its lines go to `emit` (stderr when None)."""
+
     def __init__(
         self,
         label: str,
