@@ -53,7 +53,7 @@ from recgpt.llm.request import EMBED_MARK, Request, Result, Sampling
 from recgpt.llm.vllm_offline import VLLMOfflineBackend
 from recgpt.rundate import RunDate
 from recgpt.tables import BEHAVIORS, ITEMS, USER_CONTEXT
-from udfs.compress import Settings, clustered_history, compress_users, reliable_events
+from udfs.compress import Settings, clustered_history, compress_users, in_rule_order, reliable_events
 from udfs.embeddings import current_embeddings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,13 +240,11 @@ def full_texts(ctx: StageContext, user_ids: list[str]) -> dict[str, str]:
     cfg = OmegaConf.to_container(ctx.cfg.compress, resolve=True)
     assert isinstance(cfg, dict)
     wh = ctx.warehouse
-    # A filter keeps the clustered order (users adjacent, time order within a user).
-    rows = (
+    rows = in_rule_order(
         clustered_history(wh.read(BEHAVIORS), wh.read_snapshot(ITEMS, ctx.dt), ctx.dt, cfg)
         .where(F.col("user_id").isin(user_ids))
         .toArrow()
-        .to_pylist()
-    )
+    ).to_pylist()
     users: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         users.setdefault(str(r["user_id"]), []).append(r)

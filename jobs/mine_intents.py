@@ -43,6 +43,8 @@ from udfs.mining_tables import (
 from udfs.waves import Waves
 
 STAGE = "mine_intents"
+# The stage calls the LLM: the nightly chain starts its engine server during the stage before.
+USES_LLM = True
 
 
 def plan_for(ctx: StageContext, variant: dict[str, str]) -> MiningPlan:

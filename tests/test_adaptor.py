@@ -4,6 +4,7 @@ saves and loads as a versioned artifact, and the train_adaptor stage runs on war
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -37,7 +38,8 @@ def setting():
     cfg = load_config(["run.stage=test"])
     vectors = Embedder(dict(cfg.embedding)).encode([t for t, _ in ITEMS])
     items = [{"embedding": v, "title": t, "category": c} for (t, c), v in zip(ITEMS, vectors, strict=True)]
-    lm = A.FrozenLM(str(cfg.llm.model_path))
+    # Every core: nothing else runs beside a test (the stage keeps one core for Spark).
+    lm = A.FrozenLM(str(cfg.llm.model_path), threads=os.cpu_count())
     return lm, A.self_perception_examples(items)
 
 

@@ -71,7 +71,8 @@ def test_compress_writes_one_context_per_user_within_budget(spark, tmp_path):
 
 def test_users_split_across_arrow_batches_still_get_one_context(spark, tmp_path):
     """The compressor reads users a batch at a time; a user whose rows straddle two Arrow batches
-    (or a whole batch) must still come out as one row, identical to an unsplit run."""
+    (or a whole batch) must still come out as one row, identical to an unsplit run. Titles
+    attached by the workers from the broadcast catalog give the rows of a join in Spark."""
     from udfs.compress import compress_users
 
     ctx = ctx_for(spark, tmp_path, "ingest")
@@ -87,14 +88,17 @@ def test_users_split_across_arrow_batches_still_get_one_context(spark, tmp_path)
         whole = compress_users(behaviors, items, ctx.dt, cfg, path).toPandas()
         spark.conf.set(key, "7")  # every user with history spans several batches
         split = compress_users(behaviors, items, ctx.dt, cfg, path).toPandas()
+        joined = compress_users(behaviors, items, ctx.dt, {**cfg, "broadcast_items": False}, path).toPandas()
     finally:
         spark.conf.set(key, before)
-    assert split.user_id.is_unique and len(split) == len(whole)
+    assert cfg["broadcast_items"]
+    assert split.user_id.is_unique and len(split) == len(whole) == len(joined)
     assert whole.events_kept.max() > 7
     cols = ["user_id", "events_kept", "full_tokens", "v1_text", "v1_tokens", "hybrid_text", "hybrid_tokens"]
     left = whole.sort_values("user_id")[cols].reset_index(drop=True)
     right = split.sort_values("user_id")[cols].reset_index(drop=True)
     assert left.equals(right)
+    assert left.equals(joined.sort_values("user_id")[cols].reset_index(drop=True))
 
 
 EDGE_ROWS = [

@@ -142,6 +142,48 @@ def test_requests_validate_marks_against_blocks():
     np.testing.assert_array_equal(decode_block(encode_block(block)), block)
 
 
+def test_request_capture_records_each_call_as_sent_batch_by_batch(renderer, tmp_path):
+    import json
+
+    import torch
+
+    from recgpt.llm.capture import CapturingBackend, decode_embeds
+
+    table = renderer.embedding_table
+    block = np.random.default_rng(1).standard_normal((2, table.shape[1])).astype(np.float32)
+    hybrid = Request(
+        "h",
+        ({"role": "user", "content": f"Shopper h bought {EMBED_MARK}"},),
+        embeds=(block,),
+        schema=PersonaSplit,
+        sampling=Sampling(max_tokens=48, seed=3),
+    )
+    scripted = ScriptedBackend(["not json", VALID, VALID])
+    path = tmp_path / "calls" / "task.jsonl"
+    engine = Engine(CapturingBackend(scripted, path), renderer, RetryPolicy(attempts=2))
+    first, second = engine.generate([request("u1"), hybrid])
+    assert first.attempts == 2 and second.ok, "capturing changes nothing the engine sees"
+
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    # Batch 0 held both requests; the repair of u1 went alone in batch 1, after batch 0 returned.
+    assert [(r["batch"], r["index"]) for r in lines] == [(0, 0), (0, 1), (1, 0)]
+    assert lines[2]["sent_at"] >= lines[0]["done_at"] >= lines[0]["sent_at"] >= lines[0]["created_at"]
+    for record, call in zip(lines, scripted.calls, strict=True):
+        assert record["schema"] == PersonaSplit.model_json_schema() == call.schema
+        assert (
+            record["max_tokens"] == call.sampling.max_tokens and record["n_tokens"] == call.rendered.n_tokens
+        )
+    assert lines[0]["token_ids"] == scripted.calls[0].rendered.token_ids
+    assert lines[2]["token_ids"] == scripted.calls[2].rendered.token_ids != lines[0]["token_ids"]
+    assert [r["text"] for r in lines] == ["not json", VALID, VALID] and lines[0]["generated_tokens"] == 2
+    assert lines[0]["latency_ms"] == 5.0 and lines[0]["finish_reason"] == "stop"
+    # A hybrid prompt is its input embeddings, bit for bit once cast back to the model's dtype.
+    assert "token_ids" not in lines[1] and lines[1]["seed"] == 3
+    sent = scripted.calls[1].rendered.embeds
+    replayed = torch.from_numpy(decode_embeds(lines[1])).to(getattr(torch, lines[1]["embeds_dtype"]))
+    assert torch.equal(replayed, sent)
+
+
 def test_the_server_supervisor_stops_its_server_when_the_owner_is_gone():
     import subprocess
     import sys

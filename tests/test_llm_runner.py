@@ -86,6 +86,24 @@ def test_bad_rows_become_error_rows_and_every_row_comes_back_once(renderer):
     assert len(engine.backend.calls) == 3  # type: ignore[attr-defined]
 
 
+def test_request_capture_is_off_unless_configured_and_writes_one_file_per_task(tmp_path):
+    from recgpt.llm.capture import CapturingBackend
+    from recgpt.llm.http_backend import OpenAIHTTPBackend
+
+    remote = {"placement": "remote", "http": {"base_url": "http://127.0.0.1:9"}}
+    cfg = llm_config(**remote)
+    assert cfg["capture_requests"] is None
+    engine, _ = llm.executor_engine(cfg)
+    assert isinstance(engine.backend, OpenAIHTTPBackend)
+    engine, _ = llm.executor_engine({**cfg, "capture_requests": str(tmp_path / "calls")})
+    assert isinstance(engine.backend, CapturingBackend)
+    assert isinstance(engine.backend.inner, OpenAIHTTPBackend) and engine.model == cfg["model_name"]
+    # Outside a Spark task (here) the file is named by process; in a task by stage and partition.
+    other, _ = llm.executor_engine({**cfg, "capture_requests": str(tmp_path / "calls")})
+    assert engine.backend.path.parent == tmp_path / "calls"
+    assert other.backend.path != engine.backend.path  # type: ignore[attr-defined]
+
+
 class Doubler:
     """A program of the runner's shape that is not a request: `n` in, `2n` out, no engine call."""
 

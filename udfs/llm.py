@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -31,7 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from recgpt.errors import ConfigError
-from recgpt.llm.engine import Engine, RetryPolicy
+from recgpt.llm.engine import Backend, Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
 from recgpt.llm.request import Result
 from recgpt.tables import LLM_CALLS
@@ -136,14 +137,35 @@ def executor_engine(cfg: Mapping[str, Any]) -> tuple[Engine, str]:
 
         # The Python daemon that forks the workers lives as long as the executor does.
         info = ensure_server(cfg, owner_pid=os.getppid())
-        backend = OpenAIHTTPBackend.from_config(info.url, cfg)
+        backend = captured(OpenAIHTTPBackend.from_config(info.url, cfg), cfg)
         return Engine(backend, renderer_for(cfg), retry), f"{socket.gethostname()}:{info.pid}"
     if placement == "remote":
         url = (cfg.get("http") or {}).get("base_url")
         if not url:
             raise ConfigError("llm.placement=remote needs llm.http.base_url")
-        return Engine(OpenAIHTTPBackend.from_config(str(url), cfg), renderer_for(cfg), retry), str(url)
+        backend = captured(OpenAIHTTPBackend.from_config(str(url), cfg), cfg)
+        return Engine(backend, renderer_for(cfg), retry), str(url)
     raise ConfigError(f"llm.placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
+
+
+def captured(backend: Backend, cfg: Mapping[str, Any]) -> Backend:
+    """`backend`, or with `llm.capture_requests` set (a folder; benchmarks only) the same backend
+    recording every call it sends, one file per task named by Spark stage (one per wave),
+    partition and attempt, so a replay can keep the stage's batches and their order."""
+    folder = cfg.get("capture_requests")
+    if not folder:
+        return backend
+    from pyspark import TaskContext
+
+    from recgpt.llm.capture import CapturingBackend
+
+    task = TaskContext.get()
+    name = (
+        f"stage{task.stageId()}-part{task.partitionId()}-attempt{task.attemptNumber()}"
+        if task
+        else f"pid{os.getpid()}-{id(backend):x}"
+    )
+    return CapturingBackend(backend, Path(str(folder)) / f"{name}.jsonl")
 
 
 # -- one task's rows ----------------------------------------------------------------------------
