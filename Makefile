@@ -12,7 +12,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-compression bench-v2-vs-v1 eval eval-movielens clean-warehouse
+.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-scale eval eval-movielens clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -64,8 +64,14 @@ bench-storage: setup  ## Delta write path vs bare Parquet write of 10M behaviour
 bench-engine: setup  ## raw vllm.LLM.generate vs the engine layer inside Spark, same 128 prompts
 	$(PY) -m bench.engine $(ARGS)
 
+bench-mining: setup  ## mine_intents on a small world: users/hour, chain LLM tok/s vs raw vLLM on the same requests, time split
+	$(PY) -m bench.mining $(ARGS)
+
 bench-compression: setup  ## context tokens full/V1/hybrid, entity probe, tag agreement, compress at 10M
 	$(PY) -m bench.compression $(ARGS)
+
+bench-scale: setup  ## 10M and 100M behaviours through ingest, compress, covisit: seconds, rows, peak memory per stage
+	$(PY) -m bench.scale $(ARGS)
 
 bench-v2-vs-v1: setup  ## V2 (planner/experts/arbiter, hybrid) vs V1 routes (text): tokens, seconds, duplicates
 	$(PY) -m bench.v2_vs_v1 $(ARGS)
