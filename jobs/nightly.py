@@ -68,7 +68,7 @@ def run_chain(cfg: DictConfig) -> str:
     return str(cfg.run.run_id)
 
 
-def start_engine_early(ctx: StageContext, for_stage: str) -> threading.Thread | None:
+def start_engine_early(ctx: StageContext, for_stage: str) -> None:
     """Start the engine server the next stage's local tasks would start, in a background thread
     owned by this process (so the chain stops it after that stage). Only for a local master and
     the executor server placement: a cluster's executors start their own. A failed start is only
@@ -77,7 +77,7 @@ def start_engine_early(ctx: StageContext, for_stage: str) -> threading.Thread | 
     assert isinstance(llm_cfg, dict)
     master = str(ctx.spark.sparkContext.master)
     if llm_cfg.get("placement") != "executor_server" or not master.startswith("local"):
-        return None
+        return
 
     def start() -> None:
         try:
@@ -89,9 +89,7 @@ def start_engine_early(ctx: StageContext, for_stage: str) -> threading.Thread | 
         print(f"   engine server for {for_stage} up ({how})", flush=True)
 
     print(f"   starting the engine server for {for_stage} in the background", flush=True)
-    thread = threading.Thread(target=start, name="engine-start", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=start, name="engine-start", daemon=True).start()
 
 
 def sample_tags(warehouse: Warehouse, cfg: DictConfig, users: int = 3, per_user: int = 3) -> str:
