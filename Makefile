@@ -10,9 +10,6 @@ DT ?= 2025-10-28
 PROFILE ?= demo
 ARGS ?=
 PYTEST_ARGS ?=
-# `make test` runs the suite on this many pytest workers: the tests that need an LLM engine share
-# one (tests/conftest.py), the Spark-only modules spread over the others.
-TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-scale eval eval-movielens clean-warehouse
@@ -51,10 +48,10 @@ dag-test: setup  ## the DAG for real: `airflow dags test` rerunning a nightly ch
 	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest tests/test_dag.py $(PYTEST_ARGS)
 
 test: setup  ## the whole test suite, slow end-to-end tests included (the DAG and notebooks too)
-	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup  ## the suite without the slow end-to-end tests
-	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup  ## ruff on everything, mypy on the core package
 	$(PY) -m ruff check .

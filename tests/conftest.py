@@ -13,23 +13,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-# The session fixtures that start an LLM engine: the shared server, the nightly chain (whose run
-# starts one of its own) and what is built on that chain's warehouse.
-ENGINE_FIXTURES = frozenset({"llm_cfg", "nightly_run", "dag_rerun"})
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Work units for `pytest -n N --dist loadgroup` (`make test`): every test that needs an LLM
-    engine, directly or through the chain, runs on one worker in collection order, as in a serial
-    run, so two engines never hold the machine's memory at once and each session fixture runs
-    once; every other module is a unit of its own, so its module fixtures are built once."""
-    for item in items:
-        uses = set(getattr(item, "fixturenames", ()))
-        group = "engine" if uses & ENGINE_FIXTURES else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def spark():
     from sparkio.session import build_session
