@@ -28,6 +28,7 @@ $(AIRFLOW_VENV)/.installed: dags/requirements.txt scripts/setup_airflow.sh
 
 setup: $(VENV)/.installed $(AIRFLOW_VENV)/.installed  ## create .venv and .venv-airflow, install everything, convert the bundled model once
 	$(PY) -m recgpt.llm.model_cache
+	$(PY) -m sparkio.cds
 	bash scripts/fetch_report_assets.sh .cache/report-assets
 
 run: setup  ## run the nightly chain for DT (default $(DT)) on the embedded default (PROFILE=demo: 24 users; PROFILE= for the full world)

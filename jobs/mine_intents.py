@@ -13,6 +13,7 @@ uninterrupted run; without `resume` a rerun recomputes everything idempotently.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from pyspark.sql import functions as F
 from jobs.stage import StageContext, main_for, record_llm
 from recgpt import adaptor as A
 from recgpt.errors import RecGPTError
-from recgpt.tables import USER_CONTEXT
+from recgpt.tables import RUNS, USER_CONTEXT
 from sparkio.staging import Staging
 from udfs import llm
 from udfs.mining import MiningPlan, catalog_brands, mining_inputs, mining_stage, resume_settings
@@ -137,9 +138,35 @@ def mine_waves(
         flush=True,
     )
     interval = float(ctx.cfg.llm.get("progress_interval_s", 30))
-    with llm.Progress(ctx.spark, stage.name, total=n_todo, interval_s=interval) as progress:
+    expected = tokens_per_user(ctx, label, float(ctx.cfg.mine.progress_tokens_per_user))
+    with llm.Progress(ctx.spark, stage.name, n_todo, interval, tokens_per_row=expected) as progress:
         waves.run(todo, n_todo, wave_users, "user_id", lambda part: llm.run(part, stage, progress))
     todo.unpersist()
+
+
+def tokens_per_user(ctx: StageContext, label: str, prior: float) -> float:
+    """Generated tokens a user is expected to take, for the progress lines' time left: the newest
+    successful run of this variant among the stage's last runs in `runs` (its tokens over the
+    users it mined), else `prior`."""
+    pipeline, mode = label.split("/")
+    if not ctx.warehouse.exists(RUNS):
+        return prior
+    runs = (
+        ctx.warehouse.read(RUNS)
+        .where((F.col("stage") == STAGE) & (F.col("status") == "success"))
+        .orderBy(F.col("created_at").desc())
+        .select("rows_out", "rows_quarantined", "details")
+        .limit(50)
+        .collect()
+    )
+    for run in runs:
+        details = json.loads(run.details or "{}")
+        if not str(details.get("variant", "")).startswith(f"pipeline={pipeline} context_mode={mode}"):
+            continue
+        mined = (run.rows_out or 0) + (run.rows_quarantined or 0)
+        tokens = sum(int(step.get("generated_tokens") or 0) for step in (details.get("llm") or {}).values())
+        return tokens / mined if mined and tokens else prior
+    return prior
 
 
 def write_tables(

@@ -27,8 +27,11 @@ def build_session(spark_cfg: Mapping[str, Any], app_name: str | None = None) -> 
     builder = SparkSession.builder.appName(app_name or str(spark_cfg.get("app_name", "recgpt")))
     if master:  # null: spark-submit already chose the master
         builder = builder.master(str(master))
-    for key, value in (spark_cfg.get("conf") or {}).items():
-        builder = builder.config(str(key), str(value))
+    conf = {str(k): str(v) for k, v in (spark_cfg.get("conf") or {}).items()}
+    if str(master).startswith("local") and spark_cfg.get("cds", True):
+        conf = with_class_archive(conf)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
     builder = builder.config("spark.pyspark.python", python)
     # Malformed-line detection in CSV sources needs every field parsed, whatever a query selects.
     builder = builder.config("spark.sql.csv.parser.columnPruning.enabled", "false")
@@ -36,6 +39,20 @@ def build_session(spark_cfg: Mapping[str, Any], app_name: str | None = None) -> 
     spark.sparkContext.setLogLevel(str(spark_cfg.get("log_level", "WARN")))
     spark.dataSource.register(DeltaRsDataSource)
     return spark
+
+
+def with_class_archive(conf: dict[str, str]) -> dict[str, str]:
+    """`conf` with the driver JVM mapping its classes from the class-data archive of
+    `make setup` (sparkio.cds), when there is one and the classpath is Spark's own."""
+    from sparkio.cds import java_options
+
+    if any(conf.get(k) for k in ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")):
+        return conf
+    options = java_options()
+    if not options:
+        return conf
+    key = "spark.driver.extraJavaOptions"
+    return {**conf, key: f"{conf.get(key, '')} {options}".strip()}
 
 
 def has_delta_spark(spark: SparkSession) -> bool:

@@ -4,13 +4,15 @@ and a rerun replaces it, and the per-step summary adds up the calls."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
-from recgpt.llm.engine import Engine, RetryPolicy
+from recgpt.llm.engine import Completion, Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
 from recgpt.llm.request import Sampling, encode_messages
 from recgpt.tables import LLM_CALLS
@@ -195,3 +197,32 @@ def test_progress_reports_done_of_total_rate_and_time_left(spark):
     assert "~60s left" in line
     progress.rows.add(30)
     assert "left" not in progress.line()
+
+
+def test_tasks_report_calls_and_tokens_while_their_rows_are_still_in_flight(spark):
+    progress = llm.Progress(spark, "test.live", total=40, interval_s=600, tokens_per_row=100)
+    with progress:
+        report = llm.TaskReport(progress.address, every_s=0)
+        for _ in range(3):
+            report.call_done(Completion("{}", 10, None, 200, "stop", 1.0))
+        deadline = time.monotonic() + 10
+        while "3 calls" not in progress.line():
+            assert time.monotonic() < deadline, progress.line()
+            time.sleep(0.02)
+        # No row is done yet, but 600 of the 4,000 expected tokens are: the time left is known.
+        assert "0/40 rows · 0.00 rows/s · 3 calls" in progress.line() and "left" in progress.line()
+        report.close()
+
+        # A retried task starts over; an older attempt's late datagram does not win; junk is ignored.
+        progress.receive(json.dumps([report.task, 1, 1, 50, 0]).encode())
+        progress.receive(json.dumps([report.task, 0, 9, 900, 4]).encode())
+        progress.receive(b"not json")
+        progress.receive(json.dumps(["other/1", 0, 2, 10, 4]).encode())
+        assert "4/40 rows" in progress.line() and "· 3 calls" in progress.line()
+
+    # By rows, or by tokens against the expected total when that says more (capped at 95%).
+    assert progress.seconds_left(done=0, tokens=600, elapsed=34) == pytest.approx(34 * 0.85 / 0.15)
+    assert progress.seconds_left(done=20, tokens=600, elapsed=30) == pytest.approx(30)
+    assert progress.seconds_left(done=0, tokens=10**6, elapsed=95) == pytest.approx(5)
+    assert progress.seconds_left(done=0, tokens=0, elapsed=30) is None
+    assert progress.seconds_left(done=40, tokens=4000, elapsed=30) is None

@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from recgpt.errors import ConfigError
-from recgpt.llm.engine import Backend, Engine, RetryPolicy
+from recgpt.llm.engine import Backend, Completion, Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
 from recgpt.llm.request import Result
 from recgpt.tables import LLM_CALLS
@@ -124,10 +124,13 @@ def renderer_for(cfg: Mapping[str, Any]) -> PromptRenderer:
     return _RENDERERS[key]
 
 
-def executor_engine(cfg: Mapping[str, Any]) -> tuple[Engine, str]:
+def executor_engine(
+    cfg: Mapping[str, Any], observer: Callable[[Completion], None] | None = None
+) -> tuple[Engine, str]:
     """This executor's engine for `cfg` and a name for it (host:pid of the process doing the
     inference). For `executor_server` it checks the server on every call (cheap) so a server that
-    died is replaced rather than failing every later partition."""
+    died is replaced rather than failing every later partition. `observer` is told of each
+    completion as it arrives."""
     from recgpt.llm.http_backend import OpenAIHTTPBackend
 
     placement = str(cfg.get("placement", "executor_server"))
@@ -137,13 +140,17 @@ def executor_engine(cfg: Mapping[str, Any]) -> tuple[Engine, str]:
 
         # The Python daemon that forks the workers lives as long as the executor does.
         info = ensure_server(cfg, owner_pid=os.getppid())
-        backend = captured(OpenAIHTTPBackend.from_config(info.url, cfg), cfg)
+        http = OpenAIHTTPBackend.from_config(info.url, cfg)
+        http.observer = observer
+        backend = captured(http, cfg)
         return Engine(backend, renderer_for(cfg), retry), f"{socket.gethostname()}:{info.pid}"
     if placement == "remote":
         url = (cfg.get("http") or {}).get("base_url")
         if not url:
             raise ConfigError("llm.placement=remote needs llm.http.base_url")
-        backend = captured(OpenAIHTTPBackend.from_config(str(url), cfg), cfg)
+        http = OpenAIHTTPBackend.from_config(str(url), cfg)
+        http.observer = observer
+        backend = captured(http, cfg)
         return Engine(backend, renderer_for(cfg), retry), str(url)
     raise ConfigError(f"llm.placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
 
@@ -244,9 +251,11 @@ def process(
     engine: Engine,
     engine_name: str,
     counters: tuple[Any, Any] | None = None,
+    report: TaskReport | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """A task's rows through the stage's program on `engine`, `stage.batch_rows` at a time.
-    `counters` (rows, generated tokens) are Spark accumulators the driver's Progress reads."""
+    `counters` (rows, generated tokens) are Spark accumulators the driver's Progress reads;
+    `report` sends it the task's running counts while a chunk is in flight."""
     from pyspark import TaskContext
 
     task = TaskContext.get()
@@ -262,6 +271,8 @@ def process(
         if counters is not None:
             counters[0].add(len(rows))
             counters[1].add(generated)
+        if report is not None:
+            report.rows_done(len(rows))
         elapsed = time.perf_counter() - started
         print(
             f"[{stage.name}] partition {part}: {done:,} rows done, "
@@ -273,11 +284,16 @@ def process(
 
 
 def _task(
-    stage: LLMStage, counters: tuple[Any, Any] | None
+    stage: LLMStage, counters: tuple[Any, Any] | None, address: tuple[str, int] | None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        engine, name = executor_engine(stage.llm)
-        yield from process(batches, stage, engine, name, counters)
+        report = None if address is None else TaskReport(address)
+        engine, name = executor_engine(stage.llm, None if report is None else report.call_done)
+        try:
+            yield from process(batches, stage, engine, name, counters, report)
+        finally:
+            if report is not None:
+                report.close()
 
     return run
 
@@ -290,7 +306,51 @@ def run(df: DataFrame, stage: LLMStage, progress: Progress | None = None) -> Dat
     if stage.partitions:
         df = df.repartition(int(stage.partitions))
     counters = None if progress is None else (progress.rows, progress.tokens)
-    return df.mapInArrow(_task(stage, counters), from_arrow_schema(stage.output_schema()))
+    address = None if progress is None else progress.address
+    return df.mapInArrow(_task(stage, counters, address), from_arrow_schema(stage.output_schema()))
+
+
+class TaskReport:
+    """One task's running counts (engine calls answered, tokens generated, rows done) sent to the
+    driver's Progress as small UDP datagrams: at most one every `every_s` seconds as completions
+    arrive, and one after every chunk of rows. Lossy on purpose: a lost datagram only delays a
+    progress line, and the accumulators stay the exact count. Each datagram carries the task's
+    totals so far, so the newest one received replaces the others."""
+
+    def __init__(self, address: tuple[str, int], every_s: float = 1.0) -> None:
+        from pyspark import TaskContext
+
+        task = TaskContext.get()
+        self.address = address
+        self.every_s = every_s
+        self.task = f"{task.stageId()}/{task.partitionId()}" if task else f"pid{os.getpid()}"
+        self.attempt = task.attemptNumber() if task else 0
+        self.calls = self.tokens = self.rows = 0
+        self._sent_at = float("-inf")
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def call_done(self, completion: Completion) -> None:
+        self.calls += 1
+        self.tokens += completion.generated_tokens
+        self._send()
+
+    def rows_done(self, n: int) -> None:
+        self.rows += n
+        self._send(force=True)
+
+    def _send(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._sent_at < self.every_s:
+            return
+        self._sent_at = now
+        counts = [self.task, self.attempt, self.calls, self.tokens, self.rows]
+        try:
+            self._sock.sendto(json.dumps(counts).encode(), self.address)
+        except OSError:
+            pass  # best effort: the driver may be gone or the port filtered
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 # -- after the stage: ledger and summary ----------------------------------------------------------
@@ -349,47 +409,133 @@ def summarize(outcomes: DataFrame) -> dict[str, dict[str, int]]:
 
 class Progress:
     """Prints an LLM stage's progress from the driver every `interval_s` seconds: rows done of
-    the total, rows/s, generated tokens/s and the time left at that rate. Counts arrive as tasks
-    finish (accumulators); each task also prints its own running count to its stderr."""
+    the total, rows/s, engine calls answered, generated tokens/s and the time left.
+
+    Rows complete a chunk at a time (a chunk's agents run in waves over all its rows), so the
+    running counts come from the tasks themselves (TaskReport datagrams to `address`) as each
+    completion arrives; the accumulators give the exact count as tasks finish. The time left is
+    estimated from the rows done and, with `tokens_per_row` (generated tokens a row is expected
+    to take), from the tokens generated so far."""
 
     def __init__(
-        self, spark: SparkSession, label: str, total: int | None = None, interval_s: float = 30.0
+        self,
+        spark: SparkSession,
+        label: str,
+        total: int | None = None,
+        interval_s: float = 30.0,
+        tokens_per_row: float | None = None,
     ) -> None:
         self.label = label
         self.total = total
         self.interval_s = interval_s
+        self.tokens_per_row = tokens_per_row
         self.rows = spark.sparkContext.accumulator(0)
         self.tokens = spark.sparkContext.accumulator(0)
         self.started = time.perf_counter()
+        self._live: dict[str, tuple[int, int, int, int]] = {}  # task -> (attempt, calls, tokens, rows)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._sock = _listen(str(spark.conf.get("spark.driver.host", "localhost")))
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._receiver = threading.Thread(target=self._receive, daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where tasks send their TaskReport datagrams (None: no live counts, accumulators only)."""
+        return None if self._sock is None else self._sock.getsockname()[:2]
 
     def __enter__(self) -> Progress:
         self.started = time.perf_counter()
         self._thread.start()
+        if self._sock is not None:
+            self._receiver.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self._sock is not None:
+            self._receiver.join(timeout=5)
+            self._drain()
+            self._sock.close()
         print(self.line(), file=sys.stderr, flush=True)
 
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.started
 
+    def receive(self, message: bytes) -> None:
+        """Take one TaskReport datagram; a malformed one is ignored."""
+        try:
+            task, attempt, calls, tokens, rows = json.loads(message)
+            counts = (int(attempt), int(calls), int(tokens), int(rows))
+        except (ValueError, TypeError):
+            return
+        with self._lock:
+            # A task's counts only grow within an attempt and a retry starts over: the largest
+            # (attempt, counts) is the newest, whatever order the datagrams came in.
+            self._live[str(task)] = max(self._live.get(str(task), counts), counts)
+
     def line(self) -> str:
         elapsed = max(self.seconds, 1e-9)
-        done = int(self.rows.value)
+        with self._lock:
+            live = list(self._live.values())
+        done = max(int(self.rows.value), sum(c[3] for c in live))
+        tokens = max(int(self.tokens.value), sum(c[2] for c in live))
         total = f"/{self.total:,}" if self.total is not None else ""
-        line = (
-            f"[{self.label}] {done:,}{total} rows · {done / elapsed:,.2f} rows/s · "
-            f"{self.tokens.value / elapsed:,.0f} generated tok/s · {elapsed:,.0f}s"
-        )
-        if self.total and 0 < done < self.total:
-            line += f" · ~{(self.total - done) * elapsed / done:,.0f}s left"
+        line = f"[{self.label}] {done:,}{total} rows · {done / elapsed:,.2f} rows/s"
+        if live:
+            line += f" · {sum(c[1] for c in live):,} calls"
+        line += f" · {tokens / elapsed:,.0f} generated tok/s · {elapsed:,.0f}s"
+        left = self.seconds_left(done, tokens, elapsed)
+        if left is not None:
+            line += f" · ~{left:,.0f}s left"
         return line
+
+    def seconds_left(self, done: int, tokens: int, elapsed: float) -> float | None:
+        """At the rate so far: by rows done, or by tokens generated against the expected total
+        when that says more (rows arrive a chunk at a time); None when nothing is done yet or
+        everything is."""
+        if not self.total or done >= self.total:
+            return None
+        share = done / self.total
+        if self.tokens_per_row:
+            # Capped: the expectation is an estimate, and the last rows are not done yet.
+            share = max(share, min(tokens / (self.total * self.tokens_per_row), 0.95))
+        return elapsed * (1 - share) / share if share > 0 else None
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             print(self.line(), file=sys.stderr, flush=True)
+
+    def _receive(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                message = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.receive(message)
+
+    def _drain(self) -> None:
+        """Take the reports still queued on the socket (the last tasks' final counts)."""
+        assert self._sock is not None
+        self._sock.setblocking(False)
+        while True:
+            try:
+                self.receive(self._sock.recv(4096))
+            except OSError:  # BlockingIOError: nothing left
+                return
+
+
+def _listen(host: str) -> socket.socket | None:
+    """A UDP socket on the driver's address for the tasks' reports (None if it cannot bind)."""
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((socket.gethostbyname(host), 0))
+    except OSError:
+        return None
+    sock.settimeout(0.5)
+    return sock

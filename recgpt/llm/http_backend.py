@@ -14,7 +14,7 @@ import io
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -55,6 +55,8 @@ class OpenAIHTTPBackend:
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
         self.backoff_s = float(backoff_s)
+        # Told of each completion as it arrives (a task's live progress), not when the batch ends.
+        self.observer: Callable[[Completion], None] | None = None
 
     @classmethod
     def from_config(cls, base_url: str, cfg: Mapping[str, Any]) -> OpenAIHTTPBackend:
@@ -107,7 +109,10 @@ class OpenAIHTTPBackend:
 
             async def one(call: Call) -> Completion:
                 async with gate:
-                    return await self._complete_one(client, call)
+                    completion = await self._complete_one(client, call)
+                if self.observer is not None:
+                    self.observer(completion)
+                return completion
 
             return list(await asyncio.gather(*(one(c) for c in calls)))
 
