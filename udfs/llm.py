@@ -140,19 +140,16 @@ def executor_engine(
 
         # The Python daemon that forks the workers lives as long as the executor does.
         info = ensure_server(cfg, owner_pid=os.getppid())
-        http = OpenAIHTTPBackend.from_config(info.url, cfg)
-        http.observer = observer
-        backend = captured(http, cfg)
-        return Engine(backend, renderer_for(cfg), retry), f"{socket.gethostname()}:{info.pid}"
-    if placement == "remote":
-        url = (cfg.get("http") or {}).get("base_url")
+        url, name = info.url, f"{socket.gethostname()}:{info.pid}"
+    elif placement == "remote":
+        url = name = str((cfg.get("http") or {}).get("base_url") or "")
         if not url:
             raise ConfigError("llm.placement=remote needs llm.http.base_url")
-        http = OpenAIHTTPBackend.from_config(str(url), cfg)
-        http.observer = observer
-        backend = captured(http, cfg)
-        return Engine(backend, renderer_for(cfg), retry), str(url)
-    raise ConfigError(f"llm.placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
+    else:
+        raise ConfigError(f"llm.placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
+    http = OpenAIHTTPBackend.from_config(url, cfg)
+    http.observer = observer
+    return Engine(captured(http, cfg), renderer_for(cfg), retry), name
 
 
 def captured(backend: Backend, cfg: Mapping[str, Any]) -> Backend:
