@@ -12,6 +12,7 @@ so its peak follows the data up to spark.driver.memory; the driver's Python proc
 anything collected to the driver would show.
 
     make bench-scale [ARGS="--rows 10000000,100000000 --users-per-row 0.01 --keep"]
+    make bench-scale ARGS="--reuse"   # sizes already measured alike are taken from the last result
     python -m bench.scale --rows 200000,1000000 [Hydra overrides for every stage, e.g. spark.master=local[2]]
     make bench-scale ARGS="'+spark.conf={spark.sql.shuffle.partitions: 64}'"   # Spark settings merge
 """
@@ -19,6 +20,7 @@ anything collected to the driver would show.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -51,6 +53,7 @@ ROWS_OUT = {
     "compress": "user_context rows",
     "covisit": "covisit_recall rows",
 }
+RESULT = ROOT / "bench" / "results" / "scale.json"
 SAMPLE_S = 0.5
 # Walking Spark's scratch folder costs more than reading /proc: less often.
 SPILL_SAMPLE_S = 2.0
@@ -388,6 +391,20 @@ def print_table(sizes: Sequence[dict[str, Any]], flat: dict[str, Any], settings:
         )
 
 
+def reusable(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """Sizes of the last result generated from the same source parameters, each with the Spark
+    settings and overrides it ran with. A size measured before sizes carried their own date and
+    settings takes the file's."""
+    if not RESULT.exists():
+        return {}
+    old = json.loads(RESULT.read_text())
+    if old.get("source") != figures([], {}, {}, args, 0.0)["source"]:
+        print(f"  --reuse: {RESULT} was generated from another source; every size runs")
+        return {}
+    inherited = {"measured_at": old["date"], "spark": old.get("spark"), "overrides": old.get("overrides")}
+    return {int(size["behaviours"]): {**inherited, **size} for size in old.get("sizes", [])}
+
+
 def sizes_arg(text: str) -> list[int]:
     try:
         sizes = sorted({int(float(part)) for part in text.split(",") if part.strip()})
@@ -413,6 +430,12 @@ def main() -> None:
     parser.add_argument("--flat-ratio", type=float, default=1.25, help="largest/smallest peak still flat")
     parser.add_argument("--workdir", help="scratch folder (default: a new temporary folder under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep each size's source and warehouse")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take sizes already in bench/results/scale.json, generated from the same source "
+        "parameters, instead of running them again (each size keeps its date and Spark settings)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage (and the generator)")
     args = parser.parse_args()
 
@@ -425,8 +448,16 @@ def main() -> None:
     settings = spark_settings(args.overrides)
     t0 = time.perf_counter()
     sizes: list[dict[str, Any]] = []
+    measured = reusable(args) if args.reuse else {}
     for rows in args.rows:
-        sizes.append(run_size(rows, args, scratch, args.overrides))
+        if rows in measured:
+            print(f"  {rows:,} behaviours: reused from {RESULT} (measured {measured[rows]['measured_at']})")
+            sizes.append(measured[rows])
+            continue
+        size = run_size(rows, args, scratch, args.overrides)
+        size["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        size["spark"], size["overrides"] = settings, list(args.overrides)
+        sizes.append(size)
         # Written after every size: a failure at the largest keeps the figures of the others.
         flat = driver_flat(sizes, args.flat_ratio)
         path = write_result("scale", figures(sizes, flat, settings, args, time.perf_counter() - t0))
