@@ -1,8 +1,9 @@
 """Offline evaluation end to end: the whole chain for one run date, on the synthetic world or on
 MovieLens ml-100k split in time, with V2 and the V1 baseline mined for the same seeded sample of
 users by the same model; then tag recall for each, co-visitation, evaluate (metrics and the HTML
-report) and the data-quality gate. Prints the headline metrics side by side and writes
-bench/results/eval_<data>.json.
+report) and the data-quality gate. V2 is mined twice, from hybrid contexts (its cost saving) and
+from the text contexts V1 reads, so the price of the hybrid form is always beside its saving.
+Prints the headline metrics side by side and writes bench/results/eval_<data>.json.
 
     make eval                 # synthetic
     make eval-movielens       # ../shared/datasets/ml-100k
@@ -35,7 +36,7 @@ from jobs.stage import StageContext, StageFn, execute, open_context
 from recgpt.config import load_config
 from recgpt.llm.server import ensure_server, stop_server
 from recgpt.rundate import RunDate
-from recgpt.tables import EVAL_METRICS, ITEMS, USER_CONTEXT
+from recgpt.tables import EVAL_COMPARISONS, EVAL_METRICS, ITEMS, USER_CONTEXT
 from udfs.evaluate import heldout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,8 @@ DATASETS: dict[str, dict[str, Any]] = {
     },
 }
 HEADLINE = ("hr30", "exclusive_recall", "recall_at_30_tags", "recall_at_30_covisit", "persona_recovery")
-PIPELINES = {"v2": "v2", "v1": "v1_baseline"}
+# Result key -> (pipeline, context mode) mined for the same users.
+VARIANTS = {"v2": ("v2", "hybrid"), "v2_text": ("v2", "text"), "v1": ("v1_baseline", "text")}
 
 
 @dataclass
@@ -118,8 +120,10 @@ def run_chain(
     chosen = sample_users(ctx, int(cfg.eval.window_days), users, seed, users_file)
     print(f"[eval] {data}: mining {chosen} sampled users as of {dt}", flush=True)
     configs = {
-        key: load_config([*base, f"pipeline={pipeline}", f"mine.users_file={users_file}"])
-        for key, pipeline in PIPELINES.items()
+        key: load_config(
+            [*base, f"pipeline={pipeline}", f"context.mode={mode}", f"mine.users_file={users_file}"]
+        )
+        for key, (pipeline, mode) in VARIANTS.items()
     }
     if adaptor:
         target = Path(str(cfg.adaptor.artifacts_dir)) / Path(adaptor).name
@@ -144,12 +148,35 @@ def run_chain(
     return chain
 
 
-def metrics(ctx: StageContext, dt: RunDate) -> dict[str, dict[str, float | None]]:
-    """metric -> {"v2": value, "v1": value} from eval_metrics."""
-    names = {v: k for k, v in PIPELINES.items()}
-    out: dict[str, dict[str, float | None]] = {}
+def variant_key(pipeline: str, mode: str) -> str:
+    names = {v: k for k, v in VARIANTS.items()}
+    return names.get((pipeline, mode), f"{pipeline}.{mode}")
+
+
+def metrics(ctx: StageContext, dt: RunDate) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(metric -> {"v2": value, "v2_text": value, "v1": value}, metric -> {variant: [low, high]})
+    from eval_metrics."""
+    values: dict[str, dict[str, Any]] = {}
+    ci: dict[str, dict[str, Any]] = {}
     for r in ctx.warehouse.read(EVAL_METRICS, dt=dt).collect():
-        out.setdefault(r.metric, {})[names.get(r.pipeline, r.pipeline)] = r.value
+        key = variant_key(r.pipeline, r.context_mode)
+        values.setdefault(r.metric, {})[key] = r.value
+        if r.ci95_low is not None:
+            ci.setdefault(r.metric, {})[key] = [round(r.ci95_low, 4), round(r.ci95_high, 4)]
+    return values, ci
+
+
+def compared(ctx: StageContext, dt: RunDate) -> list[dict[str, Any]]:
+    """eval_comparisons: each variant minus another or a baseline, with the paired interval."""
+    rows = ctx.warehouse.read(EVAL_COMPARISONS, dt=dt).collect()
+    out = []
+    for r in sorted(rows, key=lambda r: (r.metric, r.pipeline, r.context_mode, r.other)):
+        other = variant_key(*r.other.split(".", 1)) if "." in r.other else r.other
+        out.append(
+            {"metric": r.metric, "variant": variant_key(r.pipeline, r.context_mode), "minus": other}
+            | {"difference": round(r.difference, 4), "ci95": [round(r.ci95_low, 4), round(r.ci95_high, 4)]}
+            | {"users": r.users}
+        )
     return out
 
 
@@ -172,11 +199,35 @@ def main() -> None:
     chain = run_chain(args.data, users, root, args.adaptor, args.overrides, args.seed)
     total = time.perf_counter() - started
     ctx = chain.contexts["v2"]
-    found = metrics(ctx, chain.dt)
+    found, ci = metrics(ctx, chain.dt)
+    pairs = compared(ctx, chain.dt)
     ctx.spark.stop()
 
-    out: dict[str, Any] = {name: found.get(name, {"v2": None, "v1": None}) for name in HEADLINE}
-    out["detail"] = {name: values for name, values in sorted(found.items()) if name not in HEADLINE}
+    k = int(ctx.cfg.eval.k)
+    out: dict[str, Any] = {name: found.get(name, dict.fromkeys(VARIANTS)) for name in HEADLINE}
+    # The LLM-free baselines over each variant's users: as many categories as its tags name, 1, 3.
+    out["history"] = {
+        "matched": found.get(f"hr{k}_history", {}),
+        "top1": found.get("hr_history_top1", {}),
+        "top3": found.get("hr_history_top3", {}),
+    }
+    out["popular"] = {
+        "matched": found.get(f"hr{k}_popular", {}),
+        "top1": found.get("hr_popular_top1", {}),
+        "top3": found.get("hr_popular_top3", {}),
+    }
+    out["ci95"] = ci
+    out["comparisons"] = pairs
+    baselines = {
+        f"hr{k}_history",
+        f"hr{k}_popular",
+        *(f"hr_{b}_top{n}" for b in ("history", "popular") for n in (1, 3)),
+    }
+    out["detail"] = {
+        name: values
+        for name, values in sorted(found.items())
+        if name not in HEADLINE and name not in baselines
+    }
     out |= {
         "data": args.data,
         "dt": chain.dt.iso,
@@ -188,14 +239,20 @@ def main() -> None:
     }
     path = write_result(f"eval_{args.data}", out)
     print(f"\nOffline evaluation, {args.data}, dt={chain.dt}, {chain.users} users ({out['llm']})")
-    print(f"  {'metric':<24}{'V2':>10}{'V1':>10}")
-    for name in (*HEADLINE, "failure_rate", "tokens_per_user"):
+    print(f"  {'metric':<24}{'V2 hybrid':>10}{'V2 text':>10}{'V1':>10}")
+    for name in (*HEADLINE, "failure_rate", "tokens_per_user", f"hr{k}_history", f"hr{k}_popular"):
         values = found.get(name, {})
-        cells = "".join(f"{_fmt(values.get(k)):>10}" for k in ("v2", "v1"))
+        cells = "".join(f"{_fmt(values.get(key)):>10}" for key in VARIANTS)
         print(f"  {name:<24}{cells}")
-    print(
-        f"  mining seconds: V2 {chain.seconds['v2']:,.0f}, V1 {chain.seconds['v1']:,.0f}; total {total:,.0f}"
-    )
+    for pair in pairs:
+        if pair["metric"] == f"hr{k}" and pair["variant"] == "v2":
+            low, high = pair["ci95"]
+            print(
+                f"  hr{k} v2 - {pair['minus']:<14} {pair['difference']:+.3f}  [{low:+.3f}, {high:+.3f}] "
+                f"over {pair['users']} users"
+            )
+    seconds = ", ".join(f"{k} {chain.seconds[k]:,.0f}" for k in VARIANTS)
+    print(f"  mining seconds: {seconds}; total {total:,.0f}")
     print(f"  report: {chain.report}")
     print(f"  written to {path}")
     print(json.dumps({name: out[name] for name in HEADLINE}))

@@ -22,17 +22,22 @@ from jobs.stage import StageContext, main_for
 from recgpt.errors import ConfigError, NothingToDo, RecGPTError
 from recgpt.metrics import mean_metrics, metric_docs, variant_metrics
 from recgpt.report import ReportData, write_report
-from recgpt.tables import EVAL_METRICS, ITEMS
+from recgpt.tables import EVAL_COMPARISONS, EVAL_METRICS, ITEMS
 from udfs.evaluate import (
+    Bootstrap,
     Variant,
+    bootstrap_values,
     category_counts,
+    comparisons,
     covisit_items,
     evaluation_rows,
     failed_users,
     heldout_users,
+    intervals,
     item_categories,
     mined_variants,
     mining_tokens,
+    popular_categories,
     recalled_items,
     sample_tags,
     score_users,
@@ -43,7 +48,11 @@ STAGE = "evaluate"
 # The eval_metrics columns the stage computes (lineage is stamped on write).
 EVAL_METRICS_SCHEMA = (
     "pipeline string, context_mode string, model string, metric string, value double, users long, "
-    "window_days int"
+    "window_days int, ci95_low double, ci95_high double"
+)
+EVAL_COMPARISONS_SCHEMA = (
+    "pipeline string, context_mode string, other string, metric string, difference double, "
+    "ci95_low double, ci95_high double, users long, replicates int"
 )
 
 
@@ -69,9 +78,11 @@ def metric_records(
     per_variant: dict[Variant, dict[str, Any]],
     k: int,
     window: int,
+    ci: dict[tuple[str, str, str], tuple[float, float]],
 ) -> pd.DataFrame:
     """The eval_metrics rows of every variant (recgpt.metrics.variant_metrics), from the scored
-    users' means and the warehouse (catalog, co-visitation, failures, the LLM ledger)."""
+    users' means and the warehouse (catalog, co-visitation, failures, the LLM ledger), with the
+    bootstrap intervals `ci` where a metric has one."""
     wh, dt = ctx.warehouse, ctx.dt
     catalog_size = wh.read_snapshot(ITEMS, dt).count()
     coverage, covisit = recalled_items(scored), covisit_items(wh, dt, k)
@@ -91,6 +102,7 @@ def metric_records(
         records += [
             {"pipeline": key[0], "context_mode": key[1], "model": models[key], "metric": metric}
             | {"value": None if value is None else float(value), "users": int(n), "window_days": window}
+            | dict(zip(("ci95_low", "ci95_high"), ci.get((*key, metric), (None, None)), strict=True))
             for metric, value, n in values
         ]
     return pd.DataFrame.from_records(records)
@@ -111,7 +123,12 @@ def run(ctx: StageContext) -> None:
     # Scored here and summarised for the report: read the behaviours once.
     lookback, history = int(ctx.cfg.compress.lookback_days), list(ctx.cfg.compress.keep_behaviors)
     rows = evaluation_rows(wh, dt, cfg, lookback, history).persist(StorageLevel.MEMORY_AND_DISK)
-    scored = score_users(rows, emb_cfg, k, int(cfg["category_items"])).persist(StorageLevel.MEMORY_AND_DISK)
+    # The popularity baseline's ranking: enough categories for any user's matched count.
+    categories = item_categories(wh, dt.plus(window))
+    popular = popular_categories(wh, dt, lookback, history, categories, k + 3)
+    scored = score_users(rows, emb_cfg, k, int(cfg["category_items"]), popular).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     came_back = heldout_users(scored)
     if came_back == 0:
         raise RecGPTError(
@@ -119,14 +136,25 @@ def run(ctx: StageContext) -> None:
             "through it (data.ingest_until) or evaluate an older run date"
         )
     per_variant = variant_means(scored, mean_metrics(k))
-    metrics = metric_records(ctx, variants, scored, per_variant, k, window)
+    boot = Bootstrap(
+        int(cfg["bootstrap"]["replicates"]), int(cfg["bootstrap"]["users"]), int(cfg["bootstrap"]["seed"])
+    )
+    values = bootstrap_values(scored, k, boot)
+    metrics = metric_records(ctx, variants, scored, per_variant, k, window, intervals(values, k, boot))
     written = wh.write(
         ctx.spark.createDataFrame(metrics, schema=EVAL_METRICS_SCHEMA),
         EVAL_METRICS,
         mode="replace",
         lineage=ctx.lineage,
     )
-    report_path = write_eval_report(ctx, rows, scored, metrics, cfg, k)
+    paired = comparisons(values, k, boot)
+    compared = wh.write(
+        ctx.spark.createDataFrame(paired, schema=EVAL_COMPARISONS_SCHEMA),
+        EVAL_COMPARISONS,
+        mode="replace",
+        lineage=ctx.lineage,
+    )
+    report_path = write_eval_report(ctx, rows, scored, metrics, paired, cfg, k)
     evaluated = int(scored.count())
     scored.unpersist()
     rows.unpersist()
@@ -135,6 +163,7 @@ def run(ctx: StageContext) -> None:
     r = ctx.report
     r.rows_in, r.rows_out, r.rows_quarantined = evaluated, written.rows, 0
     r.wrote(EVAL_METRICS.name, written.rows, written.version)
+    r.wrote(EVAL_COMPARISONS.name, compared.rows, compared.version)
     r.details["window"] = f"[{dt}, {dt.plus(window)}): {came_back:,} users with held-out interactions"
     for (pipeline, mode), agg in sorted(per_variant.items()):
         headline = (f"hr{k}", "exclusive_recall", "persona_recovery")
@@ -145,7 +174,13 @@ def run(ctx: StageContext) -> None:
 
 
 def write_eval_report(
-    ctx: StageContext, rows: DataFrame, scored: DataFrame, metrics: pd.DataFrame, cfg: dict[str, Any], k: int
+    ctx: StageContext,
+    rows: DataFrame,
+    scored: DataFrame,
+    metrics: pd.DataFrame,
+    paired: pd.DataFrame,
+    cfg: dict[str, Any],
+    k: int,
 ) -> Path:
     """The HTML report: metrics of every variant, the tags of a sample of users, and the
     categories of the evaluated users' history and held-out interactions."""
@@ -158,6 +193,7 @@ def write_eval_report(
         dt=dt.iso,
         run_id=ctx.lineage.run_id,
         metrics=metrics,
+        comparisons=paired,
         tags=tags,
         history_categories=history,
         heldout_categories=held,
@@ -175,6 +211,9 @@ def write_eval_report(
             f"A tag's category is the most common category among its {cfg['category_items']} best "
             "recalled items (ties: larger summed cosine, then the better-ranked item).",
             "Users whose mining failed count as misses in HR, Recall and persona recovery.",
+            f"Intervals: 95% percentile bootstrap over users ({cfg['bootstrap']['replicates']:,} "
+            f"replicates, up to {cfg['bootstrap']['users']:,} users by a seeded hash); comparisons "
+            "pair each user's two values.",
             f"Tag plots and samples: up to {sample_users:,} tagged users (seeded by user id hash).",
         ),
     )

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
@@ -28,7 +29,14 @@ from recgpt.errors import RecGPTError
 from recgpt.tables import RUNS, USER_CONTEXT
 from sparkio.staging import Staging
 from udfs import llm
-from udfs.mining import MiningPlan, catalog_brands, mining_inputs, mining_stage, resume_settings
+from udfs.mining import (
+    MiningPlan,
+    catalog_brands,
+    catalog_reference,
+    mining_inputs,
+    mining_stage,
+    resume_settings,
+)
 from udfs.mining_scope import contexts_in_scope, variant_of
 from udfs.mining_tables import (
     TABLES,
@@ -49,12 +57,25 @@ USES_LLM = True
 
 
 def plan_for(ctx: StageContext, variant: dict[str, str]) -> MiningPlan:
-    """The mining plan of this run: agents, models, the catalog's brands and the adaptor."""
+    """The mining plan of this run: agents, models, the catalog's brands, what it sells (the
+    reference a tag must come close to) and the adaptor."""
     cfg = ctx.cfg
     folder = None
     if variant["context_mode"] == "hybrid":
         expected = {"llm": str(cfg.llm.model_name), "embedding_model": str(cfg.embedding.model_name)}
         folder = A.resolve(cfg.adaptor.artifacts_dir, cfg.adaptor.get("version"), expected, ctx.dt)
+    check = cfg.pipeline.agents.validation
+    catalog = (
+        catalog_reference(
+            ctx.warehouse,
+            ctx.dt,
+            str(cfg.embedding.model_name),
+            int(check.catalog_popular_items),
+            int(check.catalog_popular_days),
+        )
+        if check.get("catalog_min_cosine") is not None
+        else np.zeros((0, 0), dtype=np.float32)
+    )
     return MiningPlan(
         pipeline=variant["pipeline"],
         mode=variant["context_mode"],
@@ -63,6 +84,8 @@ def plan_for(ctx: StageContext, variant: dict[str, str]) -> MiningPlan:
         brands=catalog_brands(ctx.warehouse, ctx.dt),
         adaptor_folder=str(folder) if folder else None,
         core_words=int(cfg.compress.core_title_words),
+        catalog=catalog.tobytes(),
+        catalog_dim=int(catalog.shape[1]) if catalog.size else 0,
     )
 
 

@@ -10,7 +10,12 @@ Definitions (also in the README):
   and the co-visitation channel does not;
 - diversity: mean pairwise cosine distance of the user's tag embeddings;
 - novelty: the share of the user's distinct tag categories absent from the history's categories;
-- persona recovery: the share of planted personas sharing a category with a tag of the user.
+- persona recovery: the share of planted personas sharing a category with a tag of the user;
+- the heuristic baselines, which need no LLM: HR@K of the user's own most frequent history
+  categories (`history`) and of the most popular categories before dt (`popular`), each given as
+  many distinct categories as the variant's tags name for that user (and also exactly 1 and 3);
+- 95% intervals: percentile bootstrap over users of a mean, and of the paired difference of two
+  means on the same users (each replicate resamples users, both values of a user together).
 """
 
 from __future__ import annotations
@@ -109,6 +114,54 @@ def persona_recovery(
     return sum(1 for categories in planted if found & set(categories)) / len(planted)
 
 
+def top_categories(counts: Mapping[str, int], n: int) -> list[str]:
+    """The n categories with the largest counts (ties: alphabetical)."""
+    return [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
+def baseline_hits(
+    next_category: str | None, history_counts: Mapping[str, int], popular: Sequence[str], matched: int
+) -> dict[str, float | None]:
+    """HR of the two LLM-free baselines for one user: the history's most frequent categories and
+    the globally most popular ones (best first), given `matched` categories (as many as the
+    variant named for the user) and 1 and 3. None without a held-out interaction."""
+    out: dict[str, float | None] = {}
+    for name, ranked in (("history", top_categories(history_counts, 3 + matched)), ("popular", popular)):
+        for suffix, n in (("", matched), ("_top1", 1), ("_top3", 3)):
+            out[f"hr_{name}{suffix}"] = (
+                None if next_category is None else float(next_category in set(ranked[:n]))
+            )
+    return out
+
+
+def bootstrap_mean(values: np.ndarray, replicates: int, seed: int) -> tuple[float, float] | None:
+    """95% percentile interval of the mean of `values` (one per user; NaN = undefined for the
+    user, left out) over `replicates` resamples of the users; None without two defined values."""
+    x = values[~np.isnan(values)]
+    if len(x) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = np.empty(replicates)
+    for r in range(replicates):
+        means[r] = x[rng.integers(0, len(x), len(x))].mean()
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def bootstrap_difference(
+    a: np.ndarray, b: np.ndarray, replicates: int, seed: int
+) -> tuple[float, float, float, int] | None:
+    """Mean of a - b over the users where both are defined, with its 95% paired-bootstrap
+    interval (each replicate resamples users; a user's two values stay together): (difference,
+    low, high, users); None with fewer than two such users."""
+    both = ~np.isnan(a) & ~np.isnan(b)
+    d = (a - b)[both]
+    interval = bootstrap_mean(d, replicates, seed)
+    if interval is None:
+        return None
+    return float(d.mean()), interval[0], interval[1], len(d)
+
+
 def user_metrics(
     tags: Sequence[tuple[Sequence[str], Sequence[str | None], Sequence[float]]],
     heldout: Collection[str],
@@ -119,15 +172,20 @@ def user_metrics(
     tag_vectors: np.ndarray | None = None,
     k: int = 30,
     category_items: int = 5,
+    history_counts: Mapping[str, int] | None = None,
+    popular: Sequence[str] = (),
 ) -> dict[str, float | list[str | None] | list[str] | None]:
     """Every per-user metric from the user's tags best first, each as (recalled items best
     first, their categories, their scores), and what the user did. A user without tags scores 0
     on HR, Recall and persona recovery (a failed mining is a miss), and None where a metric
-    needs tags (diversity, novelty) or data the user lacks (no held-out items, no planted personas)."""
+    needs tags (diversity, novelty) or data the user lacks (no held-out items, no planted personas).
+    The baselines' HR (`baseline_hits`) are given as many categories as the k best tags name."""
     categories = [tag_category(cats[:category_items], scores[:category_items]) for _, cats, scores in tags]
     recalled = round_robin([items for items, _, _ in tags], k)
     has_next = next_category is not None
+    named = len({c for c in categories[:k] if c is not None})
     return {
+        **baseline_hits(next_category, history_counts or {}, popular, named),
         "hr": hit_at_k(next_category, categories, k) if has_next else None,
         "recall_tags": recall_at_k(heldout, recalled, k),
         "recall_covisit": recall_at_k(heldout, covisit, k),
@@ -153,6 +211,16 @@ def metric_docs(k: int) -> dict[str, str]:
         "persona_recovery": "planted personas sharing a category with one of the user's tags (synthetic)",
         "diversity": "mean pairwise cosine distance of the user's tag embeddings",
         "novelty": "share of the user's tag categories absent from the history",
+        f"hr{k}_history": (
+            "baseline: the user's most frequent history categories, as many as the variant's tags name"
+        ),
+        f"hr{k}_popular": (
+            "baseline: the most popular categories before dt, as many as the variant's tags name"
+        ),
+        "hr_history_top1": "baseline: the user's most frequent history category",
+        "hr_history_top3": "baseline: the user's 3 most frequent history categories",
+        "hr_popular_top1": "baseline: the most popular category before dt",
+        "hr_popular_top3": "baseline: the 3 most popular categories before dt",
         "catalog_coverage_tags": "catalog items in at least one user's tag-recall list",
         "catalog_coverage_covisit": "catalog items in at least one user's co-visitation list",
         "failure_rate": "mined users that ended in mining_failures",
@@ -173,6 +241,12 @@ def mean_metrics(k: int) -> list[tuple[str, str]]:
         ("persona_recovery", "persona_recovery"),
         ("diversity", "diversity"),
         ("novelty", "novelty"),
+        (f"hr{k}_history", "hr_history"),
+        (f"hr{k}_popular", "hr_popular"),
+        ("hr_history_top1", "hr_history_top1"),
+        ("hr_history_top3", "hr_history_top3"),
+        ("hr_popular_top1", "hr_popular_top1"),
+        ("hr_popular_top3", "hr_popular_top3"),
     ]
 
 

@@ -366,8 +366,9 @@ USER_INTENT_TAGS = TableSpec(
 
 MINING_FAILURES = TableSpec(
     "mining_failures",
-    "Users whose mining produced no tags after retries and repair, with the step and reason; every "
-    "user mined for a date is in user_intent_tags or here, never neither.",
+    "Users whose mining produced no valid tag after retries, repair and V2's fallbacks, with the "
+    "step and reason and every failed call; every user mined for a date is in user_intent_tags or "
+    "here, never neither.",
     (
         Column("user_id", pa.string(), "user key", nullable=False),
         Column("step", pa.string(), "planner, expert, arbiter or route", nullable=False),
@@ -375,10 +376,15 @@ MINING_FAILURES = TableSpec(
             "reason",
             pa.string(),
             "engine error (prompt_too_long, invalid_output, engine_error, bad_request) or "
-            "no_valid_persona / no_valid_tag / all_calls_failed",
+            "no_valid_tag / all_calls_failed",
             nullable=False,
         ),
         Column("rejected", pa.string(), "JSON counts of validation rejections by reason code"),
+        Column(
+            "failed_calls",
+            pa.string(),
+            "JSON counts of the user's LLM calls that gave no usable answer, by 'step: reason'",
+        ),
         *_mined_by(),
         *_lineage("run date of the mining"),
     ),
@@ -416,6 +422,39 @@ EVAL_METRICS = TableSpec(
         Column("value", pa.float64(), "its value; null when no user had the data to define it"),
         Column("users", pa.int64(), "users the value averages over", nullable=False),
         Column("window_days", pa.int32(), "length of the held-out window in days", nullable=False),
+        Column(
+            "ci95_low",
+            pa.float64(),
+            "95% bootstrap interval over users, lower end (per-user means and the failure rate)",
+        ),
+        Column("ci95_high", pa.float64(), "95% bootstrap interval over users, upper end"),
+        *_lineage("run date whose mining is evaluated"),
+    ),
+)
+
+EVAL_COMPARISONS = TableSpec(
+    "eval_comparisons",
+    "Paired comparisons of a run date's evaluation: per metric, a variant minus another variant "
+    "or minus an LLM-free baseline, on the users both scored, with the 95% paired-bootstrap "
+    "interval of the difference.",
+    (
+        Column("pipeline", pa.string(), "the variant compared: v2 or v1_baseline", nullable=False),
+        Column("context_mode", pa.string(), "its context mode: hybrid or text", nullable=False),
+        Column(
+            "other",
+            pa.string(),
+            "what it is compared with: another variant (pipeline.context_mode) or a baseline "
+            "(history, popular: as many categories as the variant's tags name)",
+            nullable=False,
+        ),
+        Column(
+            "metric", pa.string(), "hr30, recall_at_30_tags, exclusive_recall or failure_rate", nullable=False
+        ),
+        Column("difference", pa.float64(), "mean of the variant's value minus the other's", nullable=False),
+        Column("ci95_low", pa.float64(), "paired-bootstrap 95% interval, lower end", nullable=False),
+        Column("ci95_high", pa.float64(), "paired-bootstrap 95% interval, upper end", nullable=False),
+        Column("users", pa.int64(), "users with both values", nullable=False),
+        Column("replicates", pa.int32(), "bootstrap replicates", nullable=False),
         *_lineage("run date whose mining is evaluated"),
     ),
 )
@@ -440,6 +479,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         MINING_FAILURES,
         TAG_RECALL,
         EVAL_METRICS,
+        EVAL_COMPARISONS,
     )
 }
 

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 VOCABULARY = (
-    "waterproof hiking boots",
+    "insulated hiking boots",
     "cast iron skillet",
     "yoga mat set",
     "rain jacket shell",
@@ -75,6 +75,11 @@ class FakeOpenAI:
             ]
             return json.dumps({"personas": personas}), "stop"
         if agent == "ExpertOutput":
+            # The general persona's Expert (the one a cut-off plan falls back to) reads the
+            # history, as embeddings in hybrid mode: cut off too, so those users fail at the
+            # Expert with both failed calls on record.
+            if tokens is None or "<persona>all interests:" in self.tokenizer.decode(tokens):
+                return '{"tags":[{"tag":"cut', "length"
             picks = [VOCABULARY[(h >> (8 * i)) % len(VOCABULARY)] for i in range(3)]
             tags = [{"tag": t, "reason": f"fits {t}", "evidence": t} for t in dict.fromkeys(picks)]
             return json.dumps({"tags": tags}), "stop"

@@ -571,7 +571,7 @@ def test_catalog_brands_are_matched_as_whole_words(ctx):
 def test_nothing_the_user_bought_recently(ctx):
     user = ctx.for_user(["Trail Waterproof Hiking Boot", "Gift", "wool socks"])
     tags = [
-        tag("waterproof hiking boots"),  # inside a bought title (plural ignored)
+        tag("hiking boots"),  # inside a bought title (plural ignored)
         tag("thick wool socks"),  # holds a bought title of two words
         tag("wool socks pack"),
         tag("halloween gift box"),  # a one-word title only matches when equal
@@ -579,7 +579,7 @@ def test_nothing_the_user_bought_recently(ctx):
     ]
     checked = check_tags(tags, user)
     assert reasons(checked) == [
-        ("waterproof hiking boots", "bought_recently"),
+        ("hiking boots", "bought_recently"),
         ("thick wool socks", "bought_recently"),
         ("wool socks pack", "bought_recently"),
     ]
@@ -624,6 +624,92 @@ def test_echoes_of_the_instructions_are_rejected(ctx, settings):
     assert [t.tag for t in checked.kept] == ["world history book", "lined paper notebook"]
 
 
+def test_the_prompts_example_tag_is_an_echo_not_an_interest(ctx, settings):
+    assert '"waterproof hiking boots"' in system_texts(settings)["expert"]
+    checked = check_tags([tag("Waterproof Hiking Boot"), tag("waterproof rain boots")], ctx)
+    assert reasons(checked) == [("Waterproof Hiking Boot", "instruction_echo")]
+    assert [t.tag for t in checked.kept] == ["waterproof rain boots"]
+
+
+def test_person_names_are_rejected_in_tags_and_persona_names(settings):
+    ctx = ValidationContext.for_run(
+        dataclasses.replace(
+            settings,
+            validation=dataclasses.replace(settings.validation, extra_first_names=("ayumi",)),
+        ),
+        [],
+    )
+    checked = check_tags(
+        [
+            tag("mike is a creative"),
+            tag("Sylvie travel bag"),
+            tag("ayumi gift set"),  # a configured name
+            tag("jack stand set"),  # a name that is also a word is no name
+            tag("rose scented candle"),
+        ],
+        ctx,
+    )
+    assert [r for _, r in reasons(checked)] == ["person_name"] * 3
+    assert [t.tag for t in checked.kept] == ["jack stand set", "rose scented candle"]
+    personas = check_personas(
+        [Persona("Mike", "loves games", ("console",)), Persona("console gamer", "plays", ("console",))], ctx
+    )
+    assert [(r.item.name, r.reason) for r in personas.rejected] == [("Mike", "person_name")]
+    assert [p.name for p in personas.kept] == ["console gamer"]
+
+
+def test_a_tag_that_only_restates_a_persona_is_rejected(ctx):
+    user = ctx.for_user(
+        [],
+        personas=[
+            Persona("Creative Pro", "a seasoned creative who runs a studio", ("sketch pad",)),
+            Persona("trail walker", "buys hiking boots for trail walks", ("hiking boots",)),
+        ],
+    )
+    checked = check_tags(
+        [
+            tag("seasoned creative"),  # words of the description only
+            tag("creative pro"),  # the persona's name
+            tag("studio sketch pad"),  # a cited item: a product
+            tag("hiking boots"),  # in the description, but also what the persona cited
+            tag("creative writing notebook"),  # a word beyond the persona's text
+        ],
+        user,
+    )
+    assert reasons(checked) == [("seasoned creative", "persona_leak"), ("creative pro", "persona_leak")]
+    assert [t.tag for t in checked.kept] == ["studio sketch pad", "hiking boots", "creative writing notebook"]
+    assert len(check_tags([tag("seasoned creative")], ctx).kept) == 1, "no personas, nothing to restate"
+
+
+def test_a_tag_must_come_close_to_something_the_shop_sells(settings):
+    def embed(texts: list[str]) -> np.ndarray:
+        """Bag of words: texts sharing words are similar."""
+        vocabulary = sorted({w for t in texts + sold + own for w in re.findall(r"\w+", t.lower())})
+        out = np.array([[t.lower().split().count(w) for w in vocabulary] for t in texts], dtype=np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+    sold, own = ["cast iron skillet", "yoga mat"], ["ceramic tea set"]
+    tags = ["iron skillet pan", "ceramic tea cups", "seasoned world traveller", "yoga mat bag"]
+
+    def checked_with(minimum: float | None, catalog: bool = True) -> Any:
+        s = dataclasses.replace(
+            settings, validation=dataclasses.replace(settings.validation, catalog_min_cosine=minimum)
+        )
+        # One shared vocabulary: the reference and the tags are embedded together.
+        vectors = embed(sold + own + tags)
+        run = ValidationContext.for_run(s, [], vectors[: len(sold)] if catalog else None)
+        user = run.for_user([], item_vectors=vectors[len(sold) : len(sold) + len(own)])
+        lookup = dict(zip(tags, vectors[len(sold) + len(own) :], strict=True))
+        return check_tags([tag(t) for t in tags], user, lambda ts: np.stack([lookup[t] for t in ts]))
+
+    checked = checked_with(0.35)
+    # The user's own item counts as sold ("ceramic tea cups"); the traveller is near nothing.
+    assert reasons(checked) == [("seasoned world traveller", "not_a_product")]
+    assert [t.tag for t in checked.kept] == ["iron skillet pan", "ceramic tea cups", "yoga mat bag"]
+    assert len(checked_with(None).kept) == 4, "null threshold: no check"
+    assert len(checked_with(0.35, catalog=False).kept) == 4, "no catalog reference: no check"
+
+
 def test_personas_are_checked_and_their_names_unique_after_normalisation(ctx, settings):
     long_name = "n" * (settings.persona.name_max_chars + 1)
     personas = [
@@ -658,12 +744,15 @@ def test_rejection_codes_are_stable_strings():
         "instruction_echo",
         "too_short",
         "too_long",
+        "repeated_word",
         "brand",
+        "person_name",
+        "persona_leak",
         "bought_recently",
         "reason_too_long",
         "duplicate",
+        "not_a_product",
         "near_duplicate",
-        "repeated_word",
     ]
 
 

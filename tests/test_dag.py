@@ -183,4 +183,4 @@ def test_a_dag_rerun_of_a_done_date_writes_every_table_and_duplicates_nothing(ni
     failures = DeltaTable(str(wh / "mining_failures")).to_pandas()
     tagged, failed = set(tags.user_id), set(failures.user_id)
     assert tagged | failed == set(contexts[contexts.events_kept > 0].user_id) and not tagged & failed
-    assert tagged and failed  # the scripted planner cuts some answers off: both paths ran
+    assert tagged and failed  # the scripted engine cuts some answers off: both paths ran

@@ -13,6 +13,7 @@ from recgpt.rundate import RunDate
 from recgpt.tables import (
     BEHAVIORS,
     COVISIT_RECALL,
+    EVAL_COMPARISONS,
     EVAL_METRICS,
     ITEMS,
     LLM_CALLS,
@@ -171,9 +172,35 @@ def test_evaluate_scores_each_variant_as_worked_out_by_hand(spark, world):
     assert v1["tokens_per_user"] is None  # no ledger rows for V1
     assert v1["recall_at_30_covisit"] == pytest.approx(0.75)  # the same users, the same channel
 
+    # The LLM-free baselines. History before dt: u1 hiking-boots 2, tents 1; u2 and u3 yoga 1.
+    # Popular: hiking-boots 2, yoga 2, tents 1. V2 names 2 categories for u1 (hiking-boots, tents)
+    # and 1 for u2: both lists hold u1's next (hiking-boots), neither u2's (dumbbells).
+    assert (v2["hr30_history"], v2["hr30_popular"]) == (pytest.approx(0.5), pytest.approx(0.5))
+    # V1 names 1 category for u1 and none for the failed u2: the baselines get as many.
+    assert (v1["hr30_history"], v1["hr30_popular"]) == (pytest.approx(0.5), pytest.approx(0.5))
+    for name in ("hr_history_top1", "hr_history_top3", "hr_popular_top1", "hr_popular_top3"):
+        assert v2[name] == v1[name] == pytest.approx(0.5), name
+
+    # Intervals over users, and paired differences on the users both sides scored.
+    rows = {(r.pipeline, r.metric): r for r in ctx.warehouse.read(EVAL_METRICS, dt=DT).collect()}
+    hr = rows[("v2", "hr30")]
+    assert 0.0 <= hr.ci95_low <= hr.value <= hr.ci95_high <= 1.0 and hr.ci95_low < hr.ci95_high
+    assert rows[("v2", "tokens_per_user")].ci95_low is None
+    paired = {
+        (r.pipeline, r.other, r.metric): r for r in ctx.warehouse.read(EVAL_COMPARISONS, dt=DT).collect()
+    }
+    v2_v1 = paired[("v2", "v1_baseline.text", "hr30")]
+    assert (v2_v1.difference, v2_v1.users) == (pytest.approx(0.5), 2)  # u1 1 - 0, u2 0 - 0
+    assert v2_v1.ci95_low <= 0.5 <= v2_v1.ci95_high
+    assert paired[("v1_baseline", "v2.hybrid", "hr30")].difference == pytest.approx(-0.5)
+    failures = paired[("v2", "v1_baseline.text", "failure_rate")]
+    assert (failures.difference, failures.users) == (pytest.approx(-2 / 3), 3)
+    assert paired[("v1_baseline", "history", "hr30")].difference == pytest.approx(-0.5)
+
     page = report.details["report"]
     html = open(page, encoding="utf-8").read()
     assert "hr30" in html and "v1_baseline" in html
+    assert "<h2>Comparisons</h2>" in html and "hr30_history" in html
 
     gate = execute(
         open_context(load_config([*_overrides(world), "dq.stages=[evaluate]"]), "dq", spark), dq.run

@@ -150,3 +150,45 @@ def test_a_variant_without_mined_users_or_ledger_has_no_rates():
         means | {"tagged": 2}, 5, failed=0, tokens=0, tag_items=0, covisit_items=0, catalog_size=1
     )
     assert ("tokens_per_user", 0.0, 2) in with_ledger
+
+
+def test_baselines_get_as_many_categories_as_the_variant_named():
+    history = {"tents": 3, "boots": 3, "yoga": 1}
+    popular = ["yoga", "tents", "boots"]
+    # Ties in the history go alphabetically: boots, tents, yoga.
+    assert M.top_categories(history, 2) == ["boots", "tents"]
+    hits = M.baseline_hits("tents", history, popular, matched=1)
+    assert hits == {
+        "hr_history": 0.0,  # boots
+        "hr_history_top1": 0.0,
+        "hr_history_top3": 1.0,
+        "hr_popular": 0.0,  # yoga
+        "hr_popular_top1": 0.0,
+        "hr_popular_top3": 1.0,
+    }
+    assert M.baseline_hits("tents", history, popular, matched=2)["hr_history"] == 1.0
+    assert M.baseline_hits("tents", history, popular, matched=0)["hr_popular"] == 0.0  # a failed user
+    assert set(M.baseline_hits(None, history, popular, 2).values()) == {None}
+
+
+def test_bootstrap_intervals_hold_the_mean_and_pair_the_users():
+    rng = np.random.default_rng(1)
+    x = rng.binomial(1, 0.3, 400).astype(float)
+    low, high = M.bootstrap_mean(x, 500, seed=0)
+    assert low < x.mean() < high
+    # About two standard errors each side.
+    se = x.std() / np.sqrt(len(x))
+    assert 3.0 * se < high - low < 5.0 * se
+    assert M.bootstrap_mean(np.array([1.0, np.nan]), 100, 0) is None
+    # Paired: b is a plus noise shared by the users, so the difference is tight.
+    a = rng.normal(0.5, 0.2, 300)
+    b = a - 0.02 + rng.normal(0, 0.005, 300)
+    diff, dlow, dhigh, users = M.bootstrap_difference(a, b, 500, seed=0)
+    assert users == 300 and dlow < diff < dhigh and 0.015 < dlow and dhigh < 0.025
+    # Unpaired intervals of the two means would overlap widely.
+    alow, ahigh = M.bootstrap_mean(a, 500, 0)
+    blow, bhigh = M.bootstrap_mean(b, 500, 0)
+    assert alow < bhigh and blow < ahigh
+    # Users missing either value are left out.
+    a[:100] = np.nan
+    assert M.bootstrap_difference(a, b, 200, 0)[3] == 200

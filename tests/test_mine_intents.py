@@ -10,6 +10,7 @@ Only the run that is killed is a process of its own; the others run in the test 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -91,9 +92,24 @@ def test_failures_kill_resume_and_rerun(prepared, scripted_llm, spark, tmp_path,
     failures = table(whole, "mining_failures", ["user_id"])
     assert set(tags.user_id) | set(failures.user_id) == with_history
     assert not set(tags.user_id) & set(failures.user_id)
-    # The fake cuts some planner answers off: those users fail at the planner, with the reason.
-    assert len(failures) > 0 and set(failures.step) == {"planner"}
+    # The fake cuts some planner answers off: those users are mined with the general persona,
+    # whose Expert the fake cuts off too. They fail at the Expert, with both failed calls kept.
+    assert len(failures) > 0 and set(failures.step) == {"expert"}
     assert failures.reason.str.startswith("invalid_output").all()
+    for calls in failures.failed_calls:
+        assert json.loads(calls) == {"expert: invalid_output": 1, "planner: invalid_output": 1}
+    personas = table(whole, "user_personas", ["user_id", "persona_rank"])
+    general = personas[personas.name == "all interests"]
+    assert set(general.user_id) == set(failures.user_id)
+    # The fallbacks and failed calls are counted in the stage's `runs` record.
+    details = json.loads(
+        DeltaTable(str(whole / "runs")).to_pandas().query("stage == 'mine_intents'").details.iloc[-1]
+    )
+    assert details["fallbacks"] == f"general_persona:invalid_output {len(failures)}"
+    assert (
+        details["failed_calls"]
+        == f"expert: invalid_output {len(failures)}, planner: invalid_output {len(failures)}"
+    )
     assert (tags.groupby("user_id")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1)))).all()
 
     # Killed after its first staged wave, then resumed.

@@ -23,6 +23,7 @@ from recgpt.tables import (
     BEHAVIORS,
     COVISIT_RECALL,
     ENV_SIGNALS,
+    EVAL_COMPARISONS,
     EVAL_METRICS,
     ITEM_EMBEDDINGS,
     ITEMS,
@@ -266,7 +267,10 @@ def recall_tables(wh: Warehouse, dt: RunDate) -> CheckpointTables:
 
 def evaluate_tables(wh: Warehouse, dt: RunDate) -> CheckpointTables:
     """The date's metrics, with `_share` = the value of the metrics that are shares (hit rates,
-    recalls, coverage, failure rate), which must lie in [0, 1]."""
+    recalls, coverage, failure rate), which must lie in [0, 1]; and its paired comparisons."""
     metrics = wh.read(EVAL_METRICS, dt=dt)
     shares = F.col("metric").rlike(SHARE_METRICS)
-    return CheckpointTables({EVAL_METRICS.name: metrics.withColumn("_share", F.when(shares, F.col("value")))})
+    tables = {EVAL_METRICS.name: metrics.withColumn("_share", F.when(shares, F.col("value")))}
+    if wh.exists(EVAL_COMPARISONS):
+        tables[EVAL_COMPARISONS.name] = wh.read(EVAL_COMPARISONS, dt=dt)
+    return CheckpointTables(tables)

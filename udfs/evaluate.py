@@ -7,6 +7,7 @@ LLM tokens) that recgpt.metrics turns into eval_metrics, and the tags the report
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from recgpt.metrics import user_metrics
+from recgpt.metrics import bootstrap_difference, bootstrap_mean, user_metrics
 from recgpt.rundate import RunDate
 from recgpt.tables import (
     BEHAVIORS,
@@ -44,6 +45,12 @@ SCORED = pa.schema(
         pa.field("diversity", pa.float64()),
         pa.field("novelty", pa.float64()),
         pa.field("persona_recovery", pa.float64()),
+        pa.field("hr_history", pa.float64()),
+        pa.field("hr_history_top1", pa.float64()),
+        pa.field("hr_history_top3", pa.float64()),
+        pa.field("hr_popular", pa.float64()),
+        pa.field("hr_popular_top1", pa.float64()),
+        pa.field("hr_popular_top3", pa.float64()),
         pa.field("tag_categories", pa.list_(pa.string())),
         pa.field("recalled", pa.list_(pa.string())),
     ]
@@ -107,6 +114,34 @@ def history_categories(
             ),
         )
     )
+
+
+def popular_categories(
+    wh: Warehouse,
+    dt: RunDate,
+    lookback_days: int,
+    behaviors: Sequence[str],
+    categories: DataFrame,
+    n: int,
+) -> list[str]:
+    """The n categories with the most behaviours over the history window before dt (ties:
+    alphabetical): the popularity baseline, the same list for every user."""
+    since = dt.minus(lookback_days)
+    rows = (
+        wh.read(BEHAVIORS, dt_from=since, dt_to=dt.minus(1))
+        .where(
+            F.col("behavior").isin(list(behaviors))
+            & (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
+            & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
+        )
+        .join(categories, "item_id")
+        .groupBy("category")
+        .count()
+        .orderBy(F.col("count").desc(), "category")
+        .limit(n)
+        .collect()
+    )
+    return [str(r.category) for r in rows]
 
 
 def item_categories(wh: Warehouse, as_of: RunDate) -> DataFrame:
@@ -242,7 +277,7 @@ def evaluation_rows(
 
 
 def scorer(
-    embedding_cfg: Mapping[str, Any], k: int, category_items: int
+    embedding_cfg: Mapping[str, Any], k: int, category_items: int, popular: Sequence[str]
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         embedder = embedder_for(embedding_cfg)
@@ -265,6 +300,9 @@ def scorer(
                     tag_vectors=tag_vectors,
                     k=k,
                     category_items=category_items,
+                    # A map column arrives as (key, value) pairs.
+                    history_counts=dict(u["history_category_counts"] or ()),
+                    popular=popular,
                 )
                 for name in ("pipeline", "context_mode", "user_id"):
                     out[name].append(u[name])
@@ -276,9 +314,17 @@ def scorer(
     return run
 
 
-def score_users(rows: DataFrame, embedding_cfg: Mapping[str, Any], k: int, category_items: int) -> DataFrame:
-    """SCORED rows, one per input row; lazy."""
-    return rows.mapInArrow(scorer(dict(embedding_cfg), k, category_items), from_arrow_schema(SCORED))
+def score_users(
+    rows: DataFrame,
+    embedding_cfg: Mapping[str, Any],
+    k: int,
+    category_items: int,
+    popular: Sequence[str] = (),
+) -> DataFrame:
+    """SCORED rows, one per input row; lazy. `popular`: the popularity baseline's categories."""
+    return rows.mapInArrow(
+        scorer(dict(embedding_cfg), k, category_items, list(popular)), from_arrow_schema(SCORED)
+    )
 
 
 def mined_variants(wh: Warehouse, dt: RunDate) -> DataFrame | None:
@@ -378,4 +424,105 @@ def sample_tags(wh: Warehouse, dt: RunDate, scored: DataFrame, users: int) -> pd
             F.element_at("tag_categories", F.col("rank")).alias("category"),
         )
         .toPandas()
+    )
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How the intervals are drawn: `replicates` resamples of at most `users` users per variant
+    (a seeded sample by user id hash: the driver holds a bounded number of values, never one per
+    user of a large night), with `seed`."""
+
+    replicates: int
+    users: int
+    seed: int
+
+
+# Per-user columns with an interval: eval_metrics name -> SCORED column (None: 1 - tagged).
+def interval_columns(k: int) -> dict[str, str | None]:
+    return {
+        f"hr{k}": "hr",
+        f"recall_at_{k}_tags": "recall_tags",
+        f"recall_at_{k}_covisit": "recall_covisit",
+        "exclusive_recall": "exclusive_recall",
+        "failure_rate": None,
+        f"hr{k}_history": "hr_history",
+        f"hr{k}_popular": "hr_popular",
+    }
+
+
+def bootstrap_values(scored: DataFrame, k: int, b: Bootstrap) -> pd.DataFrame:
+    """The per-user values the intervals resample: one row per (variant, user) of a seeded sample
+    of at most `b.users` users (the same users for every variant, so comparisons pair them)."""
+    columns = {name: column for name, column in interval_columns(k).items() if column is not None}
+    users = (
+        scored.select("user_id")
+        .distinct()
+        .orderBy(F.xxhash64(F.col("user_id"), F.lit(b.seed)), "user_id")
+        .limit(b.users)
+    )
+    return (
+        scored.join(users, "user_id")
+        .select(
+            *VARIANT,
+            "user_id",
+            *(F.col(column).alias(name) for name, column in columns.items()),
+            (1.0 - F.col("tagged").cast("double")).alias("failure_rate"),
+        )
+        .toPandas()
+    )
+
+
+def intervals(values: pd.DataFrame, k: int, b: Bootstrap) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """(pipeline, context_mode, metric) -> 95% bootstrap interval of the variant's mean."""
+    out = {}
+    for (pipeline, mode), rows in values.groupby(VARIANT):
+        for metric in interval_columns(k):
+            found = bootstrap_mean(rows[metric].to_numpy(dtype=float), b.replicates, b.seed)
+            if found is not None:
+                out[(str(pipeline), str(mode), metric)] = found
+    return out
+
+
+def comparisons(values: pd.DataFrame, k: int, b: Bootstrap) -> pd.DataFrame:
+    """Paired differences with their bootstrap intervals: every variant against every other on
+    their common users (hr, recalls, failure rate), and every variant's HR against the two
+    baselines given as many categories as its tags name."""
+    compared = [f"hr{k}", f"recall_at_{k}_tags", "exclusive_recall", "failure_rate"]
+    by_variant = {(str(p), str(m)): rows.set_index("user_id") for (p, m), rows in values.groupby(VARIANT)}
+    records = []
+
+    def add(variant: tuple[str, str], other: str, metric: str, a: pd.Series, other_values: pd.Series) -> None:
+        a, other_values = a.align(other_values, join="inner")
+        found = bootstrap_difference(
+            a.to_numpy(dtype=float), other_values.to_numpy(dtype=float), b.replicates, b.seed
+        )
+        if found is not None:
+            diff, low, high, users = found
+            records.append(
+                {"pipeline": variant[0], "context_mode": variant[1], "other": other, "metric": metric}
+                | {"difference": diff, "ci95_low": low, "ci95_high": high, "users": users}
+                | {"replicates": b.replicates}
+            )
+
+    for variant, rows in sorted(by_variant.items()):
+        for other, other_rows in sorted(by_variant.items()):
+            if other != variant:
+                for metric in compared:
+                    add(variant, ".".join(other), metric, rows[metric], other_rows[metric])
+        for baseline in ("history", "popular"):
+            add(variant, baseline, f"hr{k}", rows[f"hr{k}"], rows[f"hr{k}_{baseline}"])
+    return pd.DataFrame.from_records(
+        records,
+        columns=[
+            "pipeline",
+            "context_mode",
+            "other",
+            "metric",
+            "difference",
+            "ci95_low",
+            "ci95_high",
+            "users",
+            "replicates",
+        ],
     )

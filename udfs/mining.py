@@ -60,6 +60,8 @@ OUTCOME = pa.schema(
         pa.field("rejected", pa.string()),
         pa.field("proposed", pa.int32()),
         pa.field("duplicates", pa.int32()),
+        pa.field("fallbacks", pa.string()),
+        pa.field("failed_calls", pa.string()),
     ]
 )
 PROFILE_COLUMNS = ("age", "gender", "region", "occupation")
@@ -203,10 +205,16 @@ def outcome_values(out: UserOutcome) -> dict[str, Any]:
         ],
         "failure_step": out.failure.step if out.failure else None,
         "failure_reason": out.failure.reason if out.failure else None,
-        "rejected": json.dumps(dict(sorted(out.rejected.items()))) if out.rejected else None,
+        "rejected": _counts(out.rejected),
         "proposed": out.proposed,
         "duplicates": out.duplicates,
+        "fallbacks": _counts(out.fallbacks),
+        "failed_calls": _counts(out.failed_calls),
     }
+
+
+def _counts(counts: Mapping[str, int]) -> str | None:
+    return json.dumps(dict(sorted(counts.items()))) if counts else None
 
 
 # Per Python worker: adaptors and validation contexts, loaded once and reused by every task.
@@ -225,9 +233,11 @@ class MiningProgram:
 
     def __init__(self, plan: MiningPlan, engine: Engine) -> None:
         settings = AgentSettings.from_config(plan.agents)
-        key = json.dumps([plan.agents, len(plan.brands)], sort_keys=True, default=str)
+        catalog = plan.catalog_matrix()
+        fingerprint = hashlib.sha256(catalog.tobytes()).hexdigest() if catalog is not None else ""
+        key = json.dumps([plan.agents, len(plan.brands), fingerprint], sort_keys=True, default=str)
         if key not in _VALIDATION:
-            _VALIDATION[key] = ValidationContext.for_run(settings, plan.brands)
+            _VALIDATION[key] = ValidationContext.for_run(settings, plan.brands, catalog)
         embedder = embedder_for(plan.embedding)
         self.plan = plan
         self.adaptor = adaptor_for(plan.adaptor_folder) if plan.adaptor_folder else None
@@ -255,9 +265,17 @@ class MiningPlan:
     brands: Sequence[str]
     adaptor_folder: str | None
     core_words: int
+    # Embeddings of what the shop sells (`catalog_reference`), row-major float32 bytes.
+    catalog: bytes = b""
+    catalog_dim: int = 0
 
     def __call__(self, engine: Engine) -> MiningProgram:
         return MiningProgram(self, engine)
+
+    def catalog_matrix(self) -> np.ndarray | None:
+        if not self.catalog or not self.catalog_dim:
+            return None
+        return np.frombuffer(self.catalog, dtype=np.float32).reshape(-1, self.catalog_dim)
 
 
 def mining_stage(plan: MiningPlan, llm_cfg: Mapping[str, Any], mine_cfg: Mapping[str, Any]) -> LLMStage:
@@ -285,6 +303,38 @@ def resume_settings(plan: MiningPlan, model: str, users_file: str | None) -> dic
         "adaptor": Path(plan.adaptor_folder).name if plan.adaptor_folder else None,
         "users_file": users_file or "",
     }
+
+
+def catalog_reference(
+    wh: Warehouse, dt: RunDate, embedding_model: str, popular: int, lookback_days: int
+) -> np.ndarray:
+    """What the shop sells, as the embeddings a tag must come close to: the `popular` items with
+    the most behaviours in the `lookback_days` before dt and the mean item of every category of
+    the catalog as of dt (rows not normalised). Bounded by the config and the category count,
+    never by the data."""
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.ml.stat import Summarizer
+
+    vectors = current_embeddings(wh, dt, embedding_model).where(F.col("embedding").isNotNull())
+    counts = (
+        wh.read(BEHAVIORS, dt_from=dt.minus(lookback_days), dt_to=dt)
+        .where(F.col("ts") < F.lit(dt.iso).cast("timestamp"))
+        .groupBy("item_id")
+        .count()
+        .orderBy(F.col("count").desc(), F.col("item_id"))
+        .limit(popular)
+    )
+    top = [r.embedding for r in counts.join(vectors, "item_id").select("embedding").collect()]
+    categories = wh.read_snapshot(ITEMS, dt).select("item_id", "category")
+    means = (
+        vectors.join(categories, "item_id")
+        .groupBy("category")
+        .agg(Summarizer.mean(array_to_vector(F.col("embedding"))).alias("mean"))
+        .select(vector_to_array(F.col("mean"), "float32").alias("mean"))
+        .collect()
+    )
+    rows = [*top, *(r.mean for r in means)]
+    return np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
 def catalog_brands(wh: Warehouse, dt: RunDate) -> list[str]:

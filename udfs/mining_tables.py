@@ -4,7 +4,6 @@ a resumed run keeps from the tables of an earlier one, and the figures of the st
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +56,7 @@ def explode_outcomes(outcomes: DataFrame, mined_by: Mapping[str, str]) -> dict[s
         F.coalesce("failure_step", F.lit("input")).alias("step"),
         F.coalesce("failure_reason", "error").alias("reason"),
         "rejected",
+        "failed_calls",
         model,
         *by,
     )
@@ -131,7 +131,8 @@ def table_rows(spark: SparkSession, spec: TableSpec, frames: list[DataFrame | No
 
 
 def summary_figures(outcomes: DataFrame) -> dict[str, Any]:
-    """Tokens per user, proposed tags, duplicate rate and validation rejections of outcome rows."""
+    """Tokens per user, proposed tags, duplicate rate, validation rejections, V2's fallbacks and
+    the failed calls of outcome rows."""
     totals = outcomes.select(
         F.count("*").alias("users"),
         F.sum("proposed").alias("proposed"),
@@ -154,13 +155,24 @@ def summary_figures(outcomes: DataFrame) -> dict[str, Any]:
         "duplicate_rate": round(int(totals["dups"] or 0) / max(proposed, 1), 4),
         "proposed_tags": proposed,
     }
-    rejected: dict[str, int] = {}
-    for r in outcomes.where(F.col("rejected").isNotNull()).select("rejected").collect():
-        for code, n in json.loads(r.rejected).items():
-            rejected[code] = rejected.get(code, 0) + int(n)
-    if rejected:
-        figures["rejected"] = ", ".join(f"{k} {v:,}" for k, v in sorted(rejected.items()))
+    for column in ("rejected", "fallbacks", "failed_calls"):
+        counts = json_counts(outcomes, column)
+        if counts:
+            figures[column] = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
     return figures
+
+
+def json_counts(outcomes: DataFrame, column: str) -> dict[str, int]:
+    """The sum over outcome rows of a column of JSON counts ({"code": n}), added up in Spark:
+    the driver receives one row per code, never one per user."""
+    totals = (
+        outcomes.where(F.col(column).isNotNull())
+        .select(F.explode(F.from_json(column, "map<string,int>")).alias("code", "n"))
+        .groupBy("code")
+        .agg(F.sum("n").alias("n"))
+        .collect()
+    )
+    return {str(r.code): int(r.n) for r in totals}
 
 
 def user_counts(wh: Warehouse, dt: RunDate, variant: Mapping[str, str]) -> tuple[int, int]:

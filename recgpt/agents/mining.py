@@ -3,6 +3,11 @@ one engine call, then every Expert, then every Arbiter (V2); or every V1 route o
 one call (the V1 baseline). Batching by stage keeps the engine's batch full and lets the prefix
 cache serve each agent's shared system message once.
 
+V2 degrades instead of failing: an unusable plan leaves the user one general persona whose Expert
+reads the whole history; a failed Expert leaves the others' tags; an unusable Arbiter answer
+leaves the validated pool in its order. Each such step is counted in `UserOutcome.fallbacks` as
+`<fallback>:<cause>`; only a user left with no valid tag fails.
+
 Pure orchestration over an `Engine`: prompts, parsing and validation come from the sibling
 modules, embeddings from an injected function, so the control flow runs the same against the
 real vLLM engine and against a scripted backend in unit tests.
@@ -28,7 +33,12 @@ from recgpt.llm.request import Request, Result
 # Failure reasons of the pipeline itself (engine errors keep the engine's own reason).
 NO_VALID_PERSONA = "no_valid_persona"
 NO_VALID_TAG = "no_valid_tag"
+NO_VALID_PICK = "no_valid_pick"
 ALL_CALLS_FAILED = "all_calls_failed"
+# Fallbacks of V2 (counted as "<fallback>:<cause>").
+GENERAL_PERSONA = "general_persona"  # the plan was unusable: one general persona
+EXPERT_DROPPED = "expert_dropped"  # one Expert failed: the others' tags count
+POOL_ORDER = "pool_order"  # the Arbiter's answer was unusable: the validated pool in order
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,10 @@ class UserOutcome:
     # of the same user exactly or nearly: the redundancy the V2 planner is meant to remove.
     proposed: int = 0
     duplicates: int = 0
+    # "<fallback>:<cause>" -> how often V2 degraded instead of failing the user.
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    # "<step>: <reason>" -> the user's LLM calls that gave no usable answer.
+    failed_calls: Counter[str] = field(default_factory=Counter)
 
 
 class Miner:
@@ -113,23 +127,27 @@ class Miner:
             outcomes,
         )
         personas: dict[str, list[Persona]] = {}
+        fallback = Persona(s.fallback_persona.name, s.fallback_persona.description)
         for user, result in planned:
             out = outcomes[user.user_id]
-            if result.parsed is None:
-                out.failure = Failure("planner", result.error or "no_output")
-                continue
-            plan = check_personas(personas_of(result.parsed), self.validation)
-            out.rejected.update(r.reason.value for r in plan.rejected)
-            if not plan.kept:
-                out.failure = Failure("planner", NO_VALID_PERSONA)
-                continue
-            out.personas = plan.kept
-            personas[user.user_id] = plan.kept
+            kept: list[Persona] = []
+            cause = result.error or "no_output"
+            if result.parsed is not None:
+                plan = check_personas(personas_of(result.parsed), self.validation)
+                out.rejected.update(r.reason.value for r in plan.rejected)
+                kept, cause = plan.kept, NO_VALID_PERSONA
+            if not kept:
+                out.fallbacks[f"{GENERAL_PERSONA}:{_code(cause)}"] += 1
+                kept = [fallback]
+            out.personas = kept
+            personas[user.user_id] = kept
 
         expert_calls = []
         for user in users:
             for i, persona in enumerate(personas.get(user.user_id, [])):
-                prompt = expert_prompt(s, user.history, persona, user.situation)
+                # The general persona carries no evidence of its own: its Expert reads the history.
+                reads = replace(s, expert_history=True) if persona == fallback else s
+                prompt = expert_prompt(reads, user.history, persona, user.situation)
                 embeds = user.embeds if prompt.history_message is not None else ()
                 expert_calls.append(
                     (
@@ -144,11 +162,11 @@ class Miner:
                     )
                 )
         proposed: dict[str, list[list[Tag]]] = {}
-        errors: dict[str, str] = {}
+        errors: dict[str, list[str]] = {}
         for user, result in self._call("expert", expert_calls, outcomes):
             index = int(result.key.rsplit(":", 1)[1])
             if result.parsed is None:
-                errors.setdefault(user.user_id, result.error or "no_output")
+                errors.setdefault(user.user_id, []).append(result.error or "no_output")
                 continue
             served = personas[user.user_id][index].name
             proposed.setdefault(user.user_id, []).append(expert_tags(result.parsed, served))
@@ -156,12 +174,12 @@ class Miner:
         candidates: dict[str, list[Tag]] = {}
         for user in users:
             out = outcomes[user.user_id]
-            if out.failure is not None:
-                continue
+            failed = errors.get(user.user_id, [])
             if user.user_id not in proposed:
-                out.failure = Failure("expert", errors.get(user.user_id, ALL_CALLS_FAILED))
+                out.failure = Failure("expert", failed[0] if failed else ALL_CALLS_FAILED)
                 continue
-            checked = self._pooled(proposed[user.user_id], user, out)
+            out.fallbacks.update(f"{EXPERT_DROPPED}:{_code(e)}" for e in failed)
+            checked = self._pooled(proposed[user.user_id], user, out, out.personas)
             if not checked.kept:
                 out.failure = Failure("expert", NO_VALID_TAG)
                 continue
@@ -183,22 +201,24 @@ class Miner:
         )
         for user, result in judged:
             out = outcomes[user.user_id]
-            if result.parsed is None:
-                out.failure = Failure("arbiter", result.error or "no_output")
-                continue
-            picked = self._selection(arbiter_picks(result.parsed), candidates[user.user_id], out)
-            checked = check_tags(picked, self._for(user), self.embed)
-            out.rejected.update(r.reason.value for r in checked.rejected)
-            kept = checked.kept[: s.n_tags]
-            if s.arbiter_backfill and len(kept) < s.n_tags:
+            pooled = candidates[user.user_id]
+            final: list[Tag] = []
+            cause = result.error or "no_output"
+            if result.parsed is not None:
+                picked = self._selection(arbiter_picks(result.parsed), pooled, out)
+                checked = check_tags(picked, self._for(user, out.personas), self.embed)
+                out.rejected.update(r.reason.value for r in checked.rejected)
+                final, cause = checked.kept[: s.n_tags], NO_VALID_PICK
+            if not final:
+                # The Arbiter gave nothing usable: the validated pool, each persona's best first.
+                out.fallbacks[f"{POOL_ORDER}:{_code(cause)}"] += 1
+                final = [replace(t, score=None) for t in pooled[: s.n_tags]]
+            elif s.arbiter_backfill and len(final) < s.n_tags:
                 # Its picks first; the rest of the (already validated) pool after them, unscored.
-                chosen = {t.tag for t in kept}
-                rest = [t for t in candidates[user.user_id] if t.tag not in chosen]
-                kept += [replace(t, score=None) for t in rest[: s.n_tags - len(kept)]]
-            if not kept:
-                out.failure = Failure("arbiter", NO_VALID_TAG)
-                continue
-            out.tags = self._ground(user, kept)
+                chosen = {t.tag for t in final}
+                rest = [t for t in pooled if t.tag not in chosen]
+                final += [replace(t, score=None) for t in rest[: s.n_tags - len(final)]]
+            out.tags = self._ground(user, final)
         return [outcomes[u.user_id] for u in users]
 
     def _selection(self, picks: list[Pick], candidates: list[Tag], out: UserOutcome) -> list[Tag]:
@@ -262,19 +282,24 @@ class Miner:
             return []
         results = self.engine.generate([request for _, request in calls])
         for (user, _), result in zip(calls, results, strict=True):
-            outcomes[user.user_id].calls.append((step, result))
+            out = outcomes[user.user_id]
+            out.calls.append((step, result))
+            if result.parsed is None:
+                out.failed_calls[f"{step}: {_code(result.error or 'no_output')}"] += 1
         return [(user, result) for (user, _), result in zip(calls, results, strict=True)]
 
-    def _pooled(self, lists: list[list[Tag]], user: UserInput, out: UserOutcome) -> Checked[Tag]:
-        checked = check_tags(pool(lists), self._for(user), self.embed)
+    def _pooled(
+        self, lists: list[list[Tag]], user: UserInput, out: UserOutcome, personas: Sequence[Persona] = ()
+    ) -> Checked[Tag]:
+        checked = check_tags(pool(lists), self._for(user, personas), self.embed)
         codes = Counter(r.reason.value for r in checked.rejected)
         out.rejected.update(codes)
         out.proposed += sum(len(tags) for tags in lists)
         out.duplicates += codes["duplicate"] + codes["near_duplicate"]
         return checked
 
-    def _for(self, user: UserInput) -> ValidationContext:
-        return self.validation.for_user(user.bought_titles)
+    def _for(self, user: UserInput, personas: Sequence[Persona] = ()) -> ValidationContext:
+        return self.validation.for_user(user.bought_titles, personas, user.item_vectors)
 
     def _ground(self, user: UserInput, tags: list[Tag]) -> list[FinalTag]:
         evidence: list[list[str]] = [[] for _ in tags]
@@ -287,6 +312,11 @@ class Miner:
                 self.settings.evidence_min_cosine,
             )
         return [FinalTag(i + 1, t, tuple(e)) for i, (t, e) in enumerate(zip(tags, evidence, strict=True))]
+
+
+def _code(reason: str) -> str:
+    """The code of a failure reason: engine errors read "invalid_output: <detail>"."""
+    return reason.split(":", 1)[0].strip() or "no_output"
 
 
 def mine(miner: Miner, pipeline: str, users: Sequence[UserInput]) -> list[UserOutcome]:

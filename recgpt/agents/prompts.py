@@ -17,7 +17,7 @@ import itertools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,9 @@ ECHO_PHRASES: tuple[str, ...] = (
     "as an ai",
     "language model",
 )
+
+# The example tags the prompts show: a tag equal to one is the model copying the example.
+TAG_EXAMPLES: tuple[str, ...] = ("waterproof hiking boots",)
 
 # Per V1 route: the situation fields it reads (the general route reads none) and its focus.
 ROUTES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -75,7 +78,7 @@ def _data_rule(blocks: Sequence[str]) -> str:
 def _tag_rules(settings: AgentSettings, source: str = "the history") -> list[str]:
     t = settings.tag
     return [
-        f'- tag: modifier + core word, {t.min_words}-{t.max_words} words, e.g. "waterproof hiking boots". '
+        f'- tag: modifier + core word, {t.min_words}-{t.max_words} words, e.g. "{TAG_EXAMPLES[0]}". '
         f"No brands, model numbers or items bought in the last {settings.validation.bought_days} days.",
         f"- reason: one short sentence; evidence: an item or search from {source}.",
         _REPLY,
@@ -144,6 +147,8 @@ def system_texts(settings: AgentSettings) -> dict[str, str]:
     texts = {
         "planner": planner_system(settings),
         "expert": expert_system(settings),
+        # The fallback persona's Expert reads the history whatever `expert_history` says.
+        "expert:history": expert_system(replace(settings, expert_history=True)),
         "arbiter": arbiter_system(settings),
     }
     texts.update({f"route:{r}": route_system(settings, r) for r in settings.routes})

@@ -45,6 +45,20 @@ class ValidationSettings:
     pii_min_digits: int
     echo_ngram_words: int
     bought_days: int
+    # A tag whose best cosine with the catalog reference (the user's context items, the most
+    # popular items and each category's mean) is below this names nothing the shop sells; None
+    # leaves the check out.
+    catalog_min_cosine: float | None = None
+    # Person first names (lower case) a tag or persona name may not carry, besides the bundled list.
+    extra_first_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FallbackPersona:
+    """The one persona a user is mined with when the Global Planner's answer is unusable."""
+
+    name: str
+    description: str
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,9 @@ class AgentSettings:
     # When the Arbiter keeps fewer than N, the unpicked valid candidates (pool order) follow its
     # picks, unscored, up to N.
     arbiter_backfill: bool = True
+    fallback_persona: FallbackPersona = FallbackPersona(
+        "all interests", "every interest the history shows, taken together"
+    )
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AgentSettings:
@@ -109,6 +126,12 @@ class AgentSettings:
                     pii_min_digits=int(check["pii_min_digits"]),
                     echo_ngram_words=int(check["echo_ngram_words"]),
                     bought_days=int(check["bought_days"]),
+                    catalog_min_cosine=None
+                    if check.get("catalog_min_cosine") is None
+                    else float(check["catalog_min_cosine"]),
+                    extra_first_names=tuple(
+                        str(n).strip().lower() for n in check.get("extra_first_names") or ()
+                    ),
                 ),
                 evidence_top_k=int(cfg["evidence"]["top_k"]),
                 evidence_min_cosine=float(cfg["evidence"]["min_cosine"]),
@@ -122,6 +145,9 @@ class AgentSettings:
                 routes=tuple(str(r) for r in cfg.get("routes") or ()),
                 expert_history=bool(cfg.get("expert_history", False)),
                 arbiter_backfill=bool(cfg.get("arbiter_backfill", True)),
+                fallback_persona=FallbackPersona(
+                    str(cfg["fallback_persona"]["name"]), str(cfg["fallback_persona"]["description"])
+                ),
             )
         except KeyError as exc:
             raise ConfigError(
@@ -148,6 +174,17 @@ class AgentSettings:
             raise ConfigError("pipeline.agents.tag.max_words must be at least tag.min_words")
         if not 0 < self.validation.near_duplicate_cosine <= 1:
             raise ConfigError("pipeline.agents.validation.near_duplicate_cosine must be in (0, 1]")
+        minimum = self.validation.catalog_min_cosine
+        if minimum is not None and not -1 <= minimum <= 1:
+            raise ConfigError("pipeline.agents.validation.catalog_min_cosine must be in [-1, 1] or null")
+        fallback = self.fallback_persona
+        if not fallback.name.strip() or not fallback.description.strip():
+            raise ConfigError("pipeline.agents.fallback_persona needs a name and a description")
+        if (
+            len(fallback.name) > self.persona.name_max_chars
+            or len(fallback.description) > self.persona.description_max_chars
+        ):
+            raise ConfigError("pipeline.agents.fallback_persona must fit the persona limits")
         if not -1 <= self.evidence_min_cosine <= 1:
             raise ConfigError("pipeline.agents.evidence.min_cosine must be in [-1, 1]")
         if not self.prompt_version:

@@ -1,7 +1,9 @@
 """Deterministic checks of what the agents wrote, before anything is written or handed on: a tag
-must read as "modifier + core word" within the length limits, name no catalog brand, not repeat
-what the user bought recently, hold no personal data, not echo the prompt's instructions, and not
-duplicate (exactly or nearly) a better-ranked tag. Personas get the same hygiene.
+must read as "modifier + core word" within the length limits, name no catalog brand and no person,
+not restate a persona, not repeat what the user bought recently, hold no personal data, not echo
+the prompt's instructions or its example, not duplicate (exactly or nearly) a better-ranked tag,
+and be close enough to something the shop sells. Personas get the same hygiene, and a persona is
+a shopping need, never a person's name.
 
 Each rejected item keeps one stable reason code (`Rejection`), the first rule it breaks in the
 order the codes are listed, so the counts per code are comparable between runs.
@@ -12,16 +14,17 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
+from importlib import resources
 from itertools import zip_longest
 from typing import Generic, TypeVar
 
 import numpy as np
 
 from recgpt.agents.evidence import unit_rows
-from recgpt.agents.prompts import BLOCKS, ECHO_PHRASES, system_texts
+from recgpt.agents.prompts import BLOCKS, ECHO_PHRASES, TAG_EXAMPLES, system_texts
 from recgpt.agents.schemas import Persona, Tag
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.text import inline_text, ngrams, normalise_phrase, words
@@ -38,12 +41,15 @@ class Rejection(StrEnum):
     INSTRUCTION_ECHO = "instruction_echo"
     TOO_SHORT = "too_short"
     TOO_LONG = "too_long"
+    REPEATED_WORD = "repeated_word"
     BRAND = "brand"
+    PERSON_NAME = "person_name"
+    PERSONA_LEAK = "persona_leak"
     BOUGHT_RECENTLY = "bought_recently"
     REASON_TOO_LONG = "reason_too_long"
     DUPLICATE = "duplicate"
+    NOT_A_PRODUCT = "not_a_product"
     NEAR_DUPLICATE = "near_duplicate"
-    REPEATED_WORD = "repeated_word"
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,24 @@ def has_pii(text: str, min_digits: int) -> bool:
     return False
 
 
+# Words that say nothing about what a persona or a tag is about.
+_FILLER = frozenset(
+    "a an the and or of for to in on at by with from who whose is are was has have loves likes "
+    "his her their its this that as".split()
+)
+
+
+@cache
+def first_names() -> frozenset[str]:
+    """The bundled list of person first names (recgpt/agents/first_names.txt)."""
+    text = resources.files("recgpt.agents").joinpath("first_names.txt").read_text(encoding="utf-8")
+    return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return unit_rows(np.asarray(vectors, dtype=np.float32))
+
+
 def brand_keys(brands: Iterable[str], min_chars: int) -> frozenset[str]:
     """Catalog brands as matchable word strings; a one-word brand shorter than `min_chars`
     ("HP", "LG") is left out, it would match ordinary words and numbers."""
@@ -110,24 +134,48 @@ class ValidationContext:
     settings: AgentSettings
     brands: frozenset[str]  # from `brand_keys`
     echo: frozenset[str]  # word strings (`words` joined by spaces) whose presence is an echo
+    names: frozenset[str] = field(default_factory=first_names)  # person first names
+    examples: frozenset[tuple[str, ...]] = frozenset()  # folded words of the prompts' example tags
+    # Unit rows of what the shop sells (popular items, category means): a tag must come close to
+    # one of them or to the user's own items; None: no such check.
+    catalog: np.ndarray | None = field(default=None, compare=False, repr=False)
     bought: tuple[tuple[str, ...], ...] = ()  # folded words of bought core titles
+    personas: tuple[Persona, ...] = ()  # the user's personas: a tag may not merely restate one
+    own_items: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def for_run(cls, settings: AgentSettings, brands: Iterable[str]) -> ValidationContext:
-        """`brands`: the catalog's brand names. The echo phrases are the fixed ones, block names
-        that are no ordinary word (`candidate_tags`), and every run of `echo_ngram_words`
-        consecutive words of the run's system messages."""
+    def for_run(
+        cls, settings: AgentSettings, brands: Iterable[str], catalog: np.ndarray | None = None
+    ) -> ValidationContext:
+        """`brands`: the catalog's brand names; `catalog`: embeddings of what the shop sells
+        (checked against `validation.catalog_min_cosine`). The echo phrases are the fixed ones,
+        block names that are no ordinary word (`candidate_tags`), and every run of
+        `echo_ngram_words` consecutive words of the run's system messages."""
         n = settings.validation.echo_ngram_words
         phrases = {" ".join(words(p)) for p in (*ECHO_PHRASES, *(b for b in BLOCKS if "_" in b))}
         for text in system_texts(settings).values():
             phrases |= ngrams(words(text), n)
-        return cls(settings, brand_keys(brands, settings.validation.brand_min_chars), frozenset(phrases))
+        return cls(
+            settings,
+            brand_keys(brands, settings.validation.brand_min_chars),
+            frozenset(phrases),
+            names=first_names() | frozenset(settings.validation.extra_first_names),
+            examples=frozenset(_fold(words(e)) for e in TAG_EXAMPLES),
+            catalog=None if catalog is None or not len(catalog) else unit(catalog),
+        )
 
-    def for_user(self, bought_titles: Iterable[str]) -> ValidationContext:
+    def for_user(
+        self,
+        bought_titles: Iterable[str],
+        personas: Sequence[Persona] = (),
+        item_vectors: np.ndarray | None = None,
+    ) -> ValidationContext:
         """The run's context with the core titles of what this user bought within
-        `validation.bought_days` before the run date."""
+        `validation.bought_days` before the run date, the user's personas and the embeddings
+        of the items in the user's context."""
         bought = tuple(t for t in (_fold(words(title)) for title in bought_titles) if t)
-        return replace(self, bought=bought)
+        own = None if item_vectors is None or not len(item_vectors) else unit(item_vectors)
+        return replace(self, bought=bought, personas=tuple(personas), own_items=own)
 
     @cached_property
     def _echo_lengths(self) -> frozenset[int]:
@@ -139,6 +187,35 @@ class ValidationContext:
             return True
         tokens = words(text)
         return any(ngrams(tokens, n) & self.echo for n in self._echo_lengths)
+
+    def names_person(self, text: str) -> bool:
+        return any(w in self.names for w in words(text))
+
+    def restates_persona(self, tag: str) -> bool:
+        """Every word of the tag that says something comes from a persona's name or description
+        and none from the items it cited ("seasoned creative" from "a seasoned creative who ...")."""
+        said = {w for w in words(tag) if w not in _FILLER}
+        if not said:
+            return False
+        for persona in self.personas:
+            described = set(words(persona.name)) | set(words(persona.description))
+            cited = {w for e in persona.evidence for w in words(e)}
+            if said <= described and not said & cited:
+                return True
+        return False
+
+    def is_example(self, tag: str) -> bool:
+        return _fold(words(tag)) in self.examples
+
+    def sold_cosine(self, vectors: np.ndarray) -> np.ndarray | None:
+        """Per unit row of `vectors`: its best cosine with the catalog reference or the user's own
+        items; None when the run has no catalog reference."""
+        if self.catalog is None:
+            return None
+        best = (self.catalog @ vectors.T).max(axis=0)
+        if self.own_items is not None:
+            best = np.maximum(best, (self.own_items @ vectors.T).max(axis=0))
+        return best
 
     def names_brand(self, tag: str) -> bool:
         tokens = words(tag)
@@ -167,7 +244,7 @@ def _tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
         return Rejection.EMPTY
     if any(has_pii(text, digits) for text in (tag.tag, tag.reason, tag.evidence)):
         return Rejection.PII
-    if ctx.echoes(tag.tag) or ctx.echoes(tag.reason):
+    if ctx.echoes(tag.tag) or ctx.echoes(tag.reason) or ctx.is_example(normal):
         return Rejection.INSTRUCTION_ECHO
     count = len(normal.split())
     if count < limits.min_words:
@@ -179,6 +256,10 @@ def _tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
         return Rejection.REPEATED_WORD
     if ctx.names_brand(normal):
         return Rejection.BRAND
+    if ctx.names_person(normal):
+        return Rejection.PERSON_NAME
+    if ctx.restates_persona(normal):
+        return Rejection.PERSONA_LEAK
     if ctx.bought_recently(normal):
         return Rejection.BOUGHT_RECENTLY
     if len(reason) > limits.reason_max_chars:
@@ -189,8 +270,10 @@ def _tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
 def check_tags(tags: Sequence[Tag], ctx: ValidationContext, embed: Embed | None = None) -> Checked[Tag]:
     """The tags that pass every rule, best-ranked first, with the tag normalised and the reason,
     evidence and persona cleaned; and the rejected ones as written. Exact duplicates (after
-    normalisation) and, given `embed`, near-duplicates (cosine >= `near_duplicate_cosine` with a
-    kept tag ranked above) are rejected in favour of the earlier one."""
+    normalisation) are rejected in favour of the earlier one. Given `embed`: a tag too far from
+    everything the shop sells (best cosine with the context's catalog reference or the user's
+    items below `catalog_min_cosine`) is rejected, then near-duplicates (cosine >=
+    `near_duplicate_cosine` with a kept tag ranked above) in favour of the earlier one."""
     kept: list[Tag] = []
     rejected: list[Rejected[Tag]] = []
     seen: set[str] = set()
@@ -215,13 +298,18 @@ def check_tags(tags: Sequence[Tag], ctx: ValidationContext, embed: Embed | None 
                 else None,
             )
         )
-    if embed is None or len(kept) < 2:
+    minimum = ctx.settings.validation.catalog_min_cosine
+    sold_check = minimum is not None and ctx.catalog is not None
+    if embed is None or not kept or (len(kept) < 2 and not sold_check):
         return Checked(kept, rejected)
     vectors = unit_rows(embed([t.tag for t in kept]))
+    sold = ctx.sold_cosine(vectors) if sold_check else None
     threshold = ctx.settings.validation.near_duplicate_cosine
     distinct: list[int] = []
     for i, tag in enumerate(kept):
-        if distinct and float(np.max(vectors[distinct] @ vectors[i])) >= threshold:
+        if sold is not None and minimum is not None and float(sold[i]) < minimum:
+            rejected.append(Rejected(tag, Rejection.NOT_A_PRODUCT))
+        elif distinct and float(np.max(vectors[distinct] @ vectors[i])) >= threshold:
             rejected.append(Rejected(tag, Rejection.NEAR_DUPLICATE))
         else:
             distinct.append(i)
@@ -237,6 +325,10 @@ def _persona_problem(persona: Persona, ctx: ValidationContext) -> Rejection | No
         return Rejection.PII
     if any(ctx.echoes(text) for text in texts):
         return Rejection.INSTRUCTION_ECHO
+    # A persona is a shopping need; a small model names people ("Mike") and the name then
+    # leaks into every tag.
+    if ctx.names_person(persona.name):
+        return Rejection.PERSON_NAME
     if (
         len(inline_text(persona.name)) > limits.name_max_chars
         or len(inline_text(persona.description)) > limits.description_max_chars

@@ -66,6 +66,9 @@ class ReportData:
     sample_tags_per_user: int = 10
     # Fixed in tests; the time of writing otherwise.
     generated_at: _dt.datetime | None = None
+    # pipeline, context_mode, other, metric, difference, ci95_low, ci95_high, users: paired
+    # differences (eval_comparisons); None or empty: no comparison section.
+    comparisons: pd.DataFrame | None = None
 
 
 class Variant(NamedTuple):
@@ -140,6 +143,19 @@ def metric_values(metrics: pd.DataFrame) -> dict[str, dict[Variant, float]]:
             f"metrics has {len(models)} rows for {metric} of {variant.label} (models {models}) "
             f"and {len(clashes) - 1} more such cell(s): pass one row per (pipeline, context_mode, metric)"
         )
+    return out
+
+
+def metric_intervals(metrics: pd.DataFrame) -> dict[str, dict[Variant, tuple[float, float]]]:
+    """metric -> variant -> (low, high) of the rows that carry a 95% interval."""
+    if "ci95_low" not in metrics.columns or "ci95_high" not in metrics.columns:
+        return {}
+    out: dict[str, dict[Variant, tuple[float, float]]] = {}
+    for row in metrics.itertuples(index=False):
+        low, high = _as_float(row.ci95_low), _as_float(row.ci95_high)
+        if not (math.isnan(low) or math.isnan(high)):
+            variant = Variant(str(row.pipeline), str(row.context_mode))
+            out.setdefault(str(row.metric), {})[variant] = (low, high)
     return out
 
 

@@ -18,6 +18,7 @@ from recgpt.report.data import (
     Variant,
     check_columns,
     format_value,
+    metric_intervals,
     metric_order,
     metric_values,
     models_of,
@@ -47,14 +48,16 @@ def render_html(data: ReportData) -> str:
     check_columns(data)
     variants = variants_of(data.metrics, data.tags)
     values = metric_values(data.metrics)
+    ranges = metric_intervals(data.metrics)
     shares = share_metrics(values, data.share_metrics)
     plots = report_plots(data, variants, values, shares)
     body = "\n".join(
         [
             _header_html(data, variants, models_of(data.metrics), _generated_at(data)),
             "<h2>Metrics</h2>",
-            _metrics_table_html(data, variants, values, shares),
+            _metrics_table_html(data, variants, values, shares, ranges),
             _format_rule_html(metric_order(values, data.headline), shares),
+            *_comparisons_html(data.comparisons, shares),
             "<h2>Plots</h2>",
             *(_plot_html(p) for p in plots),
             "<h2>Sample tags</h2>",
@@ -103,10 +106,18 @@ def _metrics_table_html(
     variants: Sequence[Variant],
     values: Mapping[str, Mapping[Variant, float]],
     shares: Collection[str],
+    ranges: Mapping[str, Mapping[Variant, tuple[float, float]]] | None = None,
 ) -> str:
     head = "".join(f'<th class="num">{_esc(v.label)}</th>' for v in variants)
+    ranges = ranges or {}
     rows = "".join(
-        _metric_row_html(data, metric, [values.get(metric, {}).get(v) for v in variants], metric in shares)
+        _metric_row_html(
+            data,
+            metric,
+            [values.get(metric, {}).get(v) for v in variants],
+            metric in shares,
+            [ranges.get(metric, {}).get(v) for v in variants],
+        )
         for metric in metric_order(values, data.headline)
     )
     return (
@@ -116,12 +127,64 @@ def _metrics_table_html(
     )
 
 
-def _metric_row_html(data: ReportData, metric: str, row: Sequence[float | None], share: bool) -> str:
+def _metric_row_html(
+    data: ReportData,
+    metric: str,
+    row: Sequence[float | None],
+    share: bool,
+    ranges: Sequence[tuple[float, float] | None] = (),
+) -> str:
     decimals = None if share else row_decimals(row)
-    cells = "".join(f'<td class="num">{format_value(x, share, decimals)}</td>' for x in row)
+    spans = list(ranges) or [None] * len(row)
+    cells = "".join(
+        f'<td class="num">{format_value(x, share, decimals)}'
+        + (
+            f'<br><span class="ci">{format_value(r[0], share, decimals)} – '
+            f"{format_value(r[1], share, decimals)}</span>"
+            if r is not None
+            else ""
+        )
+        + "</td>"
+        for x, r in zip(row, spans, strict=True)
+    )
     css = ' class="headline"' if metric in data.headline else ""
     doc = data.metric_docs.get(metric, "")
     return f"<tr{css}><th><code>{_esc(metric)}</code></th>{cells}<td>{_esc(doc)}</td></tr>"
+
+
+def _comparisons_html(comparisons: pd.DataFrame | None, shares: Collection[str]) -> list[str]:
+    """The paired differences, one row each: a difference whose interval leaves out 0 is marked."""
+    if comparisons is None or comparisons.empty:
+        return []
+    rows = []
+    ordered = comparisons.sort_values(["metric", "pipeline", "context_mode", "other"])
+    for r in ordered.to_dict("records"):
+        metric = str(r["metric"])
+        share = metric in shares or metric.startswith(("hr", "recall", "exclusive", "failure"))
+        low, high = float(r["ci95_low"]), float(r["ci95_high"])
+        css = ' class="clear"' if low > 0 or high < 0 else ""
+        variant = Variant(str(r["pipeline"]), str(r["context_mode"])).label
+        other = str(r["other"]).replace(".", " · ")
+        rows.append(
+            f"<tr{css}><th><code>{_esc(metric)}</code></th><td>{_esc(variant)}</td><td>{_esc(other)}</td>"
+            f'<td class="num">{_signed(float(r["difference"]), share)}</td>'
+            f'<td class="num">{_signed(low, share)} … {_signed(high, share)}</td>'
+            f'<td class="num">{int(r["users"]):,}</td></tr>'
+        )
+    return [
+        "<h2>Comparisons</h2>",
+        '<div class="scroll"><table class="metrics"><thead><tr><th>metric</th><th>variant</th>'
+        "<th>minus</th><th>difference</th><th>95% interval</th><th>users</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>",
+        '<p class="muted">Paired over the users both sides scored (a failed user is a miss): each of '
+        "the bootstrap's replicates resamples users with both their values. <code>history</code> and "
+        "<code>popular</code> are the LLM-free baselines given as many categories as the variant's "
+        "tags name. Rows in bold: the interval leaves out 0.</p>",
+    ]
+
+
+def _signed(value: float, share: bool) -> str:
+    return f"{value * 100:+.2f} pt" if share else f"{value:+.3f}"
 
 
 def _format_rule_html(metrics: Sequence[str], shares: Collection[str]) -> str:
@@ -238,6 +301,8 @@ th, td { border-bottom: 1px solid #e5e5e5; padding: .3em .7em; text-align: left;
 thead th { background: #f6f6f6; border-bottom: 2px solid #ccc; white-space: nowrap; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.metrics td:last-child { color: #555; min-width: 16em; }
+table.metrics .ci { color: #777; font-size: 85%; white-space: nowrap; }
+table.metrics tr.clear td, table.metrics tr.clear th { font-weight: 600; }
 tr.headline th code, tr.headline td.num { font-weight: 700; }
 tr.headline { background: #fbfcff; }
 figure { margin: .3em 0 1em; }
