@@ -77,7 +77,7 @@ bench-scale: setup  ## 10M and 100M behaviours through ingest, compress, covisit
 bench-v2-vs-v1: setup  ## V2 (planner/experts/arbiter, hybrid) vs V1 routes (text): tokens, seconds, duplicates
 	$(PY) -m bench.v2_vs_v1 $(ARGS)
 
-eval: setup  ## offline evaluation on synthetic data: V2 vs V1 on sampled users, metrics + HTML report
+eval: setup  ## offline evaluation on synthetic data: V2 hybrid, V2 text and V1 on sampled users, intervals, baselines, HTML report
 	$(PY) -m bench.evaluation --data synthetic $(ARGS)
 
 eval-movielens: setup  ## the same on ml-100k split in time (../shared/datasets/ml-100k)
