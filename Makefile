@@ -12,7 +12,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-scale eval eval-movielens clean-warehouse
+.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-scale eval eval-movielens rollback clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -82,6 +82,10 @@ eval: setup  ## offline evaluation on synthetic data: V2 hybrid, V2 text and V1 
 
 eval-movielens: setup  ## the same on ml-100k split in time (../shared/datasets/ml-100k)
 	$(PY) -m bench.evaluation --data movielens $(ARGS)
+
+rollback: setup  ## undo a bad night: DT=YYYY-MM-DD [STAGE=mine_intents] [RUN_ID=...] back to the tables before that run
+	@test -n "$(DT)" || (echo "usage: make rollback DT=YYYY-MM-DD [STAGE=...] [RUN_ID=...]" && exit 2)
+	$(PY) -m jobs.rollback run.dt=$(DT) $(if $(STAGE),rollback.stage=$(STAGE)) $(if $(RUN_ID),rollback.run_id=$(RUN_ID)) $(ARGS)
 
 clean-warehouse:  ## delete the local warehouse (all tables, reports and logs)
 	rm -rf warehouse
