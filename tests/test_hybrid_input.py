@@ -107,7 +107,8 @@ def test_through_the_runner_slots_reach_the_prompt_in_order_and_a_bad_user_is_an
         core_words=6,
     )
     stage = mining_stage(plan, llm_config(), {"batch_users": 8})
-    backend = ScriptedBackend(['{"personas": []}'] * 2)
+    # No persona: the general persona's Expert follows, reading the hybrid history too.
+    backend = ScriptedBackend(['{"personas": []}', '{"tags": []}'])
     lm = llm_config()
     engine = Engine(
         backend, PromptRenderer(lm["model_path"], int(lm["max_model_len"])), RetryPolicy(attempts=1)
@@ -120,12 +121,14 @@ def test_through_the_runner_slots_reach_the_prompt_in_order_and_a_bad_user_is_an
 
     assert out["u2"]["error"] == "bad_request: 1 of 2 context items have no embedding"
     assert out["u2"]["calls"] == [] and out["u2"]["tags"] is None
-    # u1 reached the planner; its prompt's embedding rows hold the two slots, i2's before i0's.
-    assert [c["step"] for c in out["u1"]["calls"]] == ["planner"]
-    [call] = backend.calls
-    prompt = call.rendered.embeds.float().numpy()
+    # u1 reached the planner, then the general persona's Expert; both prompts' embedding rows hold
+    # the two slots, i2's before i0's.
+    assert [c["step"] for c in out["u1"]["calls"]] == ["planner", "expert"]
+    assert len(backend.calls) == 2
     slots = A.entity_vectors(adaptor, np.asarray([ITEM_VECTORS["i2"], ITEM_VECTORS["i0"]], dtype=np.float32))
-    positions = [int(np.argmin(np.abs(prompt - slot).sum(axis=1))) for slot in slots]
-    for slot, pos in zip(slots, positions, strict=True):
-        np.testing.assert_allclose(prompt[pos], slot, atol=1e-2)  # bf16/fp32 rounding of the prompt rows
-    assert positions[0] < positions[1]
+    for call in backend.calls:
+        prompt = call.rendered.embeds.float().numpy()
+        positions = [int(np.argmin(np.abs(prompt - slot).sum(axis=1))) for slot in slots]
+        for slot, pos in zip(slots, positions, strict=True):
+            np.testing.assert_allclose(prompt[pos], slot, atol=1e-2)  # bf16/fp32 rounding of the prompt rows
+        assert positions[0] < positions[1]
