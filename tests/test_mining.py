@@ -316,10 +316,13 @@ def test_hostile_titles_and_queries_change_neither_schema_nor_content_class(llm_
     renderer = PromptRenderer(llm_cfg["model_path"], int(llm_cfg["max_model_len"]))
     engine = Engine(OpenAIHTTPBackend.from_config(info.url, llm_cfg), renderer, RetryPolicy(attempts=2))
     schemas = build_schemas(settings)
-    miner = Miner(
-        engine, settings, schemas, ValidationContext.for_run(settings, ["Northpeak"]), embedder.encode
-    )
     items = ["Waterproof trail hiking boots", "Merino wool hiking socks", "Insulated steel thermos flask"]
+    # As in production, tags must come close to what the shop sells (not to the user's own,
+    # untrusted titles).
+    sold = embedder.encode([*items, "Trekking poles", "Camping stove", "Rain jacket"])
+    miner = Miner(
+        engine, settings, schemas, ValidationContext.for_run(settings, ["Northpeak"], sold), embedder.encode
+    )
     histories = [[*items, HOSTILE_TITLE] if i % 2 else items for i in range(1, 5)]
     hostile = [
         dataclasses.replace(user(f"u{i}", h), item_vectors=embedder.encode(h))

@@ -299,7 +299,7 @@ class Miner:
         return checked
 
     def _for(self, user: UserInput, personas: Sequence[Persona] = ()) -> ValidationContext:
-        return self.validation.for_user(user.bought_titles, personas, user.item_vectors)
+        return self.validation.for_user(user.bought_titles, personas)
 
     def _ground(self, user: UserInput, tags: list[Tag]) -> list[FinalTag]:
         evidence: list[list[str]] = [[] for _ in tags]

@@ -45,9 +45,8 @@ class ValidationSettings:
     pii_min_digits: int
     echo_ngram_words: int
     bought_days: int
-    # A tag whose best cosine with the catalog reference (the user's context items, the most
-    # popular items and each category's mean) is below this names nothing the shop sells; None
-    # leaves the check out.
+    # A tag whose best cosine with the catalog reference (the most popular items and each
+    # category's mean) is below this names nothing the shop sells; None leaves the check out.
     catalog_min_cosine: float | None = None
     # Person first names (lower case) a tag or persona name may not carry, besides the bundled list.
     extra_first_names: tuple[str, ...] = ()

@@ -141,7 +141,6 @@ class ValidationContext:
     catalog: np.ndarray | None = field(default=None, compare=False, repr=False)
     bought: tuple[tuple[str, ...], ...] = ()  # folded words of bought core titles
     personas: tuple[Persona, ...] = ()  # the user's personas: a tag may not merely restate one
-    own_items: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def for_run(
@@ -164,18 +163,11 @@ class ValidationContext:
             catalog=None if catalog is None or not len(catalog) else unit(catalog),
         )
 
-    def for_user(
-        self,
-        bought_titles: Iterable[str],
-        personas: Sequence[Persona] = (),
-        item_vectors: np.ndarray | None = None,
-    ) -> ValidationContext:
+    def for_user(self, bought_titles: Iterable[str], personas: Sequence[Persona] = ()) -> ValidationContext:
         """The run's context with the core titles of what this user bought within
-        `validation.bought_days` before the run date, the user's personas and the embeddings
-        of the items in the user's context."""
+        `validation.bought_days` before the run date, and the user's personas."""
         bought = tuple(t for t in (_fold(words(title)) for title in bought_titles) if t)
-        own = None if item_vectors is None or not len(item_vectors) else unit(item_vectors)
-        return replace(self, bought=bought, personas=tuple(personas), own_items=own)
+        return replace(self, bought=bought, personas=tuple(personas))
 
     @cached_property
     def _echo_lengths(self) -> frozenset[int]:
@@ -208,14 +200,12 @@ class ValidationContext:
         return _fold(words(tag)) in self.examples
 
     def sold_cosine(self, vectors: np.ndarray) -> np.ndarray | None:
-        """Per unit row of `vectors`: its best cosine with the catalog reference or the user's own
-        items; None when the run has no catalog reference."""
+        """Per unit row of `vectors`: its best cosine with the catalog reference; None when the
+        run has no catalog reference. The user's own items do not count: their titles are
+        untrusted text, and a hostile title would vouch for a tag that repeats it."""
         if self.catalog is None:
             return None
-        best = (self.catalog @ vectors.T).max(axis=0)
-        if self.own_items is not None:
-            best = np.maximum(best, (self.own_items @ vectors.T).max(axis=0))
-        return best
+        return (self.catalog @ vectors.T).max(axis=0)
 
     def names_brand(self, tag: str) -> bool:
         tokens = words(tag)
