@@ -90,11 +90,11 @@ def heldout(
     )
 
 
-def history_categories(
+def history_behaviours(
     wh: Warehouse, dt: RunDate, lookback_days: int, behaviors: Sequence[str], categories: DataFrame
 ) -> DataFrame:
-    """Per user, over the reliable history the agents read (ts < dt): its distinct categories
-    (`history_categories`) and the behaviours in each (`history_category_counts`, a map)."""
+    """The reliable history the agents read (ts < dt, within `lookback_days`), each behaviour
+    with its item's category."""
     since = dt.minus(lookback_days)
     return (
         wh.read(BEHAVIORS, dt_from=since, dt_to=dt.minus(1))
@@ -104,6 +104,16 @@ def history_categories(
             & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
         )
         .join(categories, "item_id")
+    )
+
+
+def history_categories(
+    wh: Warehouse, dt: RunDate, lookback_days: int, behaviors: Sequence[str], categories: DataFrame
+) -> DataFrame:
+    """Per user, over the reliable history the agents read (ts < dt): its distinct categories
+    (`history_categories`) and the behaviours in each (`history_category_counts`, a map)."""
+    return (
+        history_behaviours(wh, dt, lookback_days, behaviors, categories)
         .groupBy("user_id", "category")
         .count()
         .groupBy("user_id")
@@ -126,15 +136,8 @@ def popular_categories(
 ) -> list[str]:
     """The n categories with the most behaviours over the history window before dt (ties:
     alphabetical): the popularity baseline, the same list for every user."""
-    since = dt.minus(lookback_days)
     rows = (
-        wh.read(BEHAVIORS, dt_from=since, dt_to=dt.minus(1))
-        .where(
-            F.col("behavior").isin(list(behaviors))
-            & (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
-            & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
-        )
-        .join(categories, "item_id")
+        history_behaviours(wh, dt, lookback_days, behaviors, categories)
         .groupBy("category")
         .count()
         .orderBy(F.col("count").desc(), "category")
