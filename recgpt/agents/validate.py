@@ -102,10 +102,6 @@ def first_names() -> frozenset[str]:
     return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
-def unit(vectors: np.ndarray) -> np.ndarray:
-    return unit_rows(np.asarray(vectors, dtype=np.float32))
-
-
 def brand_keys(brands: Iterable[str], min_chars: int) -> frozenset[str]:
     """Catalog brands as matchable word strings; a one-word brand shorter than `min_chars`
     ("HP", "LG") is left out, it would match ordinary words and numbers."""
@@ -160,7 +156,9 @@ class ValidationContext:
             frozenset(phrases),
             names=first_names() | frozenset(settings.validation.extra_first_names),
             examples=frozenset(_fold(words(e)) for e in TAG_EXAMPLES),
-            catalog=None if catalog is None or not len(catalog) else unit(catalog),
+            catalog=None
+            if catalog is None or not len(catalog)
+            else unit_rows(np.asarray(catalog, dtype=np.float32)),
         )
 
     def for_user(self, bought_titles: Iterable[str], personas: Sequence[Persona] = ()) -> ValidationContext:
