@@ -23,6 +23,7 @@ from udfs.checkpoints import (
     covisit_tables,
     embed_items_tables,
     evaluate_tables,
+    explain_tables,
     ingest_tables,
     latest_run,
     latest_runs,
@@ -33,7 +34,16 @@ from udfs.quality import QualityRunner, previous_row_counts, results_frame
 
 STAGE = "dq"
 # The stages that have a checkpoint (what each validates: udfs/checkpoints.py).
-CHECKPOINTED = ("ingest", "embed_items", "compress", "covisit", "mine_intents", "recall", "evaluate")
+CHECKPOINTED = (
+    "ingest",
+    "embed_items",
+    "compress",
+    "covisit",
+    "mine_intents",
+    "recall",
+    "explain",
+    "evaluate",
+)
 
 
 def checkpoint_tables(ctx: StageContext, stage: str, run: StageRun) -> CheckpointTables:
@@ -53,6 +63,8 @@ def checkpoint_tables(ctx: StageContext, stage: str, run: StageRun) -> Checkpoin
         return mine_intents_tables(wh, dt, cfg.mine.get("users_file"), int(agents.n_tags), int(agents.m_tags))
     if stage == "recall":
         return recall_tables(wh, dt)
+    if stage == "explain":
+        return explain_tables(wh, dt)
     assert stage == "evaluate", stage
     return evaluate_tables(wh, dt)
 

@@ -410,6 +410,73 @@ TAG_RECALL = TableSpec(
     partition_by=MINED_PARTITIONS,
 )
 
+
+def _explained_by() -> tuple[Column, ...]:
+    """The mined variant whose tags were explained (both partition columns), the model and the
+    explanation prompts."""
+    return (
+        Column("pipeline", pa.string(), "pipeline of the tags (v2 or v1_baseline)", nullable=False),
+        Column("context_mode", pa.string(), "context mode of the tags (hybrid or text)", nullable=False),
+        Column("model", pa.string(), "served LLM name ('none' for the template)", nullable=False),
+        Column("prompt_version", pa.string(), "explain.prompt_version of the prompts", nullable=False),
+    )
+
+
+ITEM_EXPLANATIONS = TableSpec(
+    "item_explanations",
+    "Why the user sees a recommended item: for each of the user's best tags, its first recalled "
+    "item, explained in every configured mode (meta: a style guide, then the line written to "
+    "it; single: one prompt; template: a fixed sentence). Only explanations that passed every "
+    "rule (length, facts, brands, title copy, absolute claims, personal data, echo) are here; "
+    "the others are in explanation_failures.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("tag_rank", pa.int32(), "the tag's rank in user_intent_tags", nullable=False),
+        Column("tag", pa.string(), "the interest the item was recalled for", nullable=False),
+        Column("item_id", pa.string(), "the explained item (tag_recall rank 1 of the tag)", nullable=False),
+        Column(
+            "explanation_mode",
+            pa.string(),
+            "meta, single or template; unique per (dt, pipeline, context_mode, user_id, item_id)",
+            nullable=False,
+        ),
+        Column("style_guide", pa.string(), "meta: the guide the line was written to (model output)"),
+        Column(
+            "explanation", pa.string(), "the line shown to the user (model output, validated)", nullable=False
+        ),
+        Column("words", pa.int32(), "words of the explanation", nullable=False),
+        *_explained_by(),
+        *_lineage("run date of the tags explained"),
+    ),
+    partition_by=MINED_PARTITIONS,
+)
+
+EXPLANATION_FAILURES = TableSpec(
+    "explanation_failures",
+    "Explanations that were not written, one row per (user, item, mode), with the step and the "
+    "reason: an engine error, or the code of the first rule the text broke. Every pair of a run "
+    "is in item_explanations or here for each mode, never neither.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("tag_rank", pa.int32(), "the tag's rank; null when the pair's input was bad"),
+        Column("tag", pa.string(), "the interest"),
+        Column("item_id", pa.string(), "the item"),
+        Column("explanation_mode", pa.string(), "meta, single, template, or all (bad input)", nullable=False),
+        Column("step", pa.string(), "style, meta, single, template or input", nullable=False),
+        Column(
+            "reason",
+            pa.string(),
+            "engine error (prompt_too_long, invalid_output, engine_error, bad_request) or a rule's "
+            "code (too_long, unsupported_number, title_copy, ...)",
+            nullable=False,
+        ),
+        Column("detail", pa.string(), "the words that broke the rule (bounded)"),
+        *_explained_by(),
+        *_lineage("run date of the tags explained"),
+    ),
+    partition_by=MINED_PARTITIONS,
+)
+
 EVAL_METRICS = TableSpec(
     "eval_metrics",
     "Offline evaluation of a run date's mined intents against the held-out window after it: one "
@@ -478,6 +545,8 @@ ALL_TABLES: dict[str, TableSpec] = {
         USER_INTENT_TAGS,
         MINING_FAILURES,
         TAG_RECALL,
+        ITEM_EXPLANATIONS,
+        EXPLANATION_FAILURES,
         EVAL_METRICS,
         EVAL_COMPARISONS,
     )

@@ -46,12 +46,20 @@ CHAIN_TABLES = (
     "user_intent_tags",
     "llm_calls",
     "tag_recall",
+    "item_explanations",
     "eval_metrics",
     "dq_results",
 )
 # The tables of the LLM's outputs: a rerun of the date replaces them, so every row then carries
 # the rerun's run id.
-MINED_TABLES = ("user_personas", "user_intent_tags", "mining_failures", "llm_calls", "tag_recall")
+MINED_TABLES = (
+    "user_personas",
+    "user_intent_tags",
+    "mining_failures",
+    "llm_calls",
+    "tag_recall",
+    "item_explanations",
+)
 
 
 def airflow_venv() -> Path:

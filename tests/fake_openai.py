@@ -8,7 +8,8 @@ ids, or the serialized tensor of a hybrid prompt sent as `prompt_embeds`):
   (finish_reason "length"), so some users fail at the planner;
 - expert: three tags from a small vocabulary;
 - arbiter: the numbered candidate lines of its prompt, in order (at most eight), with falling
-  scores; the first candidate only when the prompt came as embeddings (it cannot be read back).
+  scores; the first candidate only when the prompt came as embeddings (it cannot be read back);
+- explanations: a fixed style guide and one of a few lines that pass the rules.
 
 Never used outside tests.
 """
@@ -34,6 +35,14 @@ VOCABULARY = (
     "wool hiking socks",
     "ceramic tea set",
     "trail running shoes",
+)
+
+
+# Explanations that pass the rules for any item (no number, brand, attribute or claim).
+LINES = (
+    "You may like this pick for your interest, chosen with the season in mind today.",
+    "Since you keep coming back to this interest, this pick could suit you well.",
+    "A pick that fits what you have been looking at lately, ready when you are.",
 )
 
 
@@ -94,6 +103,12 @@ class FakeOpenAI:
                 {"pick": i + 1, "score": max(1, 10 - i), "reason": "fits"} for i in range(min(8, len(lines)))
             ]
             return json.dumps({"tags": picks}), "stop"
+        if agent == "StyleGuideOutput":
+            tone = ["warm", "playful", "practical"][h % 3]
+            return json.dumps({"tone": tone, "audience": "the shopper", "angle": "the interest"}), "stop"
+        if agent == "ExplanationOutput":
+            line = LINES[h % len(LINES)]
+            return json.dumps({"explanation": line}), "stop"
         return "{}", "stop"
 
     @staticmethod

@@ -3,7 +3,7 @@ config of the bundled model, and a scripted backend for control-flow tests only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from recgpt.config import load_config
 from recgpt.llm.engine import Call, Completion
+from recgpt.llm.render import PromptRenderer
 
 
 # Bounded so that any valid answer fits SCHEMA_TOKENS (even a string of digits, one token each).
@@ -74,6 +75,38 @@ class ScriptedBackend:
                 continue
             text = self.texts[index]
             out.append(Completion(text, call.rendered.n_tokens, 0, len(text) // 4, self.finish_reason, 5.0))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+Answer = Callable[[str, str], "str | None"]
+
+
+class AgentBackend:
+    """Answers each call with `answer(agent, prompt_text)` where agent is the output schema's
+    title (PlannerOutput, ExpertOutput, ArbiterOutput, StyleGuideOutput, ...); None is a
+    transport error. Records the size of every batch it is handed."""
+
+    model = "scripted-agents"
+
+    def __init__(self, renderer: PromptRenderer, answer: Answer) -> None:
+        self.renderer = renderer
+        self.answer = answer
+        self.batches: list[list[str]] = []
+
+    def complete(self, calls: Sequence[Call]) -> list[Completion]:
+        out, agents = [], []
+        for call in calls:
+            agent = str((call.schema or {}).get("title"))
+            agents.append(agent)
+            text = self.answer(agent, self.renderer.tokenizer.decode(call.rendered.token_ids))
+            if text is None:
+                out.append(Completion("", 0, None, 0, None, 1.0, error="connection reset"))
+            else:
+                out.append(Completion(text, call.rendered.n_tokens, 0, len(text) // 4, "stop", 2.0))
+        self.batches.append(agents)
         return out
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -19,40 +19,9 @@ from recgpt.agents.schemas import build_schemas
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import ValidationContext
 from recgpt.config import load_config
-from recgpt.llm.engine import Call, Completion, Engine, RetryPolicy
+from recgpt.llm.engine import Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
-from tests.llm_support import llm_config
-
-Answer = Callable[[str, str], "str | None"]
-
-
-class AgentBackend:
-    """Answers each call with `answer(agent, prompt_text)` where agent is the output schema's
-    title (PlannerOutput, ExpertOutput, ArbiterOutput); None is a transport error. Records the
-    size of every batch it is handed."""
-
-    model = "scripted-agents"
-
-    def __init__(self, renderer: PromptRenderer, answer: Answer) -> None:
-        self.renderer = renderer
-        self.answer = answer
-        self.batches: list[list[str]] = []
-
-    def complete(self, calls: Sequence[Call]) -> list[Completion]:
-        out, agents = [], []
-        for call in calls:
-            agent = str((call.schema or {}).get("title"))
-            agents.append(agent)
-            text = self.answer(agent, self.renderer.tokenizer.decode(call.rendered.token_ids))
-            if text is None:
-                out.append(Completion("", 0, None, 0, None, 1.0, error="connection reset"))
-            else:
-                out.append(Completion(text, call.rendered.n_tokens, 0, len(text) // 4, "stop", 2.0))
-        self.batches.append(agents)
-        return out
-
-    def close(self) -> None:
-        pass
+from tests.llm_support import AgentBackend, Answer, llm_config
 
 
 def fake_embed(texts: list[str]) -> np.ndarray:

@@ -25,7 +25,9 @@ from recgpt.tables import (
     ENV_SIGNALS,
     EVAL_COMPARISONS,
     EVAL_METRICS,
+    EXPLANATION_FAILURES,
     ITEM_EMBEDDINGS,
+    ITEM_EXPLANATIONS,
     ITEMS,
     MINING_FAILURES,
     PLANTED_PERSONAS,
@@ -263,6 +265,42 @@ def recall_tables(wh: Warehouse, dt: RunDate) -> CheckpointTables:
         .withColumn("_tag_known", F.coalesce("_tag_known", F.lit(False)))
     )
     return CheckpointTables({TAG_RECALL.name: frame})
+
+
+def explain_tables(wh: Warehouse, dt: RunDate) -> CheckpointTables:
+    """The explanations of the date (every variant explained), each checked against the recall
+    it explains (`_item_recalled`: the item is its tag's first recalled item), with its length in
+    characters and `_guide_ok` (a meta line carries its style guide); the failures; and the
+    coverage: each (variant, pair, mode) written or failed, exactly once."""
+    keys = ["pipeline", "context_mode", "user_id", "tag_rank"]
+    firsts = (
+        wh.read(TAG_RECALL, dt=dt)
+        .where(F.col("rank") == 1)
+        .select(*keys, "item_id")
+        .withColumn("_item_recalled", F.lit(True))
+    )
+    written = (
+        wh.read(ITEM_EXPLANATIONS, dt=dt)
+        .join(firsts, [*keys, "item_id"], "left")
+        .withColumn("_item_recalled", F.coalesce("_item_recalled", F.lit(False)))
+        .withColumn("_chars", F.length("explanation"))
+        .withColumn("_guide_ok", (F.col("explanation_mode") != "meta") | F.col("style_guide").isNotNull())
+    )
+    failed = wh.read(EXPLANATION_FAILURES, dt=dt)
+    coverage = written.select(*keys, "explanation_mode").unionByName(failed.select(*keys, "explanation_mode"))
+    return CheckpointTables(
+        {
+            ITEM_EXPLANATIONS.name: written,
+            EXPLANATION_FAILURES.name: failed,
+            "explanation_coverage": coverage,
+        },
+        # How many fail depends on the model; the rules' counts are in the stage summary.
+        {
+            EXPLANATION_FAILURES.name: CheckSpec(
+                EXPLANATION_FAILURES.name, "expect_table_row_count_to_be_between", "warning", {"min_value": 0}
+            )
+        },
+    )
 
 
 def evaluate_tables(wh: Warehouse, dt: RunDate) -> CheckpointTables:

@@ -88,6 +88,12 @@ def has_pii(text: str, min_digits: int) -> bool:
     return False
 
 
+def markup(text: str) -> str | None:
+    """The first block tag or special token in `text`, or None."""
+    match = _MARKUP.search(unicodedata.normalize("NFKC", text))
+    return match.group() if match else None
+
+
 # Words that say nothing about what a persona or a tag is about.
 _FILLER = frozenset(
     "a an the and or of for to in on at by with from who whose is are was has have loves likes "
@@ -173,7 +179,7 @@ class ValidationContext:
 
     def echoes(self, text: str) -> bool:
         """Markup, or a phrase of the prompts, in `text`."""
-        if _MARKUP.search(unicodedata.normalize("NFKC", text)):
+        if markup(text):
             return True
         tokens = words(text)
         return any(ngrams(tokens, n) & self.echo for n in self._echo_lengths)

@@ -1,0 +1,243 @@
+"""Deterministic rules an explanation must pass before it is written; a violation is a failure
+row with its reason code, never a written explanation.
+
+- form: `min_words`..`max_words` words, ending as a sentence ends (a line cut off at the decoding
+  bound does not), no word said more than `max_word_repeats` times;
+- safety: no personal data (emails, phone-like digit runs, a person's first name the item does
+  not carry), no link, no echo of the prompts, their markup or their field labels ("price: ...":
+  the item block copied; an injected title obeyed or repeated), no absolute claim ("best",
+  "guaranteed", "100%");
+- factuality: every number, brand and attribute word it states is among the item's facts
+  (title, category, brand, price), the interest or the situation; no catalog brand but the
+  item's own;
+- no near-copy of the title (ROUGE-L F with the title above `title_max_rouge_l`).
+
+Each failing explanation keeps one stable code (`Violation`), the first rule it breaks in the
+order listed, so the counts per code compare between runs.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from rouge_score import rouge_scorer
+
+from recgpt.agents.prompts import ECHO_PHRASES
+from recgpt.agents.text import ngrams, words
+from recgpt.agents.validate import brand_keys, first_names, has_pii, markup
+from recgpt.explain.prompts import BLOCKS, ItemFacts, situation_line, system_texts
+from recgpt.explain.settings import ExplainSettings
+
+
+class Violation(StrEnum):
+    EMPTY = "empty"
+    PII = "pii"
+    LINK = "link"
+    INSTRUCTION_ECHO = "instruction_echo"
+    TOO_SHORT = "too_short"
+    TOO_LONG = "too_long"
+    UNFINISHED = "unfinished"
+    REPEATED_WORD = "repeated_word"
+    ABSOLUTE_CLAIM = "absolute_claim"
+    FOREIGN_BRAND = "foreign_brand"
+    PERSON_NAME = "person_name"
+    UNSUPPORTED_NUMBER = "unsupported_number"
+    UNSUPPORTED_ATTRIBUTE = "unsupported_attribute"
+    TITLE_COPY = "title_copy"
+
+
+@dataclass(frozen=True)
+class Finding:
+    violation: Violation
+    detail: str  # the offending words (bounded), for the failures table
+
+
+_LINK = re.compile(r"(https?://|www\.|\b[\w-]+\.(com|net|org|io|shop|store|cn|co|info|biz|xyz)\b)", re.I)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# The prompts' field labels: a line holding one copies the prompt's data blocks.
+_LABEL = re.compile(
+    r"\b(title|category|brand|price|tone|audience|angle|season|weather|festivals|trends|interest|style)\s*:",
+    re.I,
+)
+# How a finished sentence ends (a closing quote or bracket may follow).
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+# Short words and fillers repeat in any sentence.
+_ORDINARY = frozenset("the and for you your this that with are our its".split())
+DETAIL_CHARS = 60
+
+
+@cache
+def attribute_words() -> frozenset[str]:
+    """The bundled attribute and price-claim lexicon (recgpt/explain/attribute_words.txt)."""
+    text = resources.files("recgpt.explain").joinpath("attribute_words.txt").read_text(encoding="utf-8")
+    return frozenset(
+        " ".join(words(line)) for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )
+
+
+@cache
+def _scorer() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F-measure of two texts (rouge-score's tokenizer: lower-cased alphanumeric words)."""
+    return float(_scorer().score(a, b)["rougeL"].fmeasure)
+
+
+def _fold(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", "") for n in _NUMBER.findall(unicodedata.normalize("NFKC", text))}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What an explanation of one (interest, item, situation) may state."""
+
+    text: str  # every fact as one text: title, category, brand, price, interest, situation
+    title: str
+    brand: str | None
+    item_text: str  # what the shop says about the item: title, category, brand
+
+    @classmethod
+    def of(cls, settings: ExplainSettings, tag: str, item: ItemFacts, env: Mapping[str, Any] | None) -> Facts:
+        parts = [item.title, item.category, item.category_path or "", item.brand or "", tag]
+        if (price := item.price_text()) is not None:
+            parts.append(price)
+        parts.append(situation_line(settings, env))
+        item_text = " | ".join([item.title, item.category, item.category_path or "", item.brand or ""])
+        return cls(" | ".join(parts), item.title, item.brand, item_text)
+
+    def words(self) -> set[str]:
+        return {_fold(w) for w in words(self.text)}
+
+    def numbers(self) -> set[str]:
+        found = _numbers(self.text)
+        # A price of 20.00 may be stated as 20.
+        return found | {n.split(".")[0] for n in found if n.endswith(".00")}
+
+
+@dataclass(frozen=True)
+class ExplanationRules:
+    """The rules of one run: settings, the catalog's brands and the prompts' own phrases."""
+
+    settings: ExplainSettings
+    brands: frozenset[str]
+    echo: frozenset[str]
+    names: frozenset[str]
+    attributes: frozenset[str]
+
+    @classmethod
+    def for_run(cls, settings: ExplainSettings, brands: Iterable[str]) -> ExplanationRules:
+        n = settings.echo_ngram_words
+        phrases = {" ".join(words(p)) for p in (*ECHO_PHRASES, *(b for b in BLOCKS if "_" in b))}
+        for text in system_texts(settings).values():
+            phrases |= ngrams(words(text), n)
+        return cls(
+            settings,
+            brand_keys(brands, settings.brand_min_chars),
+            frozenset(phrases),
+            first_names() | frozenset(settings.extra_first_names),
+            attribute_words(),
+        )
+
+    def echoes(self, text: str) -> str | None:
+        """Markup, or the first phrase of the prompts (shortest first), in `text`."""
+        if tag := markup(text):
+            return tag
+        tokens = words(text)
+        for size in sorted({len(p.split()) for p in self.echo}):
+            if phrases := ngrams(tokens, size) & self.echo:
+                return min(phrases)
+        return None
+
+    def absolute_claim(self, text: str) -> str | None:
+        """A claim of `absolute_claims` in `text`: a word claim as whole words ("best", not
+        "bestow"), one with symbols ("100%", "#1") as it is written."""
+        tokens = f" {' '.join(words(text))} "
+        raw = unicodedata.normalize("NFKC", text).lower()
+        for claim in self.settings.absolute_claims:
+            if re.fullmatch(r"[\w\s]+", claim):
+                if f" {' '.join(words(claim))} " in tokens:
+                    return claim
+            elif claim in raw:
+                return claim
+        return None
+
+    def check_guide(self, fields: Sequence[str]) -> Finding | None:
+        """A style guide is the next prompt's data: no field may carry personal data, a link, an
+        echo or a word said over and over."""
+        for text in fields:
+            if finding := self._safety(text):
+                return finding
+        counts = Counter(w for text in fields for w in words(text) if len(w) > 2 and w not in _ORDINARY)
+        if counts and max(counts.values()) > self.settings.max_word_repeats:
+            return Finding(Violation.REPEATED_WORD, counts.most_common(1)[0][0])
+        return None
+
+    def check(self, text: str, facts: Facts) -> Finding | None:
+        """The first rule `text` breaks as an explanation of `facts`, or None."""
+        s = self.settings
+        if not text.strip():
+            return Finding(Violation.EMPTY, "")
+        if finding := self._safety(text):
+            return finding
+        tokens = words(text)
+        if len(tokens) < s.min_words:
+            return Finding(Violation.TOO_SHORT, str(len(tokens)))
+        if len(tokens) > s.max_words or len(text) > s.max_chars:
+            return Finding(Violation.TOO_LONG, str(len(tokens)))
+        if not _SENTENCE_END.search(text.strip()):
+            return Finding(Violation.UNFINISHED, text.strip()[-DETAIL_CHARS // 2 :])
+        counts = Counter(w for w in tokens if len(w) > 2 and w not in _ORDINARY)
+        if counts and max(counts.values()) > s.max_word_repeats:
+            return Finding(Violation.REPEATED_WORD, counts.most_common(1)[0][0])
+        if claim := self.absolute_claim(text):
+            return Finding(Violation.ABSOLUTE_CLAIM, claim)
+        fact_words = facts.words()
+        fact_text = " ".join(words(facts.text))
+        own = " ".join(words(facts.brand or ""))
+        for size in range(1, len(tokens) + 1):
+            for brand in sorted(ngrams(tokens, size) & self.brands):
+                if brand != own and f" {brand} " not in f" {fact_text} ":
+                    return Finding(Violation.FOREIGN_BRAND, brand)
+        # A name is personal data unless the item carries it (a title like "Harry Potter"); the
+        # interest does not vouch for one: it is model output too.
+        item_words = {_fold(w) for w in words(facts.item_text)}
+        for word in tokens:
+            if word in self.names and _fold(word) not in item_words:
+                return Finding(Violation.PERSON_NAME, word)
+        allowed = facts.numbers()
+        for number in sorted(_numbers(text)):
+            if number not in allowed:
+                return Finding(Violation.UNSUPPORTED_NUMBER, number)
+        for size in (1, 2, 3):
+            for phrase in sorted(ngrams(tokens, size) & self.attributes):
+                if not all(_fold(w) in fact_words for w in phrase.split()):
+                    return Finding(Violation.UNSUPPORTED_ATTRIBUTE, phrase)
+        score = rouge_l(facts.title, text)
+        if score > s.title_max_rouge_l:
+            return Finding(Violation.TITLE_COPY, f"{score:.2f}")
+        return None
+
+    def _safety(self, text: str) -> Finding | None:
+        if has_pii(text, self.settings.pii_min_digits):
+            return Finding(Violation.PII, "")
+        if match := _LINK.search(unicodedata.normalize("NFKC", text)):
+            return Finding(Violation.LINK, match.group()[:DETAIL_CHARS])
+        if echo := self.echoes(text):
+            return Finding(Violation.INSTRUCTION_ECHO, echo[:DETAIL_CHARS])
+        if label := _LABEL.search(text):
+            return Finding(Violation.INSTRUCTION_ECHO, label.group())
+        return None

@@ -1,0 +1,248 @@
+"""Explanations inside Spark: one input row per (user, recommended item) — the first recalled item
+of each of the user's best tags, with the item's facts and the situation of the user's region —
+and the program the LLM-stage runner runs on a batch of them: one outcome row per pair, holding
+every mode's explanation or failure."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from recgpt.explain.explainer import Explainer, ToExplain
+from recgpt.explain.prompts import ItemFacts
+from recgpt.explain.rules import ExplanationRules
+from recgpt.explain.settings import ExplainSettings
+from recgpt.llm.engine import Engine
+from recgpt.rundate import RunDate
+from recgpt.tables import ITEMS, TAG_RECALL, USER_INTENT_TAGS, USERS
+from sparkio.warehouse import Warehouse
+from udfs.llm import LLMStage, Outcome
+from udfs.mining import SITUATION_COLUMNS, situations
+
+EXPLANATION = pa.struct(
+    [
+        pa.field("mode", pa.string()),
+        pa.field("style_guide", pa.string()),
+        pa.field("explanation", pa.string()),
+        pa.field("failure_step", pa.string()),
+        pa.field("failure_reason", pa.string()),
+        pa.field("detail", pa.string()),
+    ]
+)
+# A pair's outcome as the program's columns; the runner adds key, user_id, error, calls, model.
+EXPLAINED = pa.schema(
+    [
+        pa.field("tag_rank", pa.int32()),
+        pa.field("tag", pa.string()),
+        pa.field("item_id", pa.string()),
+        pa.field("explanations", pa.list_(EXPLANATION)),
+    ]
+)
+ITEM_COLUMNS = ("title", "category", "category_path", "brand", "price")
+
+
+def explain_inputs(
+    spark: SparkSession,
+    wh: Warehouse,
+    dt: RunDate,
+    variant: Column,
+    items_per_user: int,
+    sample_users: int | None,
+    seed: int,
+    calendar_cfg: Mapping[str, Any],
+) -> DataFrame:
+    """One row per (user, item) to explain: for each of the user's `items_per_user` best tags
+    of the variant, the tag's first recalled item; an item two tags recalled first is explained
+    once, for the better tag. `sample_users`: a seeded sample of that many users (null: all)."""
+    tags = (
+        wh.read(USER_INTENT_TAGS, dt=dt)
+        .where(variant & (F.col("rank") <= items_per_user))
+        .select("user_id", F.col("rank").alias("tag_rank"), "tag")
+    )
+    first = (
+        wh.read(TAG_RECALL, dt=dt)
+        .where(variant & (F.col("rank") == 1))
+        .select("user_id", "tag_rank", "item_id")
+    )
+    once = Window.partitionBy("user_id", "item_id").orderBy("tag_rank")
+    pairs = (
+        tags.join(first, ["user_id", "tag_rank"])
+        .withColumn("_n", F.row_number().over(once))
+        .where(F.col("_n") == 1)
+        .drop("_n")
+    )
+    if sample_users is not None:
+        users = (
+            pairs.select("user_id")
+            .distinct()
+            .orderBy(F.xxhash64("user_id", F.lit(seed)), "user_id")
+            .limit(int(sample_users))
+        )
+        pairs = pairs.join(users, "user_id", "left_semi")
+    items = wh.read_snapshot(ITEMS, dt).select(
+        "item_id", *[F.col(c) if c in ITEM_COLUMNS else F.lit(None) for c in ITEM_COLUMNS]
+    )
+    regions = (
+        wh.read_snapshot(USERS, dt).select("user_id", "region")
+        if wh.exists(USERS)
+        else spark.createDataFrame([], "user_id string, region string")
+    )
+    situation = situations(spark, wh, dt, calendar_cfg)
+    return (
+        pairs.join(items, "item_id", "left")
+        .join(regions, "user_id", "left")
+        .join(F.broadcast(situation), "region", "left")
+        .select(
+            F.concat_ws("#", "user_id", F.col("tag_rank").cast("string")).alias("key"),
+            "user_id",
+            F.col("tag_rank").cast("int").alias("tag_rank"),
+            "tag",
+            "item_id",
+            *ITEM_COLUMNS,
+            *SITUATION_COLUMNS,
+        )
+    )
+
+
+def pair_input(row: Mapping[str, Any]) -> ToExplain:
+    """What the explainer reads about one pair; an item missing from the catalog snapshot (no
+    title) raises ValueError and the pair becomes an error row."""
+    if not row.get("title") or not row.get("category"):
+        raise ValueError(
+            f"item {row.get('item_id')!r} has no title or category in the catalog as of the date"
+        )
+    price = row.get("price")
+    item = ItemFacts(
+        item_id=str(row["item_id"]),
+        title=str(row["title"]),
+        category=str(row["category"]),
+        category_path=row.get("category_path"),
+        brand=row.get("brand"),
+        price=float(price) if price is not None and math.isfinite(float(price)) else None,
+    )
+    return ToExplain(
+        key=str(row["key"]),
+        user_id=str(row["user_id"]),
+        tag=str(row["tag"]),
+        item=item,
+        situation={c: row.get(c) for c in SITUATION_COLUMNS},
+    )
+
+
+# Per Python worker: the rules of a run (brands, echo phrases), built once and reused.
+_RULES: dict[str, ExplanationRules] = {}
+
+
+class ExplainProgram:
+    def __init__(self, plan: ExplainPlan, engine: Engine) -> None:
+        settings = ExplainSettings.from_config(plan.explain, plan.mode)
+        key = json.dumps([plan.explain, plan.mode, sorted(plan.brands)], sort_keys=True, default=str)
+        if key not in _RULES:
+            _RULES[key] = ExplanationRules.for_run(settings, plan.brands)
+        self.explainer = Explainer(engine, settings, _RULES[key])
+
+    def prepare(self, row: Mapping[str, Any]) -> tuple[ToExplain, int]:
+        return pair_input(row), int(row["tag_rank"])
+
+    def run(self, prepared: Sequence[tuple[ToExplain, int]]) -> list[Outcome]:
+        pairs = [p for p, _ in prepared]
+        return [
+            Outcome(
+                e.key,
+                e.user_id,
+                {
+                    "tag_rank": rank,
+                    "tag": pair.tag,
+                    "item_id": pair.item.item_id,
+                    "explanations": [
+                        {
+                            "mode": x.mode,
+                            "style_guide": x.style_guide,
+                            "explanation": x.text,
+                            "failure_step": x.failure_step,
+                            "failure_reason": x.failure_reason,
+                            "detail": x.detail,
+                        }
+                        for x in e.explanations
+                    ],
+                },
+                e.calls,
+            )
+            for e, pair, rank in zip(
+                self.explainer.explain(pairs), pairs, (r for _, r in prepared), strict=True
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class ExplainPlan:
+    """Everything a worker needs to explain pairs, as plain picklable values."""
+
+    explain: Mapping[str, Any]  # the `explain` config group
+    mode: str  # the pipeline's own explanation mode
+    brands: Sequence[str]  # the catalog's brands as of the date
+
+    def __call__(self, engine: Engine) -> ExplainProgram:
+        return ExplainProgram(self, engine)
+
+
+def explain_stage(plan: ExplainPlan, llm_cfg: Mapping[str, Any], variant: Mapping[str, str]) -> LLMStage:
+    partitions = plan.explain.get("partitions")
+    return LLMStage(
+        name=f"explain.{variant['pipeline']}.{variant['context_mode']}",
+        llm=dict(llm_cfg),
+        columns=EXPLAINED,
+        build=plan,
+        batch_rows=int(plan.explain["batch_rows"]),
+        key="key",
+        partitions=int(partitions) if partitions else None,
+    )
+
+
+def explode_explained(outcomes: DataFrame, made_by: Mapping[str, str]) -> tuple[DataFrame, DataFrame]:
+    """(item_explanations rows, explanation_failures rows) without dt/run_id/created_at. A pair
+    the runner could not prepare (an `error` row) fails at step `input` in every mode."""
+    by = [F.lit(v).alias(k) for k, v in made_by.items()]
+    model = F.coalesce(F.col("model"), F.lit("unknown")).alias("model")
+    rows = outcomes.select(
+        "user_id",
+        "tag_rank",
+        "tag",
+        "item_id",
+        "error",
+        model,
+        *by,
+        F.explode_outer("explanations").alias("x"),
+    )
+    written = rows.where(F.col("x.explanation").isNotNull()).select(
+        "user_id",
+        "tag_rank",
+        "tag",
+        "item_id",
+        F.col("x.mode").alias("explanation_mode"),
+        F.col("x.style_guide").alias("style_guide"),
+        F.col("x.explanation").alias("explanation"),
+        F.size(F.split(F.trim(F.col("x.explanation")), r"\s+")).cast("int").alias("words"),
+        "model",
+        *made_by,
+    )
+    failed = rows.where(F.col("x.explanation").isNull()).select(
+        "user_id",
+        "tag_rank",
+        "tag",
+        "item_id",
+        F.coalesce(F.col("x.mode"), F.lit("all")).alias("explanation_mode"),
+        F.coalesce(F.col("x.failure_step"), F.lit("input")).alias("step"),
+        F.coalesce(F.col("x.failure_reason"), F.col("error"), F.lit("no_output")).alias("reason"),
+        F.col("x.detail").alias("detail"),
+        "model",
+        *made_by,
+    )
+    return written, failed
