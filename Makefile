@@ -12,7 +12,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-scale eval eval-movielens rollback clean-warehouse
+.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-scale eval eval-movielens rollback clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench-mining: setup  ## mine_intents on a small world: users/hour, chain LLM tok
 
 bench-compression: setup  ## context tokens full/V1/hybrid, entity probe, tag agreement, compress at 10M
 	$(PY) -m bench.compression $(ARGS)
+
+bench-explanations: setup  ## explain stage on the real model, synthetic + ml-100k: diversity (ROUGE-L), pass rate, cost per mode
+	$(PY) -m bench.explanations $(ARGS)
 
 bench-scale: setup  ## 10M and 100M behaviours through ingest, compress, covisit: seconds, rows, peak memory per stage
 	$(PY) -m bench.scale $(ARGS)

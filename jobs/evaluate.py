@@ -43,6 +43,7 @@ from udfs.evaluate import (
     score_users,
     variant_means,
 )
+from udfs.explain import explanation_metrics, explanation_samples
 
 STAGE = "evaluate"
 # The eval_metrics columns the stage computes (lineage is stamped on write).
@@ -141,6 +142,9 @@ def run(ctx: StageContext) -> None:
     )
     values = bootstrap_values(scored, k, boot)
     metrics = metric_records(ctx, variants, scored, per_variant, k, window, intervals(values, k, boot))
+    explained = explanation_metrics(wh, dt, int(cfg["explanation_pairs_per_item"]))
+    if not explained.empty:
+        metrics = pd.concat([metrics, explained.assign(window_days=window)], ignore_index=True)
     written = wh.write(
         ctx.spark.createDataFrame(metrics, schema=EVAL_METRICS_SCHEMA),
         EVAL_METRICS,
@@ -195,6 +199,7 @@ def write_eval_report(
         metrics=metrics,
         comparisons=paired,
         tags=tags,
+        explanations=explanation_samples(ctx.warehouse, dt, 10),
         history_categories=history,
         heldout_categories=held,
         metric_docs=metric_docs(k),

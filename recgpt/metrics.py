@@ -198,6 +198,18 @@ def user_metrics(
     }
 
 
+# The explanation figures (udfs.explain.explanation_metrics), per mode; `users` counts explanations.
+EXPLANATION_DOCS = {
+    "pass_rate": "share of attempted (user, item) pairs whose line passed every rule",
+    "words": "mean words per written line",
+    "diversity": "1 - mean ROUGE-L F between lines of the same item for different users",
+    "distinct1": "distinct words over all words of the written lines",
+    "distinct2": "distinct word pairs over all word pairs of the written lines",
+    "tokens": "LLM prompt + generated tokens per attempted line (a meta line counts its style guide)",
+    "seconds": "engine seconds per attempted line",
+}
+
+
 def metric_docs(k: int) -> dict[str, str]:
     """One-line definitions of the eval_metrics rows, shown in the report (the README has the
     long form)."""
@@ -227,6 +239,11 @@ def metric_docs(k: int) -> dict[str, str]:
         "tokens_per_user": "LLM prompt + generated tokens per mined user (llm_calls)",
         "tagged_users": "users with final tags",
         "heldout_users": "users with an interaction in the held-out window",
+        **{
+            f"explain_{name}_{mode}": f"{mode} explanations: {doc}"
+            for mode in ("meta", "single", "template")
+            for name, doc in EXPLANATION_DOCS.items()
+        },
     }
 
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from recgpt.config import load_config
 from recgpt.errors import ConfigError
 from recgpt.explain.explainer import Explainer, ToExplain
-from recgpt.explain.prompts import ItemFacts, build_schemas, data_blocks, template_text
+from recgpt.explain.prompts import DEMO_ANSWERS, ItemFacts, build_schemas, data_blocks, template_text
 from recgpt.explain.rules import ExplanationRules, Facts, Violation, rouge_l
 from recgpt.explain.settings import ExplainSettings
 from recgpt.llm.engine import Engine, RetryPolicy
@@ -103,10 +103,12 @@ def test_a_line_of_the_items_facts_passes(rules):
             "Northpeak hiking boot; category: hiking boots; brand: Northpeak; for your hikes.",
             "instruction_echo",
         ),
-        ("With rainy weeks ahead, this trail jacket suits your weekend hikes.", "instruction_echo"),
+        (DEMO_ANSWERS["single"]["explanation"], "instruction_echo"),
         # Form: cut off at the decoding bound, or a word said over and over.
         ("This boot keeps your feet dry on rainy autumn hikes and is designed to be fun and", "unfinished"),
         ("A creative, creative, creative boot for your rainy autumn hikes on the trails.", "repeated_word"),
+        # About nothing: no word of the item or the interest.
+        ("This is a great idea, and I am happy to help you with the details.", "off_topic"),
         # Length.
         ("Great boot for you.", "too_short"),
         (" ".join(["dry"] * 31), "too_long"),

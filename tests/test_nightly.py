@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from deltalake import DeltaTable
+from omegaconf import OmegaConf
 
+from recgpt.calendar import Calendar
+from recgpt.config import load_config
+from recgpt.env_signals import situation_rows
+from recgpt.explain.prompts import ItemFacts
+from recgpt.explain.rules import ExplanationRules, Facts
+from recgpt.explain.settings import ExplainSettings
 from tests.conftest import ROOT
-from tests.dag_support import CHAIN_TABLES, failure_report, table_counts
+from tests.dag_support import CHAIN_TABLES, DT, failure_report, table_counts
 
 
 def mined(wh) -> tuple[set[str], set[str]]:
@@ -27,7 +36,7 @@ def test_nightly_writes_every_table(nightly_run):
     assert first.returncode == 0, failure_report(first)
     # The engine server the mining started was stopped once mine_intents was done, by the chain
     # (its state file gone), not left holding its memory through recall, evaluate and dq.
-    assert "stopped after mine_intents" in first.stdout
+    assert "stopped after mine_intents" in first.stdout and "stopped after explain" in first.stdout
     # It was started once, by the chain while the adaptor trained; the mining tasks found it up.
     assert "starting the engine server for mine_intents in the background" in first.stdout
     assert "engine server for mine_intents up (started early" in first.stdout
@@ -48,7 +57,7 @@ def test_nightly_writes_every_table(nightly_run):
     runs = DeltaTable(str(wh / "runs")).to_pandas()
     # One chain under one run id.
     chain = ["ingest", "embed_items", "compress", "covisit", "train_adaptor", "mine_intents", "recall"]
-    chain += ["evaluate", "dq"]
+    chain += ["explain", "evaluate", "dq"]
     assert set(runs.status) == {"success"} and runs.run_id.nunique() == 1
     assert sorted(runs.stage) == sorted(chain)
     assert counts["item_embeddings"] == counts["items"]
@@ -82,3 +91,74 @@ def test_bad_run_date_is_a_clear_error(tmp_path, project_env):
     )
     assert proc.returncode == 1
     assert "run.dt must be YYYY-MM-DD" in proc.stderr
+
+
+def situation_of_every_region(wh) -> dict[str, Any]:
+    """Every region's situation on DT at once (season, festivals, weather, trends): the facts a
+    line may state are the item's and its user's region's, so this is a superset of those."""
+    cfg = OmegaConf.to_container(load_config(["run.stage=test"]).calendar, resolve=True)
+    feed = DeltaTable(str(wh / "env_signals")).to_pandas()
+    day = datetime.date.fromisoformat(DT)
+    weather = {(r.region, day): r.weather or "" for r in feed.itertuples()}
+    trends = {(r.region, day): list(r.trends) for r in feed.itertuples() if r.trends is not None}
+    rows = situation_rows(Calendar.from_config(cfg), [day], weather=weather, trends=trends)
+    merged: dict[str, Any] = {"season": " ".join({r["season"] or "" for r in rows})}
+    merged["weather"] = " ".join(sorted({r["weather"] or "" for r in rows}))
+    for name in ("festivals", "trends"):
+        merged[name] = sorted({x for r in rows for x in r[name] or ()})
+    return merged
+
+
+@pytest.mark.slow
+def test_nightly_explains_each_users_recalled_items_and_writes_only_lines_that_pass(nightly_run):
+    """The explain stage on the real model: every (user, item) pair of the tags' first recalled
+    items is written or failed in every mode, once; every written line passes the rules again
+    when re-checked here; meta lines carry their style guide; evaluate scored the modes."""
+    assert nightly_run.proc.returncode == 0, failure_report(nightly_run.proc)
+    wh = nightly_run.warehouse
+    written = DeltaTable(str(wh / "item_explanations")).to_pandas()
+    failed = DeltaTable(str(wh / "explanation_failures")).to_pandas()
+    recalled = DeltaTable(str(wh / "tag_recall")).to_pandas()
+    firsts = recalled[recalled["rank"] == 1]
+    tags = DeltaTable(str(wh / "user_intent_tags")).to_pandas()
+    top = tags[tags["rank"] <= 5].merge(
+        firsts, left_on=["user_id", "rank"], right_on=["user_id", "tag_rank"], suffixes=("", "_r")
+    )
+    pairs = set(top.drop_duplicates(["user_id", "item_id"]).apply(lambda r: (r.user_id, r.item_id), axis=1))
+    modes = ("meta", "single", "template")
+    for mode in modes:
+        done = written[written.explanation_mode == mode]
+        lost = failed[failed.explanation_mode == mode]
+        got = set(zip(done.user_id, done.item_id, strict=True)) | set(
+            zip(lost.user_id, lost.item_id, strict=True)
+        )
+        assert got == pairs and len(done) + len(lost) == len(pairs), mode
+    assert not written.duplicated(["user_id", "item_id", "explanation_mode"]).any()
+    assert set(written.explanation_mode) <= set(modes) and (written.explanation_mode == "template").any()
+    assert written[written.explanation_mode == "meta"].style_guide.notna().all()
+    assert written[written.explanation_mode != "meta"].style_guide.isna().all()
+
+    settings = ExplainSettings.from_config(
+        OmegaConf.to_container(load_config(["run.stage=test"]).explain, resolve=True), "meta"
+    )
+    items = (
+        DeltaTable(str(wh / "items")).to_pandas().drop_duplicates("item_id", keep="last").set_index("item_id")
+    )
+    rules = ExplanationRules.for_run(settings, [b for b in items.brand.dropna().unique()])
+    env = situation_of_every_region(wh)
+    for row in written.itertuples():
+        item = items.loc[row.item_id]
+        facts = Facts.of(
+            settings,
+            row.tag,
+            ItemFacts(row.item_id, item.title, item.category, item.category_path, item.brand, item.price),
+            env,
+        )
+        assert rules.check(row.explanation, facts) is None, (row.explanation_mode, row.explanation)
+
+    metrics = DeltaTable(str(wh / "eval_metrics")).to_pandas()
+    assert {f"explain_pass_rate_{m}" for m in modes} <= set(metrics.metric)
+    rates = metrics[metrics.metric.str.startswith("explain_pass_rate_")].set_index("metric").value
+    assert rates["explain_pass_rate_template"] == pytest.approx(
+        (written.explanation_mode == "template").sum() / len(pairs)
+    )

@@ -45,7 +45,8 @@ from udfs.mining_scope import users_in_scope
 
 # eval_metrics rows whose value is a share of users or items, so must lie in [0, 1].
 SHARE_METRICS = (
-    "^(hr[0-9]+|recall_at_.*|exclusive_recall|persona_recovery|novelty|catalog_coverage_.*|failure_rate)$"
+    "^(hr[0-9]+|recall_at_.*|exclusive_recall|persona_recovery|novelty|catalog_coverage_.*|failure_rate"
+    "|explain_(pass_rate|diversity|distinct[0-9])_.*)$"
 )
 
 

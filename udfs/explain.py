@@ -11,17 +11,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from recgpt.explain import metrics as M
 from recgpt.explain.explainer import Explainer, ToExplain
 from recgpt.explain.prompts import ItemFacts
 from recgpt.explain.rules import ExplanationRules
 from recgpt.explain.settings import ExplainSettings
 from recgpt.llm.engine import Engine
 from recgpt.rundate import RunDate
-from recgpt.tables import ITEMS, TAG_RECALL, USER_INTENT_TAGS, USERS
+from recgpt.tables import (
+    EXPLANATION_FAILURES,
+    ITEM_EXPLANATIONS,
+    ITEMS,
+    LLM_CALLS,
+    TAG_RECALL,
+    USER_INTENT_TAGS,
+    USERS,
+)
 from sparkio.warehouse import Warehouse
 from udfs.llm import LLMStage, Outcome
 from udfs.mining import SITUATION_COLUMNS, situations
@@ -246,3 +256,107 @@ def explode_explained(outcomes: DataFrame, made_by: Mapping[str, str]) -> tuple[
         *made_by,
     )
     return written, failed
+
+
+def explanation_metrics(wh: Warehouse, dt: RunDate, max_per_item: int) -> pd.DataFrame:
+    """eval_metrics rows (pipeline, context_mode, model, metric, value, users) of the date's
+    explanations per variant and mode: pass rate, mean words, diversity and distinct-1/2
+    (`recgpt.explain.metrics`, over at most `max_per_item` users per item), and the prompt plus
+    generated tokens and engine seconds per attempted explanation (from the `llm_calls` ledger).
+    `users` is the number of explanations a value is over. Empty when nothing was explained."""
+    columns = ["pipeline", "context_mode", "model", "metric", "value", "users"]
+    if not wh.exists(ITEM_EXPLANATIONS):
+        return pd.DataFrame(columns=columns)
+    keys = ["pipeline", "context_mode", "explanation_mode"]
+    written = wh.read(ITEM_EXPLANATIONS, dt=dt)
+    failed = wh.read(EXPLANATION_FAILURES, dt=dt) if wh.exists(EXPLANATION_FAILURES) else None
+    ok = {
+        (r.pipeline, r.context_mode, r.explanation_mode): (r.n, r.model)
+        for r in written.groupBy(*keys)
+        .agg(F.count("*").alias("n"), F.first("model").alias("model"))
+        .collect()
+    }
+    bad: dict[tuple[str, str, str], int] = {}
+    if failed is not None:
+        for r in failed.groupBy(*keys).count().collect():
+            bad[(r.pipeline, r.context_mode, r.explanation_mode)] = r["count"]
+    per_item = Window.partitionBy(*keys, "item_id").orderBy("user_id")
+    texts: dict[tuple[str, str, str], list[tuple[str, str, str]]] = {}
+    for r in (
+        written.withColumn("_n", F.row_number().over(per_item))
+        .where(F.col("_n") <= max_per_item)
+        .select(*keys, "item_id", "user_id", "explanation")
+        .collect()
+    ):
+        texts.setdefault((r.pipeline, r.context_mode, r.explanation_mode), []).append(
+            (r.item_id, r.user_id, r.explanation)
+        )
+    costs = _explanation_costs(wh, dt)
+    rows = []
+    for key in sorted({*ok, *(k for k in bad if k[2] != "all")}):
+        pipeline, context_mode, mode = key
+        n_ok, model = ok.get(key, (0, None))
+        attempted = n_ok + bad.get(key, 0) + bad.get((pipeline, context_mode, "all"), 0)
+        sample = texts.get(key, [])
+        lines = [t for _, _, t in sample]
+        value, pairs = M.diversity(sample, max_per_item)
+        figures = [
+            ("pass_rate", n_ok / attempted if attempted else None, attempted),
+            ("words", M.mean_words(lines), len(lines)),
+            ("diversity", value, pairs),
+            ("distinct1", M.distinct_n(lines, 1), len(lines)),
+            ("distinct2", M.distinct_n(lines, 2), len(lines)),
+        ]
+        if mode in costs.get((pipeline, context_mode), {}):
+            tokens, seconds = costs[(pipeline, context_mode)][mode]
+            figures += [
+                ("tokens", tokens / attempted, attempted),
+                ("seconds", seconds / attempted, attempted),
+            ]
+        model = model or "none"
+        rows += [(pipeline, context_mode, model, f"explain_{name}_{mode}", v, n) for name, v, n in figures]
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def _explanation_costs(wh: Warehouse, dt: RunDate) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    """Per explained variant and mode: prompt plus generated tokens and engine seconds of its
+    calls (a meta line costs its style call too)."""
+    if not wh.exists(LLM_CALLS):
+        return {}
+    step = F.element_at(F.split("request_key", ":"), -1)
+    calls = (
+        wh.read(LLM_CALLS, dt=dt)
+        .where(F.col("stage").startswith("explain."))
+        .withColumn("mode", F.when(step == "style", F.lit("meta")).otherwise(step))
+        .groupBy("stage", "mode")
+        .agg(
+            F.sum(F.col("prompt_tokens") + F.col("generated_tokens")).alias("tokens"),
+            F.sum("latency_ms").alias("ms"),
+        )
+        .collect()
+    )
+    out: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    for r in calls:
+        _, pipeline, context_mode = r.stage.split(".", 2)
+        out.setdefault((pipeline, context_mode), {})[r.mode] = (float(r.tokens or 0), float(r.ms or 0) / 1000)
+    return out
+
+
+def explanation_samples(wh: Warehouse, dt: RunDate, users: int) -> pd.DataFrame | None:
+    """The report's side-by-side sample: every mode's line (or failure reason) for the pairs of
+    `users` users (the first by a hash of the id), per explained variant."""
+    if not wh.exists(ITEM_EXPLANATIONS):
+        return None
+    keys = ["pipeline", "context_mode", "user_id", "tag_rank", "tag", "item_id", "explanation_mode"]
+    written = wh.read(ITEM_EXPLANATIONS, dt=dt).select(
+        *keys, "explanation", "style_guide", F.lit(None).alias("reason")
+    )
+    if wh.exists(EXPLANATION_FAILURES):
+        failed = (
+            wh.read(EXPLANATION_FAILURES, dt=dt)
+            .where(F.col("explanation_mode") != "all")
+            .select(*keys, F.lit(None).alias("explanation"), F.lit(None).alias("style_guide"), "reason")
+        )
+        written = written.unionByName(failed)
+    chosen = written.select("user_id").distinct().orderBy(F.xxhash64("user_id"), "user_id").limit(users)
+    return written.join(chosen, "user_id", "left_semi").toPandas()

@@ -11,6 +11,7 @@ add a line; the style guide is the model's own earlier answer and is cleaned the
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,8 +26,6 @@ from recgpt.explain.settings import ExplainSettings
 from recgpt.llm.request import Request
 
 BLOCKS: tuple[str, ...] = ("interest", "item", "situation", "style_guide")
-# The example line of the prompts (its word runs are part of the echo check: a copy fails).
-EXPLANATION_EXAMPLE = "With rainy weeks ahead, this trail jacket suits your weekend hikes."
 _REPLY = "Reply in JSON only."
 _CLOSED = ConfigDict(extra="forbid")
 # The shortest field of the item line: a category or brand longer than this is not one.
@@ -94,9 +93,9 @@ def _data_rule(blocks: tuple[str, ...]) -> str:
 def _line_rules(settings: ExplainSettings) -> list[str]:
     return [
         f"- explanation: one sentence of {settings.min_words}-{settings.max_words} words, "
-        f'to the shopper ("you"), e.g. "{EXPLANATION_EXAMPLE}"',
+        'to the shopper ("you").',
         "- State only facts given in <item> and <situation>: no other numbers, prices, brands or features.",
-        "- No superlatives or promises (best, guaranteed, 100%). Do not copy the item title.",
+        "- No superlatives or promises (best, perfect, guaranteed, 100%). Do not copy the item title.",
         _REPLY,
     ]
 
@@ -136,7 +135,49 @@ def single_system(settings: ExplainSettings) -> str:
 
 
 def system_texts(settings: ExplainSettings) -> dict[str, str]:
-    return {"style": style_system(settings), "meta": meta_system(settings), "single": single_system(settings)}
+    """Every fixed text of the prompts, by step: the system messages and the demonstrations (a
+    line repeating a run of their words is an echo)."""
+    texts = {
+        "style": style_system(settings),
+        "meta": meta_system(settings),
+        "single": single_system(settings),
+    }
+    texts |= {f"demo:{step}": " ".join(m["content"] for m in demonstration(step)) for step in DEMO_ANSWERS}
+    return texts
+
+
+# One worked example per step, shown as an earlier turn of the chat: a small model follows a
+# demonstration far better than a rule. The item is made up; the answers' words are in the echo
+# check, so a line copying the demonstration fails.
+_DEMO_DATA = (
+    "<interest>trail running shoes</interest>\n"
+    "<item>title: Ridge Runner Trail Shoe; category: running shoes; price: 89.00</item>\n"
+    "<situation>season: spring; weather: mild; festivals: easter</situation>"
+)
+_DEMO_GUIDE = StyleGuide("upbeat", "weekend trail runners", "mild spring trails")
+DEMO_ANSWERS: dict[str, dict[str, str]] = {
+    "style": {"tone": _DEMO_GUIDE.tone, "audience": _DEMO_GUIDE.audience, "angle": _DEMO_GUIDE.angle},
+    "meta": {
+        "explanation": "Mild spring days call for long runs off-road, and this trail shoe is ready for you."
+    },
+    "single": {
+        "explanation": "You keep choosing running gear, and this trail shoe suits the mild spring ahead."
+    },
+}
+
+
+def demonstration(step: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The user turn and the compact-JSON answer of `step`'s worked example."""
+    ask = {
+        "style": "Write the style guide.",
+        "meta": "Write the explanation.",
+        "single": "Write the explanation.",
+    }
+    data = _DEMO_DATA
+    if step == "meta":
+        data += f"\n<style_guide>{_DEMO_GUIDE.text()}</style_guide>"
+    answer = json.dumps(DEMO_ANSWERS[step], separators=(",", ":"))
+    return {"role": "user", "content": f"{data}\n{ask[step]}"}, {"role": "assistant", "content": answer}
 
 
 def item_text(item: ItemFacts, settings: ExplainSettings) -> str:
@@ -175,18 +216,24 @@ def guide_text(guide: StyleGuide, settings: ExplainSettings) -> str:
 
 def _request(
     key: str,
+    step: str,
     system: str,
     user: str,
     schema: type[BaseModel],
     settings: ExplainSettings,
     user_id: str | None,
-    style: bool = False,
 ) -> Request:
+    """System message, the step's demonstration, then the item's data: the same prefix for every
+    item of a run, up to the data."""
     return Request(
         key=key,
-        messages=({"role": "system", "content": system}, {"role": "user", "content": user}),
+        messages=(
+            {"role": "system", "content": system},
+            *demonstration(step),
+            {"role": "user", "content": user},
+        ),
         schema=schema,
-        sampling=settings.style_sampling if style else settings.explanation_sampling,
+        sampling=settings.style_sampling if step == "style" else settings.explanation_sampling,
         user_id=user_id,
     )
 
@@ -195,12 +242,12 @@ def style_request(key: str, settings: ExplainSettings, data: str, user_id: str |
     schemas = build_schemas(settings)
     return _request(
         key,
+        "style",
         style_system(settings),
         f"{data}\nWrite the style guide.",
         schemas.style,
         settings,
         user_id,
-        style=True,
     )
 
 
@@ -208,13 +255,15 @@ def meta_request(
     key: str, settings: ExplainSettings, data: str, guide: StyleGuide, user_id: str | None
 ) -> Request:
     user = f"{data}\n<style_guide>{guide_text(guide, settings)}</style_guide>\nWrite the explanation."
-    return _request(key, meta_system(settings), user, build_schemas(settings).explanation, settings, user_id)
+    return _request(
+        key, "meta", meta_system(settings), user, build_schemas(settings).explanation, settings, user_id
+    )
 
 
 def single_request(key: str, settings: ExplainSettings, data: str, user_id: str | None) -> Request:
     user = f"{data}\nWrite the explanation."
     return _request(
-        key, single_system(settings), user, build_schemas(settings).explanation, settings, user_id
+        key, "single", single_system(settings), user, build_schemas(settings).explanation, settings, user_id
     )
 
 

@@ -3,6 +3,8 @@ row with its reason code, never a written explanation.
 
 - form: `min_words`..`max_words` words, ending as a sentence ends (a line cut off at the decoding
   bound does not), no word said more than `max_word_repeats` times;
+- relevance: it names the item or the interest (shares a word of 3+ letters with the title,
+  category or tag: "I'm happy to help you with the details" is about nothing);
 - safety: no personal data (emails, phone-like digit runs, a person's first name the item does
   not carry), no link, no echo of the prompts, their markup or their field labels ("price: ...":
   the item block copied; an injected title obeyed or repeated), no absolute claim ("best",
@@ -46,6 +48,7 @@ class Violation(StrEnum):
     TOO_LONG = "too_long"
     UNFINISHED = "unfinished"
     REPEATED_WORD = "repeated_word"
+    OFF_TOPIC = "off_topic"
     ABSOLUTE_CLAIM = "absolute_claim"
     FOREIGN_BRAND = "foreign_brand"
     PERSON_NAME = "person_name"
@@ -109,6 +112,7 @@ class Facts:
     title: str
     brand: str | None
     item_text: str  # what the shop says about the item: title, category, brand
+    tag: str
 
     @classmethod
     def of(cls, settings: ExplainSettings, tag: str, item: ItemFacts, env: Mapping[str, Any] | None) -> Facts:
@@ -117,7 +121,7 @@ class Facts:
             parts.append(price)
         parts.append(situation_line(settings, env))
         item_text = " | ".join([item.title, item.category, item.category_path or "", item.brand or ""])
-        return cls(" | ".join(parts), item.title, item.brand, item_text)
+        return cls(" | ".join(parts), item.title, item.brand, item_text, tag)
 
     def words(self) -> set[str]:
         return {_fold(w) for w in words(self.text)}
@@ -203,6 +207,11 @@ class ExplanationRules:
         counts = Counter(w for w in tokens if len(w) > 2 and w not in _ORDINARY)
         if counts and max(counts.values()) > s.max_word_repeats:
             return Finding(Violation.REPEATED_WORD, counts.most_common(1)[0][0])
+        about = {
+            _fold(w) for w in words(f"{facts.item_text} {facts.tag}") if len(w) > 2 and w not in _ORDINARY
+        }
+        if not about & {_fold(w) for w in tokens}:
+            return Finding(Violation.OFF_TOPIC, "")
         if claim := self.absolute_claim(text):
             return Finding(Violation.ABSOLUTE_CLAIM, claim)
         fact_words = facts.words()

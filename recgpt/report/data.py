@@ -69,6 +69,10 @@ class ReportData:
     # pipeline, context_mode, other, metric, difference, ci95_low, ci95_high, users: paired
     # differences (eval_comparisons); None or empty: no comparison section.
     comparisons: pd.DataFrame | None = None
+    # pipeline, context_mode, user_id, tag_rank, tag, item_id, explanation_mode, explanation,
+    # style_guide, reason: every mode's line (or failure reason) for a sample of pairs; None or
+    # empty: no explanation section.
+    explanations: pd.DataFrame | None = None
 
 
 class Variant(NamedTuple):

@@ -62,6 +62,8 @@ def render_html(data: ReportData) -> str:
             *(_plot_html(p) for p in plots),
             "<h2>Sample tags</h2>",
             _samples_html(data, variants),
+            "<h2>Explanations</h2>",
+            _explanations_html(data.explanations),
             "<h2>Notes</h2>",
             _notes_html(data.notes),
         ]
@@ -252,6 +254,42 @@ def _user_tags_html(tags: pd.DataFrame | None, shown: int) -> str:
 
 def _category_text(category: object) -> str:
     return _esc(category) if isinstance(category, str) else MISSING
+
+
+def _explanations_html(explanations: pd.DataFrame | None, pairs: int = 12) -> str:
+    """The modes side by side for the same (user, item): the written line, or why there is none."""
+    if explanations is None or explanations.empty:
+        return '<p class="na">Not available: nothing explained for this date.</p>'
+    modes = [m for m in ("meta", "single", "template") if m in set(explanations["explanation_mode"])]
+    keys = ["pipeline", "context_mode", "user_id", "tag_rank", "tag", "item_id"]
+    out = []
+    for (pipeline, context_mode), frame in explanations.groupby(["pipeline", "context_mode"], sort=True):
+        rows = []
+        for key, group in list(frame.sort_values(keys, kind="stable").groupby(keys, sort=False))[:pairs]:
+            by_mode = {r.explanation_mode: r for r in group.itertuples(index=False)}
+            cells = "".join(_explanation_cell(by_mode.get(m)) for m in modes)
+            rows.append(
+                f"<tr><th><code>{_esc(key[2])}</code><br><code>{_esc(key[5])}</code></th>"
+                f'<td><span class="tag">{_esc(key[4])}</span></td>{cells}</tr>'
+            )
+        head = "".join(f"<th>{_esc(m)}</th>" for m in modes)
+        out.append(
+            f"<details open><summary>{_esc(f'{pipeline} · {context_mode}')}</summary>"
+            f'<table class="samples"><thead><tr><th>user / item</th><th>interest</th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></details>"
+        )
+    return "\n".join(out)
+
+
+def _explanation_cell(row: object) -> str:
+    if row is None:
+        return f'<td class="muted">{MISSING}</td>'
+    line = getattr(row, "explanation", None)
+    if not isinstance(line, str):
+        return f'<td class="muted">failed: {_esc(getattr(row, "reason", None) or "unknown")}</td>'
+    guide = getattr(row, "style_guide", None)
+    note = f'<br><span class="muted">{_esc(guide)}</span>' if isinstance(guide, str) else ""
+    return f"<td>{_esc(line)}{note}</td>"
 
 
 def _notes_html(notes: Sequence[str]) -> str:

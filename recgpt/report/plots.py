@@ -59,6 +59,7 @@ def report_plots(
         category_plot(data.tags, data.history_categories, data.heldout_categories, variants),
         v2_vs_v1_plot(variants, values, headline),
         hybrid_vs_text_plot(variants, values, headline),
+        explanation_plot(variants, values),
     ]
 
 
@@ -229,6 +230,41 @@ def hybrid_vs_text_plot(
     if not metrics or not _has_values(values, metrics, [v for _, vs in panels for v in vs]):
         return Plot(title, caption, missing="no headline share metric has a value for these variants")
     return Plot(title, caption, _comparison_png(title, panels, values, metrics, variants))
+
+
+EXPLANATION_MODES = ("meta", "single", "template")
+
+
+def explanation_plot(variants: Sequence[Variant], values: Mapping[str, Mapping[Variant, float]]) -> Plot:
+    """Diversity and pass rate of the explanations per mode, one bar per explained variant."""
+    title = "Explanations by mode"
+    caption = (
+        "Diversity: 1 - mean ROUGE-L F between lines of the same item for different users (the "
+        "paper's measure); pass rate: lines that passed every rule. Bar labels in %."
+    )
+    panels = [
+        (name, [f"explain_{name}_{m}" for m in EXPLANATION_MODES]) for name in ("diversity", "pass_rate")
+    ]
+    shown = [v for v in variants if _has_values(values, [m for _, ms in panels for m in ms], [v])]
+    if not shown:
+        return Plot(title, caption, missing="no explanations for this date")
+    fig = _figure(0.6 + 2.4 * len(panels))
+    fig.suptitle(title, fontsize=11)
+    width = 0.8 / len(shown)
+    for row, (name, metrics) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, row + 1)
+        for i, variant in enumerate(shown):
+            heights = [values.get(m, {}).get(variant, math.nan) for m in metrics]
+            xs = [j - 0.4 + width * (i + 0.5) for j in range(len(metrics))]
+            bars = ax.bar(xs, heights, width, label=_plain(variant.label), color=_color(variants, variant))
+            ax.bar_label(bars, ["" if math.isnan(h) else f"{h * 100:.1f}" for h in heights], fontsize=7)
+        ax.set_xticks(range(len(EXPLANATION_MODES)), list(EXPLANATION_MODES), fontsize=8)
+        ax.set_ylim(0, 1.15)
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        ax.set(title=name.replace("_", " "), ylabel="share")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return Plot(title, caption, _png(fig))
 
 
 def _has_values(
