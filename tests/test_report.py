@@ -49,6 +49,37 @@ def metrics_frame(variants=VARIANTS) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["pipeline", "context_mode", "model", "metric", "value"])
 
 
+EXPLAINED = {
+    ("diversity", "meta"): 0.68,
+    ("diversity", "single"): 0.63,
+    ("diversity", "template"): 0.1,
+    ("pass_rate", "meta"): 0.8,
+    ("pass_rate", "single"): 0.6,
+    ("pass_rate", "template"): 1.0,
+}
+
+
+def explanation_metrics(variant=("v2", "hybrid")) -> pd.DataFrame:
+    rows = [(*variant, "qwen-tiny", f"explain_{name}_{mode}", v) for (name, mode), v in EXPLAINED.items()]
+    return pd.DataFrame(rows, columns=["pipeline", "context_mode", "model", "metric", "value"])
+
+
+def explanations_frame() -> pd.DataFrame:
+    rows = []
+    for u in range(3):
+        for mode, line, reason in (
+            ("meta", f"Rainy days ahead: this cardigan suits you {u}.", None),
+            ("single", None, "too_long"),
+            ("template", f"Picked for your interest in warm cardigans {HOSTILE}.", None),
+        ):
+            guide = "tone: warm; audience: you; angle: rain" if mode == "meta" else None
+            rows.append(
+                ("v2", "hybrid", f"u{u:02d}", 1, "warm cardigans", f"i{u}", mode, line, guide, reason)
+            )
+    columns = ["pipeline", "context_mode", "user_id", "tag_rank", "tag", "item_id", "explanation_mode"]
+    return pd.DataFrame(rows, columns=[*columns, "explanation", "style_guide", "reason"])
+
+
 def tags_frame(variants=VARIANTS, users: int = 12, per_user: int = 4) -> pd.DataFrame:
     rows = []
     for pipeline, mode in variants:
@@ -96,7 +127,11 @@ def metric_row(page: str, metric: str) -> str:
 
 @pytest.fixture(scope="module")
 def full_page(tmp_path_factory) -> tuple[Path, str]:
-    path = write_report(tmp_path_factory.mktemp("eval") / "2025-10-28", report_data())
+    data = report_data(
+        metrics=pd.concat([metrics_frame(), explanation_metrics()], ignore_index=True),
+        explanations=explanations_frame(),
+    )
+    path = write_report(tmp_path_factory.mktemp("eval") / "2025-10-28", data)
     return path, path.read_text(encoding="utf-8")
 
 
@@ -119,21 +154,34 @@ def test_headline_metrics_come_first_in_order_then_the_rest_alphabetically(full_
     _, page = full_page
     table = page.split('<table class="metrics">')[1].split("</table>")[0]
     order = re.findall(r"<tr[^>]*><th><code>(\w+)</code></th>", table)
-    assert order == [*HEADLINE, "diversity", "tokens_per_user"]
+    rest = sorted(["diversity", "tokens_per_user", *(f"explain_{n}_{m}" for n, m in EXPLAINED)])
+    assert order == [*HEADLINE, *rest]
 
 
-def test_all_four_plots_are_inline_pngs_that_decode(full_page):
+def test_all_five_plots_are_inline_pngs_that_decode(full_page):
     _, page = full_page
-    assert page.count(IMG) == 4
+    assert page.count(IMG) == 5
     pngs = images(page)
-    assert len(pngs) == 4
+    assert len(pngs) == 5
     assert all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
     assert "Not available" not in page.split("<h2>Sample tags</h2>")[0]
+
+
+def test_the_explanation_modes_sit_side_by_side_for_the_same_pair(full_page):
+    _, page = full_page
+    section = page.split("<h2>Explanations</h2>")[1].split("<h2>")[0]
+    assert "<th>meta</th><th>single</th><th>template</th>" in section
+    row = re.search(r"<code>u01</code><br><code>i1</code>.*?</tr>", section, re.S).group(0)
+    assert "this cardigan suits you 1." in row and "failed: too_long" in row and "tone: warm" in row
+    assert HOSTILE not in section and "&lt;script&gt;" in section
+    assert "Explanations by mode" in page
 
 
 def test_a_single_variant_omits_the_comparisons_and_says_so(tmp_path):
     page = write_report(tmp_path, report_data([("v2", "hybrid")])).read_text(encoding="utf-8")
     assert page.count(IMG) == 2
+    assert "Not available: nothing explained for this date" in page
+    assert "Not available: no explanations for this date" in page
     assert "Not available: needs both pipelines v2 and v1_baseline" in page
     assert "Not available: needs one pipeline with both hybrid and text context" in page
 
@@ -182,7 +230,7 @@ def test_the_page_loads_nothing_from_outside(full_page):
 
 def test_sample_shows_the_same_first_users_for_every_variant(full_page):
     _, page = full_page
-    samples = page.split("<h2>Sample tags</h2>")[1].split("<h2>Notes</h2>")[0]
+    samples = page.split("<h2>Sample tags</h2>")[1].split("<h2>Explanations</h2>")[0]
     assert samples.count("<details") == 4
     assert samples.count("<code>u00</code>") == 4 and samples.count("<code>u09</code>") == 4
     assert "<code>u10</code>" not in samples
