@@ -3,9 +3,10 @@ session, each recorded in `runs` as if run alone. Airflow runs the stages one by
 
 A stage that called the LLM leaves its engine server behind in the executors (that is how one
 engine serves every partition and step of the stage). Run alone, the stage's process ends and
-the server with it; in the chain the process goes on, so the chain stops the engine servers its
-own local Spark started once such a stage is done: the later stages get the memory back (about
-4 GB for the bundled model), and a later LLM stage starts a server again.
+the server with it; in the chain the process goes on, so once the chain's last LLM stage is done
+it stops the engine servers its own local Spark started: the later stages get the memory back
+(about 4 GB for the bundled model). Between two LLM stages (mine_intents, recall, explain) the
+server stays up, so the second finds it instead of paying another start.
 
 On local Spark the chain starts that server in the background while the stage before the LLM
 stage runs (train_adaptor: one torch thread, so a core is free), and the LLM stage's tasks find it
@@ -46,13 +47,14 @@ def run_chain(cfg: DictConfig) -> str:
     spark = None
     reports: dict[str, StageReport] = {}
     uses_llm = {s: bool(getattr(importlib.import_module(f"jobs.{s}"), "USES_LLM", False)) for s in stages}
-    for stage, following in zip(stages, [*stages[1:], None], strict=True):
+    last_llm = max((i for i, s in enumerate(stages) if uses_llm[s]), default=-1)
+    for i, (stage, following) in enumerate(zip(stages, [*stages[1:], None], strict=True)):
         ctx = open_context(cfg, stage, spark)
         spark = ctx.spark
         if following and uses_llm[following] and not uses_llm[stage]:
             start_engine_early(ctx, following)
         reports[stage] = execute(ctx, fns[stage])
-        if ctx.report.details.get("llm"):
+        if i >= last_llm and ctx.report.details.get("llm"):
             llm_cfg = OmegaConf.to_container(cfg.llm, resolve=True)
             for key in stop_servers_started_under(os.getpid(), llm_cfg):  # type: ignore[arg-type]
                 print(f"   engine server {key} stopped after {stage}", flush=True)

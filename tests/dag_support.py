@@ -21,7 +21,14 @@ DT = "2025-10-28"
 # The tiny world and quick adaptor of the whole-chain tests (tests/test_nightly.py, the DAG):
 # small enough for two chains in one test; the mining needs an adaptor, not a good one. Mining
 # on the real model is most of the chain's time (about 10 s a user here).
-TINY = ["data.users=8", "data.items=300", "data.history_days=90", "data.holdout_days=7", "mine.partitions=2"]
+TINY = [
+    "data.users=8",
+    "data.items=300",
+    "data.history_days=90",
+    "data.holdout_days=7",
+    "mine.partitions=2",
+    "explain.items_per_user=2",  # every mode still runs; fewer calls on the real model
+]
 QUICK_ADAPTOR = [
     "adaptor.steps=8",
     "adaptor.items=96",

@@ -38,11 +38,12 @@ VOCABULARY = (
 )
 
 
-# Explanations that pass the rules for any item (no number, brand, attribute or claim).
+# Explanations that pass the rules for any item (no number, brand, attribute or claim), with the
+# prompt's interest filled in.
 LINES = (
-    "You may like this pick for your interest, chosen with the season in mind today.",
-    "Since you keep coming back to this interest, this pick could suit you well.",
-    "A pick that fits what you have been looking at lately, ready when you are.",
+    "You may like this pick for your interest in {}, chosen with the season in mind.",
+    "Since you keep coming back to {}, this pick could suit you well.",
+    "A pick that fits your taste for {}, ready when you are.",
 )
 
 
@@ -107,7 +108,8 @@ class FakeOpenAI:
             tone = ["warm", "playful", "practical"][h % 3]
             return json.dumps({"tone": tone, "audience": "the shopper", "angle": "the interest"}), "stop"
         if agent == "ExplanationOutput":
-            line = LINES[h % len(LINES)]
+            found = re.findall(r"<interest>(.*?)</interest>", self.tokenizer.decode(tokens or []))
+            line = LINES[h % len(LINES)].format(found[-1] if found else "this")
             return json.dumps({"explanation": line}), "stop"
         return "{}", "stop"
 

@@ -7,7 +7,7 @@ message is the same for every pair, so the engine's prefix cache serves it once 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from recgpt.explain.prompts import (
@@ -68,15 +68,33 @@ class Explainer:
         facts = [Facts.of(s, p.tag, p.item, p.situation) for p in batch]
         calls: list[list[tuple[str, Result]]] = [[] for _ in batch]
         answers: dict[str, list[Explanation | None]] = {m: [None] * len(batch) for m in s.modes}
+        guides = self._guides_and_single_lines(batch, data, facts, calls, answers)
+        self._meta_lines(batch, data, facts, guides, calls, answers)
+        if "template" in s.modes:
+            answers["template"] = [self._template(p, f) for p, f in zip(batch, facts, strict=True)]
+        return [
+            Explained(p.key, p.user_id, [answers[m][i] or Explanation(m) for m in s.modes], calls[i])
+            for i, p in enumerate(batch)
+        ]
 
-        first: list[tuple[int, str, Request]] = []
+    def _guides_and_single_lines(
+        self,
+        batch: Sequence[ToExplain],
+        data: Sequence[str],
+        facts: Sequence[Facts],
+        calls: list[list[tuple[str, Result]]],
+        answers: dict[str, list[Explanation | None]],
+    ) -> dict[int, StyleGuide]:
+        """The first engine batch: every style guide and every single line (both read only the
+        pair's data). Returns the guides that passed, by pair; the others fail the meta line."""
+        s, requests = self.settings, []
         for i, p in enumerate(batch):
             if "meta" in s.modes:
-                first.append((i, "style", style_request(f"{p.key}:style", s, data[i], p.user_id)))
+                requests.append((i, "style", style_request(f"{p.key}:style", s, data[i], p.user_id)))
             if "single" in s.modes:
-                first.append((i, "single", single_request(f"{p.key}:single", s, data[i], p.user_id)))
+                requests.append((i, "single", single_request(f"{p.key}:single", s, data[i], p.user_id)))
         guides: dict[int, StyleGuide] = {}
-        for (i, step, _), result in zip(first, self._generate(first), strict=True):
+        for (i, step, _), result in zip(requests, self._generate(requests), strict=True):
             calls[i].append((step, result))
             if step == "single":
                 answers["single"][i] = self._line("single", result, facts[i])
@@ -89,36 +107,32 @@ class Explainer:
                     answers["meta"][i] = _failed("meta", "style", finding)
                 else:
                     guides[i] = guide
+        return guides
 
-        second = [
+    def _meta_lines(
+        self,
+        batch: Sequence[ToExplain],
+        data: Sequence[str],
+        facts: Sequence[Facts],
+        guides: dict[int, StyleGuide],
+        calls: list[list[tuple[str, Result]]],
+        answers: dict[str, list[Explanation | None]],
+    ) -> None:
+        """The second engine batch: the meta line of every pair whose guide passed, written to it."""
+        s = self.settings
+        requests = [
             (i, "meta", meta_request(f"{batch[i].key}:meta", s, data[i], guide, batch[i].user_id))
             for i, guide in guides.items()
         ]
-        for (i, step, _), result in zip(second, self._generate(second), strict=True):
+        for (i, step, _), result in zip(requests, self._generate(requests), strict=True):
             calls[i].append((step, result))
             line = self._line("meta", result, facts[i])
-            answers["meta"][i] = Explanation(
-                "meta",
-                guide_text(guides[i], s),
-                line.text,
-                line.failure_step,
-                line.failure_reason,
-                line.detail,
-            )
+            answers["meta"][i] = replace(line, style_guide=guide_text(guides[i], s))
 
-        if "template" in s.modes:
-            for i, p in enumerate(batch):
-                text = template_text(s, p.tag, p.item)
-                finding = self.rules.check(text, facts[i])
-                answers["template"][i] = (
-                    _failed("template", "template", finding)
-                    if finding
-                    else Explanation("template", text=text)
-                )
-        return [
-            Explained(p.key, p.user_id, [answers[m][i] or Explanation(m) for m in s.modes], calls[i])
-            for i, p in enumerate(batch)
-        ]
+    def _template(self, pair: ToExplain, facts: Facts) -> Explanation:
+        text = template_text(self.settings, pair.tag, pair.item)
+        finding = self.rules.check(text, facts)
+        return _failed("template", "template", finding) if finding else Explanation("template", text=text)
 
     def _generate(self, requests: Sequence[tuple[int, str, Request]]) -> list[Result]:
         return self.engine.generate([r for _, _, r in requests]) if requests else []
