@@ -88,6 +88,8 @@ def test_a_line_of_the_items_facts_passes(rules):
             "This boot is on sale and keeps your feet dry on rainy autumn hikes outdoors.",
             "unsupported_attribute",
         ),
+        # Another season or weather than the situation's (the demonstration's "mild spring").
+        ("Mild spring days call for this hiking boot on your weekend trails.", "unsupported_attribute"),
         # Personal data, links, a person's name.
         ("Call 555 123 4567 to hear why this boot suits your rainy autumn hikes.", "pii"),
         ("See evil.example.com for why this boot suits your rainy autumn hikes on trails.", "link"),
