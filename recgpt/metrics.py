@@ -202,7 +202,8 @@ def user_metrics(
 EXPLANATION_DOCS = {
     "pass_rate": "share of attempted (user, item) pairs whose line passed every rule",
     "words": "mean words per written line",
-    "diversity": "1 - mean ROUGE-L F between lines of the same item for different users",
+    "diversity": "1 - mean ROUGE-L F between written lines of the same item for different users",
+    "diversity_all": "the same over every line the model wrote, the rejected ones included",
     "distinct1": "distinct words over all words of the written lines",
     "distinct2": "distinct word pairs over all word pairs of the written lines",
     "tokens": "LLM prompt + generated tokens per attempted line (a meta line counts its style guide)",

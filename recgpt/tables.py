@@ -471,6 +471,12 @@ EXPLANATION_FAILURES = TableSpec(
             nullable=False,
         ),
         Column("detail", pa.string(), "the words that broke the rule (bounded)"),
+        Column(
+            "text",
+            pa.string(),
+            "the rejected line as the model wrote it (untrusted, never served; null for engine "
+            "errors and bad input)",
+        ),
         *_explained_by(),
         *_lineage("run date of the tags explained"),
     ),

@@ -226,6 +226,7 @@ def test_explainer_batches_by_step_and_keeps_each_modes_outcome(settings, rules)
     assert by_user["u1"]["meta"].text == GOOD and by_user["u1"]["meta"].style_guide.startswith("tone: warm")
     # The single line claims "best": a failure with the rule's code, never a written line.
     assert by_user["u1"]["single"].text is None and by_user["u1"]["single"].failure_reason == "absolute_claim"
+    assert by_user["u1"]["single"].rejected.startswith("The best boot")  # kept for the failures table
     assert by_user["u2"]["meta"].failure_step == "style" and by_user["u2"]["meta"].failure_reason
     assert by_user["u2"]["template"].text is not None
     # Every call is attached to its pair: style + meta + single, or style + single.

@@ -44,6 +44,7 @@ EXPLANATION = pa.struct(
         pa.field("failure_step", pa.string()),
         pa.field("failure_reason", pa.string()),
         pa.field("detail", pa.string()),
+        pa.field("rejected", pa.string()),
     ]
 )
 # A pair's outcome as the program's columns; the runner adds key, user_id, error, calls, model.
@@ -179,6 +180,7 @@ class ExplainProgram:
                             "failure_step": x.failure_step,
                             "failure_reason": x.failure_reason,
                             "detail": x.detail,
+                            "rejected": x.rejected,
                         }
                         for x in e.explanations
                     ],
@@ -252,6 +254,7 @@ def explode_explained(outcomes: DataFrame, made_by: Mapping[str, str]) -> tuple[
         F.coalesce(F.col("x.failure_step"), F.lit("input")).alias("step"),
         F.coalesce(F.col("x.failure_reason"), F.col("error"), F.lit("no_output")).alias("reason"),
         F.col("x.detail").alias("detail"),
+        F.col("x.rejected").alias("text"),
         "model",
         *made_by,
     )
@@ -260,7 +263,8 @@ def explode_explained(outcomes: DataFrame, made_by: Mapping[str, str]) -> tuple[
 
 def explanation_metrics(wh: Warehouse, dt: RunDate, max_per_item: int) -> pd.DataFrame:
     """eval_metrics rows (pipeline, context_mode, model, metric, value, users) of the date's
-    explanations per variant and mode: pass rate, mean words, diversity and distinct-1/2
+    explanations per variant and mode: pass rate, mean words, diversity (of the written lines,
+    and of every line the model wrote, rejected ones included) and distinct-1/2
     (`recgpt.explain.metrics`, over at most `max_per_item` users per item), and the prompt plus
     generated tokens and engine seconds per attempted explanation (from the `llm_calls` ledger).
     `users` is the number of explanations a value is over. Empty when nothing was explained."""
@@ -280,17 +284,14 @@ def explanation_metrics(wh: Warehouse, dt: RunDate, max_per_item: int) -> pd.Dat
     if failed is not None:
         for r in failed.groupBy(*keys).count().collect():
             bad[(r.pipeline, r.context_mode, r.explanation_mode)] = r["count"]
-    per_item = Window.partitionBy(*keys, "item_id").orderBy("user_id")
-    texts: dict[tuple[str, str, str], list[tuple[str, str, str]]] = {}
-    for r in (
-        written.withColumn("_n", F.row_number().over(per_item))
-        .where(F.col("_n") <= max_per_item)
-        .select(*keys, "item_id", "user_id", "explanation")
-        .collect()
-    ):
-        texts.setdefault((r.pipeline, r.context_mode, r.explanation_mode), []).append(
-            (r.item_id, r.user_id, r.explanation)
-        )
+    lines_written = written.select(*keys, "item_id", "user_id", F.col("explanation").alias("text"))
+    texts = _texts_by_item(lines_written, max_per_item)
+    # Every line the model wrote, rules passed or not: the prompting method's own diversity.
+    generated = lines_written
+    if failed is not None:
+        rejected = failed.where(F.col("text").isNotNull()).select(*keys, "item_id", "user_id", "text")
+        generated = generated.unionByName(rejected)
+    all_texts = _texts_by_item(generated, max_per_item)
     costs = _explanation_costs(wh, dt)
     rows = []
     for key in sorted({*ok, *(k for k in bad if k[2] != "all")}):
@@ -300,10 +301,12 @@ def explanation_metrics(wh: Warehouse, dt: RunDate, max_per_item: int) -> pd.Dat
         sample = texts.get(key, [])
         lines = [t for _, _, t in sample]
         value, pairs = M.diversity(sample, max_per_item)
+        value_all, pairs_all = M.diversity(all_texts.get(key, []), max_per_item)
         figures = [
             ("pass_rate", n_ok / attempted if attempted else None, attempted),
             ("words", M.mean_words(lines), len(lines)),
             ("diversity", value, pairs),
+            ("diversity_all", value_all, pairs_all),
             ("distinct1", M.distinct_n(lines, 1), len(lines)),
             ("distinct2", M.distinct_n(lines, 2), len(lines)),
         ]
@@ -316,6 +319,22 @@ def explanation_metrics(wh: Warehouse, dt: RunDate, max_per_item: int) -> pd.Dat
         model = model or "none"
         rows += [(pipeline, context_mode, model, f"explain_{name}_{mode}", v, n) for name, v, n in figures]
     return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def _texts_by_item(
+    lines: DataFrame, max_per_item: int
+) -> dict[tuple[str, str, str], list[tuple[str, str, str]]]:
+    """(item_id, user_id, text) per (pipeline, context_mode, mode), at most `max_per_item` users
+    per item (the first by user id)."""
+    keys = ["pipeline", "context_mode", "explanation_mode"]
+    per_item = Window.partitionBy(*keys, "item_id").orderBy("user_id")
+    out: dict[tuple[str, str, str], list[tuple[str, str, str]]] = {}
+    rows = lines.withColumn("_n", F.row_number().over(per_item)).where(F.col("_n") <= max_per_item).collect()
+    for r in rows:
+        out.setdefault((r.pipeline, r.context_mode, r.explanation_mode), []).append(
+            (r.item_id, r.user_id, r.text)
+        )
+    return out
 
 
 def _explanation_costs(wh: Warehouse, dt: RunDate) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:

@@ -48,6 +48,7 @@ class Explanation:
     failure_step: str | None = None  # style, meta, single or template
     failure_reason: str | None = None  # an engine error or a rule's code
     detail: str | None = None
+    rejected: str | None = None  # the line as written when a rule rejected it (never served)
 
 
 @dataclass
@@ -132,7 +133,9 @@ class Explainer:
     def _template(self, pair: ToExplain, facts: Facts) -> Explanation:
         text = template_text(self.settings, pair.tag, pair.item)
         finding = self.rules.check(text, facts)
-        return _failed("template", "template", finding) if finding else Explanation("template", text=text)
+        if finding:
+            return _failed("template", "template", finding, text)
+        return Explanation("template", text=text)
 
     def _generate(self, requests: Sequence[tuple[int, str, Request]]) -> list[Result]:
         return self.engine.generate([r for _, _, r in requests]) if requests else []
@@ -142,7 +145,7 @@ class Explainer:
             return _engine_failure(mode, mode, result)
         text = str(result.parsed.explanation).strip()  # type: ignore[attr-defined]
         finding = self.rules.check(text, facts)
-        return _failed(mode, mode, finding) if finding else Explanation(mode, text=text)
+        return _failed(mode, mode, finding, text) if finding else Explanation(mode, text=text)
 
 
 def _engine_failure(mode: str, step: str, result: Result) -> Explanation:
@@ -154,5 +157,7 @@ def _engine_failure(mode: str, step: str, result: Result) -> Explanation:
     )
 
 
-def _failed(mode: str, step: str, finding: Finding) -> Explanation:
-    return Explanation(mode, failure_step=step, failure_reason=str(finding.violation), detail=finding.detail)
+def _failed(mode: str, step: str, finding: Finding, text: str | None = None) -> Explanation:
+    return Explanation(
+        mode, failure_step=step, failure_reason=str(finding.violation), detail=finding.detail, rejected=text
+    )
