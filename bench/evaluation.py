@@ -80,6 +80,23 @@ def run_stage(
     return ctx, time.perf_counter() - started
 
 
+def run_inputs(cfg: DictConfig) -> StageContext:
+    """The stages before mining (ingest, embed_items, compress, covisit) in one Spark session;
+    returns the last one's context (its session serves the later stages)."""
+    spark: SparkSession | None = None
+    ctx: StageContext | None = None
+    for name, fn in (
+        ("ingest", ingest.run),
+        ("embed_items", embed_items.run),
+        ("compress", compress.run),
+        ("covisit", covisit.run),
+    ):
+        ctx, _ = run_stage(cfg, fn, name, spark)
+        spark = ctx.spark
+    assert ctx is not None
+    return ctx
+
+
 def sample_users(ctx: StageContext, window_days: int, n: int, seed: int, path: Path) -> int:
     """Writes the seeded sample of scorable users to `path`; returns its size."""
     wh, dt = ctx.warehouse, ctx.dt
@@ -105,17 +122,8 @@ def run_chain(
     dt = RunDate.parse(spec["dt"])
     base = [f"run.dt={dt}", f"storage.warehouse={root}", *spec["overrides"], *overrides]
     cfg = load_config([*base, "pipeline=v2"])
-    spark: SparkSession | None = None
-    ctx: StageContext | None = None
-    for name, fn in (
-        ("ingest", ingest.run),
-        ("embed_items", embed_items.run),
-        ("compress", compress.run),
-        ("covisit", covisit.run),
-    ):
-        ctx, _ = run_stage(cfg, fn, name, spark)
-        spark = ctx.spark
-    assert ctx is not None
+    ctx = run_inputs(cfg)
+    spark = ctx.spark
     users_file = root / "_eval_users.txt"
     chosen = sample_users(ctx, int(cfg.eval.window_days), users, seed, users_file)
     print(f"[eval] {data}: mining {chosen} sampled users as of {dt}", flush=True)

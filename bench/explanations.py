@@ -23,16 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from bench.evaluation import DATASETS, run_stage, sample_users
+from bench.evaluation import DATASETS, run_inputs, run_stage, sample_users
 from bench.machine import write_result
-from jobs import compress, covisit, embed_items, explain, ingest, mine_intents, recall
+from jobs import explain, mine_intents, recall
 from recgpt.config import load_config
 from recgpt.llm.server import ensure_server, stop_server
 from recgpt.rundate import RunDate
-from recgpt.tables import ITEM_EXPLANATIONS
+from recgpt.tables import EXPLANATION_FAILURES, ITEM_EXPLANATIONS
 from udfs.explain import explanation_metrics, explanation_samples
 
 MODES = ("meta", "single", "template")
@@ -59,15 +58,8 @@ def run_data(data: str, users: int, root: Path, seed: int, overrides: list[str])
         "context.mode=text",
     ]
     cfg = load_config([*base, *overrides])
-    spark: SparkSession | None = None
-    for name, fn in (
-        ("ingest", ingest.run),
-        ("embed_items", embed_items.run),
-        ("compress", compress.run),
-        ("covisit", covisit.run),
-    ):
-        ctx, _ = run_stage(cfg, fn, name, spark)
-        spark = ctx.spark
+    ctx = run_inputs(cfg)
+    spark = ctx.spark
     users_file = root / "_explain_users.txt"
     chosen = sample_users(ctx, int(cfg.eval.window_days), users, seed, users_file)
     cfg = load_config([*base, f"mine.users_file={users_file}", *overrides])
@@ -115,8 +107,6 @@ def run_data(data: str, users: int, root: Path, seed: int, overrides: list[str])
 
 
 def _reasons(ctx: Any) -> dict[str, list[Any]]:
-    from recgpt.tables import EXPLANATION_FAILURES
-
     rows = ctx.warehouse.read(EXPLANATION_FAILURES, dt=ctx.dt).groupBy("explanation_mode", "reason").count()
     out: dict[str, list[Any]] = {}
     for r in rows.orderBy(F.col("count").desc()).collect():
