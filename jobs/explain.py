@@ -83,8 +83,8 @@ def run(ctx: StageContext) -> None:
     for spec, data in ((ITEM_EXPLANATIONS, written), (EXPLANATION_FAILURES, failed)):
         result = ctx.warehouse.write(data, spec, mode="replace", lineage=ctx.lineage, where=where)
         ctx.report.wrote(spec.name, result.rows, result.version)
-    if pairs:
-        record_llm(ctx, outcomes, stage.name)
+    # Also with no pairs: the ledger rows of an earlier run of the date are replaced by none.
+    record_llm(ctx, outcomes, stage.name)
     waves.drop()
     report(ctx, variant, settings, pairs)
 

@@ -54,7 +54,7 @@ def run_chain(cfg: DictConfig) -> str:
         if following and uses_llm[following] and not uses_llm[stage]:
             start_engine_early(ctx, following)
         reports[stage] = execute(ctx, fns[stage])
-        if i >= last_llm and ctx.report.details.get("llm"):
+        if i == last_llm:  # also when that stage had nothing to ask: an earlier one started it
             llm_cfg = OmegaConf.to_container(cfg.llm, resolve=True)
             for key in stop_servers_started_under(os.getpid(), llm_cfg):  # type: ignore[arg-type]
                 print(f"   engine server {key} stopped after {stage}", flush=True)
