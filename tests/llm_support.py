@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, Field
 
 from recgpt.config import load_config
-from recgpt.llm.engine import Call, Completion
+from recgpt.llm.engine import Call, Completion, Engine
 from recgpt.llm.render import PromptRenderer
 
 
@@ -111,3 +111,14 @@ class AgentBackend:
 
     def close(self) -> None:
         pass
+
+
+def served_engine(llm_cfg: dict[str, Any]) -> Engine:
+    """An engine on the session's shared real vLLM server (started on first use), two attempts."""
+    from recgpt.llm.engine import Engine, RetryPolicy
+    from recgpt.llm.http_backend import OpenAIHTTPBackend
+    from recgpt.llm.server import ensure_server
+
+    info = ensure_server(llm_cfg)
+    renderer = PromptRenderer(llm_cfg["model_path"], int(llm_cfg["max_model_len"]))
+    return Engine(OpenAIHTTPBackend.from_config(info.url, llm_cfg), renderer, RetryPolicy(attempts=2))

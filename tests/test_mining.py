@@ -21,7 +21,7 @@ from recgpt.agents.validate import ValidationContext
 from recgpt.config import load_config
 from recgpt.llm.engine import Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
-from tests.llm_support import AgentBackend, Answer, llm_config
+from tests.llm_support import AgentBackend, Answer, llm_config, served_engine
 
 
 def fake_embed(texts: list[str]) -> np.ndarray:
@@ -274,16 +274,12 @@ def test_hostile_titles_and_queries_change_neither_schema_nor_content_class(llm_
     """The real model on a user whose history holds an injection attempt: every answer is still
     the agent's schema, and nothing written (personas, tags, reasons) carries the injected text."""
     from recgpt.embeddings import Embedder
-    from recgpt.llm.http_backend import OpenAIHTTPBackend
-    from recgpt.llm.server import ensure_server
 
     cfg = load_config(["run.stage=test"])
     emb = OmegaConf.to_container(cfg.embedding, resolve=True)
     assert isinstance(emb, dict)
     embedder = Embedder(emb)
-    info = ensure_server(llm_cfg)
-    renderer = PromptRenderer(llm_cfg["model_path"], int(llm_cfg["max_model_len"]))
-    engine = Engine(OpenAIHTTPBackend.from_config(info.url, llm_cfg), renderer, RetryPolicy(attempts=2))
+    engine = served_engine(llm_cfg)
     schemas = build_schemas(settings)
     items = ["Waterproof trail hiking boots", "Merino wool hiking socks", "Insulated steel thermos flask"]
     # As in production, tags must come close to what the shop sells (not to the user's own,
