@@ -12,7 +12,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-scale eval eval-movielens rollback clean-warehouse
+.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-scale drills eval eval-movielens rollback clean-warehouse
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ bench-scale: setup  ## 10M and 100M behaviours through ingest, compress, covisit
 
 bench-v2-vs-v1: setup  ## V2 (planner/experts/arbiter, hybrid) vs V1 routes (text): tokens, seconds, duplicates
 	$(PY) -m bench.v2_vs_v1 $(ARGS)
+
+drills: setup  ## reliability drills: killed worker/engine, concurrent runs, full disk, fuzzed input, hostile text
+	$(PY) -m bench.reliability $(ARGS)
 
 eval: setup  ## offline evaluation on synthetic data: V2 hybrid, V2 text and V1 on sampled users, intervals, baselines, HTML report
 	$(PY) -m bench.evaluation --data synthetic $(ARGS)

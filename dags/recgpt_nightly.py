@@ -68,6 +68,7 @@ def stage_arguments(cfg: dict[str, Any], dt: str, extra: list[str]) -> list[str]
         'run.run_id="{{ run_id }}"',
         f"storage.warehouse={project_path(str(cfg['warehouse']))}",
         f"run.log_dir={project_path(str(cfg['log_dir']))}",
+        *([f"run.lock.dir={project_path(str(cfg['lock_dir']))}"] if cfg.get("lock_dir") else []),
         *[str(o) for o in cfg.get("overrides") or []],
         *extra,
     ]

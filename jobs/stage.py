@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 from recgpt.config import config_hash, new_run_id
 from recgpt.errors import SKIPPED_EXIT_CODE, NothingToDo, RecGPTError
 from recgpt.rundate import RunDate
+from recgpt.runlock import stage_lock
 from recgpt.tables import ALL_TABLES, RUNS
 from sparkio.session import build_session
 from sparkio.warehouse import Lineage, Warehouse
@@ -77,12 +78,20 @@ def prepare(cfg: DictConfig, stage: str) -> DictConfig:
 
 
 def execute(ctx: StageContext, fn: StageFn) -> StageReport:
-    """Run one stage: time it, append its `runs` row, print its summary. Re-raises failures."""
+    """Run one stage under its (stage, date) lock: time it, append its `runs` row, print its
+    summary. Re-raises failures, a refusal by the lock included (RunBusyError)."""
     started = _dt.datetime.now(_dt.UTC)
     t0 = time.monotonic()
     status, error = "success", None
     try:
-        fn(ctx)
+        with stage_lock(
+            str(ctx.cfg.run.lock.dir),
+            ctx.stage,
+            ctx.dt.iso,
+            ctx.lineage.run_id,
+            wait_seconds=float(ctx.cfg.run.lock.wait_seconds),
+        ):
+            fn(ctx)
     except NothingToDo as exc:
         status, error = "skipped", str(exc)
         raise

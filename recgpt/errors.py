@@ -34,3 +34,8 @@ class CommitConflictError(StorageError):
 
 class RowCountMismatchError(RecGPTError):
     """A stage's rows in do not equal rows written plus rows quarantined: a row was lost."""
+
+
+class RunBusyError(RecGPTError):
+    """Another run holds the stage for the same date: this one refused instead of interleaving
+    its writes with the other's (the message names the other run)."""
