@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -357,12 +358,25 @@ def commit(
             if "already exists" in str(exc).lower() and attempt < retries:
                 last = exc
                 continue
-            raise StorageError(f"commit to {uri} failed: {exc}") from exc
+            raise StorageError(f"commit to {uri} failed: {one_line(exc)}") from exc
+        except OSError as exc:  # the log entry could not be written (a full disk, a lost mount)
+            raise StorageError(f"commit to {uri} failed: {one_line(exc)}") from exc
         time.sleep(min(0.2 * 2**attempt, 3.0))
     raise CommitConflictError(
         f"commit to {uri} failed after {retries + 1} attempts because other writers kept committing "
         f"conflicting changes; rerun the stage (it is idempotent): {last}"
     )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def one_line(exc: BaseException) -> str:
+    """delta-rs's error text on one line: it puts each cause on a line of its own behind an
+    arrow ("Generic LocalFileSystem error / ↳ Unable to copy data to file / ↳ No space left on
+    device"), and the last cause is the one an operator needs."""
+    parts = [_ANSI.sub("", line).strip().lstrip("↳").strip() for line in str(exc).splitlines()]
+    return ": ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)

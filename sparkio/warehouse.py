@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from recgpt import delta
-from recgpt.errors import StorageError
+from recgpt.errors import RecGPTError, StorageError
 from recgpt.rundate import RunDate
 from recgpt.tables import TableSpec
 from sparkio.delta_source import FORMAT, encode_schema
@@ -161,10 +162,27 @@ class Warehouse:
             "description": spec.doc,
             "metadata": json.dumps({"recgpt.write_id": write_id, "recgpt.table": spec.name}),
         }
-        data.write.format(FORMAT).mode("append" if mode == "append" else "overwrite").options(
-            **options
-        ).save()
+        writer = data.write.format(FORMAT).mode("append" if mode == "append" else "overwrite")
+        try:
+            writer.options(**options).save()
+        except RecGPTError:
+            raise
+        except Exception as exc:
+            raise self._write_failed(spec, exc) from exc
         return self._find_commit(spec, write_id)
+
+    def _write_failed(self, spec: TableSpec, exc: Exception) -> StorageError:
+        """A failed write as one line naming the table, its state and the cause (a full disk, a
+        failing task) instead of the JVM's and the Python worker's stack traces. Nothing was
+        committed: a Delta commit is all or nothing, so the table is at the version it had."""
+        try:
+            version = self.version(spec)
+            state = "does not exist yet" if version is None else f"is unchanged at version {version}"
+        except Exception as read_exc:  # the disk that failed the write may fail the read too
+            state = f"could not be read back ({failure_cause(read_exc)})"
+        return StorageError(
+            f"writing {spec.name} ({self.uri(spec)}) failed and the table {state}: {failure_cause(exc)}"
+        )
 
     def _find_commit(self, spec: TableSpec, write_id: str) -> WriteResult:
         from deltalake import DeltaTable
@@ -248,6 +266,27 @@ class Warehouse:
         if latest is None or latest[0] is None:
             raise StorageError(f"{table.name} has no snapshot on or before {as_of}: run ingest first")
         return df.where(F.col("dt") == F.lit(latest[0]))
+
+
+# A Python or Java exception line: `OSError: [Errno 28] ...`, `java.io.IOException: ...`.
+_ERROR_LINE = re.compile(r"^\s*((?:[\w$]+\.)*\w*(?:Error|Exception|Exit)): (.+)$")
+# Exceptions that only carry another one: their own line is not the cause.
+_WRAPPERS = {"PythonException", "Py4JJavaError", "SparkException", "SparkRuntimeException"}
+
+
+def failure_cause(exc: BaseException) -> str:
+    """The line of a (possibly Spark-wrapped) exception that says what went wrong: the last
+    error line of the innermost traceback in its text, else its first line."""
+    text = re.sub(r"\n\s*(?:\x1b\[[0-9;]*m)*↳(?:\x1b\[[0-9;]*m)*\s*", ": ", str(exc))  # delta-rs's causes
+    causes = [
+        f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
+        for line in text.splitlines()
+        if (m := _ERROR_LINE.match(line)) and m.group(1).rsplit(".", 1)[-1] not in _WRAPPERS
+    ]
+    if causes:
+        return causes[-1][:500]
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}"[:500]
 
 
 def replace_where_sql(where: Mapping[str, str]) -> str:
