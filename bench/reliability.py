@@ -9,13 +9,16 @@ Prints one row per drill and writes bench/results/reliability.json.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import importlib
+import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.drills import DrillResult
-from bench.machine import write_result
+from bench.machine import RESULTS, write_result
 
 # Drill name -> module under bench.drills, in the order they run.
 DRILLS = {
@@ -56,6 +59,19 @@ def run_drills(names: list[str], workdir: Path, cases: int | None) -> list[Drill
     return results
 
 
+def merged(results: list[DrillResult], names: list[str], cases: int | None) -> dict[str, Any]:
+    """The result file with this run's drills replacing their earlier rows; drills not run this
+    time keep their latest rows, each dated, so one file holds the latest figure of every drill."""
+    today = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    rows = [{**r.as_dict(), "date": today, "cases_asked": cases or "full"} for r in results]
+    path = RESULTS / "reliability.json"
+    earlier = json.loads(path.read_text()).get("drills", []) if path.exists() else []
+    kept = [r for r in earlier if r["drill"].split(".")[0] not in names]
+    order = list(DRILLS)
+    drills = sorted(kept + rows, key=lambda r: (order.index(r["drill"].split(".")[0]), r["drill"]))
+    return {"drills": drills, "passed": all(r["passed"] for r in drills)}
+
+
 def _row(r: DrillResult) -> str:
     figures = "  ".join(f"{c}={getattr(r, c)}" for c in COLUMNS)
     verdict = "PASS" if r.passed else "FAIL: " + "; ".join(r.failures or ["lost/duplicated/leaked rows"])
@@ -81,14 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="drills-") as tmp:
         workdir = args.workdir or Path(tmp)
         results = run_drills(names, workdir, args.cases)
-    path = write_result(
-        "reliability",
-        {
-            "drills": [r.as_dict() for r in results],
-            "passed": all(r.passed for r in results),
-            "cases": args.cases or "full",
-        },
-    )
+    path = write_result("reliability", merged(results, names, args.cases))
     print(f"wrote {path}")
     if not all(r.passed for r in results):
         raise SystemExit(1)

@@ -83,6 +83,7 @@ def execute(ctx: StageContext, fn: StageFn) -> StageReport:
     started = _dt.datetime.now(_dt.UTC)
     t0 = time.monotonic()
     status, error = "success", None
+    jobs_before = _spark_jobs(ctx.spark)
     try:
         with stage_lock(
             str(ctx.cfg.run.lock.dir),
@@ -100,9 +101,39 @@ def execute(ctx: StageContext, fn: StageFn) -> StageReport:
         raise
     finally:
         seconds = time.monotonic() - t0
+        _note_task_failures(ctx, jobs_before)
         _record_run(ctx, started, seconds, status, error)
         print(render_summary(ctx, seconds, status, error), flush=True)
     return ctx.report
+
+
+def _spark_jobs(spark: SparkSession) -> set[int]:
+    try:
+        return set(spark.sparkContext.statusTracker().getJobIdsForGroup())
+    except Exception:  # a stopped session: nothing to compare against
+        return set()
+
+
+def _note_task_failures(ctx: StageContext, jobs_before: set[int]) -> None:
+    """Task attempts Spark retried during the stage (a lost executor, a killed Python worker)
+    into the report, so `runs` says the stage got through failures and which kind."""
+    failed = reattempted = 0
+    try:
+        tracker = ctx.spark.sparkContext.statusTracker()
+        for job in _spark_jobs(ctx.spark) - jobs_before:
+            info = tracker.getJobInfo(job)
+            for stage_id in info.stageIds if info else []:
+                stage = tracker.getStageInfo(stage_id)
+                if stage is not None:
+                    failed += stage.numFailedTasks
+                    reattempted += int(stage.currentAttemptId > 0)
+    except Exception:  # the run record must never hide the stage's own outcome
+        log.exception("could not read Spark's task failures for %s", ctx.stage)
+        return
+    if failed or reattempted:
+        ctx.report.details["spark_retries"] = (
+            f"{failed} failed task attempt(s), {reattempted} stage(s) re-attempted"
+        )
 
 
 def _record_run(

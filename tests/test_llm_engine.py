@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from recgpt.llm.engine import Engine, RetryPolicy
+from recgpt.llm.http_backend import OpenAIHTTPBackend
 from recgpt.llm.render import OMITTED, PromptRenderer, PromptTooLong
 from recgpt.llm.request import EMBED_MARK, Request, Sampling, decode_block, encode_block, strip_marks
+from tests.fake_openai import FakeOpenAI
 from tests.llm_support import PersonaSplit, ScriptedBackend, llm_config, planner_messages
 
 VALID = '{"personas": [{"name": "winter hiker", "reason": "boots and a down jacket"}]}'
@@ -294,3 +296,35 @@ def test_server_command_of_each_llm_config_is_accepted_by_vllms_own_parser(llm):
         assert args.tensor_parallel_size == 1 and args.gpu_memory_utilization == 0.9
     else:
         assert args.kv_cache_memory_bytes == 2 * 1024**3
+
+
+class AnswersValid(FakeOpenAI):
+    """An OpenAI-compatible server that answers every call with a valid persona split."""
+
+    def answer(self, body):
+        return VALID, "stop"
+
+
+def test_a_server_gone_mid_batch_is_brought_back_once_and_every_call_retried(renderer):
+    # The server the batch starts with is gone (nothing listens on port 9); bringing it back
+    # means starting a new one on another port.
+    with AnswersValid(renderer.tokenizer, delay_s=0.01) as replacement:
+        backend = OpenAIHTTPBackend("http://127.0.0.1:9", "m", retries=2, backoff_s=0.01, timeout_s=5)
+        restarts: list[str] = []
+        backend.reconnect = lambda: restarts.append(replacement.url) or replacement.url
+        results = Engine(backend, renderer).generate([request(f"u{i}") for i in range(6)])
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert len(restarts) == backend.reconnects == 1
+    assert replacement.requests == 6
+
+
+def test_an_engine_that_cannot_be_brought_back_leaves_error_rows_with_both_reasons(renderer):
+    backend = OpenAIHTTPBackend("http://127.0.0.1:9", "m", retries=1, backoff_s=0.01, timeout_s=2)
+
+    def broken() -> str:
+        raise RuntimeError("engine exited with 1 during start")
+
+    backend.reconnect = broken
+    [result] = Engine(backend, renderer).generate([request()])
+    assert result.error.startswith("engine_error: gave up after 2 tries: ConnectError")
+    assert "could not be restarted: RuntimeError: engine exited with 1 during start" in result.error

@@ -129,7 +129,8 @@ def executor_engine(
 ) -> tuple[Engine, str]:
     """This executor's engine for `cfg` and a name for it (host:pid of the process doing the
     inference). For `executor_server` it checks the server on every call (cheap) so a server that
-    died is replaced rather than failing every later partition. `observer` is told of each
+    died is replaced rather than failing every later partition, and one that dies while a batch
+    is in flight is restarted by the backend, whose calls then retry against it. `observer` is told of each
     completion as it arrives."""
     from recgpt.llm.http_backend import OpenAIHTTPBackend
 
@@ -149,6 +150,8 @@ def executor_engine(
         raise ConfigError(f"llm.placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
     http = OpenAIHTTPBackend.from_config(url, cfg)
     http.observer = observer
+    if placement == "executor_server":  # a server that dies mid-batch is restarted, calls retried
+        http.reconnect = lambda: ensure_server(cfg, owner_pid=os.getppid()).url
     return Engine(captured(http, cfg), renderer_for(cfg), retry), name
 
 

@@ -3,7 +3,10 @@
 Prompts go as token ids (rendered by our own renderer, so they match the in-process backend) or
 as base64 torch tensors in `prompt_embeds` for hybrid prompts. Concurrency is bounded; transient
 failures (connection, timeout, 429, 5xx) are retried with exponential backoff; a refusal (4xx)
-becomes that call's error.
+becomes that call's error. When the server itself is gone (connection refused, or dropped in the
+middle of an answer) and the backend was given a way to `reconnect` (the executor's own server:
+find it or start a new one), the first call to notice brings the engine back and every call in
+flight retries against it, so a killed engine costs a restart instead of a batch of failed users.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from recgpt.llm.engine import Call, Completion
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# The server is not there (as opposed to slow): worth bringing it back before the next try.
+SERVER_GONE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 def tensor_b64(tensor: Any) -> str:
@@ -57,6 +62,9 @@ class OpenAIHTTPBackend:
         self.backoff_s = float(backoff_s)
         # Told of each completion as it arrives (a task's live progress), not when the batch ends.
         self.observer: Callable[[Completion], None] | None = None
+        # Returns the URL of a healthy server, restarting it if it died (blocking; None: no restart).
+        self.reconnect: Callable[[], str] | None = None
+        self.reconnects = 0
 
     @classmethod
     def from_config(cls, base_url: str, cfg: Mapping[str, Any]) -> OpenAIHTTPBackend:
@@ -103,20 +111,21 @@ class OpenAIHTTPBackend:
             max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
         )
         gate = asyncio.Semaphore(self.max_concurrency)
-        async with httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits
-        ) as client:
+        recovering = asyncio.Lock()
+        async with httpx.AsyncClient(headers=headers, timeout=self.timeout_s, limits=limits) as client:
 
             async def one(call: Call) -> Completion:
                 async with gate:
-                    completion = await self._complete_one(client, call)
+                    completion = await self._complete_one(client, call, recovering)
                 if self.observer is not None:
                     self.observer(completion)
                 return completion
 
             return list(await asyncio.gather(*(one(c) for c in calls)))
 
-    async def _complete_one(self, client: httpx.AsyncClient, call: Call) -> Completion:
+    async def _complete_one(
+        self, client: httpx.AsyncClient, call: Call, recovering: asyncio.Lock
+    ) -> Completion:
         body = self.body(call)
         started = time.perf_counter()
         error = "no attempt made"
@@ -124,10 +133,13 @@ class OpenAIHTTPBackend:
             if attempt:
                 delay = self.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
                 await asyncio.sleep(delay)
+            url = self.base_url
             try:
-                response = await client.post("/v1/completions", json=body)
+                response = await client.post(f"{url}/v1/completions", json=body)
             except httpx.TransportError as exc:  # connection refused/reset, timeouts
                 error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, SERVER_GONE) and self.reconnect is not None:
+                    error = await self._recover(url, recovering, error)
                 continue
             if response.status_code in RETRYABLE_STATUS:
                 error = f"HTTP {response.status_code}: {response.text[:300]}"
@@ -139,6 +151,21 @@ class OpenAIHTTPBackend:
         return _failed(
             call, f"gave up after {self.retries + 1} tries: {error}", (time.perf_counter() - started) * 1000
         )
+
+    async def _recover(self, failed_url: str, recovering: asyncio.Lock, error: str) -> str:
+        """Bring the server back once for every call that lost it: the first one in restarts
+        it (in a thread: a start takes tens of seconds), the others find the new URL."""
+        assert self.reconnect is not None
+        async with recovering:
+            if self.base_url != failed_url:
+                return error
+            try:
+                self.base_url = (await asyncio.to_thread(self.reconnect)).rstrip("/")
+            except Exception as exc:  # the retry then fails with both reasons
+                return f"{error}; the engine could not be restarted: {type(exc).__name__}: {exc}"
+            self.reconnects += 1
+            log.warning("engine server at %s was gone (%s); now at %s", failed_url, error, self.base_url)
+        return error
 
     def close(self) -> None:
         pass
