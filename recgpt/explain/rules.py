@@ -34,7 +34,7 @@ from rouge_score import rouge_scorer
 
 from recgpt.agents.prompts import ECHO_PHRASES
 from recgpt.agents.text import ngrams, words
-from recgpt.agents.validate import brand_keys, first_names, has_pii, markup
+from recgpt.agents.validate import brand_keys, disguised, first_names, has_pii, markup, unhidden
 from recgpt.explain.prompts import BLOCKS, ItemFacts, situation_line, system_texts
 from recgpt.explain.settings import ExplainSettings
 
@@ -157,10 +157,13 @@ class ExplanationRules:
         )
 
     def echoes(self, text: str) -> str | None:
-        """Markup, or the first phrase of the prompts (shortest first), in `text`."""
+        """Markup, disguised text, or the first phrase of the prompts (shortest first, read
+        `unhidden`), in `text`."""
         if tag := markup(text):
             return tag
-        tokens = words(text)
+        if disguised(text):
+            return "disguised text"
+        tokens = words(unhidden(text))
         for size in sorted({len(p.split()) for p in self.echo}):
             if phrases := ngrams(tokens, size) & self.echo:
                 return min(phrases)
@@ -243,10 +246,10 @@ class ExplanationRules:
     def _safety(self, text: str) -> Finding | None:
         if has_pii(text, self.settings.pii_min_digits):
             return Finding(Violation.PII, "")
-        if match := _LINK.search(unicodedata.normalize("NFKC", text)):
+        if match := _LINK.search(unhidden(text)):
             return Finding(Violation.LINK, match.group()[:DETAIL_CHARS])
         if echo := self.echoes(text):
             return Finding(Violation.INSTRUCTION_ECHO, echo[:DETAIL_CHARS])
-        if label := _LABEL.search(text):
+        if label := _LABEL.search(unhidden(text)):
             return Finding(Violation.INSTRUCTION_ECHO, label.group())
         return None
