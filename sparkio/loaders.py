@@ -8,7 +8,6 @@ dropped at this step: a line that does not parse becomes a row the checks quaran
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -93,7 +92,7 @@ def read_delimited(
             raise SourceError(f"{path}: no header row (empty file?)")
     n = len(columns)
     # One spare column: Spark then hands us the text of every line that does not have exactly
-    # n + 1 fields, which is every normal line; we count their fields ourselves.
+    # n + 1 fields, which is every normal line; `_line_issue` has Spark's parser count them.
     schema = ", ".join(f"`{c}` string" for c in [*columns, OVERFLOW, MALFORMED])
     df = (
         reader.option("header", str(header).lower())
@@ -102,18 +101,35 @@ def read_delimited(
         .schema(schema)
         .csv(path)
     )
-    unquoted = F.regexp_replace(F.col(MALFORMED), r'"(?:[^"]|"")*"', "")
-    fields = F.size(F.split(unquoted, re.escape(sep), -1))
-    issue = (
-        F.when(F.col(OVERFLOW).isNotNull(), F.lit(f"more fields than the {n} expected"))
-        .when(F.col(MALFORMED).isNull(), F.lit(None))
-        .when(fields < n, F.format_string(f"%d fields where {n} are expected", fields))
-        .when(fields > n, F.format_string(f"%d fields where {n} are expected", fields))
-    )
-    df = df.withColumn(LINE_ISSUE, issue).withColumn(
+    df = df.withColumn(LINE_ISSUE, _line_issue(n, sep)).withColumn(
         MALFORMED, F.when(F.col(LINE_ISSUE).isNotNull(), F.col(MALFORMED))
     )
     return df.drop(OVERFLOW).withColumn(SOURCE, F.input_file_name())
+
+
+# Appended to a line as one more field, it shows where Spark's own CSV parser ends the line's
+# fields (a private-use character: no real field is exactly it).
+FIELD_SENTINEL = "\ue000"
+
+
+def _line_issue(n: int, sep: str) -> Column:
+    """What is wrong with a line's fields, or null. Spark reads a line without complaint only when
+    it has exactly the n + 1 fields of the schema (the spare one included), so such a line has a
+    field too many; every other line comes with its text, and Spark's own parser counts its
+    fields: the sentinel appended as a last field lands at position fields + 1, or at the end of
+    a quoted field that is never closed (a count of our own would disagree with the parser on
+    quotes, and pass a line whose fields the parser shifted)."""
+    probe = ", ".join(f"`f{i}` string" for i in range(n + 2))
+    parsed = F.from_csv(F.concat(F.col(MALFORMED), F.lit(sep + FIELD_SENTINEL)), probe, {"sep": sep})
+    values = F.array(*[parsed[f"f{i}"] for i in range(n + 2)])
+    fields = F.array_position(values, FIELD_SENTINEL) - 1  # -1: beyond the probe, too many
+    unclosed = F.exists(values, lambda v: v.endswith(FIELD_SENTINEL) & (v != FIELD_SENTINEL))
+    return (
+        F.when(F.col(MALFORMED).isNull(), F.lit(f"more fields than the {n} expected"))
+        .when(unclosed, F.lit("a quoted field is not closed"))
+        .when(fields < 0, F.lit(f"more fields than the {n} expected"))
+        .when(fields != n, F.format_string(f"%d fields where {n} are expected", fields))
+    )
 
 
 def _text(
@@ -267,13 +283,27 @@ AMAZON_META_SCHEMA = (
 
 
 def _jsonl(spark: SparkSession, path: str, schema: str) -> DataFrame:
-    df = (
-        spark.read.option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", MALFORMED)
-        .schema(schema)
-        .json(path)
+    """One row per non-blank line. Spark's JSON reader would make several rows of a line holding
+    an array, none of `[]`, keep only the first of two objects on a line, and keep bytes that are
+    not UTF-8 as they are (unreadable text in the quarantine table). Here bytes that are not UTF-8
+    become U+FFFD (the checks then name the encoding), and a line that is not exactly one JSON
+    value is a malformed record: in brackets it must be an array of one element, and written
+    twice in brackets one of two (JSON parsers stop at the end of the first value, so a line
+    like `{...}]` passes the first test alone)."""
+    line = "_line"
+    lines = spark.read.text(path).select(
+        F.make_valid_utf8(F.col("value")).alias(line), F.input_file_name().alias(SOURCE)
     )
-    return df.withColumn(SOURCE, F.input_file_name())
+    lines = lines.where(~F.col(line).rlike(r"^[ \t]*$"))
+    parsed = F.from_json(line, schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": MALFORMED})
+    one_value = (_array_length(F.col(line)) == 1) & (_array_length(F.col(line), F.lit(","), F.col(line)) == 2)
+    df = lines.select(parsed.alias("r"), line, SOURCE).select("r.*", line, SOURCE)
+    return df.withColumn(MALFORMED, F.when(one_value, F.col(MALFORMED)).otherwise(F.col(line))).drop(line)
+
+
+def _array_length(*parts: Column) -> Column:
+    """Elements of the JSON array `[parts]` (null when it does not parse)."""
+    return F.json_array_length(F.concat(F.lit("["), *parts, F.lit("]")))
 
 
 def amazon_reviews(spark: SparkSession, reviews: str, meta: str) -> dict[str, DataFrame]:

@@ -7,6 +7,7 @@ Transforms are pure functions of DataFrames and plain values, so tests build tin
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
@@ -40,10 +41,10 @@ def _cast(
         typed = F.try_to_timestamp(text)
         if epoch_unit is not None:
             per_second = EPOCH_UNITS[epoch_unit]
-            epoch = text.try_cast("long")
-            typed = F.when(
-                text.rlike(r"^-?[0-9]+$"), F.timestamp_micros(epoch * (1_000_000 // per_second))
-            ).otherwise(typed)
+            # An epoch too large for microseconds is null (unparseable), not an overflow error
+            # that stops the whole ingest.
+            micros = F.try_multiply(text.try_cast("long"), F.lit(1_000_000 // per_second))
+            typed = F.when(text.rlike(r"^-?[0-9]+$"), F.timestamp_micros(micros)).otherwise(typed)
     else:
         typed = raw.try_cast(target)
     return typed, raw.isNotNull() & ~_blank(raw) & typed.isNull()
@@ -231,7 +232,12 @@ def check_env_signals(raw: DataFrame) -> DataFrame:
         [
             (F.col("dt").isNull(), "missing or unparseable dt"),
             (_blank(F.col("region")), "missing region"),
-            (~F.col("season").isin("spring", "summer", "autumn", "winter"), "unknown season"),
+            # A null season (an empty CSV field) is unknown too: `isin` alone gives null, no reason,
+            # and the row would reach the non-nullable column and fail the whole write.
+            (
+                ~F.coalesce(F.col("season").isin("spring", "summer", "autumn", "winter"), F.lit(False)),
+                "unknown season",
+            ),
         ],
     )
 
@@ -274,11 +280,38 @@ def check_inputs(
     return checked
 
 
+# Spark's failure to read an input file, and the Java exception behind it.
+READ_FAILURE = re.compile(
+    r"\[FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?(?:\s|$)"
+)
+CAUSE = re.compile(r"Caused by: ([^\n]+)")
+
+
 def flagged_counts(df: DataFrame) -> tuple[int, int]:
-    """(rows, rows breaking at least one rule) of a checked DataFrame."""
-    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum((F.size(REASONS) > 0).cast("long")).alias("bad")).first()
+    """(rows, rows breaking at least one rule) of a checked DataFrame. This is the first action
+    that reads the source's files, so a file Spark cannot read to its end (a truncated gzip
+    stream, a corrupt Parquet page) stops here with a SourceError naming it, not a JVM trace."""
+    try:
+        row = df.agg(
+            F.count(F.lit(1)).alias("n"), F.sum((F.size(REASONS) > 0).cast("long")).alias("bad")
+        ).first()
+    except Exception as exc:
+        unreadable = _unreadable_file(exc)
+        if unreadable is None:
+            raise
+        raise unreadable from exc
     assert row is not None
     return int(row["n"]), int(row["bad"] or 0)
+
+
+def _unreadable_file(exc: Exception) -> SourceError | None:
+    """The SourceError for Spark's failure to read an input file (with the Java exception behind
+    it when the message carries one), or None for any other error."""
+    failed = READ_FAILURE.search(str(exc))
+    if failed is None:
+        return None
+    cause = CAUSE.search(str(exc))
+    return SourceError(f"cannot read {failed.group(1)}: {cause.group(1) if cause else 'not to its end'}")
 
 
 def refuse_unusable(
@@ -287,12 +320,10 @@ def refuse_unusable(
     counts: Mapping[str, tuple[int, int]],
     max_quarantine_fraction: float,
 ) -> None:
-    """SourceError when the source gave no behaviours or items, or when more than
-    `max_quarantine_fraction` of any table's rows broke a rule (a source not in the format it
-    claims), with the first reasons of each such table."""
-    empty = [name for name in ("behaviors", "items") if counts[name][0] == 0]
-    if empty:
-        raise SourceError(f"source {source!r} gave no rows for {empty}: nothing to ingest")
+    """SourceError when more than `max_quarantine_fraction` of any table's rows broke a rule (a
+    source not in the format it claims), with the first reasons of each such table and their
+    files, or when the source gave no behaviours or items. The first is checked first: a file of
+    garbage that leaves a derived table empty (Taobao's items) is named for what it is."""
     limit = max_quarantine_fraction
     over = [name for name, (n_in, n_bad) in counts.items() if n_in and n_bad / n_in > limit]
     if over:
@@ -301,6 +332,9 @@ def refuse_unusable(
             + f" (> {limit:.0%} each): is the source in the format it claims? First reasons:\n"
             + "\n".join(_preview(bad(checked[n], n)) for n in over)
         )
+    empty = [name for name in ("behaviors", "items") if counts[name][0] == 0]
+    if empty:
+        raise SourceError(f"source {source!r} gave no rows for {empty}: nothing to ingest")
 
 
 def _preview(df: DataFrame, n: int = 5) -> str:
