@@ -43,13 +43,11 @@ import json
 import os
 import re
 import shutil
-import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -85,6 +83,7 @@ from recgpt.llm.server import ensure_server, stop_server
 from recgpt.rundate import RunDate
 from recgpt.synthetic import generator as gen
 from recgpt.tables import ITEM_EXPLANATIONS, USER_INTENT_TAGS, USER_PERSONAS, TableSpec
+from tests.fake_openai import FakeOpenAI
 from udfs.mining import outcome_values
 
 CORPUS = Path(__file__).with_name("hostile_text.jsonl")
@@ -440,36 +439,21 @@ class Traffic:
         return [e.id for e in entries if not self.delivered.get(e.id)]
 
 
-class EchoServer:
+class EchoServer(FakeOpenAI):
     """A scripted OpenAI-compatible completions server playing the worst-case obedient model:
     it reads its prompt, and every answer is schema-valid JSON copying the hostile entries the
     prompt carries into every field, cut to the schema's bounds (tags made of the entry's words),
     with clean items between the hostile ones; a prompt carrying none gets a clean answer."""
 
     def __init__(self, tokenizer: Any, entries: Sequence[Entry]) -> None:
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer, delay_s=0.0)
         self.scanner = Scanner(tuple(entries))
         self.traffic = Traffic()
         # entry id -> skeleton of each string copied from it -> whether that string was plain
         self.copies: dict[str, dict[str, bool]] = {}
         self._turns: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> EchoServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def answer(self, body: Mapping[str, Any]) -> str:
+    def answer(self, body: dict[str, Any]) -> tuple[str, str]:
         schema = (body.get("structured_outputs") or {}).get("json") or {}
         agent = str(schema.get("title"))
         prompt = self.tokenizer.decode(body["prompt"]) if "prompt" in body else ""
@@ -491,7 +475,7 @@ class EchoServer:
                 for entry in self.scanner.carried(text):
                     self.copies.setdefault(entry.id, {})[skeleton(text)] = plain
             self.traffic.saw(agent, carried, echoed, dangerous)
-        return json.dumps(value)
+        return json.dumps(value), "stop"
 
     def plain_copy(self, written: str, markers: Sequence[str]) -> bool:
         """Whether a written text's markers all come from strings this model wrote that carried
@@ -506,30 +490,6 @@ class EchoServer:
             )
             for label in markers
         )
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        echo = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                text = echo.answer(body)
-                usage = {
-                    "prompt_tokens": len(body.get("prompt") or []),
-                    "completion_tokens": max(1, len(text) // 4),
-                    "prompt_tokens_details": {"cached_tokens": 0},
-                }
-                payload = json.dumps({"choices": [{"text": text, "finish_reason": "stop"}], "usage": usage})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload.encode())))
-                self.end_headers()
-                self.wfile.write(payload.encode())
-
-        return Handler
 
 
 def _planner(hostile: Iterator[Entry], limits: dict[str, int], prompt: str, turn: int) -> tuple[Any, bool]:
