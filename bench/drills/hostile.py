@@ -29,11 +29,16 @@ Two models answer the planted world:
 styles), the echo model only, in process (the agents, the explainer and their validation exactly
 as the stages run them, without Spark): under a minute.
 
+The prompts withhold a title or query whose form is hostile (markup, disguised characters,
+personal data: `recgpt.untrusted`) from the history, and an item field of that form from the
+explanation prompts; those entries reach no model, and the drill reports how many
+(`entries_withheld_from_history`). The rest are plain prose the model reads like any title.
+
 Mining reads the text history (context.mode=text): the form in which a planted title reaches the
 prompt as text (a hybrid history carries titles as embeddings; queries stay text either way).
 Every entry is planted on a recent day of one user's history, and the drill checks that every
-entry reached a prompt: from the echo server's own log, or the captured requests of the real run
-(llm.capture_requests).
+entry was withheld or reached a prompt: from the echo server's own log, or the captured requests
+of the real run (llm.capture_requests).
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from recgpt.llm.server import ensure_server, stop_server
 from recgpt.rundate import RunDate
 from recgpt.synthetic import generator as gen
 from recgpt.tables import ITEM_EXPLANATIONS, USER_INTENT_TAGS, USER_PERSONAS, TableSpec
+from recgpt.untrusted import Form, hostile_form
 from tests.fake_openai import FakeOpenAI
 from udfs.mining import outcome_values
 
@@ -116,6 +122,19 @@ class Entry:
     def keys(self) -> tuple[str, ...]:
         """The skeletons that betray this entry: its marker's, then each planted value's."""
         return tuple(skeleton(t) for t in (self.marker, *self.pii))
+
+
+def shown(entry: Entry, core_words: int = 6) -> str:
+    """The entry as a text history shows it: a title entry as the core title of the item title
+    it is planted in front of (`_hostile_titles`), a query entry as its search entry."""
+    if entry.slot == "title":
+        return C.core_title(f"{entry.text} Northpeak waterproof hiking boots, black", core_words)
+    return f'search "{C.clean_text(entry.text)[: C.QUERY_CHARS]}"'
+
+
+def withheld(entry: Entry, min_digits: int, core_words: int = 6) -> Form | None:
+    """The hostile form for which the prompts leave the entry out of the history, if any."""
+    return hostile_form(shown(entry, core_words), min_digits)
 
 
 def load_corpus(path: Path = CORPUS) -> list[Entry]:
@@ -443,11 +462,16 @@ class EchoServer(FakeOpenAI):
     """A scripted OpenAI-compatible completions server playing the worst-case obedient model:
     it reads its prompt, and every answer is schema-valid JSON copying the hostile entries the
     prompt carries into every field, cut to the schema's bounds (tags made of the entry's words),
-    with clean items between the hostile ones; a prompt carrying none gets a clean answer."""
+    with clean items between the hostile ones; a prompt carrying none gets a clean answer.
 
-    def __init__(self, tokenizer: Any, entries: Sequence[Entry]) -> None:
+    The entries the prompts withhold for their form (`withheld`) reach no prompt; the model
+    writes them anyway, into every answer, unprompted: output validation is tested on them as
+    if the input screen had let them through."""
+
+    def __init__(self, tokenizer: Any, entries: Sequence[Entry], min_digits: int) -> None:
         super().__init__(tokenizer, delay_s=0.0)
         self.scanner = Scanner(tuple(entries))
+        self.unprompted = [e for e in entries if withheld(e, min_digits)]
         self.traffic = Traffic()
         # entry id -> skeleton of each string copied from it -> whether that string was plain
         self.copies: dict[str, dict[str, bool]] = {}
@@ -458,13 +482,14 @@ class EchoServer(FakeOpenAI):
         agent = str(schema.get("title"))
         prompt = self.tokenizer.decode(body["prompt"]) if "prompt" in body else ""
         carried = self.scanner.carried(prompt)
-        with self._lock:  # the how-many-th hostile prompt of this agent: alternates the answer's form
+        copied = carried + [e for e in self.unprompted if e not in carried]
+        with self._lock:  # the how-many-th hostile answer of this agent: alternates the answer's form
             turn = self._turns[agent]
-            self._turns[agent] += int(bool(carried))
-        # Each hostile prompt of an agent starts at another of the entries it carries, so every
+            self._turns[agent] += int(bool(copied))
+        # Each hostile answer of an agent starts at another of the entries it copies, so every
         # entry gets copied into every kind of field over a run.
-        start = turn % len(carried) if carried else 0
-        hostile = iter((carried[start:] + carried[:start]) * 8)
+        start = turn % len(copied) if copied else 0
+        hostile = iter((copied[start:] + copied[:start]) * 8)
         make = ANSWERS.get(agent)
         value, echoed = make(hostile, _limits(schema), prompt, turn) if make else ({}, False)
         with self._lock:
@@ -739,14 +764,16 @@ def _container(node: Any) -> dict[str, Any]:
 
 
 def results(
-    label: str, scans: Mapping[str, Scan], entries: Sequence[Entry], traffic: Traffic
+    label: str, scans: Mapping[str, Scan], entries: Sequence[Entry], traffic: Traffic, min_digits: int
 ) -> list[DrillResult]:
     """One DrillResult per output: `rows_in` the calls of its agents whose prompt carried corpus
-    text, `rows_written` the rows scanned. The run's own failures (an entry no prompt carried, an
-    echo model that echoed nothing, nothing written at all) go on the first."""
+    text, `rows_written` the rows scanned. The run's own failures (an entry no prompt carried and
+    the history did not withhold for its form, an echo model that echoed nothing, nothing written
+    at all) go on the first."""
     failures = []
-    if missing := traffic.missing(entries):
-        failures.append(f"{len(missing)} planted entries reached no prompt: {missing}")
+    forms = {e.id: form for e in entries if (form := withheld(e, min_digits))}
+    if missing := [m for m in traffic.missing(entries) if m not in forms]:
+        failures.append(f"{len(missing)} planted entries reached no prompt and were not withheld: {missing}")
     if label.endswith("echo") and not sum(traffic.hostile_answers.values()):
         failures.append("the echo model returned no hostile text, so the drill proved nothing")
     out = []
@@ -765,6 +792,7 @@ def results(
             details |= {
                 "calls": dict(traffic.calls),
                 "entries_delivered": len(entries) - len(traffic.missing(entries)),
+                "entries_withheld_from_history": dict(Counter(forms.values())),
                 "plain_entries": sorted(Scanner(tuple(entries)).plain),
             }
         out.append(
@@ -1028,10 +1056,11 @@ class Drill:
         self.world = plant_world(workdir / "source", self.entries, shape)
         self.chain = Chain(workdir, self.world, shape)
         self.rules = Rules.of(self.chain.config)
+        self.min_digits = self.rules.agents["v2"].validation.pii_min_digits
         self.tokenizer = AutoTokenizer.from_pretrained(self.chain.llm_config()["model_path"])
 
     def echo_in_process(self) -> list[DrillResult]:
-        with EchoServer(self.tokenizer, self.entries) as server:
+        with EchoServer(self.tokenizer, self.entries, self.min_digits) as server:
             run = InProcess(self.world, self.chain.config, server.url)
             tags, personas = run.mine()
             explanations = run.explain(tags)
@@ -1040,7 +1069,7 @@ class Drill:
         return self._results("hostile.echo", scans, server.traffic)
 
     def echo_chain(self) -> list[DrillResult]:
-        with EchoServer(self.tokenizer, self.entries) as server:
+        with EchoServer(self.tokenizer, self.entries, self.min_digits) as server:
             remote = ("llm.placement=remote", f"llm.http.base_url={server.url}", "llm.retry.attempts=1")
             ctx = self.chain.outputs(*remote)
         tables, problems = self.chain.written(ctx)
@@ -1063,7 +1092,7 @@ class Drill:
         return self._results("hostile", scans, read_traffic(capture, self.scanner, self.tokenizer))
 
     def _results(self, label: str, scans: Mapping[str, Scan], traffic: Traffic) -> list[DrillResult]:
-        found = results(label, scans, self.entries, traffic)
+        found = results(label, scans, self.entries, traffic, self.min_digits)
         found[0].details["hostile_items"] = self.world.hostile_items
         return found
 

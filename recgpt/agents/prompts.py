@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from recgpt.agents.schemas import SCORE_MAX, SCORE_MIN, Persona, Tag, max_candidates
 from recgpt.agents.settings import AgentSettings
-from recgpt.agents.text import history_text, inline_text
+from recgpt.agents.text import field_text, history_text, inline_text
 from recgpt.env_signals import SITUATION_FIELDS, situation_text
 from recgpt.errors import ConfigError
 from recgpt.llm.request import Request, Sampling
@@ -199,7 +199,7 @@ def _prompt(agent: str, settings: AgentSettings, system: str, head: str, history
     messages = (
         {"role": "system", "content": system},
         {"role": "user", "content": f"{head}\n<history>" if head else "<history>"},
-        {"role": "user", "content": history_text(history) or _NO_HISTORY},
+        {"role": "user", "content": history_text(history, settings.validation.pii_min_digits) or _NO_HISTORY},
         {"role": "user", "content": f"</history>\n{tail}"},
     )
     return Prompt(agent, settings.prompt_version, messages, history_message=2)
@@ -213,7 +213,8 @@ def _profile_and_situation(
     settings: AgentSettings, user: Mapping[str, Any] | None, env: Mapping[str, Any] | None
 ) -> str:
     situation = _situation(settings, env, SITUATION_FIELDS)
-    return f"<profile>{profile_text(user)}</profile>\n<situation>{situation}</situation>"
+    profile = profile_text(user, settings.validation.pii_min_digits)
+    return f"<profile>{profile}</profile>\n<situation>{situation}</situation>"
 
 
 def age_band(age: float) -> str:
@@ -225,9 +226,9 @@ def age_band(age: float) -> str:
     return f"{AGE_BANDS[-1]}+"
 
 
-def profile_text(user: Mapping[str, Any] | None) -> str:
+def profile_text(user: Mapping[str, Any] | None, min_digits: int) -> str:
     """`age 35-44, gender female, region north-cn, occupation engineer` from a `users` row; the
-    fields a source lacks are left out ("unknown" if all are)."""
+    fields a source lacks, or whose text has a hostile form, are left out ("unknown" if all are)."""
     user = user or {}
     parts = []
     # Sources give ages as ints, numpy numbers or NaN for unknown.
@@ -235,7 +236,7 @@ def profile_text(user: Mapping[str, Any] | None) -> str:
     if age > 0:
         parts.append(f"age {age_band(age)}")
     for name in ("gender", "region", "occupation"):
-        value = inline_text(str(user.get(name) or ""), PROFILE_FIELD_CHARS)
+        value = field_text(str(user.get(name) or ""), PROFILE_FIELD_CHARS, min_digits)
         if name == "gender":
             value = GENDERS.get(value.lower(), value)
         if value:

@@ -4,7 +4,10 @@ validation of what the model wrote back.
 Titles, queries, weather feeds and the model's own earlier answers all reach later prompts. Each
 piece becomes one line that cannot close a `<block>` (no angle brackets survive), start a new
 line of the prompt's structure, or claim an embedding slot; the history keeps its line structure
-and exactly the embedding marks it was given.
+and exactly the embedding marks it was given. A title or query with a hostile form (markup,
+disguised characters, personal data: `recgpt.untrusted`) is withheld from the prompt altogether:
+such text is an injection or someone's contact details, never a shopping signal, and a model
+that never reads it cannot copy it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import unicodedata
 
 from recgpt.context import clean_text
 from recgpt.llm.request import EMBED_MARK, strip_marks
+from recgpt.untrusted import hostile_form
 
 _SPACES = re.compile(r"\s+")
 
@@ -39,11 +43,31 @@ def inline_text(text: str, max_chars: int | None = None) -> str:
     return text[:max_chars].rstrip() if max_chars is not None else text
 
 
-def history_text(text: str) -> str:
+def field_text(text: str, max_chars: int | None, min_digits: int) -> str:
+    """One untrusted field for a prompt: `inline_text`, or "" when it has a hostile form."""
+    return "" if hostile_form(text, min_digits) else inline_text(text, max_chars)
+
+
+def _screened(entry: str, min_digits: int) -> str:
+    """A history entry without its text when that has a hostile form; embedding marks stay."""
+    parts = entry.split(EMBED_MARK)
+    return EMBED_MARK.join("" if hostile_form(p, min_digits) else p for p in parts).strip()
+
+
+def history_text(text: str, min_digits: int) -> str:
     """A `user_context` history (V1 or hybrid), line by line, with every embedding mark kept in
-    place and everything between the marks made safe; blank lines are dropped."""
+    place and everything between the marks made safe; blank lines are dropped. Within a bucket
+    line (`time (behaviours) | entry; entry`), an entry with a hostile form is left out: the
+    context's own cleaning keeps `|` and `;` out of titles and queries, so the separators are
+    the line's own."""
     lines = []
     for line in text.split("\n"):
+        head, bar, entries = line.partition(" | ")
+        if bar:
+            kept = [_screened(e, min_digits) for e in entries.split("; ")]
+            line = f"{head}{bar}{'; '.join(e for e in kept if e)}"
+        elif hostile_form(strip_marks(line), min_digits):
+            continue
         parts = [_SPACES.sub(" ", _visible(part)) for part in line.split(EMBED_MARK)]
         safe = EMBED_MARK.join(parts).strip()
         if safe:

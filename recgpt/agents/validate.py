@@ -11,8 +11,6 @@ order the codes are listed, so the counts per code are comparable between runs.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -28,6 +26,7 @@ from recgpt.agents.prompts import BLOCKS, ECHO_PHRASES, TAG_EXAMPLES, system_tex
 from recgpt.agents.schemas import Persona, Tag
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.text import inline_text, ngrams, normalise_phrase, words
+from recgpt.untrusted import disguised, has_pii, markup, unhidden
 
 T = TypeVar("T")
 
@@ -62,82 +61,6 @@ class Rejected(Generic[T]):
 class Checked(Generic[T]):
     kept: list[T]  # cleaned and normalised, in the order given
     rejected: list[Rejected[T]]
-
-
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-# A run of digits with optional separators: a phone number, an id, or a harmless "2025-2026".
-_DIGIT_RUN = re.compile(r"\+?\(?\d[\d\s().-]*\d")
-# Markup and structure the model has no reason to write: a block tag (`</history>`) or special
-# token (`<|im_end|>`), another chat format's marker (`[INST]`, a role label `system:`, a code
-# fence, an armor line `-----`, a `###` heading), JSON syntax (`{"tag":`, `"}]`) and an escaped
-# character (`\u003c`): the model copying an injected title or query, not writing prose.
-_MARKUP = re.compile(
-    r"<\s*/?\s*[A-Za-z_|][^<>]*>"
-    r"|\[/?INST\]|\b(?:system|assistant|developer)\s*:|`{3}|-{5}|#{3}"
-    r"|[{\[]\s*[\"']|[\"']\s*:\s*[\"'{\[\w]|[\"']\s*[}\]]"
-    r"|\\u[0-9a-f]{4}",
-    re.IGNORECASE,
-)
-# Cyrillic and Greek letters drawn like Latin ones: read as the Latin letter they imitate.
-_LOOKALIKES = str.maketrans(
-    dict(
-        zip(
-            "аеорсхуіјѕһАВЕКМНОРСТХІЈЅοαντικρχυΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
-            "aeopcxyijshABEKMHOPCTXIJSoavtikpxuABEZHIKMNOPTYX",
-            strict=True,
-        )
-    )
-)
-
-
-def unhidden(text: str) -> str:
-    """`text` as the checks read it: NFKC (full-width and mathematical letters become plain
-    ones), no invisible format characters (a zero-width space inside "ig<ZWSP>nore" or inside
-    a phone number hides it from a pattern, not from a reader) and Cyrillic or Greek look-alikes
-    as the Latin letters they imitate ("Іgnоrе" with Cyrillic І, о, е reads "Ignore")."""
-    text = unicodedata.normalize("NFKC", text)
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf").translate(_LOOKALIKES)
-
-
-def disguised(text: str) -> bool:
-    """Text written to slip past a pattern rather than to be read: an invisible format or line
-    separator character, a letter NFKC changes (full-width, mathematical), or a word mixing
-    Latin letters with Cyrillic or Greek ones. The model has no reason to write any of them; a
-    copy of a hostile title or query does."""
-    for ch in text:
-        if unicodedata.category(ch) in ("Cf", "Zl", "Zp"):
-            return True
-        if ch.isalpha() and unicodedata.normalize("NFKC", ch) != ch:
-            return True
-    return any(_mixed_script(w) for w in re.findall(r"\w+", text))
-
-
-def _mixed_script(word: str) -> bool:
-    scripts = {unicodedata.name(ch, "").split(" ")[0] for ch in word if ch.isalpha()}
-    return "LATIN" in scripts and bool(scripts & {"CYRILLIC", "GREEK"})
-
-
-def has_pii(text: str, min_digits: int) -> bool:
-    """An email address, or at least `min_digits` digits that look like a phone number or an id:
-    one unbroken run, three or more groups, or a leading "+" or "(". Two groups ("2025-2026")
-    are a range, not a number. Read `unhidden`: "555<ZWSP>013<ZWSP>6644" is a phone number."""
-    text = unhidden(text)
-    if _EMAIL.search(text):
-        return True
-    for match in _DIGIT_RUN.finditer(text):
-        run = match.group()
-        groups = re.findall(r"\d+", run)
-        if sum(len(g) for g in groups) >= min_digits and (
-            len(groups) == 1 or len(groups) >= 3 or run[0] in "+("
-        ):
-            return True
-    return False
-
-
-def markup(text: str) -> str | None:
-    """The first block tag, special token or other markup (`_MARKUP`) in `text`, or None."""
-    match = _MARKUP.search(unhidden(text))
-    return match.group() if match else None
 
 
 # Words that say nothing about what a persona or a tag is about.

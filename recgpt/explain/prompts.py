@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, constr, create_model
 
-from recgpt.agents.text import inline_text
+from recgpt.agents.text import field_text, inline_text
 from recgpt.env_signals import SITUATION_FIELDS, situation_text
 from recgpt.explain.settings import ExplainSettings
 from recgpt.llm.request import Request
@@ -181,11 +181,15 @@ def demonstration(step: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def item_text(item: ItemFacts, settings: ExplainSettings) -> str:
-    """`title: ...; category: ...; brand: ...; price: 19.99`, each field cleaned and cut."""
-    parts = [f"title: {inline_text(item.title, settings.title_max_chars)}"]
-    parts.append(f"category: {inline_text(item.category, FIELD_CHARS)}")
-    if item.brand and inline_text(item.brand, FIELD_CHARS):
-        parts.append(f"brand: {inline_text(item.brand, FIELD_CHARS)}")
+    """`title: ...; category: ...; brand: ...; price: 19.99`, each field cleaned and cut; a field
+    whose text has a hostile form (`recgpt.untrusted`) is left out."""
+    digits = settings.pii_min_digits
+    fields = {
+        "title": field_text(item.title, settings.title_max_chars, digits),
+        "category": field_text(item.category, FIELD_CHARS, digits),
+        "brand": field_text(item.brand or "", FIELD_CHARS, digits),
+    }
+    parts = [f"{name}: {value}" for name, value in fields.items() if value]
     if (price := item.price_text()) is not None:
         parts.append(f"price: {price}")
     return "; ".join(parts)

@@ -34,9 +34,10 @@ from rouge_score import rouge_scorer
 
 from recgpt.agents.prompts import ECHO_PHRASES
 from recgpt.agents.text import ngrams, words
-from recgpt.agents.validate import brand_keys, disguised, first_names, has_pii, markup, unhidden
+from recgpt.agents.validate import brand_keys, first_names
 from recgpt.explain.prompts import BLOCKS, ItemFacts, situation_line, system_texts
 from recgpt.explain.settings import ExplainSettings
+from recgpt.untrusted import disguised, has_pii, markup, unhidden
 
 
 class Violation(StrEnum):
