@@ -72,7 +72,8 @@ def _mixed_script(word: str) -> bool:
 def has_pii(text: str, min_digits: int) -> bool:
     """An email address, or at least `min_digits` digits that look like a phone number or an id:
     one unbroken run, three or more groups, or a leading "+" or area code ("(555) 013-2447").
-    Two groups ("2025-2026", also in brackets) are a range, not a number. Read `unhidden`: "555<ZWSP>013<ZWSP>6644" is a phone number."""
+    Two groups ("2025-2026", also in brackets) are a range, not a number. Read `unhidden`:
+    "555<ZWSP>013<ZWSP>6644" is a phone number."""
     text = unhidden(text)
     if _EMAIL.search(text):
         return True

@@ -115,4 +115,7 @@ def test_an_obedient_model_gets_nothing_hostile_past_validation(tmp_path):
         # written unchecked, each would be a leak.
         assert r.details["answers_with_pii_or_form"], r.drill
         assert all(n > 0 for n in r.details["answers_with_pii_or_form"].values()), r.details
-    assert by_name["hostile.echo.tags"].details["entries_delivered"] == 16
+    # Every entry reached a prompt or was withheld from the history for its hostile form.
+    details = by_name["hostile.echo.tags"].details
+    withheld = sum(details["entries_withheld_from_history"].values())
+    assert withheld > 0 and details["entries_delivered"] + withheld == 16, details
