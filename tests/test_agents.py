@@ -813,6 +813,8 @@ def test_history_withholds_titles_and_queries_with_a_hostile_form():
     head = "2025-10-20 (viewed 3, searched 2) | "
     line = head + "; ".join(["wool socks", *hostile, EMBED_MARK, 'search "tent"'])
     assert history_text(line, 7) == f'{head}wool socks; {EMBED_MARK}; search "tent"'
+    # A line without the bucket form is screened whole, its embedding marks kept.
+    assert history_text(f"{hostile[0]} {EMBED_MARK}\nplain line", 7) == f"{EMBED_MARK}\nplain line"
     # A line that is only a hostile entry keeps its time and behaviours.
     assert history_text(f"2025-10-21 (viewed 1) | {hostile[0]}", 7) == "2025-10-21 (viewed 1) |"
     # Ordinary titles with digits, prices, ranges and punctuation are not withheld.

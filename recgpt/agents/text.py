@@ -66,8 +66,8 @@ def history_text(text: str, min_digits: int) -> str:
         if bar:
             kept = [_screened(e, min_digits) for e in entries.split("; ")]
             line = f"{head}{bar}{'; '.join(e for e in kept if e)}"
-        elif hostile_form(strip_marks(line), min_digits):
-            continue
+        else:
+            line = _screened(line, min_digits)
         parts = [_SPACES.sub(" ", _visible(part)) for part in line.split(EMBED_MARK)]
         safe = EMBED_MARK.join(parts).strip()
         if safe:
