@@ -12,7 +12,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-scale drills eval eval-movielens rollback clean-warehouse
+.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-scale drills eval eval-movielens rollback clean-warehouse models-large
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ ingest: setup  ## run only the ingest stage for DT
 
 dq: setup  ## run only the data-quality gate for DT (Data Docs in warehouse/_reports/dq/)
 	$(PY) -m jobs.dq run.dt=$(DT) $(ARGS)
+
+models-large: $(VENV)/.installed  ## the larger offline judge/teacher models (Qwen2.5-Coder 1.5B and 0.5B): download ~1.6 GB once, verify, convert; not part of setup
+	$(PY) -m recgpt.llm.model_cache llm=qwen25_coder_1p5b_cpu
+	$(PY) -m recgpt.llm.model_cache llm=qwen25_coder_0p5b_cpu
 
 setup-airflow: $(AIRFLOW_VENV)/.installed  ## only the scheduler's environment: Airflow 3 + Spark provider in .venv-airflow
 

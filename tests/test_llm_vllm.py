@@ -104,6 +104,23 @@ def check_error_rows(engine: Engine, renderer: PromptRenderer) -> None:
     assert results[2].error is None and results[2].parsed is not None
 
 
+def scoring(engine: Engine) -> dict[str, float]:
+    """A scoring call: one token, its most likely alternatives; reaching max_tokens is no error."""
+    ask = Request(
+        "ask",
+        ({"role": "user", "content": "Is a tent useful for camping? Answer Yes or No."},),
+        sampling=Sampling(max_tokens=1, logprobs=5),
+    )
+    [result] = engine.generate([ask])
+    assert result.error is None and result.finish_reason == "length" and result.attempts == 1
+    assert result.top_logprobs is not None and len(result.top_logprobs) == 1
+    tops = result.top_logprobs[0]
+    assert 5 <= len(tops) <= 6  # the sampled token is added when it is not among the top 5
+    assert all(v <= 0.0 for v in tops.values())
+    assert max(tops, key=tops.__getitem__) == result.text  # greedy: the likeliest token is the answer
+    return tops
+
+
 def test_offline_engine_parses_structured_outputs(offline):
     check_structured_batch(offline)
 
@@ -117,6 +134,14 @@ def test_offline_hybrid_prompt_from_input_embeddings_matches_the_text_prompt(off
 
 def test_offline_error_rows(offline, renderer):
     check_error_rows(offline, renderer)
+
+
+def test_scoring_calls_return_token_logprobs_alike_offline_and_over_http(offline, server, cfg, renderer):
+    over_http = Engine(OpenAIHTTPBackend.from_config(server.url, cfg), renderer)
+    a, b = scoring(offline), scoring(over_http)
+    assert set(a) & set(b)
+    for token in set(a) & set(b):
+        assert a[token] == pytest.approx(b[token], abs=0.05)
 
 
 def test_http_backend_against_a_real_vllm_server(server, cfg, renderer):

@@ -199,7 +199,7 @@ class ValidationContext:
         )
 
 
-def _tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
+def tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
     limits, digits = ctx.settings.tag, ctx.settings.validation.pii_min_digits
     normal = normalise_phrase(tag.tag)
     reason = inline_text(tag.reason)
@@ -242,7 +242,7 @@ def check_tags(tags: Sequence[Tag], ctx: ValidationContext, embed: Embed | None 
     seen: set[str] = set()
     limits = ctx.settings.tag
     for tag in tags:
-        problem = _tag_problem(tag, ctx)
+        problem = tag_problem(tag, ctx)
         normal = normalise_phrase(tag.tag)
         if problem is None and normal in seen:
             problem = Rejection.DUPLICATE

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -196,53 +196,64 @@ class ExplanationRules:
 
     def check(self, text: str, facts: Facts) -> Finding | None:
         """The first rule `text` breaks as an explanation of `facts`, or None."""
+        return next(self.findings(text, facts), None)
+
+    def findings(self, text: str, facts: Facts) -> Iterator[Finding]:
+        """Every rule `text` breaks as an explanation of `facts`, in the order of `check` (each
+        rule once, with its first offending words); an empty text breaks only `empty`."""
         s = self.settings
         if not text.strip():
-            return Finding(Violation.EMPTY, "")
+            yield Finding(Violation.EMPTY, "")
+            return
         if finding := self._safety(text):
-            return finding
+            yield finding
         tokens = words(text)
         if len(tokens) < s.min_words:
-            return Finding(Violation.TOO_SHORT, str(len(tokens)))
-        if len(tokens) > s.max_words or len(text) > s.max_chars:
-            return Finding(Violation.TOO_LONG, str(len(tokens)))
+            yield Finding(Violation.TOO_SHORT, str(len(tokens)))
+        elif len(tokens) > s.max_words or len(text) > s.max_chars:
+            yield Finding(Violation.TOO_LONG, str(len(tokens)))
         if not _SENTENCE_END.search(text.strip()):
-            return Finding(Violation.UNFINISHED, text.strip()[-DETAIL_CHARS // 2 :])
+            yield Finding(Violation.UNFINISHED, text.strip()[-DETAIL_CHARS // 2 :])
         counts = Counter(w for w in tokens if len(w) > 2 and w not in _ORDINARY)
         if counts and max(counts.values()) > s.max_word_repeats:
-            return Finding(Violation.REPEATED_WORD, counts.most_common(1)[0][0])
+            yield Finding(Violation.REPEATED_WORD, counts.most_common(1)[0][0])
         about = {
             _fold(w) for w in words(f"{facts.item_text} {facts.tag}") if len(w) > 2 and w not in _ORDINARY
         }
         if not about & {_fold(w) for w in tokens}:
-            return Finding(Violation.OFF_TOPIC, "")
+            yield Finding(Violation.OFF_TOPIC, "")
         if claim := self.absolute_claim(text):
-            return Finding(Violation.ABSOLUTE_CLAIM, claim)
+            yield Finding(Violation.ABSOLUTE_CLAIM, claim)
         fact_words = facts.words()
         fact_text = " ".join(words(facts.text))
         own = " ".join(words(facts.brand or ""))
-        for size in range(1, len(tokens) + 1):
-            for brand in sorted(ngrams(tokens, size) & self.brands):
-                if brand != own and f" {brand} " not in f" {fact_text} ":
-                    return Finding(Violation.FOREIGN_BRAND, brand)
+        foreign = (
+            brand
+            for size in range(1, len(tokens) + 1)
+            for brand in sorted(ngrams(tokens, size) & self.brands)
+            if brand != own and f" {brand} " not in f" {fact_text} "
+        )
+        if brand := next(foreign, None):
+            yield Finding(Violation.FOREIGN_BRAND, brand)
         # A name is personal data unless the item carries it (a title like "Harry Potter"); the
         # interest does not vouch for one: it is model output too.
         item_words = {_fold(w) for w in words(facts.item_text)}
-        for word in tokens:
-            if word in self.names and _fold(word) not in item_words:
-                return Finding(Violation.PERSON_NAME, word)
+        if name := next((w for w in tokens if w in self.names and _fold(w) not in item_words), None):
+            yield Finding(Violation.PERSON_NAME, name)
         allowed = facts.numbers()
-        for number in sorted(_numbers(text)):
-            if number not in allowed:
-                return Finding(Violation.UNSUPPORTED_NUMBER, number)
-        for size in (1, 2, 3):
-            for phrase in sorted(ngrams(tokens, size) & self.attributes):
-                if not all(_fold(w) in fact_words for w in phrase.split()):
-                    return Finding(Violation.UNSUPPORTED_ATTRIBUTE, phrase)
+        if number := next((n for n in sorted(_numbers(text)) if n not in allowed), None):
+            yield Finding(Violation.UNSUPPORTED_NUMBER, number)
+        unsupported = (
+            phrase
+            for size in (1, 2, 3)
+            for phrase in sorted(ngrams(tokens, size) & self.attributes)
+            if not all(_fold(w) in fact_words for w in phrase.split())
+        )
+        if phrase := next(unsupported, None):
+            yield Finding(Violation.UNSUPPORTED_ATTRIBUTE, phrase)
         score = rouge_l(facts.title, text)
         if score > s.title_max_rouge_l:
-            return Finding(Violation.TITLE_COPY, f"{score:.2f}")
-        return None
+            yield Finding(Violation.TITLE_COPY, f"{score:.2f}")
 
     def _safety(self, text: str) -> Finding | None:
         if has_pii(text, self.settings.pii_min_digits):

@@ -47,6 +47,8 @@ class Completion:
     finish_reason: str | None
     latency_ms: float
     error: str | None = None
+    # Per generated position: decoded token -> log-probability of the most likely tokens.
+    top_logprobs: list[dict[str, float]] | None = None
 
 
 class Backend(Protocol):
@@ -74,10 +76,13 @@ class RetryPolicy:
         return policy
 
 
-def parse_output(text: str, finish_reason: str | None, schema: type[BaseModel] | None) -> BaseModel | None:
-    """Parse one output with its schema; raises ValueError with a short, model-readable reason."""
+def parse_output(
+    text: str, finish_reason: str | None, schema: type[BaseModel] | None, scoring: bool = False
+) -> BaseModel | None:
+    """Parse one output with its schema; raises ValueError with a short, model-readable reason.
+    A scoring call (logprobs, no schema) ends at max_tokens by design."""
     if schema is None:
-        if finish_reason == "length":
+        if finish_reason == "length" and not scoring:
             raise ValueError("output cut off at max_tokens")
         return None
     try:
@@ -104,6 +109,7 @@ class _Pending:
     last_text: str | None = None
     last_finish: str | None = None
     last_error: str | None = None
+    last_logprobs: list[dict[str, float]] | None = None
 
 
 class Engine:
@@ -148,12 +154,16 @@ class Engine:
                 p.generated += completion.generated_tokens
                 p.latency_ms += completion.latency_ms
                 p.last_text, p.last_finish = completion.text, completion.finish_reason
+                p.last_logprobs = completion.top_logprobs
                 if completion.error is not None:
                     p.last_error = f"engine_error: {completion.error}"
                     results[p.request.key] = self._finish(p)
                     continue
                 try:
-                    parsed = parse_output(completion.text, completion.finish_reason, p.request.schema)
+                    scoring = p.request.sampling.logprobs is not None
+                    parsed = parse_output(
+                        completion.text, completion.finish_reason, p.request.schema, scoring
+                    )
                 except ValueError as exc:
                     p.last_error = f"invalid_output: {exc}"
                     if attempt < self.retry.attempts:
@@ -210,6 +220,7 @@ class Engine:
             finish_reason=p.last_finish,
             attempts=p.attempts,
             truncated_lines=p.truncated_lines,
+            top_logprobs=p.last_logprobs,
         )
 
     def close(self) -> None:

@@ -94,6 +94,8 @@ class OpenAIHTTPBackend:
             body["seed"] = s.seed
         if s.stop:
             body["stop"] = list(s.stop)
+        if s.logprobs is not None:
+            body["logprobs"] = s.logprobs
         if call.schema is not None:
             body["structured_outputs"] = {"json": call.schema, "disable_any_whitespace": self.compact_json}
         if call.rendered.embeds is None:
@@ -182,7 +184,15 @@ def _completion(call: Call, payload: Mapping[str, Any], latency_ms: float) -> Co
         generated_tokens=int(usage.get("completion_tokens", 0)),
         finish_reason=choice.get("finish_reason"),
         latency_ms=latency_ms,
+        top_logprobs=_top_logprobs(choice.get("logprobs")),
     )
+
+
+def _top_logprobs(logprobs: Mapping[str, Any] | None) -> list[dict[str, float]] | None:
+    """The completions API's `logprobs.top_logprobs`: one {token: log-probability} per position."""
+    if not logprobs or logprobs.get("top_logprobs") is None:
+        return None
+    return [{str(k): float(v) for k, v in (tops or {}).items()} for tops in logprobs["top_logprobs"]]
 
 
 def _failed(call: Call, error: str, latency_ms: float) -> Completion:

@@ -32,6 +32,10 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Return this many most likely tokens, with their log-probabilities, at each generated
+    # position (a judge reads its verdict from them instead of from one sampled word). A call
+    # with logprobs and no schema is a scoring call: reaching max_tokens is its normal end.
+    logprobs: int | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> Sampling:
@@ -95,6 +99,9 @@ class Result:
     finish_reason: str | None
     attempts: int
     truncated_lines: int = 0
+    # Per generated position, the most likely tokens (decoded text -> log-probability), when
+    # the request's sampling asked for logprobs.
+    top_logprobs: list[dict[str, float]] | None = None
 
     @property
     def ok(self) -> bool:

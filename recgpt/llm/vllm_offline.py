@@ -77,6 +77,7 @@ class VLLMOfflineBackend:
                     top_p=s.top_p,
                     seed=s.seed,
                     stop=list(s.stop) or None,
+                    logprobs=s.logprobs,
                     structured_outputs=(
                         StructuredOutputsParams(json=call.schema, disable_any_whitespace=self.compact_json)
                         if call.schema
@@ -102,6 +103,7 @@ class VLLMOfflineBackend:
                     generated_tokens=len(choice.token_ids),
                     finish_reason=choice.finish_reason,
                     latency_ms=latency,
+                    top_logprobs=_top_logprobs(choice.logprobs),
                 )
             )
         return completions
@@ -111,3 +113,18 @@ class VLLMOfflineBackend:
         shutdown = getattr(engine, "shutdown", None)
         if callable(shutdown):
             shutdown()
+
+
+def _top_logprobs(positions: Any) -> list[dict[str, float]] | None:
+    """vLLM's per-position {token id: Logprob} as {decoded token: log-probability}; tokens that
+    decode to the same text (" Yes" and "Yes" stay distinct) keep the likelier one."""
+    if positions is None:
+        return None
+    out = []
+    for position in positions:
+        tops: dict[str, float] = {}
+        for token_id, entry in position.items():
+            text = entry.decoded_token if entry.decoded_token is not None else str(token_id)
+            tops[text] = max(tops.get(text, float("-inf")), float(entry.logprob))
+        out.append(tops)
+    return out
