@@ -12,7 +12,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-scale drills eval eval-movielens rollback clean-warehouse models-large
+.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-judge bench-scale drills eval eval-movielens rollback clean-warehouse models-large
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench-compression: setup  ## context tokens full/V1/hybrid, entity probe, tag ag
 
 bench-explanations: setup  ## explain stage on the real model, synthetic + ml-100k: diversity (ROUGE-L), pass rate, cost per mode
 	$(PY) -m bench.explanations $(ARGS)
+
+bench-judge: setup models-large  ## the judge on a labelled set from the synthetic world's planted personas, judge models Qwen2.5-Coder-1.5B and the bundled 135M: accuracy and F1 per dimension vs always-pass, grade confusion
+	$(PY) -m bench.judge $(ARGS)
 
 bench-scale: setup  ## 10M and 100M behaviours through ingest, compress, covisit: seconds, rows, peak memory per stage
 	$(PY) -m bench.scale $(ARGS)

@@ -33,6 +33,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,15 +142,28 @@ def _disjoint(users: Sequence[User], user: User, rng: random.Random) -> User:
     return rng.choice(others or [u for u in users if u is not user])
 
 
+def seen(u: User) -> Counter[str]:
+    """The categories of the user's history, with their counts."""
+    return Counter(r["category"] for r in u.history)
+
+
+def primary(u: User) -> tuple[str, str, list[str]]:
+    """The persona the user's history shows most: the one tags are judged for."""
+    counts = seen(u)
+    return max(u.personas, key=lambda p: sum(counts[c] for c in p[2]))
+
+
 def tag_set(users: Sequence[User], brands: Sequence[str], seed: int) -> list[Labelled]:
+    """Relevance means "about the history": a positive names a category of the primary persona
+    that the history holds; the other persona's tag too (relevant, but not this persona's)."""
     rng = random.Random(seed + 1)
     out: list[Labelled] = []
     positives: dict[int, str] = {}
     for u in users:
-        name, description, cats = u.personas[0]
-        positives[u.index] = _phrase(rng, rng.choice(cats))[0]
+        _, _, cats = primary(u)
+        positives[u.index] = _phrase(rng, rng.choice(sorted(set(cats) & set(seen(u)))))[0]
     for u in users:
-        name, description, cats = u.personas[0]
+        name, description, cats = primary(u)
         history = tuple(r["title"] for r in u.history)
         base = TagCase(f"{u.user_id}:t", u.user_id, "", f"{name}: {description}", u.profile, history)
         good = positives[u.index]
@@ -162,8 +176,7 @@ def tag_set(users: Sequence[User], brands: Sequence[str], seed: int) -> list[Lab
         add(good, every, "positive")
         other = positives[_disjoint(users, u, rng).index]
         add(other, {"relevance": False, "consistency": False, "validity": True}, "shuffled")
-        own = {c for c in cats}
-        elsewhere = [c for _, _, cs in u.personas[1:] for c in cs if c not in own]
+        elsewhere = sorted({c for p in u.personas for c in p[2] if c not in cats} & set(seen(u)))
         if elsewhere:
             add(
                 _phrase(rng, rng.choice(elsewhere))[0],
@@ -393,43 +406,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mean = vectors.mean(axis=0)
         centroids.append(mean / np.linalg.norm(mean))
     agent = AgentSettings.from_config(_plain(cfg.pipeline.agents))
-    explain_cfg = _plain(cfg.explain)
-    engine, llm_name, engine_start = _engine(args.judge_llm, args.overrides)
-    tag_judge = TagJudge(
-        settings, ValidationContext.for_run(agent, brands), embedder.encode, np.array(centroids), engine
-    )
-    explanation_judge = ExplanationJudge(
-        settings,
-        ExplanationRules.for_run(ExplainSettings.from_config(explain_cfg, "meta"), brands),
-        embedder.encode,
-        [str(f["name"]) for f in cfg.calendar.festivals],
-        engine,
-    )
+    line_rules = ExplanationRules.for_run(ExplainSettings.from_config(_plain(cfg.explain), "meta"), brands)
+    festivals = [str(f["name"]) for f in cfg.calendar.festivals]
+    cases = {
+        "tag": tag_set(users, brands, args.seed),
+        "explanation": explanation_set(users, by_category, args.seed),
+    }
     result: dict[str, Any] = {
         "users": args.users,
         "seed": args.seed,
-        "judge_model": llm_name,
         "embedding_model": embedder.name,
-        "engine_start_s": engine_start,
+        "labelled_cases": {k: len(v) for k, v in cases.items()},
+        "judges": [],
     }
-    for kind, cases, judge, dims in (
-        ("tag", tag_set(users, brands, args.seed), tag_judge.judge, TAG_DIMENSIONS),
-        (
-            "explanation",
-            explanation_set(users, by_category, args.seed),
-            explanation_judge.judge,
-            EXPLANATION_DIMENSIONS,
-        ),
-    ):
-        t0 = time.perf_counter()
-        verdicts = judge([c.case for c in cases])
-        seconds = time.perf_counter() - t0
-        result[kind] = _measure(kind, cases, verdicts, dims, settings, args.users)
-        result[kind]["seconds"] = round(seconds, 1)
-        result[kind]["seconds_per_case"] = round(seconds / len(cases), 4)
+    for model in args.judge_llm.split(","):
+        engine, llm_name, engine_start = _engine(model, args.overrides)
+        tag_judge = TagJudge(
+            settings, ValidationContext.for_run(agent, brands), embedder.encode, np.array(centroids), engine
+        )
+        line_judge = ExplanationJudge(settings, line_rules, embedder.encode, festivals, engine)
+        judged: dict[str, Any] = {"judge_model": llm_name, "engine_start_s": engine_start}
+        for kind, judge, dims in (
+            ("tag", tag_judge.judge, TAG_DIMENSIONS),
+            ("explanation", line_judge.judge, EXPLANATION_DIMENSIONS),
+        ):
+            t0 = time.perf_counter()
+            verdicts = judge([c.case for c in cases[kind]])
+            seconds = time.perf_counter() - t0
+            judged[kind] = _measure(kind, cases[kind], verdicts, dims, settings, args.users)
+            # Every case costs one judge-model call (one LLM dimension per kind) plus the rules
+            # and the embeddings: the judge's cost per judged tag or line on this machine.
+            judged[kind]["seconds"] = round(seconds, 1)
+            judged[kind]["seconds_per_case"] = round(seconds / len(cases[kind]), 4)
+        if engine is not None:
+            engine.close()
+        result["judges"].append(judged)
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    if engine is not None:
-        engine.close()
     return result
 
 
@@ -486,6 +498,10 @@ def _engine(judge_llm: str | None, overrides: Sequence[str]) -> tuple[Any, str |
     llm = _plain(
         load_config(["run.stage=bench", *([f"llm={judge_llm}"] if judge_llm else []), *overrides]).llm
     )
+    if not Path(str(llm["model_path"])).is_dir():
+        raise SystemExit(
+            f"judge model {judge_llm}: {llm['model_path']} is missing (`make models-large` prepares it)"
+        )
     backend = VLLMOfflineBackend(llm)
     renderer = PromptRenderer(
         str(llm["model_path"]), int(llm["max_model_len"]), tokenizer_path=llm.get("tokenizer_path")
@@ -494,18 +510,23 @@ def _engine(judge_llm: str | None, overrides: Sequence[str]) -> tuple[Any, str |
 
 
 def report(result: dict[str, Any]) -> None:
-    print(f"judge model: {result['judge_model']}  users: {result['users']} (half calibrates, half measured)")
-    for kind in ("tag", "explanation"):
-        r = result[kind]
-        print(f"\n{kind}s: {r['cases']} cases measured, {r['seconds_per_case']} s per case")
-        print(f"  {'dimension':<16} {'by':<9} {'cases':>5} {'acc':>6} {'F1':>6} {'pass-all':>8} {'gain':>6}")
-        for name, d in r["dimensions"].items():
+    print(f"users: {result['users']} (half calibrates, half measured), cases {result['labelled_cases']}")
+    for judged in result["judges"]:
+        print(f"\n== judge model: {judged['judge_model']}")
+        for kind in ("tag", "explanation"):
+            r = judged[kind]
+            print(f"{kind}s: {r['cases']} cases measured, {r['seconds_per_case']} s per case")
             print(
-                f"  {name:<16} {d['judged_by']:<9} {d['cases']:>5} {d['judge']['accuracy']:>6.3f} "
-                f"{d['judge']['f1']:>6.3f} {d['always_pass']['accuracy']:>8.3f} {d['accuracy_gain']:>+6.3f}"
+                f"  {'dimension':<16} {'by':<9} {'cases':>5} {'acc':>6} {'F1':>6} {'pass-all':>8} {'gain':>6}"
             )
-        g = r["grades"]
-        print(f"  grades (truth -> S/A/B): {g['confusion']}  accuracy B vs not {g['accuracy_b_vs_not']}")
+            for name, d in r["dimensions"].items():
+                judge, trivial = d["judge"], d["always_pass"]
+                print(
+                    f"  {name:<16} {d['judged_by']:<9} {d['cases']:>5} {judge['accuracy']:>6.3f} "
+                    f"{judge['f1']:>6.3f} {trivial['accuracy']:>8.3f} {d['accuracy_gain']:>+6.3f}"
+                )
+            g = r["grades"]
+            print(f"  grades (truth -> S/A/B): {g['confusion']}  accuracy B vs not {g['accuracy_b_vs_not']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,7 +538,10 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=101, help="the world's seed (not the one the thresholds were set on)"
     )
     parser.add_argument(
-        "--judge-llm", default=None, help="llm config group of the judge model; none: no LLM dimensions"
+        "--judge-llm",
+        default="qwen25_coder_1p5b_cpu,smollm2_cpu",
+        help="llm config groups of the judge models to measure, comma-separated (the first is the "
+        "headline); none: no LLM dimensions",
     )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ from udfs.checkpoints import (
     evaluate_tables,
     explain_tables,
     ingest_tables,
+    judge_tables,
     latest_run,
     latest_runs,
     mine_intents_tables,
@@ -42,6 +43,7 @@ CHECKPOINTED = (
     "mine_intents",
     "recall",
     "explain",
+    "judge",
     "evaluate",
 )
 
@@ -65,6 +67,8 @@ def checkpoint_tables(ctx: StageContext, stage: str, run: StageRun) -> Checkpoin
         return recall_tables(wh, dt)
     if stage == "explain":
         return explain_tables(wh, dt)
+    if stage == "judge":
+        return judge_tables(wh, dt)
     assert stage == "evaluate", stage
     return evaluate_tables(wh, dt)
 

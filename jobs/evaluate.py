@@ -44,6 +44,7 @@ from udfs.evaluate import (
     variant_means,
 )
 from udfs.explain import explanation_metrics, explanation_samples
+from udfs.judge import judge_metrics
 
 STAGE = "evaluate"
 # The eval_metrics columns the stage computes (lineage is stamped on write).
@@ -143,8 +144,10 @@ def run(ctx: StageContext) -> None:
     values = bootstrap_values(scored, k, boot)
     metrics = metric_records(ctx, variants, scored, per_variant, k, window, intervals(values, k, boot))
     explained = explanation_metrics(wh, dt, int(cfg["explanation_pairs_per_item"]))
-    if not explained.empty:
-        metrics = pd.concat([metrics, explained.assign(window_days=window)], ignore_index=True)
+    judged = judge_metrics(wh, dt)
+    for extra in (explained, judged):
+        if not extra.empty:
+            metrics = pd.concat([metrics, extra.assign(window_days=window)], ignore_index=True)
     written = wh.write(
         ctx.spark.createDataFrame(metrics, schema=EVAL_METRICS_SCHEMA),
         EVAL_METRICS,

@@ -483,6 +483,86 @@ EXPLANATION_FAILURES = TableSpec(
     partition_by=MINED_PARTITIONS,
 )
 
+VERDICT = pa.struct(
+    [
+        pa.field("dimension", pa.string()),
+        pa.field("verdict", pa.string()),  # pass, fail or unjudged
+        pa.field("score", pa.float64()),
+        pa.field("strong", pa.bool_()),
+        pa.field("reason", pa.string()),
+        pa.field("judged_by", pa.string()),
+    ]
+)
+
+
+def _judged_by() -> tuple[Column, ...]:
+    """The grade, the sub-judges' verdicts, and who judged: the judged variant (both partition
+    columns), the judge model and the judge prompts."""
+    return (
+        Column(
+            "grade", pa.string(), "the senior reviewer's S, A or B (B: a dimension failed)", nullable=False
+        ),
+        Column("quality", pa.bool_(), "every dimension passed (the paper's quality)", nullable=False),
+        Column(
+            "failed", pa.list_(pa.string()), "the dimensions that failed, in dimension order", nullable=False
+        ),
+        Column(
+            "verdicts",
+            pa.list_(VERDICT),
+            "per dimension: verdict (pass, fail, unjudged), score (a rule's 0/0.5/1, a cosine, or the "
+            "judge model's P(yes)), strong pass, reason, and judged_by (rule, embedding, llm)",
+            nullable=False,
+        ),
+        Column("pipeline", pa.string(), "pipeline of the judged output (v2 or v1_baseline)", nullable=False),
+        Column(
+            "context_mode", pa.string(), "context mode of the judged output (hybrid or text)", nullable=False
+        ),
+        Column(
+            "judge_model",
+            pa.string(),
+            "LLM that judged the llm dimensions ('none' when none did)",
+            nullable=False,
+        ),
+        Column("prompt_version", pa.string(), "judge.prompt_version of the judge prompts", nullable=False),
+    )
+
+
+TAG_JUDGMENTS = TableSpec(
+    "tag_judgments",
+    "Agent-as-a-Judge grades of the final tags of a seeded sample of users: relevance (to the "
+    "history), consistency (with persona and profile), specificity and validity, each a verdict "
+    "with a score and a reason, and the senior reviewer's grade. A rerun replaces the variant's "
+    "partition of the date.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("tag_rank", pa.int32(), "the tag's rank in user_intent_tags", nullable=False),
+        Column("tag", pa.string(), "the judged tag", nullable=False),
+        Column("persona", pa.string(), "the persona (V2) or route (V1) it was mined for", nullable=False),
+        *_judged_by(),
+        *_lineage("run date of the tags judged"),
+    ),
+    partition_by=MINED_PARTITIONS,
+)
+
+EXPLANATION_JUDGMENTS = TableSpec(
+    "explanation_judgments",
+    "Agent-as-a-Judge grades of the written explanations of a seeded sample of users, every "
+    "mode: relevance, factuality, clarity, safety, timeliness, informativeness and "
+    "attractiveness, each a verdict with a score and a reason, and the senior reviewer's grade. "
+    "A rerun replaces the variant's partition of the date.",
+    (
+        Column("user_id", pa.string(), "user key", nullable=False),
+        Column("tag_rank", pa.int32(), "the explained tag's rank", nullable=False),
+        Column("tag", pa.string(), "the interest", nullable=False),
+        Column("item_id", pa.string(), "the explained item", nullable=False),
+        Column("explanation_mode", pa.string(), "meta, single or template", nullable=False),
+        Column("explanation", pa.string(), "the judged line", nullable=False),
+        *_judged_by(),
+        *_lineage("run date of the tags explained"),
+    ),
+    partition_by=MINED_PARTITIONS,
+)
+
 EVAL_METRICS = TableSpec(
     "eval_metrics",
     "Offline evaluation of a run date's mined intents against the held-out window after it: one "
@@ -553,6 +633,8 @@ ALL_TABLES: dict[str, TableSpec] = {
         TAG_RECALL,
         ITEM_EXPLANATIONS,
         EXPLANATION_FAILURES,
+        TAG_JUDGMENTS,
+        EXPLANATION_JUDGMENTS,
         EVAL_METRICS,
         EVAL_COMPARISONS,
     )

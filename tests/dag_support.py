@@ -54,6 +54,8 @@ CHAIN_TABLES = (
     "llm_calls",
     "tag_recall",
     "item_explanations",
+    "tag_judgments",
+    "explanation_judgments",
     "eval_metrics",
     "dq_results",
 )
@@ -66,6 +68,8 @@ MINED_TABLES = (
     "llm_calls",
     "tag_recall",
     "item_explanations",
+    "tag_judgments",
+    "explanation_judgments",
 )
 
 

@@ -9,7 +9,8 @@ ids, or the serialized tensor of a hybrid prompt sent as `prompt_embeds`):
 - expert: three tags from a small vocabulary;
 - arbiter: the numbered candidate lines of its prompt, in order (at most eight), with falling
   scores; the first candidate only when the prompt came as embeddings (it cannot be read back);
-- explanations: a fixed style guide and one of a few lines that pass the rules.
+- explanations: a fixed style guide and one of a few lines that pass the rules;
+- scoring calls (logprobs asked, the judge's): "Yes" or "No" with P(yes) from the hash.
 
 Never used outside tests.
 """
@@ -20,6 +21,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 import re
 import threading
 import time
@@ -114,6 +116,16 @@ class FakeOpenAI:
         return "{}", "stop"
 
     @staticmethod
+    def scored(body: dict[str, Any]) -> dict[str, Any]:
+        """A scoring call (one token with its alternatives): Yes or No, P(yes) from the prompt's
+        digest, in the completions API's `logprobs` shape."""
+        p = 0.05 + 0.9 * (_digest(body.get("prompt") or body.get("prompt_embeds")) % 100) / 100
+        tops = {"Yes": math.log(p), "No": math.log(1 - p)}
+        text = max(tops, key=tops.__getitem__)
+        logprobs = {"tokens": [text], "token_logprobs": [tops[text]], "top_logprobs": [tops]}
+        return {"text": text, "finish_reason": "length", "logprobs": logprobs}
+
+    @staticmethod
     def prompt_tokens(body: dict[str, Any]) -> int:
         if "prompt" in body:
             return len(body["prompt"])
@@ -134,9 +146,12 @@ class FakeOpenAI:
                     fake.requests += 1
                 time.sleep(fake.delay_s)
                 text, finish = fake.answer(body)
+                choice: dict[str, Any] = {"text": text, "finish_reason": finish}
+                if body.get("logprobs"):
+                    choice = fake.scored(body)
                 payload = json.dumps(
                     {
-                        "choices": [{"text": text, "finish_reason": finish}],
+                        "choices": [choice],
                         "usage": {
                             "prompt_tokens": fake.prompt_tokens(body),
                             "completion_tokens": max(1, len(text) // 4),

@@ -99,7 +99,7 @@ def test_dag_is_the_pipeline_chain_with_retries_for_both_launchers(tmp_path, air
 def test_a_lagged_evaluation_scores_an_earlier_date_and_may_skip(tmp_path, airflow_env):
     dag = parse_dag(tmp_path, airflow_env, evaluate={"lag_days": 14})
     tasks = dag["tasks"]
-    assert list(tasks)[-5:] == ["recall", "explain", "evaluate", "dq_evaluate", "dq"]
+    assert list(tasks)[-6:] == ["recall", "explain", "judge", "evaluate", "dq_evaluate", "dq"]
     assert "'run.dt={{ macros.ds_add(ds, -14) }}'" in tasks["evaluate"]["command"]
     assert "eval.if_unmined=skip" in tasks["evaluate"]["command"]
     assert "'dq.stages=[evaluate]'" in tasks["dq_evaluate"]["command"]

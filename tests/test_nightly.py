@@ -34,10 +34,10 @@ def mined(wh) -> tuple[set[str], set[str]]:
 def test_nightly_writes_every_table(nightly_run):
     first, state, wh = nightly_run.proc, nightly_run.llm_state, nightly_run.warehouse
     assert first.returncode == 0, failure_report(first)
-    # The engine server the mining started served explain too (kept up through recall) and was
-    # stopped once explain, the last LLM stage, was done, by the chain (its state file gone), not
-    # left holding its memory through evaluate and dq.
-    assert "stopped after explain" in first.stdout and "stopped after mine_intents" not in first.stdout
+    # The engine server the mining started served explain and judge too (kept up through recall)
+    # and was stopped once judge, the last LLM stage, was done, by the chain (its state file
+    # gone), not left holding its memory through evaluate and dq.
+    assert "stopped after judge" in first.stdout and "stopped after mine_intents" not in first.stdout
     # It was started once, by the chain while the adaptor trained; the mining tasks found it up.
     assert "starting the engine server for mine_intents in the background" in first.stdout
     assert "engine server for mine_intents up (started early" in first.stdout
@@ -58,7 +58,7 @@ def test_nightly_writes_every_table(nightly_run):
     runs = DeltaTable(str(wh / "runs")).to_pandas()
     # One chain under one run id.
     chain = ["ingest", "embed_items", "compress", "covisit", "train_adaptor", "mine_intents", "recall"]
-    chain += ["explain", "evaluate", "dq"]
+    chain += ["explain", "judge", "evaluate", "dq"]
     assert set(runs.status) == {"success"} and runs.run_id.nunique() == 1
     assert sorted(runs.stage) == sorted(chain)
     assert counts["item_embeddings"] == counts["items"]
@@ -163,3 +163,44 @@ def test_nightly_explains_each_users_recalled_items_and_writes_only_lines_that_p
     assert rates["explain_pass_rate_template"] == pytest.approx(
         (written.explanation_mode == "template").sum() / len(pairs)
     )
+
+
+@pytest.mark.slow
+def test_nightly_judges_every_tag_and_written_line_on_the_real_model(nightly_run):
+    """The judge stage on the real model: every final tag and every written explanation of the
+    tiny world is judged once in every dimension, graded by the reviewer's rules from its own
+    verdicts, and its judge-model calls are in the ledger."""
+    from recgpt.judge.verdicts import EXPLANATION_DIMENSIONS, TAG_DIMENSIONS
+
+    assert nightly_run.proc.returncode == 0, failure_report(nightly_run.proc)
+    wh = nightly_run.warehouse
+    tags = DeltaTable(str(wh / "user_intent_tags")).to_pandas()
+    written = DeltaTable(str(wh / "item_explanations")).to_pandas()
+    judged_tags = DeltaTable(str(wh / "tag_judgments")).to_pandas()
+    judged_lines = DeltaTable(str(wh / "explanation_judgments")).to_pandas()
+    key = ["pipeline", "context_mode", "user_id"]
+    assert sorted(map(tuple, judged_tags[[*key, "tag_rank", "tag"]].values.tolist())) == sorted(
+        map(tuple, tags[[*key, "rank", "tag"]].values.tolist())
+    )
+    assert sorted(
+        map(tuple, judged_lines[[*key, "tag_rank", "explanation_mode", "explanation"]].values.tolist())
+    ) == (sorted(map(tuple, written[[*key, "tag_rank", "explanation_mode", "explanation"]].values.tolist())))
+    share = float(load_config(["run.stage=test"]).judge.excellence_share)
+    for table, dimensions in ((judged_tags, TAG_DIMENSIONS), (judged_lines, EXPLANATION_DIMENSIONS)):
+        assert set(table.judge_model) == {"SmolLM2-135M-Instruct"}
+        for row in table.itertuples():
+            verdicts = list(row.verdicts)
+            assert [v["dimension"] for v in verdicts] == list(dimensions)
+            failed = [v["dimension"] for v in verdicts if v["verdict"] == "fail"]
+            assert list(row.failed) == failed
+            strong = sum(bool(v["strong"]) for v in verdicts) / len(verdicts)
+            assert row.grade == ("B" if failed else "S" if strong >= share else "A")
+            by = {v["dimension"]: v["judged_by"] for v in verdicts}
+            assert by["validity" if "validity" in by else "safety"] == "rule"
+            # The judge model answered: its P(yes) is a probability, not left unjudged.
+            llm = [v for v in verdicts if v["judged_by"] == "llm"]
+            assert llm and all(v["verdict"] != "unjudged" and 0 <= v["score"] <= 1 for v in llm)
+    calls = DeltaTable(str(wh / "llm_calls")).to_pandas()
+    judge_calls = calls[calls.stage.str.startswith("judge.")]
+    assert len(judge_calls) == len(judged_tags) + len(judged_lines)
+    assert (judge_calls.generated_tokens == 1).all()

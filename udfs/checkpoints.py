@@ -26,6 +26,7 @@ from recgpt.tables import (
     EVAL_COMPARISONS,
     EVAL_METRICS,
     EXPLANATION_FAILURES,
+    EXPLANATION_JUDGMENTS,
     ITEM_EMBEDDINGS,
     ITEM_EXPLANATIONS,
     ITEMS,
@@ -33,6 +34,7 @@ from recgpt.tables import (
     PLANTED_PERSONAS,
     QUARANTINE,
     RUNS,
+    TAG_JUDGMENTS,
     TAG_RECALL,
     USER_CONTEXT,
     USER_INTENT_TAGS,
@@ -46,7 +48,7 @@ from udfs.mining_scope import users_in_scope
 # eval_metrics rows whose value is a share of users or items, so must lie in [0, 1].
 SHARE_METRICS = (
     "^(hr[0-9]+|recall_at_.*|exclusive_recall|persona_recovery|novelty|catalog_coverage_.*|failure_rate"
-    "|explain_(pass_rate|diversity|distinct[0-9])_.*)$"
+    "|explain_(pass_rate|diversity|distinct[0-9])_.*|judge_.*)$"
 )
 
 
@@ -301,6 +303,27 @@ def explain_tables(wh: Warehouse, dt: RunDate) -> CheckpointTables:
                 EXPLANATION_FAILURES.name, "expect_table_row_count_to_be_between", "warning", {"min_value": 0}
             )
         },
+    )
+
+
+def judge_tables(wh: Warehouse, dt: RunDate) -> CheckpointTables:
+    """The judgments of the date, with what the gate on meaning reads: `_is_b` (1 for a B grade,
+    so the column's mean is the night's share of B) per row, and on the tags `_top_tag_share`,
+    per variant the share of its judged users given its most repeated tag."""
+    keys = ["pipeline", "context_mode"]
+    tags = wh.read(TAG_JUDGMENTS, dt=dt).withColumn("_is_b", (F.col("grade") == "B").cast("double"))
+    users = tags.groupBy(*keys).agg(F.countDistinct("user_id").alias("_users"))
+    top = (
+        tags.groupBy(*keys, "tag")
+        .agg(F.countDistinct("user_id").alias("_n"))
+        .groupBy(*keys)
+        .agg(F.max("_n").alias("_n"))
+        .join(users, keys)
+        .select(*keys, (F.col("_n") / F.col("_users")).alias("_top_tag_share"))
+    )
+    lines = wh.read(EXPLANATION_JUDGMENTS, dt=dt).withColumn("_is_b", (F.col("grade") == "B").cast("double"))
+    return CheckpointTables(
+        {TAG_JUDGMENTS.name: tags.join(top, keys, "left"), EXPLANATION_JUDGMENTS.name: lines}
     )
 
 

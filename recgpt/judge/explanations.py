@@ -29,6 +29,7 @@ from recgpt.judge.scoring import judged_by_llm, yes_no_request
 from recgpt.judge.settings import JudgeSettings
 from recgpt.judge.verdicts import JudgedBy, Verdict, rule_verdict
 from recgpt.llm.engine import Engine
+from recgpt.llm.request import Result
 
 DIMENSION_OF: dict[Violation, str] = {
     Violation.EMPTY: "clarity",
@@ -90,6 +91,7 @@ class ExplanationJudge:
         """`festivals`: every festival name of the calendar (a line naming one that is not in
         the situation is untimely); `engine`: the judge model (None: attractiveness unjudged)."""
         self.settings, self.rules, self.embed, self.engine = settings, rules, embed, engine
+        self.calls: list[tuple[str, Result]] = []  # every engine call made, for the ledger
         self.festivals = sorted({" ".join(words(f)) for f in festivals}, key=lambda f: -len(f))
 
     def judge(self, cases: Sequence[ExplanationCase]) -> list[list[Verdict]]:
@@ -189,4 +191,6 @@ class ExplanationJudge:
             )
             for c in cases
         ]
-        return judged_by_llm(self.engine, requests, "attractiveness", s.explanation_attractiveness)
+        return judged_by_llm(
+            self.engine, requests, "attractiveness", s.explanation_attractiveness, self.calls
+        )

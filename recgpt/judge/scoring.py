@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from recgpt.agents.text import field_text
 from recgpt.judge.verdicts import JudgedBy, Threshold, Verdict, unjudged
 from recgpt.llm.engine import Engine
-from recgpt.llm.request import Request, Sampling
+from recgpt.llm.request import Request, Result, Sampling
 
 YES = frozenset({"yes", "y", "true"})
 NO = frozenset({"no", "n", "false"})
@@ -62,14 +62,21 @@ def yes_probability(top_logprobs: Sequence[Mapping[str, float]] | None) -> float
 
 
 def judged_by_llm(
-    engine: Engine | None, requests: Sequence[Request], dimension: str, threshold: Threshold
+    engine: Engine | None,
+    requests: Sequence[Request],
+    dimension: str,
+    threshold: Threshold,
+    calls: list[tuple[str, Result]] | None = None,
 ) -> list[Verdict]:
     """One verdict per request, in one engine batch (the dimension's system prefix is shared):
-    P(yes) against `threshold`; unjudged when there is no judge model or no usable answer."""
+    P(yes) against `threshold`; unjudged when there is no judge model or no usable answer.
+    Each engine result is appended to `calls` as (dimension, result), for the ledger."""
     if engine is None:
         return [unjudged(dimension, JudgedBy.LLM, "no judge model") for _ in requests]
     verdicts = []
     for result in engine.generate(list(requests)):
+        if calls is not None:
+            calls.append((dimension, result))
         p = yes_probability(result.top_logprobs) if result.ok else None
         if p is None:
             verdicts.append(unjudged(dimension, JudgedBy.LLM, result.error or "answered neither yes nor no"))

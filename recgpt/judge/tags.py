@@ -29,6 +29,7 @@ from recgpt.judge.scoring import judged_by_llm, yes_no_request
 from recgpt.judge.settings import JudgeSettings
 from recgpt.judge.verdicts import JudgedBy, Verdict, rule_verdict, unjudged
 from recgpt.llm.engine import Engine
+from recgpt.llm.request import Result
 
 # A model number: a few letters then two or more digits ("x200", "rtx-4090", "gt500s"); a size
 # or count ("20kg", "2-person", "4-season") starts with its digits and is an ordinary modifier.
@@ -77,6 +78,7 @@ class TagJudge:
         """`category_centroids`: unit rows, one per catalog category (the mean of its items'
         embeddings); `engine`: the judge model (None: the LLM dimensions are left unjudged)."""
         self.settings, self.rules, self.embed, self.engine = settings, rules, embed, engine
+        self.calls: list[tuple[str, Result]] = []  # every engine call made, for the ledger
         self.centroids = category_centroids
 
     def judge(self, cases: Sequence[TagCase]) -> list[list[Verdict]]:
@@ -142,4 +144,4 @@ class TagJudge:
             )
             for c in cases
         ]
-        return judged_by_llm(self.engine, requests, "consistency", s.tag_consistency)
+        return judged_by_llm(self.engine, requests, "consistency", s.tag_consistency, self.calls)
