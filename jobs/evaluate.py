@@ -44,7 +44,7 @@ from udfs.evaluate import (
     variant_means,
 )
 from udfs.explain import explanation_metrics, explanation_samples
-from udfs.judge import judge_metrics
+from udfs.judge import judge_metrics, judged_samples
 
 STAGE = "evaluate"
 # The eval_metrics columns the stage computes (lineage is stamped on write).
@@ -203,6 +203,7 @@ def write_eval_report(
         comparisons=paired,
         tags=tags,
         explanations=explanation_samples(ctx.warehouse, dt, 10),
+        judged=judged_samples(ctx.warehouse, dt),
         history_categories=history,
         heldout_categories=held,
         metric_docs=metric_docs(k),

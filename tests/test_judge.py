@@ -184,7 +184,11 @@ def tag_case(tag: str, **kw: Any) -> TagCase:
         tag=tag,
         persona="outdoor-enthusiast: hikes and camps most weekends",
         profile="age 30, region north-cn",
-        history=("Luma lightweight camping tent, green", "Northpeak insulated hiking boots, black"),
+        history=(
+            "Luma lightweight camping tent, green",
+            "Northpeak insulated hiking boots, black",
+            "Marlowe loose-leaf jasmine green tea leaves, forest green",
+        ),
     )
     return TagCase(**{**base, **kw})
 
@@ -198,6 +202,8 @@ def tag_case(tag: str, **kw: Any) -> TagCase:
         ("boots", "too_short"),
         ("luma lightweight camping tent", "brand"),
         ("lightweight camping tent green", "copies a title"),
+        ("insulated hiking boots black", "copies a title"),
+        ("loose leaf green tea", None),  # 4 of a long title's 9 words: what it sells, not a copy
         ("20kg dumbbell set", None),  # a size is a modifier, not a model number
         ("4-season camping tent", None),
     ],

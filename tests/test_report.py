@@ -125,11 +125,27 @@ def metric_row(page: str, metric: str) -> str:
     return match.group(1)
 
 
+def judged_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "pipeline": ["v2", "v2"],
+            "context_mode": ["hybrid", "hybrid"],
+            "user_id": ["u01", "u01"],
+            "tag_rank": [1, 1],
+            "kind": ["tag", "meta"],
+            "text": ["<b>wool cardigan</b>", "A wool cardigan for the autumn."],
+            "grade": ["B", "S"],
+            "failing": ["specificity: category peak 0.05 above the mean", ""],
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def full_page(tmp_path_factory) -> tuple[Path, str]:
     data = report_data(
         metrics=pd.concat([metrics_frame(), explanation_metrics()], ignore_index=True),
         explanations=explanations_frame(),
+        judged=judged_frame(),
     )
     path = write_report(tmp_path_factory.mktemp("eval") / "2025-10-28", data)
     return path, path.read_text(encoding="utf-8")
@@ -175,6 +191,16 @@ def test_the_explanation_modes_sit_side_by_side_for_the_same_pair(full_page):
     assert "this cardigan suits you 1." in row and "failed: too_long" in row and "tone: warm" in row
     assert HOSTILE not in section and "&lt;script&gt;" in section
     assert "Explanations by mode" in page
+
+
+def test_judged_samples_show_the_grade_and_each_failed_dimensions_reason(full_page):
+    _, page = full_page
+    section = page.split("<h2>Judged samples</h2>")[1].split("<h2>")[0]
+    assert "v2 · hybrid" in section
+    tag_row = re.search(r"<td>tag</td>.*?</tr>", section, re.S).group(0)
+    assert "&lt;b&gt;wool cardigan&lt;/b&gt;" in tag_row and "<b>B</b>" in tag_row
+    assert "specificity: category peak 0.05 above the mean" in tag_row
+    assert re.search(r"<td>meta</td>.*?<b>S</b>", section, re.S)
 
 
 def test_a_single_variant_omits_the_comparisons_and_says_so(tmp_path):

@@ -405,3 +405,37 @@ def judge_metrics(wh: Warehouse, dt: RunDate) -> pd.DataFrame:
             for figure in (*GRADES, "quality"):
                 rows.append((r.pipeline, r.context_mode, r.model, f"judge_{name}_{figure}", r[figure] / n, n))
     return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def judged_samples(wh: Warehouse, dt: RunDate, per_variant: int = 12) -> pd.DataFrame | None:
+    """The report's judged samples: per variant, `per_variant` judged tags and lines (the first
+    by a hash, the same for every run of the data) with the grade and each failed dimension's
+    reason."""
+    if not wh.exists(TAG_JUDGMENTS):
+        return None
+    failed = "filter(verdicts, v -> v.verdict = 'fail')"
+    reasons = F.expr(
+        f"array_join(transform({failed}, v -> concat(v.dimension, ': ', v.reason)), '; ')"
+    ).alias("failing")
+    keys = ["pipeline", "context_mode", "user_id", "tag_rank"]
+    rows = wh.read(TAG_JUDGMENTS, dt=dt).select(
+        *keys, F.lit("tag").alias("kind"), F.col("tag").alias("text"), "grade", reasons
+    )
+    if wh.exists(EXPLANATION_JUDGMENTS):
+        lines = wh.read(EXPLANATION_JUDGMENTS, dt=dt).select(
+            *keys,
+            F.col("explanation_mode").alias("kind"),
+            F.col("explanation").alias("text"),
+            "grade",
+            reasons,
+        )
+        rows = rows.unionByName(lines)
+    first = Window.partitionBy("pipeline", "context_mode").orderBy(
+        F.xxhash64("user_id", "tag_rank", "kind"), "user_id", "tag_rank", "kind"
+    )
+    return (
+        rows.withColumn("_n", F.row_number().over(first))
+        .where(F.col("_n") <= per_variant)
+        .drop("_n")
+        .toPandas()
+    )

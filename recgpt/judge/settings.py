@@ -19,7 +19,8 @@ class JudgeSettings:
     tag_relevance: Threshold
     tag_specificity: Threshold
     tag_consistency: Threshold
-    title_copy_words: int  # a tag sharing this many words in order with a history title copies it
+    title_copy_words: int  # a tag sharing this many words in order with a history title...
+    title_copy_share: float  # ...that are at least this share of the title's words copies it
     explanation_relevance: Threshold
     explanation_attractiveness: Threshold
     min_digits: int  # personal data: digit runs this long (the agents' pii_min_digits)
@@ -38,6 +39,7 @@ class JudgeSettings:
                 tag_specificity=Threshold.from_config("tag.specificity", tag["specificity"]),
                 tag_consistency=Threshold.from_config("tag.consistency", tag["consistency"]),
                 title_copy_words=int(tag["title_copy_words"]),
+                title_copy_share=float(tag["title_copy_share"]),
                 explanation_relevance=Threshold.from_config(
                     "explanation.relevance", explanation["relevance"]
                 ),

@@ -3,7 +3,9 @@
 - validity (rule): the mining stage's own tag rules (`recgpt.agents.validate.tag_problem`: form,
   length, brands, names, persona leaks, recent purchases, echoes, personal data) plus two that
   only a judge needs, since mining output is already filtered: a model number ("x200") and a
-  copied title (a run of `title_copy_words` words of a history title, in order). Form is exact.
+  copied title (at least `title_copy_words` words of a history title, in order, and at least
+  `title_copy_share` of its words: "loose leaf green tea" names what a long tea title sells,
+  "waterproof insulated hiking boots black" copies it). Form is exact.
 - relevance (embedding): how close the tag is to what the user did: the mean of its best cosines
   with the user's history items in the item embedding space (recall's own space), since "is this
   about the history" is a similarity, and an embedding measures it the same way for every user.
@@ -103,9 +105,11 @@ class TagJudge:
             return rule_verdict("validity", str(problem))
         if match := MODEL_NUMBER.search(case.tag):
             return rule_verdict("validity", f"model number: {match.group()}")
-        tag_words = words(case.tag)
+        tag_words, s = words(case.tag), self.settings
         for title in case.history:
-            if _lcs(tag_words, words(title)) >= self.settings.title_copy_words:
+            title_words = words(title)
+            shared = _lcs(tag_words, title_words)
+            if shared >= s.title_copy_words and shared >= s.title_copy_share * len(title_words):
                 return rule_verdict("validity", f"copies a title: {title[:60]}")
         return rule_verdict("validity", None)
 

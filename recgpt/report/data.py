@@ -73,6 +73,10 @@ class ReportData:
     # style_guide, reason: every mode's line (or failure reason) for a sample of pairs; None or
     # empty: no explanation section.
     explanations: pd.DataFrame | None = None
+    # pipeline, context_mode, user_id, tag_rank, kind (tag or an explanation mode), text, grade,
+    # failing ("dimension: reason; ..."): the judge's verdicts on a sample; None or empty: no
+    # judged section.
+    judged: pd.DataFrame | None = None
 
 
 class Variant(NamedTuple):

@@ -64,6 +64,8 @@ def render_html(data: ReportData) -> str:
             _samples_html(data, variants),
             "<h2>Explanations</h2>",
             _explanations_html(data.explanations),
+            "<h2>Judged samples</h2>",
+            _judged_html(data.judged),
             "<h2>Notes</h2>",
             _notes_html(data.notes),
         ]
@@ -277,6 +279,26 @@ def _explanations_html(explanations: pd.DataFrame | None, pairs: int = 12) -> st
             f"<details open><summary>{_esc(f'{pipeline} · {context_mode}')}</summary>"
             f'<table class="samples"><thead><tr><th>user / item</th><th>interest</th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></details>"
+        )
+    return "\n".join(out)
+
+
+def _judged_html(judged: pd.DataFrame | None) -> str:
+    """The judge's grade of sample tags and lines, with each failed dimension's reason."""
+    if judged is None or judged.empty:
+        return '<p class="na">Not available: nothing judged for this date.</p>'
+    out = []
+    order = ["pipeline", "context_mode", "user_id", "tag_rank", "kind"]
+    for (pipeline, context_mode), frame in judged.sort_values(order).groupby(["pipeline", "context_mode"]):
+        rows = "".join(
+            f"<tr><th><code>{_esc(r.user_id)}</code></th><td>{_esc(r.kind)}</td><td>{_esc(r.text)}</td>"
+            f'<td><b>{_esc(r.grade)}</b></td><td class="muted">{_esc(r.failing or "")}</td></tr>'
+            for r in frame.itertuples(index=False)
+        )
+        out.append(
+            f"<details open><summary>{_esc(f'{pipeline} · {context_mode}')}</summary>"
+            '<table class="samples"><thead><tr><th>user</th><th>what</th><th>text</th><th>grade</th>'
+            f"<th>failed dimensions</th></tr></thead><tbody>{rows}</tbody></table></details>"
         )
     return "\n".join(out)
 
