@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -327,3 +328,50 @@ def test_relevance_is_the_cosine_with_interest_and_item(explanation_judge):
     shuffled = "This Luma frying pan heats evenly for your weekend cooking and hiking plans."
     far = judged(explanation_judge, shuffled)["relevance"]
     assert far.score is not None and far.score < near.score
+
+
+# -- evaluate's figures of the judgments ------------------------------------------------------
+
+
+def judgment(user: str, rank: int, grade_: str, **extra: Any) -> dict[str, Any]:
+    verdict = {"dimension": "relevance", "verdict": "pass", "score": 0.5, "strong": True, "reason": "r"}
+    return {
+        "user_id": user,
+        "tag_rank": rank,
+        "tag": f"tag {rank}",
+        "persona": "p",
+        "grade": grade_,
+        "quality": grade_ != "B",
+        "failed": [] if grade_ != "B" else ["relevance"],
+        "verdicts": [{**verdict, "judged_by": "embedding"}],
+        "pipeline": "v2",
+        "context_mode": "hybrid",
+        "judge_model": "judge-m",
+        "prompt_version": "j1.0",
+        **extra,
+    }
+
+
+def test_judge_metrics_give_grade_shares_and_a_row_for_every_attempted_mode(warehouse):
+    """The rows do not depend on what the model wrote: a mode whose every line failed the rules
+    still has its rows (null values), so reruns on another model write the same rows."""
+    from recgpt.tables import EXPLANATION_FAILURES, EXPLANATION_JUDGMENTS, ITEM_EXPLANATIONS, TAG_JUDGMENTS
+    from tests.handmade import DT, put
+    from udfs.judge import judge_metrics
+
+    put(warehouse, TAG_JUDGMENTS, [judgment("u1", 1, "S"), judgment("u1", 2, "B"), judgment("u2", 1, "A")])
+    line = {"item_id": "i1", "explanation_mode": "meta", "explanation": "A fine line."}
+    put(warehouse, EXPLANATION_JUDGMENTS, [judgment("u1", 1, "B", **line)])
+    variant = {"pipeline": "v2", "context_mode": "hybrid", "model": "m", "prompt_version": "e1.0"}
+    written = {"user_id": "u1", "tag_rank": 1, "tag": "t", "item_id": "i1", "words": 3, **variant}
+    put(
+        warehouse, ITEM_EXPLANATIONS, [{**written, "explanation_mode": "meta", "explanation": "A fine line."}]
+    )
+    failed = {"step": "single", "reason": "too_long", **written}
+    put(warehouse, EXPLANATION_FAILURES, [{**failed, "explanation_mode": "single"}])
+    rows = judge_metrics(warehouse, DT).set_index("metric")
+    assert rows.loc["judge_tags_S"].value == pytest.approx(1 / 3) and rows.loc["judge_tags_B"].users == 3
+    assert rows.loc["judge_tags_quality"].value == pytest.approx(2 / 3)
+    assert rows.loc["judge_meta_B"].value == 1.0 and rows.loc["judge_meta_B"].users == 1
+    assert pd.isna(rows.loc["judge_single_S"].value) and rows.loc["judge_single_S"].users == 0
+    assert set(rows.model) == {"judge-m"} and len(rows) == 12

@@ -31,6 +31,7 @@ from recgpt.llm.engine import Engine
 from recgpt.llm.request import Result
 from recgpt.rundate import RunDate
 from recgpt.tables import (
+    EXPLANATION_FAILURES,
     EXPLANATION_JUDGMENTS,
     ITEM_EMBEDDINGS,
     ITEM_EXPLANATIONS,
@@ -377,20 +378,23 @@ def explode_judged(outcomes: DataFrame, made_by: Mapping[str, str]) -> tuple[Dat
 
 def judge_metrics(wh: Warehouse, dt: RunDate) -> pd.DataFrame:
     """eval_metrics rows (pipeline, context_mode, model, metric, value, users) of the date's
-    judgments per variant: the share of each grade and the paper's quality (every dimension
-    passed) of the tags (`judge_tags_<S|A|B|quality>`) and, per explanation mode, of the lines
-    (`judge_<mode>_<S|A|B|quality>`). `users` is the number of judged tags or lines; `model` the
-    judge model. Empty when nothing was judged."""
+    judgments per judged variant: the share of each grade and the paper's quality (every
+    dimension passed) of the tags (`judge_tags_<S|A|B|quality>`) and, for every explanation mode
+    the variant attempted, of its written lines (`judge_<mode>_<S|A|B|quality>`; null when no
+    line of the mode was written, so the rows do not depend on what the model wrote). `users` is
+    the number of judged tags or lines; `model` the judge model. Empty when nothing was judged."""
     columns = ["pipeline", "context_mode", "model", "metric", "value", "users"]
-    rows: list[tuple[Any, ...]] = []
+    if not wh.exists(TAG_JUDGMENTS):
+        return pd.DataFrame(columns=columns)
     keys = ["pipeline", "context_mode"]
+    counted: dict[tuple[str, str, str], Any] = {}
     for spec, by in ((TAG_JUDGMENTS, None), (EXPLANATION_JUDGMENTS, "explanation_mode")):
         if not wh.exists(spec):
             continue
-        group = [*keys, *([by] if by else [])]
-        counts = (
+        kind = F.lit("tags") if by is None else F.col(by)
+        for r in (
             wh.read(spec, dt=dt)
-            .groupBy(*group)
+            .groupBy(*keys, kind.alias("kind"))
             .agg(
                 F.count("*").alias("n"),
                 F.first("judge_model").alias("model"),
@@ -398,12 +402,26 @@ def judge_metrics(wh: Warehouse, dt: RunDate) -> pd.DataFrame:
                 *[F.sum((F.col("grade") == g).cast("int")).alias(g) for g in GRADES],
             )
             .collect()
-        )
-        for r in counts:
-            name = "tags" if by is None else r[by]
-            n = int(r.n)
+        ):
+            counted[(r.pipeline, r.context_mode, r.kind)] = r
+    variants = {(p, c): r.model for (p, c, kind), r in counted.items() if kind == "tags"}
+    attempted = [
+        wh.read(spec, dt=dt).select(*keys, "explanation_mode")
+        for spec in (ITEM_EXPLANATIONS, EXPLANATION_FAILURES)
+        if wh.exists(spec)
+    ]
+    modes: dict[tuple[str, str], set[str]] = {}
+    for frame in attempted:
+        for r in frame.where(F.col("explanation_mode") != "all").distinct().collect():
+            modes.setdefault((r.pipeline, r.context_mode), set()).add(r.explanation_mode)
+    rows: list[tuple[Any, ...]] = []
+    for (pipeline, context_mode), model in sorted(variants.items()):
+        for kind in ["tags", *sorted(modes.get((pipeline, context_mode), ()))]:
+            r = counted.get((pipeline, context_mode, kind))
+            n = 0 if r is None else int(r.n)
             for figure in (*GRADES, "quality"):
-                rows.append((r.pipeline, r.context_mode, r.model, f"judge_{name}_{figure}", r[figure] / n, n))
+                value = None if r is None else r[figure] / n
+                rows.append((pipeline, context_mode, model, f"judge_{kind}_{figure}", value, n))
     return pd.DataFrame.from_records(rows, columns=columns)
 
 
