@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
+from scipy.stats import binomtest
 
 from bench.machine import write_result
 from recgpt.agents.settings import AgentSettings
@@ -351,8 +352,15 @@ def dimension_figures(
     return out
 
 
-def _scores(pairs: Sequence[tuple[bool, bool]]) -> dict[str, float]:
-    """Accuracy, and precision/recall/F1 of detecting a defect (the judge's job)."""
+def accuracy_interval(correct: int, cases: int) -> list[float]:
+    """The 95% Wilson interval of an accuracy of `correct` out of `cases`."""
+    ci = binomtest(correct, cases).proportion_ci(confidence_level=0.95, method="wilson")
+    return [round(float(ci.low), 4), round(float(ci.high), 4)]
+
+
+def _scores(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
+    """Accuracy with its 95% interval, and precision/recall/F1 of detecting a defect (the
+    judge's job)."""
     tp = sum(not p and not y for p, y in pairs)
     fp = sum(not p and y for p, y in pairs)
     fn = sum(p and not y for p, y in pairs)
@@ -360,10 +368,12 @@ def _scores(pairs: Sequence[tuple[bool, bool]]) -> dict[str, float]:
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     accuracy = sum(p == y for p, y in pairs) / len(pairs)
-    return {
+    out: dict[str, Any] = {
         k: round(v, 4)
         for k, v in (("accuracy", accuracy), ("precision", precision), ("recall", recall), ("f1", f1))
     }
+    out["accuracy_ci95"] = accuracy_interval(sum(p == y for p, y in pairs), len(pairs))
+    return out
 
 
 def grade_figures(
