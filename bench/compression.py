@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from omegaconf import OmegaConf
 from pydantic import BaseModel, Field, StringConstraints
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -45,7 +44,7 @@ from jobs.stage import StageContext, StageFn, execute, open_context
 from recgpt import adaptor as A
 from recgpt import context as C
 from recgpt.agents.schemas import tag_pattern
-from recgpt.config import load_config
+from recgpt.config import load_config, plain
 from recgpt.embeddings import Embedder
 from recgpt.llm.engine import Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
@@ -237,8 +236,7 @@ def agreement(
 
 def full_texts(ctx: StageContext, user_ids: list[str]) -> dict[str, str]:
     """The full-text form (every kept behaviour, full title) of the given users."""
-    cfg = OmegaConf.to_container(ctx.cfg.compress, resolve=True)
-    assert isinstance(cfg, dict)
+    cfg = plain(ctx.cfg.compress)
     wh = ctx.warehouse
     rows = in_rule_order(
         clustered_history(wh.read(BEHAVIORS), wh.read_snapshot(ITEMS, ctx.dt), ctx.dt, cfg)
@@ -406,19 +404,16 @@ def main() -> None:
         zip(catalog.item_id, (np.asarray(v, dtype=np.float32) for v in catalog.embedding), strict=True)
     )
 
-    llm_cfg = OmegaConf.to_container(syn_cfg.llm, resolve=True)
-    assert isinstance(llm_cfg, dict)
+    llm_cfg = plain(syn_cfg.llm)
     llm_cfg["max_model_len"] = 8192  # full-text contexts of rich users run to several thousand tokens
     engine = engine_for(llm_cfg)
-    emb_cfg = OmegaConf.to_container(syn_cfg.embedding, resolve=True)
-    assert isinstance(emb_cfg, dict)
+    emb_cfg = plain(syn_cfg.embedding)
     embedder = Embedder(emb_cfg)
     probe, probe_samples = entity_probe(engine, adaptor, probe_items, int(syn_cfg.compress.core_title_words))
     agree, agree_samples = agreement(engine, embedder, adaptor, chosen, vectors)
     engine.close()
 
-    comp_cfg = OmegaConf.to_container(syn_cfg.compress, resolve=True)
-    assert isinstance(comp_cfg, dict)
+    comp_cfg = plain(syn_cfg.compress)
     tokenizer = str(syn_cfg.llm.get("tokenizer_path") or syn_cfg.llm.model_path)
     at_scale = scale(spark, comp_cfg, tokenizer, args.rows, args.scale_users)
     spark.stop()
@@ -481,8 +476,7 @@ def print_scale(at_scale: dict[str, Any]) -> None:
 def scale_only(cfg: Any, rows: int, users: int) -> None:
     """Part 4 alone (minutes instead of the whole benchmark's hour); the other stored figures stay."""
     ctx = open_context(cfg, "bench-compression", None)
-    comp_cfg = OmegaConf.to_container(cfg.compress, resolve=True)
-    assert isinstance(comp_cfg, dict)
+    comp_cfg = plain(cfg.compress)
     tokenizer = str(cfg.llm.get("tokenizer_path") or cfg.llm.model_path)
     # A warm-up pass (discarded): in the whole benchmark earlier parts have warmed the JVM and the
     # Python workers, so neither side of the comparison pays that here.

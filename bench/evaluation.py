@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from bench.machine import write_result
 from jobs import compress, covisit, dq, embed_items, evaluate, ingest, mine_intents, recall, train_adaptor
 from jobs.stage import StageContext, StageFn, execute, open_context
-from recgpt.config import load_config
+from recgpt.config import load_config, plain
 from recgpt.llm.server import ensure_server, stop_server
 from recgpt.rundate import RunDate
 from recgpt.tables import EVAL_COMPARISONS, EVAL_METRICS, ITEMS, USER_CONTEXT
@@ -139,8 +139,7 @@ def run_chain(
     run_stage(configs["v2"], train_adaptor.run, "train_adaptor", spark)
 
     chain = Chain(root, dt, chosen)
-    llm = OmegaConf.to_container(cfg.llm, resolve=True)
-    assert isinstance(llm, dict)
+    llm = plain(cfg.llm)
     ensure_server(llm, owner_pid=os.getpid())  # started before either pipeline is timed
     try:
         for key, pipeline_cfg in configs.items():

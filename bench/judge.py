@@ -18,7 +18,10 @@ Each case is labelled only on the dimensions its construction decides. Users are
 thresholds of the embedding and LLM dimensions are calibrated on the first half, and every
 figure is measured on the second half: per dimension accuracy and F1 of the defect class, beside
 the trivial judge that passes everything; the grade confusion matrix (truth: B when a labelled
-dimension is a defect, else S-or-A). Writes bench/results/judge.json.
+dimension is a defect, else S-or-A). With the headline judge's grades of the same cases it
+trains the reward model (recgpt/judge/reward.py) listwise and pointwise on the same split, and
+measures each one's pairwise ranking accuracy on the second half against those grades.
+Writes bench/results/judge.json.
 
     make bench-judge
     python -m bench.judge --users 60 [--judge-llm qwen25_coder_1p5b_cpu]
@@ -31,24 +34,31 @@ import itertools
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 from scipy.stats import binomtest
 
 from bench.machine import write_result
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import ValidationContext
-from recgpt.config import load_config
+from recgpt.config import load_config, plain
 from recgpt.embeddings import Embedder, item_text
 from recgpt.explain.prompts import ItemFacts
 from recgpt.explain.rules import ExplanationRules
 from recgpt.explain.settings import ExplainSettings
 from recgpt.judge.explanations import ExplanationCase, ExplanationJudge
+from recgpt.judge.reward import (
+    Encode,
+    RewardExample,
+    RewardSettings,
+    explanation_example,
+    tag_example,
+    train_reward,
+)
 from recgpt.judge.settings import JudgeSettings
 from recgpt.judge.tags import TagCase, TagJudge
 from recgpt.judge.verdicts import EXPLANATION_DIMENSIONS, TAG_DIMENSIONS, Threshold, Verdict, grade
@@ -395,18 +405,47 @@ def grade_figures(
     }
 
 
-def _plain(node: Any) -> dict[str, Any]:
-    out = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(out, dict)
-    return {str(k): v for k, v in out.items()}
+def reward_figures(
+    cases: Mapping[str, Sequence[Labelled]],
+    verdicts: Mapping[str, Sequence[list[Verdict]]],
+    n_users: int,
+    encode: Encode,
+    settings: RewardSettings,
+    excellence_share: float,
+) -> dict[str, Any]:
+    """The reward model trained on the judge's grades of the labelled cases (`verdicts` per
+    kind, in case order, graded by the senior reviewer), listwise and pointwise on the same
+    features and steps, with the bench's split: the first half of the users trains, the second
+    is held out. A list is one user's cases of one kind. Returns the held-out pairwise ranking
+    accuracy of each objective and of the untrained cosine, with the pair counts."""
+    examples: list[RewardExample] = []
+    held: set[str] = set()
+    for kind, labelled in cases.items():
+        for item, judged in zip(labelled, verdicts[kind], strict=True):
+            c, g = item.case, grade(judged, excellence_share)
+            if kind == "tag":
+                examples.append(tag_example(c.user_id, c.persona, c.history, c.tag, g))
+            else:
+                examples.append(explanation_example(c.user_id, c.tag, c.item, c.text, g))
+        _, evaluation = split(labelled, verdicts[kind], n_users)
+        held |= {item.case.user_id for item, _ in evaluation}
+    m = train_reward(examples, settings, encode, holdout_users=held).metrics
+    return {
+        "grades": {g: sum(e.grade == g for e in examples) for g in ("S", "A", "B")},
+        "train": m["train"],
+        "holdout": m["holdout"],
+        "holdout_pairwise_accuracy": m["holdout_pairwise_accuracy"],
+        "holdout_by_kind": m["holdout_by_kind"],
+        "settings": settings.as_dict(),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config(["run.stage=bench", *args.overrides])
-    settings = JudgeSettings.from_config(_plain(cfg.judge))
+    settings = JudgeSettings.from_config(plain(cfg.judge))
     users, by_category = build_users(cfg, args.users, args.seed)
     brands = sorted({r["brand"] for rows in by_category.values() for r in rows})
-    embedder = Embedder(_plain(cfg.embedding))
+    embedder = Embedder(plain(cfg.embedding))
     started = time.perf_counter()
     centroids = []
     for rows in by_category.values():
@@ -415,8 +454,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         mean = vectors.mean(axis=0)
         centroids.append(mean / np.linalg.norm(mean))
-    agent = AgentSettings.from_config(_plain(cfg.pipeline.agents))
-    line_rules = ExplanationRules.for_run(ExplainSettings.from_config(_plain(cfg.explain), "meta"), brands)
+    agent = AgentSettings.from_config(plain(cfg.pipeline.agents))
+    line_rules = ExplanationRules.for_run(ExplainSettings.from_config(plain(cfg.explain), "meta"), brands)
     festivals = [str(f["name"]) for f in cfg.calendar.festivals]
     cases = {
         "tag": tag_set(users, brands, args.seed),
@@ -429,6 +468,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "labelled_cases": {k: len(v) for k, v in cases.items()},
         "judges": [],
     }
+    reward_settings = RewardSettings.from_config(plain(cfg.reward))
     for model in args.judge_llm.split(","):
         engine, llm_name, engine_start = _engine(model, args.overrides)
         tag_judge = TagJudge(
@@ -436,6 +476,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         line_judge = ExplanationJudge(settings, line_rules, embedder.encode, festivals, engine)
         judged: dict[str, Any] = {"judge_model": llm_name, "engine_start_s": engine_start}
+        verdicts_by_kind: dict[str, list[list[Verdict]]] = {}
         for kind, judge, dims in (
             ("tag", tag_judge.judge, TAG_DIMENSIONS),
             ("explanation", line_judge.judge, EXPLANATION_DIMENSIONS),
@@ -443,6 +484,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             verdicts = judge([c.case for c in cases[kind]])
             seconds = time.perf_counter() - t0
+            verdicts_by_kind[kind] = verdicts
             judged[kind] = _measure(kind, cases[kind], verdicts, dims, settings, args.users)
             # Every case costs one judge-model call (one LLM dimension per kind) plus the rules
             # and the embeddings: the judge's cost per judged tag or line on this machine.
@@ -450,6 +492,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             judged[kind]["seconds_per_case"] = round(seconds / len(cases[kind]), 4)
         if engine is not None:
             engine.close()
+        if not result["judges"]:  # the headline judge's grades train the reward model
+            result["reward"] = {
+                "judge_model": llm_name,
+                **reward_figures(
+                    cases,
+                    verdicts_by_kind,
+                    args.users,
+                    embedder.encode,
+                    reward_settings,
+                    settings.excellence_share,
+                ),
+            }
         result["judges"].append(judged)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
@@ -505,7 +559,7 @@ def _engine(judge_llm: str | None, overrides: Sequence[str]) -> tuple[Any, str |
     from recgpt.llm.render import PromptRenderer
     from recgpt.llm.vllm_offline import VLLMOfflineBackend
 
-    llm = _plain(
+    llm = plain(
         load_config(["run.stage=bench", *([f"llm={judge_llm}"] if judge_llm else []), *overrides]).llm
     )
     if not Path(str(llm["model_path"])).is_dir():
@@ -537,6 +591,13 @@ def report(result: dict[str, Any]) -> None:
                 )
             g = r["grades"]
             print(f"  grades (truth -> S/A/B): {g['confusion']}  accuracy B vs not {g['accuracy_b_vs_not']}")
+    if reward := result.get("reward"):
+        acc, held = reward["holdout_pairwise_accuracy"], reward["holdout"]
+        print(
+            f"\n== reward model on {reward['judge_model']}'s grades {reward['grades']}: held-out pairwise "
+            f"accuracy listwise {acc['listwise']}, pointwise {acc['pointwise']}, cosine {acc['cosine']} "
+            f"({held['pairs']} pairs in {held['groups']} lists)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -205,9 +205,10 @@ def run_stage(cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         }
     finally:
         clock.restore()
+        from recgpt.config import plain
         from recgpt.llm.server import stop_server
 
-        stop_server(_container(cfg.llm))
+        stop_server(plain(cfg.llm))
         ctx.spark.stop()
         stop_jvm()
 
@@ -231,14 +232,6 @@ def stop_jvm() -> None:
         proc.wait(timeout=30)
     SparkContext._gateway = None
     SparkContext._jvm = None
-
-
-def _container(node: Any) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(data, dict)
-    return {str(k): v for k, v in data.items()}
 
 
 # -- the capture ---------------------------------------------------------------------------------
@@ -553,7 +546,7 @@ def main() -> None:
         return
 
     from bench.machine import write_result
-    from recgpt.config import load_config
+    from recgpt.config import load_config, plain
     from recgpt.llm.server import engine_starts
 
     state = Path(tempfile.mkdtemp(prefix="bench-mining-"))
@@ -578,7 +571,7 @@ def main() -> None:
     print(f"{STAGE}: the real stage on the vLLM engine, requests captured ...", flush=True)
     clock = PhaseClock()
     stage = run_stage(cfg, clock)
-    llm_cfg = _container(cfg.llm)
+    llm_cfg = plain(cfg.llm)
     (state / "llm.json").write_text(json.dumps(llm_cfg))
     tasks = load_tasks(state / "capture")
     window = clock.window("stage")

@@ -18,11 +18,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recgpt.config import load_config
+from recgpt.config import load_config, plain
 from recgpt.rundate import RunDate
 from sparkio.session import build_session
 
@@ -205,8 +204,7 @@ def main() -> None:
     )
     cfg = load_config(["run.stage=scale_source", *args.overrides])
     regions = tuple(str(r) for r in cfg.calendar.regions)
-    spark_cfg = OmegaConf.to_container(cfg.spark, resolve=True)
-    assert isinstance(spark_cfg, dict)
+    spark_cfg = plain(cfg.spark)
     spark = build_session({str(k): v for k, v in spark_cfg.items()}, "bench-scale-source")
     t0 = time.perf_counter()
     write_source(spark, spec, Path(args.out), regions)

@@ -6,11 +6,11 @@ text and the hybrid form with entity slots, with token counts against the full t
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
+from recgpt.config import plain
 from recgpt.tables import BEHAVIORS, ITEMS, USER_CONTEXT
 from udfs.compress import compress_users
 
@@ -18,8 +18,7 @@ STAGE = "compress"
 
 
 def run(ctx: StageContext) -> None:
-    cfg = OmegaConf.to_container(ctx.cfg.compress, resolve=True)
-    assert isinstance(cfg, dict)
+    cfg = plain(ctx.cfg.compress)
     wh = ctx.warehouse
     behaviors = wh.read(BEHAVIORS, dt_to=ctx.dt.minus(1))
     items = wh.read_snapshot(ITEMS, ctx.dt)

@@ -7,11 +7,11 @@ channel is evaluated against.
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
+from recgpt.config import plain
 from recgpt.errors import RecGPTError
 from recgpt.tables import BEHAVIORS, COVISIT_RECALL, ITEMS, USER_CONTEXT
 from udfs.covisit import (
@@ -28,8 +28,7 @@ STAGE = "covisit"
 
 
 def run(ctx: StageContext) -> None:
-    cfg = OmegaConf.to_container(ctx.cfg.covisit, resolve=True)
-    assert isinstance(cfg, dict)
+    cfg = plain(ctx.cfg.covisit)
     s = CovisitSettings.from_config({str(k): v for k, v in cfg.items()})
     wh = ctx.warehouse
     # The users are compress's: the tag channel mines the same ones (a history with events kept).

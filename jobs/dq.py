@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from jobs.stage import StageContext, main_for
+from recgpt.config import plain
 from recgpt.errors import RecGPTError
 from recgpt.quality import CheckResult, gate, outcome, table_checks, warning_lines
 from recgpt.tables import DQ_RESULTS
@@ -106,8 +105,7 @@ def validate_stage(
 
 
 def run(ctx: StageContext) -> None:
-    q = OmegaConf.to_container(ctx.cfg.quality, resolve=True)
-    assert isinstance(q, dict)
+    q = plain(ctx.cfg.quality)
     wh, dt = ctx.warehouse, ctx.dt
     # Explicit stages must have run; by default, every checkpoint whose stage ran for the date.
     runs = latest_runs(wh, dt)

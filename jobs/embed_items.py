@@ -6,20 +6,25 @@ text under the configured model (content hash), so a nightly run only embeds new
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
+from recgpt.config import plain
 from recgpt.tables import ITEM_EMBEDDINGS, ITEMS
 from udfs.embeddings import embed, item_texts
 
 STAGE = "embed_items"
 
 
+def embedding_tasks(items: int, parallelism: int, items_per_task: int) -> int:
+    """Tasks for embedding `items` texts: two per core at most, none with fewer than
+    `items_per_task` texts (loading the model is most of a small task's time), at least one."""
+    return max(1, min(parallelism * 2, -(-items // max(1, items_per_task))))
+
+
 def run(ctx: StageContext) -> None:
-    cfg = OmegaConf.to_container(ctx.cfg.embedding, resolve=True)
-    assert isinstance(cfg, dict)
+    cfg = plain(ctx.cfg.embedding)
     model = str(cfg["model_name"])
     wh = ctx.warehouse
     texts = item_texts(wh.read_snapshot(ITEMS, ctx.dt), model).persist(StorageLevel.MEMORY_AND_DISK)
@@ -36,10 +41,15 @@ def run(ctx: StageContext) -> None:
             .distinct()
         )
         todo = texts.join(done, ["item_id", "content_hash"], "left_anti")
-    # Several tasks per core keep every Python worker's model busy on large catalogs.
-    parallelism = ctx.spark.sparkContext.defaultParallelism
-    vectors = embed(todo.repartition(max(1, parallelism * 2)), cfg)
+    # Several tasks per core keep every Python worker's model busy on large catalogs; a small
+    # batch of items is one task, so one worker loads the model instead of every core's.
+    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
+    tasks = embedding_tasks(
+        todo.count(), ctx.spark.sparkContext.defaultParallelism, int(cfg["items_per_task"])
+    )
+    vectors = embed(todo.repartition(tasks), cfg)
     written = wh.write(vectors, ITEM_EMBEDDINGS, mode="replace", lineage=ctx.lineage)
+    todo.unpersist()
     texts.unpersist()
 
     r = ctx.report

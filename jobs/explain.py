@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.stage import StageContext, main_for, record_llm
+from recgpt.config import plain
 from recgpt.errors import RecGPTError
 from recgpt.explain.settings import ExplainSettings
 from recgpt.tables import EXPLANATION_FAILURES, ITEM_EXPLANATIONS, TAG_RECALL
@@ -40,8 +41,7 @@ def run(ctx: StageContext) -> None:
     variant = variant_of(cfg)
     if not ctx.warehouse.exists(TAG_RECALL):
         raise RecGPTError(f"no tag_recall table yet: run `python -m jobs.recall run.dt={ctx.dt}` first")
-    explain_cfg = OmegaConf.to_container(cfg.explain, resolve=True)
-    assert isinstance(explain_cfg, dict)
+    explain_cfg = plain(cfg.explain)
     settings = ExplainSettings.from_config(explain_cfg, str(cfg.pipeline.explanation))
     plan = ExplainPlan(explain_cfg, settings.mode, catalog_brands(ctx.warehouse, ctx.dt))
     stage = explain_stage(plan, OmegaConf.to_container(cfg.llm, resolve=True), variant)  # type: ignore[arg-type]

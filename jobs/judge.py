@@ -14,13 +14,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.stage import StageContext, main_for, record_llm
-from recgpt.config import load_config
+from recgpt.config import load_config, plain
 from recgpt.errors import RecGPTError
 from recgpt.judge.verdicts import GRADES
 from recgpt.tables import EXPLANATION_JUDGMENTS, TAG_JUDGMENTS, USER_INTENT_TAGS
@@ -35,19 +34,13 @@ STAGE = "judge"
 USES_LLM = True
 
 
-def _plain(node: Any) -> dict[str, Any]:
-    out = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(out, dict)
-    return {str(k): v for k, v in out.items()}
-
-
 def judge_llm(cfg: Any) -> dict[str, Any]:
     """The judge model's `llm` config: the `judge.model` group of conf/llm/, or the pipeline's
     own model when null (then the engine server the mining stage started serves the judge too)."""
     model = cfg.judge.get("model")
     if not model:
-        return _plain(cfg.llm)
-    return _plain(load_config([f"run.stage={STAGE}", f"llm={model}"]).llm)
+        return plain(cfg.llm)
+    return plain(load_config([f"run.stage={STAGE}", f"llm={model}"]).llm)
 
 
 def run(ctx: StageContext) -> None:
@@ -57,12 +50,12 @@ def run(ctx: StageContext) -> None:
         raise RecGPTError(
             f"no user_intent_tags table yet: run `python -m jobs.mine_intents run.dt={ctx.dt}` first"
         )
-    judge_cfg = _plain(cfg.judge)
-    embedding = _plain(cfg.embedding)
+    judge_cfg = plain(cfg.judge)
+    embedding = plain(cfg.embedding)
     plan = JudgePlan(
         judge={k: v for k, v in judge_cfg.items() if k != "model"},
-        agents=_plain(cfg.pipeline.agents),
-        explain=_plain(cfg.explain),
+        agents=plain(cfg.pipeline.agents),
+        explain=plain(cfg.explain),
         embedding=embedding,
         brands=catalog_brands(ctx.warehouse, ctx.dt),
         festivals=[str(f["name"]) for f in cfg.calendar.festivals],
@@ -81,7 +74,7 @@ def run(ctx: StageContext) -> None:
         None if sample is None else int(sample),
         int(judge_cfg["seed"]),
         int(judge_cfg["history_items"]),
-        _plain(cfg.calendar),
+        plain(cfg.calendar),
     ).persist(StorageLevel.MEMORY_AND_DISK)
     users = inputs.count()
     waves = Waves(ctx.spark, Staging(str(cfg.storage.warehouse), STAGE, ctx.dt, variant), {}, False, STAGE)

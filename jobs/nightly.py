@@ -26,6 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from jobs.stage import StageContext, StageFn, StageReport, execute, hydra_entry, open_context, prepare
+from recgpt.config import plain
 from recgpt.llm.server import ensure_server, stop_servers_started_under
 from recgpt.tables import USER_INTENT_TAGS
 from sparkio.warehouse import Warehouse
@@ -75,8 +76,7 @@ def start_engine_early(ctx: StageContext, for_stage: str) -> None:
     owned by this process (so the chain stops it after that stage). Only for a local master and
     the executor server placement: a cluster's executors start their own. A failed start is only
     reported: the stage's tasks then start the server themselves and fail with the reason."""
-    llm_cfg = OmegaConf.to_container(ctx.cfg.llm, resolve=True)
-    assert isinstance(llm_cfg, dict)
+    llm_cfg = plain(ctx.cfg.llm)
     master = str(ctx.spark.sparkContext.master)
     if llm_cfg.get("placement") != "executor_server" or not master.startswith("local"):
         return

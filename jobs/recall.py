@@ -8,11 +8,11 @@ A rerun replaces the (dt, pipeline, context_mode) partition it wrote, so it neve
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for
+from recgpt.config import plain
 from recgpt.errors import RecGPTError
 from recgpt.tables import TAG_RECALL, USER_INTENT_TAGS
 from udfs.mining_scope import context_mode
@@ -24,8 +24,7 @@ STAGE = "recall"
 def run(ctx: StageContext) -> None:
     cfg = ctx.cfg
     pipeline, mode = str(cfg.pipeline.name), context_mode(cfg)
-    emb_cfg = OmegaConf.to_container(cfg.embedding, resolve=True)
-    assert isinstance(emb_cfg, dict)
+    emb_cfg = plain(cfg.embedding)
     wh = ctx.warehouse
     variant = (F.col("pipeline") == pipeline) & (F.col("context_mode") == mode)
     if not wh.exists(USER_INTENT_TAGS):

@@ -13,11 +13,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from omegaconf import OmegaConf
 from pyspark.sql import DataFrame
 
 from jobs.stage import StageContext, main_for
 from recgpt import adaptor as A
+from recgpt.config import plain
 from recgpt.errors import RecGPTError
 from udfs.adaptor_data import distillation_contexts, item_vectors, self_perception_items, vectors_of
 
@@ -40,8 +40,7 @@ def distillation(
 
 
 def run(ctx: StageContext) -> None:
-    cfg = OmegaConf.to_container(ctx.cfg.adaptor, resolve=True)
-    assert isinstance(cfg, dict)
+    cfg = plain(ctx.cfg.adaptor)
     when = str(cfg.get("train", "missing"))
     if when not in ("missing", "always"):
         raise RecGPTError(f"adaptor.train must be missing or always, not {when!r}")

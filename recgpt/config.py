@@ -53,6 +53,14 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> D
     return cfg
 
 
+def plain(node: Any) -> dict[str, Any]:
+    """A config mapping as a plain dict with str keys, interpolations resolved: what settings
+    objects and pickled plans take instead of OmegaConf nodes."""
+    out = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(out, dict), f"expected a config mapping, not {type(out).__name__}"
+    return {str(k): v for k, v in out.items()}
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Hash of the resolved config without per-run identity, so equal settings hash equal."""
     data = OmegaConf.to_container(cfg, resolve=True)

@@ -31,7 +31,8 @@ TINY = [
 ]
 QUICK_ADAPTOR = [
     "adaptor.steps=8",
-    "adaptor.items=96",
+    "adaptor.batch_size=4",  # a step on 16 sequences is ~9 s on one core; the mining needs any adaptor
+    "adaptor.items=48",
     "adaptor.distill_users=4",
     "adaptor.holdout_users=2",
     "adaptor.distill_buckets=1",  # short distillation sequences: a step over long ones is ~10 s

@@ -73,3 +73,10 @@ def test_embed_items_is_incremental_idempotent_and_checked(spark, tmp_path):
     report = execute(ctx_for(spark, tmp_path, "dq", DAY2), dq.run)
     assert "0 failed" in report.details["dq"]
     assert "ingest" in report.details.get("skipped", ""), "ingest did not run for day 2"
+
+
+def test_a_small_batch_of_items_is_one_task_and_a_large_one_two_per_core():
+    assert embed_items.embedding_tasks(300, 4, 2000) == 1
+    assert embed_items.embedding_tasks(0, 4, 2000) == 1
+    assert embed_items.embedding_tasks(4001, 4, 2000) == 3
+    assert embed_items.embedding_tasks(10**6, 4, 2000) == 8

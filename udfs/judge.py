@@ -112,16 +112,7 @@ def judge_inputs(
         out = out.withColumn("personas", F.lit(None).cast("array<struct<name:string,description:string>>"))
     items = wh.read_snapshot(ITEMS, dt)
     if wh.exists(USER_CONTEXT):
-        newest = (
-            wh.read(USER_CONTEXT, dt=dt)
-            .join(users, "user_id", "left_semi")
-            .select("user_id", F.posexplode(F.reverse("entity_ids")).alias("age", "item_id"))
-            .where(F.col("age") < history_items)
-            .join(items.select("item_id", "title"), "item_id")
-            .groupBy("user_id")
-            .agg(F.collect_set("title").alias("history"))
-        )
-        out = out.join(newest, "user_id", "left")
+        out = out.join(newest_titles(wh, dt, items, users, history_items), "user_id", "left")
     else:
         out = out.withColumn("history", F.lit(None).cast("array<string>"))
     profile_columns = []
@@ -130,9 +121,7 @@ def judge_inputs(
         profile_columns = [c for c in PROFILE_COLUMNS if c in snapshot.columns]
         out = out.join(snapshot.select("user_id", *profile_columns), "user_id", "left")
     if wh.exists(ITEM_EXPLANATIONS):
-        facts = items.select(
-            "item_id", *[F.col(c) if c in items.columns else F.lit(None).alias(c) for c in ITEM_COLUMNS]
-        )
+        facts = item_facts(items)
         situation = situations(spark, wh, dt, calendar_cfg).select(
             "region", F.struct(*SITUATION_COLUMNS).alias("situation")
         )
@@ -165,6 +154,30 @@ def judge_inputs(
     else:
         out = out.withColumn("explanations", F.lit(None).cast("array<string>"))
     return out.select(F.col("user_id").alias("key"), "*")
+
+
+def newest_titles(
+    wh: Warehouse, dt: RunDate, items: DataFrame, users: DataFrame, history_items: int
+) -> DataFrame:
+    """user_id, history: the set of titles (from the `items` snapshot) of each of `users`' newest
+    `history_items` context items as of `dt`; users without a context are absent."""
+    return (
+        wh.read(USER_CONTEXT, dt=dt)
+        .join(users, "user_id", "left_semi")
+        .select("user_id", F.posexplode(F.reverse("entity_ids")).alias("age", "item_id"))
+        .where(F.col("age") < history_items)
+        .join(items.select("item_id", "title"), "item_id")
+        .groupBy("user_id")
+        .agg(F.collect_set("title").alias("history"))
+    )
+
+
+def item_facts(items: DataFrame) -> DataFrame:
+    """item_id and the facts an explanation may state (`ITEM_COLUMNS`; null where the catalog
+    has no such column)."""
+    return items.select(
+        "item_id", *[F.col(c) if c in items.columns else F.lit(None).alias(c) for c in ITEM_COLUMNS]
+    )
 
 
 @dataclass(frozen=True)

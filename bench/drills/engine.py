@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 from deltalake import DeltaTable
-from omegaconf import OmegaConf
 
 from bench.drills import DrillResult
 from bench.evaluation import run_inputs
-from recgpt.config import load_config
+from recgpt.config import load_config, plain
 from recgpt.llm.server import engine_starts, server_key, state_dir
 
 DT = "2025-10-28"
@@ -157,9 +156,7 @@ def _server_pid(cfg: dict) -> int:
 
 
 def _llm_cfg(world: list[str]) -> dict:
-    cfg = OmegaConf.to_container(load_config(world).llm, resolve=True)
-    assert isinstance(cfg, dict)
-    return cfg
+    return plain(load_config(world).llm)
 
 
 def _command(wh: Path, world: list[str], *extra: str) -> list[str]:

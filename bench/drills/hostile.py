@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -75,7 +75,7 @@ from recgpt.agents.settings import AgentSettings
 from recgpt.agents.text import inline_text
 from recgpt.agents.validate import ValidationContext
 from recgpt.calendar import Calendar
-from recgpt.config import load_config
+from recgpt.config import load_config, plain
 from recgpt.embeddings import Embedder, item_text
 from recgpt.explain.explainer import Explainer, ToExplain
 from recgpt.explain.prompts import ItemFacts
@@ -705,9 +705,9 @@ class Rules:
         """`config(*overrides)` -> the run's DictConfig."""
         cfgs = {p: config(f"pipeline={p}") for p in PIPELINES}
         return cls(
-            {p: AgentSettings.from_config(_container(c.pipeline.agents)) for p, c in cfgs.items()},
+            {p: AgentSettings.from_config(plain(c.pipeline.agents)) for p, c in cfgs.items()},
             {
-                p: ExplainSettings.from_config(_container(c.explain), str(c.pipeline.explanation))
+                p: ExplainSettings.from_config(plain(c.explain), str(c.pipeline.explanation))
                 for p, c in cfgs.items()
             },
         )
@@ -755,12 +755,6 @@ def scan_rows(
         counts = Counter(tuple(r.get(k) for k in key) for r in tables[name])
         scans[name].breaks += sum(n - 1 for n in counts.values() if n > 1)
     return scans
-
-
-def _container(node: Any) -> dict[str, Any]:
-    value = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(value, dict)
-    return value
 
 
 def results(
@@ -824,18 +818,18 @@ class InProcess:
     def __init__(self, world: World, config: Any, url: str) -> None:
         self.world, self.config = world, config
         cfg = config("pipeline=v2")
-        self.llm = _container(cfg.llm)
+        self.llm = plain(cfg.llm)
         self.renderer = PromptRenderer(self.llm["model_path"], int(self.llm["max_model_len"]))
         self.engine = Engine(
             OpenAIHTTPBackend.from_config(url, self.llm), self.renderer, RetryPolicy(attempts=1)
         )
-        self.embedder = Embedder(_container(cfg.embedding))
+        self.embedder = Embedder(plain(cfg.embedding))
         self.items = world.tables["items"].to_pylist()
         self.vectors = self.embedder.encode(
             [item_text(i["title"], i["category"], i["category_path"], i["brand"]) for i in self.items]
         )
         self.brands = sorted({i["brand"] for i in self.items if i["brand"]})
-        self.compress_cfg = _container(cfg.compress)
+        self.compress_cfg = plain(cfg.compress)
 
     def catalog(self) -> np.ndarray:
         """Every item (a small world: all are "popular") and every category's mean item."""
@@ -870,9 +864,7 @@ class InProcess:
         tags, personas = [], []
         users = self.users()
         for pipeline in PIPELINES:
-            settings = AgentSettings.from_config(
-                _container(self.config(f"pipeline={pipeline}").pipeline.agents)
-            )
+            settings = AgentSettings.from_config(plain(self.config(f"pipeline={pipeline}").pipeline.agents))
             validation = ValidationContext.for_run(settings, self.brands, self.catalog())
             miner = Miner(self.engine, settings, build_schemas(settings), validation, self.embedder.encode)
             for outcome in mine(miner, pipeline, users):
@@ -888,7 +880,7 @@ class InProcess:
         rows = []
         for pipeline in PIPELINES:
             cfg = self.config(f"pipeline={pipeline}")
-            settings = ExplainSettings.from_config(_container(cfg.explain), str(cfg.pipeline.explanation))
+            settings = ExplainSettings.from_config(plain(cfg.explain), str(cfg.pipeline.explanation))
             explainer = Explainer(self.engine, settings, ExplanationRules.for_run(settings, self.brands))
             pairs = self._pairs([t for t in tags if t["pipeline"] == pipeline])
             for pair, explained in zip(pairs, explainer.explain(pairs), strict=True):
@@ -981,7 +973,7 @@ class Chain:
         return rows, problems
 
     def llm_config(self) -> dict[str, Any]:
-        return _container(self.config().llm)
+        return plain(self.config().llm)
 
     def close(self) -> None:
         if self.spark is not None:
