@@ -78,7 +78,7 @@ bench-compression: setup  ## context tokens full/V1/hybrid, entity probe, tag ag
 bench-explanations: setup  ## explain stage on the real model, synthetic + ml-100k: diversity (ROUGE-L), pass rate, cost per mode
 	$(PY) -m bench.explanations $(ARGS)
 
-bench-judge: setup models-large  ## the judge on a labelled set from the synthetic world's planted personas, judge models Qwen2.5-Coder-1.5B and the bundled 135M: accuracy and F1 per dimension vs always-pass, grade confusion
+bench-judge: setup models-large  ## the judge on a labelled set from the synthetic world's planted personas, judge models Qwen2.5-Coder-1.5B and the bundled 135M: accuracy and F1 per dimension vs always-pass, grade confusion; the reward model listwise vs pointwise on the judge's grades
 	$(PY) -m bench.judge $(ARGS)
 
 bench-scale: setup  ## 10M and 100M behaviours through ingest, compress, covisit: seconds, rows, peak memory per stage
