@@ -116,7 +116,7 @@ def run(ctx: StageContext) -> None:
     fit = R.train_reward(examples, settings, embedder.encode)
     encoder = {"name": embedder.name, "config": embedding}
     meta = R.artifact_meta(examples, fit, encoder, settings, ctx.dt, ctx.lineage.run_id)
-    folder = R.save(fit.head, str(cfg["artifacts_dir"]), meta)
+    folder = R.save(fit, str(cfg["artifacts_dir"]), meta)
     report(ctx, fit.metrics, folder.name, str(folder), len(tags) + len(lines), len(examples), missing)
 
 

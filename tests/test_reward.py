@@ -167,6 +167,34 @@ def test_training_is_deterministic_for_a_seed(fitted):
         assert torch.equal(weights, again.head.state_dict()[name]), name
 
 
+def test_calibrated_probability_ranks_the_judges_good_grades_above_the_bad(fitted):
+    examples, fit = fitted
+    assert set(fit.calibration) == {"tag", "explanation", "all"}
+    assert all(slope > 0 for slope, _ in fit.calibration.values())  # higher score, likelier A/S
+    model = R.RewardModel(fit.head, words, {"version": "t", "calibration": fit.calibration}, fit.gate)
+    for held in (True, False):
+        rows = [e for e in examples if R.held_out(e.user_id, SETTINGS.holdout_share, SETTINGS.seed) == held]
+        p = model.probability([e.kind for e in rows], [e.context for e in rows], [e.text for e in rows])
+        assert ((p > 0) & (p < 1)).all()
+        good = np.array([e.grade in ("S", "A") for e in rows])
+        # Any good candidate against any bad one, across lists: the absolute level a gate needs.
+        auc = np.mean([g > b for g in p[good] for b in p[~good]])
+        if held:
+            assert auc >= 0.7, auc
+        else:  # the rows the map was fitted on: separated around one half
+            assert auc >= 0.95 and p[good].mean() > 0.5 > p[~good].mean(), auc
+    # A head saved before the gate existed says to retrain, rather than guessing a scale.
+    with pytest.raises(ConfigError, match="train_reward"):
+        R.RewardModel(fit.head, words, {"version": "old"}).probability(["tag"], ["c"], ["t"])
+
+
+def test_one_grade_class_gives_no_calibration():
+    scores = np.array([0.1, 0.5, 0.9, 0.3])
+    maps = R.calibrate(scores, ["B", "B", "A", "B"], ["tag", "tag", "explanation", "explanation"])
+    # Tags: B only; explanations: one of each; all: both classes.
+    assert set(maps) == {"explanation", "all"}
+
+
 def test_too_few_graded_pairs_refuse_to_train():
     examples = agreement_set(users=1)  # 6 graded pairs, 10 wanted
     with pytest.raises(RecGPTError, match=r"reward\.min_pairs"):
@@ -180,8 +208,8 @@ def test_artifact_round_trip_and_versioning(fitted, tmp_path):
     examples, fit = fitted
     encoder = {"name": "word-axes", "config": {"model_name": "word-axes"}}
     meta = R.artifact_meta(examples, fit, encoder, SETTINGS, DT, "run-1")
-    folder = R.save(fit.head, tmp_path, meta)
-    assert sorted(p.name for p in folder.iterdir()) == [R.META, R.WEIGHTS]
+    folder = R.save(fit, tmp_path, meta)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([R.META, R.WEIGHTS, R.GATE_WEIGHTS])
     model = R.load(folder, encode=words)
     sample = examples[:6]
     args = ([e.kind for e in sample], [e.context for e in sample], [e.text for e in sample])
@@ -191,12 +219,16 @@ def test_artifact_round_trip_and_versioning(fitted, tmp_path):
     assert saved["encoder"] == {"name": "word-axes", "dimension": 64, "config": {"model_name": "word-axes"}}
     assert saved["metrics"]["holdout_pairwise_accuracy"] == fit.metrics["holdout_pairwise_accuracy"]
     assert (saved["loss"], saved["trained_for_dt"], saved["run_id"]) == ("listwise", DT, "run-1")
+    assert saved["calibration"] == fit.calibration
+    np.testing.assert_allclose(
+        model.probability(*args), R.RewardModel(fit.head, words, meta, fit.gate).probability(*args)
+    )
     # Same data and settings (in any order): same version. Other data or settings: another one.
     again = R.artifact_meta(examples[::-1], fit, encoder, SETTINGS, DT, "run-2")
-    assert R.save(fit.head, tmp_path, again) == folder
+    assert R.save(fit, tmp_path, again) == folder
     other_data = R.artifact_meta(examples[1:], fit, encoder, SETTINGS, DT, "run-3")
     other_steps = {**meta, "config": {**meta["config"], "steps": 10}}
-    assert len({folder, R.save(fit.head, tmp_path, other_data), R.save(fit.head, tmp_path, other_steps)}) == 3
+    assert len({folder, R.save(fit, tmp_path, other_data), R.save(fit, tmp_path, other_steps)}) == 3
     assert R.resolve(tmp_path, folder.name, "word-axes") == folder
     with pytest.raises(ConfigError, match="trained on word-axes"):
         R.resolve(tmp_path, folder.name, "all-MiniLM-L6-v2")

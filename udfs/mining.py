@@ -31,6 +31,7 @@ from recgpt.tables import BEHAVIORS, ENV_SIGNALS, ITEMS, USER_CONTEXT, USERS
 from sparkio.warehouse import Warehouse
 from udfs.embeddings import current_embeddings, embedder_for
 from udfs.llm import LLMStage, Outcome
+from udfs.recall import recently_bought
 
 PERSONA = pa.struct(
     [
@@ -86,6 +87,19 @@ def situations(spark: SparkSession, wh: Warehouse, dt: RunDate, calendar_cfg: Ma
     return spark.createDataFrame([{k: r[k] for k in ("region", *SITUATION_COLUMNS)} for r in rows], schema)
 
 
+def purchase_titles(wh: Warehouse, dt: RunDate, bought_days: int) -> DataFrame:
+    """user_id, bought_titles: the titles (catalog as of dt) of what each user bought within
+    `bought_days` before dt; a tag may not name one of them (`ValidationContext.for_user`)."""
+    items = wh.read_snapshot(ITEMS, dt).select("item_id", "title")
+    return (
+        recently_bought(wh, dt, bought_days)
+        .select("user_id", F.explode("excluded").alias("item_id"))
+        .join(items, "item_id")
+        .groupBy("user_id")
+        .agg(F.array_sort(F.collect_set("title")).alias("bought_titles"))
+    )
+
+
 def vectors_in_mark_order(contexts: DataFrame, vectors: DataFrame) -> DataFrame:
     """`vectors` per user: the embedding of each of `entity_ids`, in that order (the order of
     the history's entity marks), null where an item has none; users without entities are absent."""
@@ -124,19 +138,7 @@ def mining_inputs(
             [], "user_id string, age int, gender string, region string, occupation string"
         )
     )
-    since = dt.minus(int(cfg["bought_days"]))
-    items = wh.read_snapshot(ITEMS, dt).select("item_id", "title")
-    bought = (
-        wh.read(BEHAVIORS, dt_from=since, dt_to=dt)
-        .where(
-            (F.col("behavior") == "purchase")
-            & (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
-            & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
-        )
-        .join(items, "item_id")
-        .groupBy("user_id")
-        .agg(F.collect_set("title").alias("bought_titles"))
-    )
+    bought = purchase_titles(wh, dt, int(cfg["bought_days"]))
     situation = situations(spark, wh, dt, cfg["calendar"])
     return (
         base.join(ordered, "user_id", "left")

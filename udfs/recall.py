@@ -63,11 +63,11 @@ def catalog(wh: Warehouse, dt: RunDate, model: str) -> Catalog:
     return Catalog([r["item_id"] for r in rows], np.asarray([r["embedding"] for r in rows], dtype=np.float32))
 
 
-def recall_inputs(wh: Warehouse, tags: DataFrame, dt: RunDate, bought_days: int) -> DataFrame:
-    """One row per user: the tags best first (rank, tag) and the items bought within
-    `bought_days` before dt, which recall must not return."""
+def recently_bought(wh: Warehouse, dt: RunDate, bought_days: int) -> DataFrame:
+    """user_id, excluded: the items each user bought within `bought_days` before dt, which recall
+    must not return."""
     since = dt.minus(bought_days)
-    bought = (
+    return (
         wh.read(BEHAVIORS, dt_from=since, dt_to=dt)
         .where(
             (F.col("behavior") == "purchase")
@@ -76,12 +76,17 @@ def recall_inputs(wh: Warehouse, tags: DataFrame, dt: RunDate, bought_days: int)
             & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
         )
         .groupBy("user_id")
-        .agg(F.collect_set("item_id").alias("excluded"))
+        .agg(F.array_sort(F.collect_set("item_id")).alias("excluded"))
     )
+
+
+def recall_inputs(wh: Warehouse, tags: DataFrame, dt: RunDate, bought_days: int) -> DataFrame:
+    """One row per user: the tags best first (rank, tag) and the items bought within
+    `bought_days` before dt, which recall must not return."""
     per_user = tags.groupBy("user_id").agg(
         F.array_sort(F.collect_list(F.struct(F.col("rank").cast("int").alias("rank"), "tag"))).alias("tags")
     )
-    return per_user.join(bought, "user_id", "left").select(
+    return per_user.join(recently_bought(wh, dt, bought_days), "user_id", "left").select(
         "user_id", "tags", F.coalesce("excluded", F.array().cast("array<string>")).alias("excluded")
     )
 

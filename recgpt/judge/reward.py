@@ -38,6 +38,7 @@ from recgpt.explain.prompts import ItemFacts
 from recgpt.rundate import RunDate
 
 WEIGHTS = "reward.safetensors"
+GATE_WEIGHTS = "reward_gate.safetensors"
 META = "reward.json"
 KINDS: tuple[str, ...] = ("tag", "explanation")
 GRADE_VALUE: dict[str, float] = {"S": 2.0, "A": 1.0, "B": 0.0}
@@ -282,6 +283,28 @@ class RewardFit:
     head: torch.nn.Module  # trained with the configured loss
     dimension: int  # the encoder's
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The pointwise head and the logistic map of its scores (`calibrate`): the absolute level
+    # a threshold needs, which a listwise head (blind to a shift of a whole list) lacks.
+    gate: torch.nn.Module | None = None
+    calibration: dict[str, list[float]] = field(default_factory=dict)
+
+
+def calibrate(scores: np.ndarray, grades: Sequence[str], kinds: Sequence[str]) -> dict[str, list[float]]:
+    """Per kind, and over both ("all"), the slope and intercept of a logistic map from a score to
+    the probability that the judge grades the candidate A or S: a scale on which a threshold
+    means the same for every trained head (a listwise head's scores are only comparable within
+    a list). A kind whose training rows hold one grade class only gets no map of its own."""
+    from sklearn.linear_model import LogisticRegression
+
+    good = np.array([GRADE_VALUE[g] >= GRADE_VALUE["A"] for g in grades])
+    maps: dict[str, list[float]] = {}
+    for kind in (*KINDS, "all"):
+        keep = np.array([kind in ("all", k) for k in kinds], dtype=bool)
+        if keep.sum() < 2 or good[keep].all() or not good[keep].any():
+            continue
+        model = LogisticRegression(C=1.0).fit(scores[keep].reshape(-1, 1), good[keep])
+        maps[kind] = [round(float(model.coef_[0, 0]), 6), round(float(model.intercept_[0]), 6)]
+    return maps
 
 
 @contextmanager
@@ -409,7 +432,8 @@ def train_reward(
         "final_train_loss": {loss: round(v, 5) for loss, v in final_loss.items()},
     }
     dimension = (int(x_train.shape[1]) - 1) // 4
-    return RewardFit(heads[settings.loss], dimension, metrics)
+    calibration = calibrate(train_scores["pointwise"], grades, [e.kind for e in train_set])
+    return RewardFit(heads[settings.loss], dimension, metrics, heads["pointwise"], calibration)
 
 
 # -- the artifact -------------------------------------------------------------------------------
@@ -436,6 +460,7 @@ def artifact_meta(
         "config": settings.as_dict(),
         "loss": settings.loss,
         "metrics": fit.metrics,
+        "calibration": fit.calibration,
         "trained_for_dt": RunDate.parse(dt).iso,
         "run_id": run_id,
         "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -452,23 +477,34 @@ def version_of(meta: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def save(head: torch.nn.Module, root: str | Path, meta: Mapping[str, Any]) -> Path:
-    """Write root/<version>/reward.safetensors and reward.json."""
+def save(fit: RewardFit, root: str | Path, meta: Mapping[str, Any]) -> Path:
+    """Write root/<version>/reward.safetensors (the head of the configured loss),
+    reward_gate.safetensors (the calibrated pointwise head) and reward.json."""
     from safetensors.torch import save_file
 
     version = version_of(meta)
     folder = Path(root) / version
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(folder / WEIGHTS))
+    heads = {WEIGHTS: fit.head, GATE_WEIGHTS: fit.gate}
+    for name, head in heads.items():
+        if head is not None:
+            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(folder / name))
     (folder / META).write_text(json.dumps({**meta, "version": version}, indent=2, default=str))
     return folder
 
 
 class RewardModel:
-    """A trained head with the encoder it was trained on: scores of candidates in contexts."""
+    """A trained head with the encoder it was trained on: scores of candidates in contexts, and
+    (with the calibrated gate head) the probability that the judge grades them A or S."""
 
-    def __init__(self, head: torch.nn.Module, encode: Encode, meta: Mapping[str, Any]) -> None:
-        self.head, self.encode, self.meta = head, encode, dict(meta)
+    def __init__(
+        self,
+        head: torch.nn.Module,
+        encode: Encode,
+        meta: Mapping[str, Any],
+        gate: torch.nn.Module | None = None,
+    ) -> None:
+        self.head, self.encode, self.meta, self.gate = head, encode, dict(meta), gate
 
     @property
     def version(self) -> str:
@@ -479,6 +515,26 @@ class RewardModel:
         x, _ = features(kinds, contexts, texts, self.encode)
         with _one_thread():
             return _scores(self.head, torch.as_tensor(x))
+
+    def probability(self, kinds: Sequence[str], contexts: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """Per candidate, the probability that the judge grades it A or S: the gate head's score
+        through its logistic map (`calibrate`), comparable across lists, users and nights."""
+        maps = self.meta.get("calibration") or {}
+        missing = sorted({k for k in kinds if k not in maps and "all" not in maps})
+        if self.gate is None or missing:
+            raise ConfigError(
+                f"reward model {self.meta.get('version')} has no calibrated gate head"
+                + (f" for {missing}" if missing else "")
+                + " (trained before it existed, or on one grade class only): "
+                + f"retrain it with `{TRAIN_COMMAND}`"
+            )
+        if not kinds:
+            return np.zeros(0)
+        x, _ = features(kinds, contexts, texts, self.encode)
+        with _one_thread():
+            scores = _scores(self.gate, torch.as_tensor(x)).astype(np.float64)
+        slope, intercept = np.array([maps.get(k, maps.get("all")) for k in kinds], dtype=np.float64).T
+        return 1.0 / (1.0 + np.exp(-(slope * scores + intercept)))
 
 
 def load(folder: str | Path, encode: Encode | None = None) -> RewardModel:
@@ -493,12 +549,15 @@ def load(folder: str | Path, encode: Encode | None = None) -> RewardModel:
         )
     meta = json.loads((folder / META).read_text())
     dimension = int(meta["encoder"]["dimension"])
-    head = build_head(feature_width(dimension), int(meta["config"]["hidden"]))
-    head.load_state_dict(load_file(str(folder / WEIGHTS)))
-    head.eval()
+    heads: dict[str, torch.nn.Module] = {}
+    for name in (WEIGHTS, GATE_WEIGHTS):
+        if (folder / name).is_file():
+            heads[name] = build_head(feature_width(dimension), int(meta["config"]["hidden"]))
+            heads[name].load_state_dict(load_file(str(folder / name)))
+            heads[name].eval()
     if encode is None:
         encode = Embedder(meta["encoder"]["config"]).encode
-    return RewardModel(head, encode, meta)
+    return RewardModel(heads[WEIGHTS], encode, meta, heads.get(GATE_WEIGHTS))
 
 
 def latest(root: str | Path) -> Path | None:

@@ -1,0 +1,87 @@
+"""The Expert as a policy: its training prompt is the one mining sends, and a completion earns the
+reward of the tags mining's validation keeps (unparsable answers and rejected tags earn nothing),
+as one reward per (example, completion) for a GRPO trainer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recgpt.agents.prompts import expert_prompt
+from recgpt.agents.schemas import build_schemas
+from recgpt.agents.settings import AgentSettings
+from recgpt.agents.validate import ValidationContext
+from recgpt.config import load_config, plain
+from recgpt.policy.experts import ExpertExample, ExpertReward, messages
+from tests.test_policy_scorer import rewarder
+
+SETTINGS = AgentSettings.from_config(plain(load_config([]).pipeline.agents))
+ROW = {
+    "user_id": "u1",
+    "persona_rank": 1,
+    "name": "outdoor cook",
+    "description": "cooks on camping trips",
+    "evidence": ["trail boots"],
+    "signals": [],
+    "season": "autumn",
+    "weather": "rain",
+    "festivals": None,
+    "trends": ["camping"],
+    "history": ["trail boots"],
+    "excluded": ["k3"],
+    "bought_titles": ["kitchen knife"],
+    "window_categories": ["hiking", "kitchen"],
+}
+EXAMPLE = ExpertExample.from_row(ROW)
+
+
+def answer(*tags: str) -> str:
+    return json.dumps({"tags": [{"tag": t, "reason": "fits", "evidence": "trail boots"} for t in tags]})
+
+
+def reward() -> ExpertReward:
+    validation = ValidationContext.for_run(SETTINGS, ["Northpeak"])
+    return ExpertReward(build_schemas(SETTINGS), validation, rewarder())
+
+
+def test_the_training_prompt_is_the_one_mining_sends():
+    sent = expert_prompt(
+        SETTINGS, "", EXAMPLE.persona, {"season": "autumn", "weather": "rain", "trends": ["camping"]}
+    )
+    assert messages(SETTINGS, EXAMPLE) == [dict(m) for m in sent.messages]
+    assert "outdoor cook" in messages(SETTINGS, EXAMPLE)[-1]["content"]
+    assert EXAMPLE.truth.window_categories == {"hiking", "kitchen"} and EXAMPLE.key == "u1:outdoor cook"
+
+
+def test_a_valid_answer_earns_the_reward_of_its_kept_tags():
+    r = reward()
+    scored = r.score(EXAMPLE, answer("trail gear", "kitchen set"))
+    assert scored.tags == ("trail gear", "kitchen set") and scored.error is None
+    assert scored.reward == 1.0 == scored.rewards.acc
+
+
+def test_tags_mining_would_reject_earn_nothing():
+    r = reward()
+    # A brand, and the persona's own name restated: dropped before the reward, as mining drops them.
+    scored = r.score(EXAMPLE, answer("northpeak trail gear", "outdoor cook", "kitchen set"))
+    assert scored.tags == ("kitchen set",)
+    assert scored.rewards.acc == 0.5 and scored.reward == 0.0  # one tag: no diversity, gate shut
+
+
+@pytest.mark.parametrize(
+    "completion",
+    ["not json", answer("Trail Gear!"), json.dumps({"tags": []}), answer("one two three four five six")],
+)
+def test_an_answer_the_schema_refuses_earns_zero_and_says_why(completion):
+    scored = reward().score(EXAMPLE, completion)
+    assert scored.reward == 0.0 and scored.tags == () and scored.error.startswith("invalid_output")
+
+
+def test_rewards_come_one_per_completion():
+    r = reward()
+    got = r(
+        [EXAMPLE, EXAMPLE, EXAMPLE],
+        [answer("trail gear", "kitchen set"), "{}", answer("trail gear", "trail pack")],
+    )
+    assert got == [1.0, 0.0, 0.5]

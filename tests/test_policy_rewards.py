@@ -1,0 +1,132 @@
+"""The rewards a tag set earns (accuracy, alignment, diversity, length), the constrained shaping
+that zeroes a set breaking any constraint, the summed ablation, and the guard that refuses
+training windows reaching into an evaluation window: hand-made cases, no model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recgpt.config import load_config, plain
+from recgpt.errors import ConfigError, RecGPTError
+from recgpt.policy import rewards as P
+
+SHAPING = P.Shaping(
+    mode="crs",
+    tau_align=0.5,
+    tau_div=0.3,
+    tau_len=0.9,
+    weights={"acc": 1.0, "align": 0.3, "div": 0.3, "len": 0.2},
+    min_words=2,
+    max_words=4,
+    length_slack_words=1,
+)
+EYE = np.eye(3)
+
+
+def test_accuracy_is_the_share_of_window_categories_the_tags_recall():
+    assert P.accuracy(["shoes", "tents", None], {"shoes", "kettles"}) == 0.5
+    assert P.accuracy(["shoes", "shoes"], {"shoes"}) == 1.0
+    assert P.accuracy(["tents"], {"shoes", "kettles"}) == 0.0
+    assert P.accuracy(["shoes"], set()) == 0.0  # nothing in the window: no signal
+
+
+def test_a_tags_category_is_decided_as_evaluate_decides_it():
+    # The most common category among its recalled items; a tie goes to the one met first.
+    assert P.tag_categories([["a", "b", "b"], ["c", "a"], [None, None], []]) == ["b", "c", None, None]
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ("wool socks", 1.0),
+        ("merino wool hiking socks", 1.0),
+        ("socks", 0.5),  # one word short: half
+        ("merino wool hiking socks sale", 0.5),  # one word long: half
+        ("the best merino wool hiking socks", 0.0),  # two words long: nothing
+        ("", 0.0),
+        ("Gore-Tex boots", 1.0),  # words as the validator counts them: gore, tex, boots
+    ],
+)
+def test_length_is_one_inside_the_range_partial_just_outside_zero_beyond(tag, expected):
+    assert P.length(tag, 2, 4, slack=1) == expected
+
+
+def test_length_without_slack_is_all_or_nothing():
+    assert P.length("socks", 2, 4, slack=0) == 0.0 and P.length("wool socks", 2, 4, slack=0) == 1.0
+
+
+def test_diversity_is_the_mean_pairwise_cosine_distance():
+    assert P.diversity(EYE) == pytest.approx(1.0)
+    assert P.diversity(np.array([[1.0, 0.0], [2.0, 0.0]])) == pytest.approx(0.0)
+    assert P.diversity(np.array([[1.0, 0.0], [1.0, 1.0]])) == pytest.approx(1 - 2**-0.5)
+    assert P.diversity(EYE[:1]) == 0.0  # one tag: no diversity
+
+
+def test_tag_set_rewards_of_one_user():
+    r = P.tag_set_rewards(
+        ["wool socks", "camping tent", "socks"],
+        [["socks", "socks"], ["tents"], ["socks"]],
+        {"socks", "kettles"},
+        [0.9, 0.7, 0.2],
+        EYE,
+        SHAPING,
+    )
+    assert r.acc == 0.5
+    assert r.align == pytest.approx(0.6)
+    assert r.div == pytest.approx(1.0)
+    assert r.len == pytest.approx(2.5 / 3)
+    assert P.tag_set_rewards([], [], {"socks"}, [], np.zeros((0, 3)), SHAPING) == P.TagSetRewards(0, 0, 0, 0)
+    with pytest.raises(ValueError, match="per tag"):
+        P.tag_set_rewards(["a b"], [["x"]], {"x"}, [0.5, 0.5], EYE[:1], SHAPING)
+
+
+GOOD = P.TagSetRewards(acc=0.6, align=0.7, div=0.5, len=1.0)
+
+
+@pytest.mark.parametrize(
+    ("broken", "value"),
+    [("align", 0.49), ("div", 0.29), ("len", 0.89)],
+)
+def test_crs_one_failed_constraint_zeroes_the_reward(broken, value):
+    assert GOOD.crs(SHAPING) == 0.6 and GOOD.total(SHAPING) == 0.6
+    bad = P.TagSetRewards(**{**GOOD.as_dict(), broken: value})
+    assert bad.gates(SHAPING) == {k: k != broken for k in ("align", "div", "len")}
+    assert bad.crs(SHAPING) == 0.0
+    # The summed ablation only loses the broken term's weighted drop: it can be traded away.
+    summed = P.Shaping(**{**SHAPING.as_dict(), "mode": "sum"})
+    drop = SHAPING.weights[broken] * (getattr(GOOD, broken) - value)
+    assert bad.total(summed) == pytest.approx(GOOD.total(summed) - drop) and bad.total(summed) > 0.6
+
+
+def test_crs_never_pays_for_constraints_and_sum_does():
+    inaccurate = P.TagSetRewards(acc=0.0, align=1.0, div=1.0, len=1.0)
+    assert inaccurate.crs(SHAPING) == 0.0
+    assert inaccurate.summed(SHAPING) == pytest.approx(0.8)
+
+
+def test_shaping_is_read_from_the_project_config_and_checked():
+    cfg = plain(load_config([]).policy.reward)
+    shaping = P.Shaping.from_config(cfg)
+    assert shaping.mode == "crs"
+    # The length range is the agents' own tag bounds.
+    tag = load_config([]).pipeline.agents.tag
+    assert (shaping.min_words, shaping.max_words) == (tag.min_words, tag.max_words)
+    with pytest.raises(ConfigError, match="mode"):
+        P.Shaping.from_config({**cfg, "mode": "max"})
+    with pytest.raises(ConfigError, match="weights"):
+        P.Shaping.from_config({**cfg, "weights": {"acc": 1.0}})
+    with pytest.raises(ConfigError, match="min_words"):
+        P.Shaping.from_config({**cfg, "min_words": 5, "max_words": 4})
+
+
+def test_a_reward_window_reaching_into_the_evaluation_window_is_refused():
+    evaluation = P.Window(P.reward_window("2025-10-28", 7).start, 7)
+    fine = [("u1", P.reward_window("2025-10-14", 7)), ("u2", P.reward_window("2025-10-21", 7))]
+    P.check_no_leakage(fine, evaluation)  # the last one ends on 10-27, the day before
+    touching = [*fine, ("u3", P.reward_window("2025-10-22", 7)), ("u4", P.reward_window("2025-11-10", 7))]
+    said = r"2 training example.*'u3'.*2025-10-22\.\.2025-10-28.*by 2025-10-27"
+    with pytest.raises(RecGPTError, match=said):
+        P.check_no_leakage(touching, evaluation)
+    with pytest.raises(ConfigError, match="one day"):
+        P.reward_window("2025-10-28", 0)

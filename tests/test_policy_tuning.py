@@ -1,0 +1,105 @@
+"""Reward-filtered fine-tuning: each prompt's best sampled completion becomes a target (ties to
+the first sampled, too-poor ones dropped), the loss covers the answer's tokens only, a few steps
+on the real bundled model lower it with the input embeddings untouched, and the tuned folder
+loads as an ordinary model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from recgpt.config import load_config, plain
+from recgpt.errors import ConfigError, RecGPTError
+from recgpt.policy import tuning as T
+from tests.llm_support import llm_config
+
+SETTINGS = T.TuningSettings(
+    samples=4,
+    temperature=0.8,
+    min_reward=0.1,
+    steps=6,
+    batch_size=2,
+    learning_rate=1e-4,
+    weight_decay=0.0,
+    seed=0,
+)
+MESSAGES = [
+    {"role": "system", "content": "Answer in JSON."},
+    {"role": "user", "content": "Tags for a hiker?"},
+]
+ANSWERS = ['{"tags":[{"tag":"trail boots"}]}', '{"tags":[{"tag":"camping tent"}]}']
+
+
+def test_each_prompt_keeps_its_best_completion_if_it_earns_enough():
+    sampled = {
+        "u1:a": [("x", 0.2), ("y", 0.5), ("z", 0.5)],  # a tie: the one sampled first
+        "u1:b": [("x", 0.05), ("y", 0.0)],  # best below min_reward: nothing to learn
+        "u2:a": [],
+    }
+    assert T.best_completions(sampled, 0.1) == {"u1:a": ("y", 0.5)}
+    assert T.best_completions(sampled, 0.0) == {"u1:a": ("y", 0.5), "u1:b": ("x", 0.05)}
+
+
+def test_settings_come_from_the_config_and_are_checked():
+    cfg = plain(load_config([]).policy.rft)
+    assert T.TuningSettings.from_config(cfg).freeze_embeddings is True
+    with pytest.raises(ConfigError, match="at least 1"):
+        T.TuningSettings.from_config({**cfg, "steps": 0})
+
+
+@pytest.fixture(scope="module")
+def base():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = llm_config()["model_path"]
+    return AutoTokenizer.from_pretrained(path), lambda: AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32
+    )
+
+
+def test_the_loss_covers_the_answer_only(base):
+    tokenizer, _ = base
+    ids, labels = T.training_pair(tokenizer, MESSAGES, ANSWERS[0])
+    assert len(ids) == len(labels)
+    answer = [t for t in labels if t != T.IGNORE]
+    assert answer == ids[len(ids) - len(answer) :]  # the tail, nothing of the prompt
+    assert tokenizer.decode(answer) == ANSWERS[0] + tokenizer.eos_token
+    prompt = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(ids[: len(ids) - len(answer)]) == prompt
+
+
+def test_a_few_steps_lower_the_answer_loss_and_leave_the_embeddings(base, tmp_path):
+    tokenizer, fresh = base
+    model = fresh()
+    before_embeddings = model.get_input_embeddings().weight.detach().clone()
+    before_layer = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    pairs = [T.training_pair(tokenizer, MESSAGES, a) for a in ANSWERS]
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    loss_before = T.answer_loss(model, pairs, pad)
+    stats = T.fine_tune(model, pairs, SETTINGS, pad)
+    assert len(stats["losses"]) == SETTINGS.steps
+    assert T.answer_loss(model, pairs, pad) < 0.8 * loss_before
+    assert torch.equal(model.get_input_embeddings().weight, before_embeddings)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, before_layer)
+
+    meta = {"base_model": "smollm2", "method": "rft", "data_hash": "h", "settings": SETTINGS.as_dict()}
+    folder = T.save_policy(model, tokenizer, tmp_path, meta)
+    assert (
+        json.loads((folder / T.META).read_text())["version"]
+        == folder.name
+        == T.policy_meta(folder)["version"]
+    )
+    from transformers import AutoModelForCausalLM
+
+    again = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    assert T.answer_loss(again, pairs, pad) == pytest.approx(T.answer_loss(model, pairs, pad), rel=1e-4)
+    assert T.save_policy(model, tokenizer, tmp_path, dict(meta)) == folder  # same inputs, same version
+
+
+def test_nothing_to_train_on_says_why(base):
+    with pytest.raises(RecGPTError, match="min_reward"):
+        T.fine_tune(None, [], SETTINGS, 0)
+    with pytest.raises(ConfigError, match="train_policy"):
+        T.policy_meta("/nonexistent")
