@@ -109,10 +109,15 @@ class VLLMOfflineBackend:
         return completions
 
     def close(self) -> None:
+        """Stop the engine's processes now, not at interpreter exit: a job that starts a second
+        engine (train_policy serves the tuned model after sampling the base one) must not hold
+        both. vLLM's V1 engine stops through its core client; older ones had `shutdown`."""
         engine = getattr(self.llm, "llm_engine", None)
-        shutdown = getattr(engine, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
+        for owner in (engine, getattr(engine, "engine_core", None)):
+            shutdown = getattr(owner, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+                return
 
 
 def _top_logprobs(positions: Any) -> list[dict[str, float]] | None:
