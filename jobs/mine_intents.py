@@ -17,23 +17,20 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from omegaconf import OmegaConf
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for, record_llm
-from recgpt import adaptor as A
+from recgpt.config import plain
 from recgpt.errors import RecGPTError
 from recgpt.tables import RUNS, USER_CONTEXT
 from sparkio.staging import Staging
 from udfs import llm
 from udfs.mining import (
     MiningPlan,
-    catalog_brands,
-    catalog_reference,
     mining_inputs,
+    mining_plan,
     mining_stage,
     resume_settings,
 )
@@ -57,36 +54,8 @@ USES_LLM = True
 
 
 def plan_for(ctx: StageContext, variant: dict[str, str]) -> MiningPlan:
-    """The mining plan of this run: agents, models, the catalog's brands, what it sells (the
-    reference a tag must come close to) and the adaptor."""
-    cfg = ctx.cfg
-    folder = None
-    if variant["context_mode"] == "hybrid":
-        expected = {"llm": str(cfg.llm.model_name), "embedding_model": str(cfg.embedding.model_name)}
-        folder = A.resolve(cfg.adaptor.artifacts_dir, cfg.adaptor.get("version"), expected, ctx.dt)
-    check = cfg.pipeline.agents.validation
-    catalog = (
-        catalog_reference(
-            ctx.warehouse,
-            ctx.dt,
-            str(cfg.embedding.model_name),
-            int(check.catalog_popular_items),
-            int(check.catalog_popular_days),
-        )
-        if check.get("catalog_min_cosine") is not None
-        else np.zeros((0, 0), dtype=np.float32)
-    )
-    return MiningPlan(
-        pipeline=variant["pipeline"],
-        mode=variant["context_mode"],
-        agents=OmegaConf.to_container(cfg.pipeline.agents, resolve=True),  # type: ignore[arg-type]
-        embedding=OmegaConf.to_container(cfg.embedding, resolve=True),  # type: ignore[arg-type]
-        brands=catalog_brands(ctx.warehouse, ctx.dt),
-        adaptor_folder=str(folder) if folder else None,
-        core_words=int(cfg.compress.core_title_words),
-        catalog=catalog.tobytes(),
-        catalog_dim=int(catalog.shape[1]) if catalog.size else 0,
-    )
+    """The mining plan of this run (udfs.mining.mining_plan)."""
+    return mining_plan(ctx.cfg, ctx.warehouse, ctx.dt, variant)
 
 
 def scoped_inputs(ctx: StageContext, plan: MiningPlan) -> tuple[DataFrame, int, int]:
@@ -101,7 +70,7 @@ def scoped_inputs(ctx: StageContext, plan: MiningPlan) -> tuple[DataFrame, int, 
         {
             "embedding_model": plan.embedding["model_name"],
             "bought_days": plan.agents["validation"]["bought_days"],
-            "calendar": OmegaConf.to_container(cfg.calendar, resolve=True),
+            "calendar": plain(cfg.calendar),
         },
     )
     contexts = contexts_in_scope(ctx.spark, ctx.warehouse, ctx.dt, users_file)
@@ -116,8 +85,7 @@ def run(ctx: StageContext) -> None:
     if not ctx.warehouse.exists(USER_CONTEXT):
         raise RecGPTError("no user_context table: run `python -m jobs.compress` for this date first")
     plan = plan_for(ctx, variant)
-    llm_cfg = OmegaConf.to_container(ctx.cfg.llm, resolve=True)
-    stage = mining_stage(plan, llm_cfg, ctx.cfg.mine)  # type: ignore[arg-type]
+    stage = mining_stage(plan, plain(ctx.cfg.llm), ctx.cfg.mine)
     inputs, total, without_history = scoped_inputs(ctx, plan)
     waves, staged, kept = open_waves(ctx, plan, variant)
     todo = inputs.join(done_users(ctx.spark, staged, kept), "user_id", "left_anti")

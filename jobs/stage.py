@@ -17,8 +17,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from pyspark.sql import SparkSession
 
-from recgpt.config import config_hash, new_run_id
+from recgpt.config import config_hash, new_run_id, plain
 from recgpt.errors import SKIPPED_EXIT_CODE, NothingToDo, RecGPTError
+from recgpt.policy.serving import with_policy
 from recgpt.rundate import RunDate
 from recgpt.runlock import stage_lock
 from recgpt.tables import ALL_TABLES, RUNS
@@ -74,6 +75,14 @@ def prepare(cfg: DictConfig, stage: str) -> DictConfig:
     cfg.run.dt = dt.iso
     if not cfg.run.get("run_id"):
         cfg.run.run_id = new_run_id(stage, dt)
+    if cfg.llm.get("policy"):
+        # A tuned policy serves the run's LLM stages (recgpt/policy/serving.py). Training from it
+        # is checked against the new artifact's first evaluation date instead of the run date.
+        evaluate_from = cfg.get("policy", {}).get("evaluate_from")
+        on = dt
+        if stage == "train_policy" and evaluate_from:
+            on = RunDate.parse(evaluate_from, "policy.evaluate_from")
+        cfg.llm = OmegaConf.create(with_policy(plain(cfg.llm), str(cfg.policy.artifacts_dir), on))
     return cfg
 
 

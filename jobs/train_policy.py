@@ -8,8 +8,15 @@ Reward-filtered fine-tuning (`policy.method=rft`): the base model samples `polic
 answers per Expert prompt (vLLM, in this process), each answer earns the shaped reward of the
 tags mining's validation keeps (recgpt/policy: accuracy against the categories of the reward
 window [dt, dt + policy.reward.window_days), the reward model's alignment, diversity, length),
-and the model is fully fine-tuned on each prompt's best answer. Greedy answers of the base and of
-the tuned model on the same prompts give the rewards before and after.
+and the model is fully fine-tuned on each prompt's best answer.
+
+GRPO (`policy.method=grpo`, recgpt/policy/grpo.py): TRL's GRPOTrainer samples `policy.grpo.group_size`
+answers per prompt from the current policy (transformers, under the Expert's JSON schema) and
+rewards them the same way; `policy.reward.mode` picks CRS or the SUM ablation. To run GRPO on top
+of reward-filtered tuning, start from that policy: `llm.policy=<its version>`.
+
+Greedy answers of the starting and of the tuned model on the same prompts (vLLM) give the rewards
+before and after.
 
 No leakage: every training example's reward window must end by `policy.evaluate_from` (the first
 date the policy may be evaluated on); the artifact records the training users, date and the last
@@ -29,7 +36,6 @@ import numpy as np
 import torch
 from pyspark.sql import functions as F
 
-from jobs.mine_intents import plan_for
 from jobs.stage import StageContext, main_for
 from recgpt.agents.schemas import build_schemas
 from recgpt.agents.settings import AgentSettings
@@ -40,20 +46,24 @@ from recgpt.judge import reward as R
 from recgpt.llm.engine import Engine, RetryPolicy
 from recgpt.llm.request import Request, Result, Sampling
 from recgpt.llm.vllm_offline import VLLMOfflineBackend
+from recgpt.policy import grpo as G
+from recgpt.policy import serving as S
 from recgpt.policy import tuning as T
 from recgpt.policy.experts import ExpertExample, ExpertReward, Scored, messages
 from recgpt.policy.rewards import REWARDS, Shaping, Window, check_no_leakage, reward_window
 from recgpt.policy.scorer import TagRewarder
+from recgpt.policy.serving import base_model_name
 from recgpt.rundate import RunDate
 from recgpt.tables import ITEMS
 from udfs.embeddings import embedder_for
 from udfs.llm import renderer_for
+from udfs.mining import mining_plan
 from udfs.mining_scope import variant_of
 from udfs.policy_data import training_examples
 from udfs.recall import catalog
 
 STAGE = "train_policy"
-METHODS = ("rft",)
+METHODS = ("rft", "grpo")  # the shaping (crs or sum) is policy.reward.mode for both
 
 
 def examples_for(ctx: StageContext) -> list[ExpertExample]:
@@ -84,10 +94,11 @@ def guard(examples: Sequence[ExpertExample], dt: RunDate, days: int, evaluate_fr
     return window
 
 
-def expert_reward(ctx: StageContext, settings: AgentSettings, shaping: Shaping) -> ExpertReward:
-    """Mining's validation for the date and a rewarder over the date's catalog."""
+def expert_reward(ctx: StageContext, settings: AgentSettings, shaping: Shaping) -> tuple[ExpertReward, str]:
+    """Mining's validation for the date and a rewarder over the date's catalog; the reward
+    model's version."""
     cfg, wh, dt = ctx.cfg, ctx.warehouse, ctx.dt
-    plan = plan_for(ctx, variant_of(cfg))
+    plan = mining_plan(cfg, wh, dt, variant_of(cfg))
     validation = ValidationContext.for_run(settings, plan.brands, plan.catalog_matrix())
     embedding = plain(cfg.embedding)
     embedder = embedder_for(embedding)
@@ -103,7 +114,18 @@ def expert_reward(ctx: StageContext, settings: AgentSettings, shaping: Shaping) 
         shaping,
         int(cfg.eval.category_items),
     )
-    return ExpertReward(build_schemas(settings), validation, rewarder, embedder.encode)
+    return ExpertReward(build_schemas(settings), validation, rewarder, embedder.encode), folder.name
+
+
+def greedy_key(
+    examples: Sequence[ExpertExample], settings: AgentSettings, shaping: Shaping, reward_model: str
+) -> str:
+    """What a greedy reward depends on besides the weights: the prompts, their reward windows'
+    truth, the shaping and the reward model. A policy tuned further from one whose greedy
+    reward after tuning has this key starts from that figure instead of measuring it again."""
+    rows = [(e.key, json.dumps([messages(settings, e), sorted(e.truth.window_categories)])) for e in examples]
+    rows.append(("reward", json.dumps([shaping.as_dict(), reward_model], sort_keys=True)))
+    return T.data_hash(rows)
 
 
 def sample(
@@ -167,53 +189,55 @@ def run(ctx: StageContext) -> None:
     settings = AgentSettings.from_config(plain(cfg.pipeline.agents))
     shaping = Shaping.from_config(plain(cfg.policy.reward))
     tuning = T.TuningSettings.from_config(plain(cfg.policy.rft))
+    grpo = G.GRPOSettings.from_config(plain(cfg.policy.grpo)) if method == "grpo" else None
     examples = examples_for(ctx)
     window = guard(examples, ctx.dt, int(cfg.policy.reward.window_days), cfg.policy.get("evaluate_from"))
-    reward = expert_reward(ctx, settings, shaping)
+    reward, reward_model = expert_reward(ctx, settings, shaping)
+    key = greedy_key(examples, settings, shaping, reward_model)
     llm = plain(cfg.llm)
+    start = S.policy_meta(llm["model_path"]) if llm.get("policy_version") else {}
+    known = start.get("reward_after") if start.get("greedy_key") == key else None
 
     started = time.perf_counter()
-    engine = engine_for(llm)
-    try:
-        greedy = sample(engine, settings, examples, 1, 0.0)
-        sampled = sample(engine, settings, examples, tuning.samples, tuning.temperature)
-    finally:
-        engine.close()
-        del engine
-        gc.collect()
+    sampled: dict[str, list[str]] = {}
+    if known is None or grpo is None:  # GRPO samples as it trains: no engine unless measuring
+        engine = engine_for(llm)
+        try:
+            if known is None:
+                known = mean_reward(reward, examples, sample(engine, settings, examples, 1, 0.0))
+            if grpo is None:
+                sampled = sample(engine, settings, examples, tuning.samples, tuning.temperature)
+        finally:
+            engine.close()
+            del engine
+            gc.collect()
     sample_seconds = time.perf_counter() - started
-    graded = {e.key: [(a, reward.score(e, a)) for a in sampled[e.key]] for e in examples}
-    scored = {k: [(a, g.reward) for a, g in answers] for k, answers in graded.items()}
-    best = T.best_completions(scored, tuning.min_reward)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(llm.get("tokenizer_path") or llm["model_path"]))
-    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    by_key = {e.key: e for e in examples}
-    pairs = [
-        T.training_pair(tokenizer, messages(settings, by_key[k]), a) for k, (a, _) in sorted(best.items())
-    ]
     model = AutoModelForCausalLM.from_pretrained(str(llm["model_path"]), dtype="float32")
-    stats = T.fine_tune(model, pairs, tuning, pad)
+    if grpo is None:
+        trained = tune_rft(model, tokenizer, settings, examples, reward, sampled, tuning, shaping)
+    else:
+        trained = tune_grpo(model, tokenizer, settings, examples, reward, grpo)
     meta = {
-        "base_model": str(llm["model_name"]),
+        "base_model": base_model_name(llm),
+        "started_from": llm.get("policy_version"),  # null: the base model itself
         "base_model_path": str(llm["model_path"]),
         "method": method,
         "roles": ["expert"],
-        "data_hash": T.data_hash([(k, a) for k, (a, _) in best.items()]),
-        "settings": {"rft": tuning.as_dict(), "reward": shaping.as_dict()},
+        "data_hash": trained.pop("data_hash"),
+        "settings": {method: trained.pop("settings"), "reward": shaping.as_dict()},
         "trained_for_dt": ctx.dt.iso,
         "reward_window": str(window),
         "trained_through": (window.end).isoformat(),  # the first day evaluation may score
         "training_users": sorted({e.truth.user_id for e in examples}),
         "prompts": len(examples),
-        "targets": len(best),
-        "reward_before": round(mean_reward(reward, examples, greedy), 4),
-        "sampled_reward": round(float(np.mean([r for s in scored.values() for _, r in s])), 4),
-        "sampled": sampled_figures([g for answers in graded.values() for _, g in answers], shaping),
-        "losses": stats["losses"],
-        "seconds": {"sampling": round(sample_seconds, 1), "training": stats["seconds"]},
+        "reward_before": round(known, 4),
+        "greedy_key": key,
+        **trained,
+        "seconds": {"sampling": round(sample_seconds, 1), "training": trained.pop("seconds")},
         "run_id": ctx.lineage.run_id,
     }
     # Saved in the base model's dtype (bfloat16 for the bundled one): half the bytes, and the
@@ -233,19 +257,85 @@ def run(ctx: StageContext) -> None:
     finally:
         engine.close()
     meta["reward_after"] = round(mean_reward(reward, examples, after), 4)
-    (folder / T.META).write_text(json.dumps({**meta, "version": folder.name}, indent=2))
+    (folder / S.META).write_text(json.dumps({**meta, "version": folder.name}, indent=2))
+    report(ctx, meta, folder)
 
-    r = ctx.report
-    r.rows_in, r.rows_out = len(examples), len(best)
+
+def tune_rft(
+    model: Any,
+    tokenizer: Any,
+    settings: AgentSettings,
+    examples: Sequence[ExpertExample],
+    reward: ExpertReward,
+    sampled: dict[str, list[str]],
+    tuning: T.TuningSettings,
+    shaping: Shaping,
+) -> dict[str, Any]:
+    """Reward-filtered fine-tuning on each prompt's best sampled answer."""
+    graded = {e.key: [(a, reward.score(e, a)) for a in sampled[e.key]] for e in examples}
+    scored = {k: [(a, g.reward) for a, g in answers] for k, answers in graded.items()}
+    best = T.best_completions(scored, tuning.min_reward)
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    by_key = {e.key: e for e in examples}
+    pairs = [
+        T.training_pair(tokenizer, messages(settings, by_key[k]), a) for k, (a, _) in sorted(best.items())
+    ]
+    stats = T.fine_tune(model, pairs, tuning, pad)
+    return {
+        "data_hash": T.data_hash([(k, a) for k, (a, _) in best.items()]),
+        "settings": tuning.as_dict(),
+        "targets": len(best),
+        "sampled_reward": round(float(np.mean([r for s in scored.values() for _, r in s])), 4),
+        "sampled": sampled_figures([g for answers in graded.values() for _, g in answers], shaping),
+        "losses": stats["losses"],
+        "seconds": stats["seconds"],
+    }
+
+
+def tune_grpo(
+    model: Any,
+    tokenizer: Any,
+    settings: AgentSettings,
+    examples: Sequence[ExpertExample],
+    reward: ExpertReward,
+    grpo: G.GRPOSettings,
+) -> dict[str, Any]:
+    """GRPO on the Expert prompts, decoding under the Expert's schema as mining does."""
+    schema = build_schemas(settings).expert.model_json_schema()
+    G.schema_constrained(model, tokenizer, schema)
+    prompts = [(e.key, messages(settings, e)) for e in examples]
+    scorer = G.GroupReward(reward, examples)
+    stats = G.train(model, tokenizer, prompts, scorer, grpo)
+    return {
+        "data_hash": T.data_hash([(k, json.dumps(m)) for k, m in prompts]),
+        "settings": grpo.as_dict(),
+        "reward_curve": stats["rewards"],
+        "reward_std_curve": stats["reward_std"],
+        "kl_curve": stats["kl"],
+        "sampled": scorer.figures(),
+        "losses": stats["losses"],
+        "seconds": stats["seconds"],
+    }
+
+
+def report(ctx: StageContext, meta: dict[str, Any], folder: Path) -> None:
+    r, method = ctx.report, meta["method"]
+    r.rows_in, r.rows_out = meta["prompts"], meta.get("targets", meta["prompts"])
     r.details["policy"] = {"version": folder.name, "path": str(folder), "method": method}
-    r.details["rewards"] = (
-        f"greedy before {meta['reward_before']:.3f}, after {meta['reward_after']:.3f}; sampled mean "
-        f"{meta['sampled_reward']:.3f}; {len(best)} of {len(examples)} prompts with a target"
-    )
+    rewards = f"greedy before {meta['reward_before']:.3f}, after {meta['reward_after']:.3f}"
     r.details["sampled"] = meta["sampled"]
-    r.details["training"] = (
-        f"{tuning.steps} steps in {stats['seconds']}s, "
-        f"loss {stats['losses'][0]:.3f} -> {stats['losses'][-1]:.3f}"
+    if method == "rft":
+        rewards += (
+            f"; sampled mean {meta['sampled_reward']:.3f}; {meta['targets']} of {meta['prompts']} "
+            "prompts with a target"
+        )
+    else:
+        curve = meta["reward_curve"]
+        rewards += f"; group mean per step {curve[0]:.3f} -> {curve[-1]:.3f}" if curve else ""
+    r.details["rewards"] = rewards
+    losses = meta["losses"]
+    r.details["training"] = f"{len(losses)} steps in {meta['seconds']['training']}s" + (
+        f", loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
     )
 
 

@@ -12,6 +12,7 @@ import torch
 
 from recgpt.config import load_config, plain
 from recgpt.errors import ConfigError, RecGPTError
+from recgpt.policy import serving as S
 from recgpt.policy import tuning as T
 from tests.llm_support import llm_config
 
@@ -87,9 +88,9 @@ def test_a_few_steps_lower_the_answer_loss_and_leave_the_embeddings(base, tmp_pa
     meta = {"base_model": "smollm2", "method": "rft", "data_hash": "h", "settings": SETTINGS.as_dict()}
     folder = T.save_policy(model, tokenizer, tmp_path, meta)
     assert (
-        json.loads((folder / T.META).read_text())["version"]
+        json.loads((folder / S.META).read_text())["version"]
         == folder.name
-        == T.policy_meta(folder)["version"]
+        == S.policy_meta(folder)["version"]
     )
     from transformers import AutoModelForCausalLM
 
@@ -102,4 +103,4 @@ def test_nothing_to_train_on_says_why(base):
     with pytest.raises(RecGPTError, match="min_reward"):
         T.fine_tune(None, [], SETTINGS, 0)
     with pytest.raises(ConfigError, match="train_policy"):
-        T.policy_meta("/nonexistent")
+        S.policy_meta("/nonexistent")

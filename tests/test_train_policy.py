@@ -1,25 +1,29 @@
 """train_policy on the nightly chain's warehouse with the real bundled model: with a reward model
 in the warehouse, the Experts are sampled, rewarded, tuned and saved as a
 versioned artifact that the engine serves (the greedy rewards after tuning come from it). A
-training window reaching into the evaluation window is refused before any engine starts."""
+training window reaching into the evaluation window is refused before any engine starts; the
+tuned policy mines through `llm.policy`, and every row it writes names it."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 from safetensors import safe_open
 
-from jobs import train_policy
+from jobs import mine_intents, train_policy
 from jobs.stage import execute, open_context
 from recgpt.config import load_config, plain
-from recgpt.errors import RecGPTError
+from recgpt.errors import ConfigError, RecGPTError
 from recgpt.judge import reward as R
-from recgpt.policy import tuning as T
+from recgpt.llm.server import stop_servers_started_under
+from recgpt.policy import serving as S
 from recgpt.rundate import RunDate
-from tests.dag_support import DT, failure_report
+from tests.dag_support import DT, TINY, failure_report
 from tests.llm_support import EAGER, llm_config
 from tests.test_reward import SETTINGS, agreement_set
 from udfs.embeddings import embedder_for
@@ -31,6 +35,12 @@ QUICK = (
     "policy.rft.min_reward=0.0",  # every prompt gets a target: the tiny world's rewards are mostly 0
     "policy.data.sample_users=3",
     EAGER,
+)
+GRPO_QUICK = (
+    "policy.grpo.steps=2",
+    "policy.grpo.group_size=2",
+    "policy.grpo.prompts_per_step=1",
+    "policy.grpo.max_completion_tokens=64",  # cut off answers earn 0: only the control flow is under test
 )
 
 
@@ -73,7 +83,7 @@ def test_train_policy_tunes_the_experts_into_an_artifact_the_engine_serves(night
     evaluate_from = RunDate.parse(DT).plus(7).iso
     report = execute(ctx("train_policy", f"policy.evaluate_from={evaluate_from}"), train_policy.run)
     folder = report.details["policy"]["path"]
-    meta = T.policy_meta(folder)
+    meta = S.policy_meta(folder)
     assert meta["version"] == report.details["policy"]["version"] and meta["method"] == "rft"
     assert meta["trained_through"] == evaluate_from and meta["trained_for_dt"] == DT
     assert 1 <= len(meta["training_users"]) <= 3 and meta["targets"] == meta["prompts"] == report.rows_in
@@ -83,3 +93,52 @@ def test_train_policy_tunes_the_experts_into_an_artifact_the_engine_serves(night
     # The input embeddings are the base model's: the hybrid adaptor stays valid.
     assert (embed_tokens(folder) == embed_tokens(llm_config()["model_path"])).all()
     assert json.loads((Path(folder) / "config.json").read_text())["model_type"] == "llama"
+
+    # GRPO on top of it (TRL's trainer, answers decoded under the Expert schema): two steps.
+    grpo = execute(
+        ctx(
+            "train_policy",
+            f"policy.evaluate_from={evaluate_from}",
+            f"llm.policy={meta['version']}",
+            "policy.method=grpo",
+            *GRPO_QUICK,
+        ),
+        train_policy.run,
+    )
+    tuned = S.policy_meta(grpo.details["policy"]["path"])
+    assert tuned["method"] == "grpo" and tuned["started_from"] == meta["version"]
+    assert tuned["base_model"] == meta["base_model"] and tuned["version"] != meta["version"]
+    # Same prompts, truth and reward: it starts from the figure its starting policy measured.
+    assert tuned["greedy_key"] == meta["greedy_key"] and tuned["reward_before"] == meta["reward_after"]
+    assert len(tuned["reward_curve"]) == len(tuned["kl_curve"]) == 2
+    for r in (*tuned["reward_curve"], tuned["reward_before"], tuned["reward_after"]):
+        assert 0.0 <= r <= 1.0
+    assert tuned["sampled"]["answers"] == 2 * 2  # steps x prompts per step x group size
+    assert (embed_tokens(grpo.details["policy"]["path"]) == embed_tokens(llm_config()["model_path"])).all()
+
+    # Served: the date it was trained on is refused (its evaluation would score rewarded days)...
+    mine_args = (*TINY, f"llm.policy={meta['version']}")
+    with pytest.raises(ConfigError, match=f"from {evaluate_from} on may use it, not {DT}"):
+        ctx("mine_intents", *mine_args)
+    # ...so a copy marked as trained through DT stands in for a policy trained on earlier dates.
+    earlier = Path(folder).parent / "through-dt"
+    shutil.copytree(folder, earlier)
+    (earlier / S.META).write_text(json.dumps({**meta, "version": earlier.name, "trained_through": DT}))
+    users = wh / "users.txt"
+    users.write_text("\n".join(sorted(set(DeltaTable(str(wh / "user_intent_tags")).to_pandas().user_id))[:2]))
+    served = ctx("mine_intents", *TINY, f"llm.policy={earlier.name}", f"mine.users_file={users}")
+    try:
+        execute(served, mine_intents.run)
+    finally:
+        stop_servers_started_under(os.getpid(), plain(served.cfg.llm))
+    name = f"{llm_config()['model_name']}+policy-{earlier.name}"
+    assert served.cfg.llm.model_path == str(earlier)
+    run_id = served.lineage.run_id
+    mined = {}
+    for t in ("user_intent_tags", "mining_failures", "llm_calls"):
+        rows = DeltaTable(str(wh / t)).to_pandas()
+        mined[t] = rows[rows.run_id == run_id]
+    assert len(mined["user_intent_tags"]) + len(mined["mining_failures"]) > 0
+    assert len(mined["llm_calls"]) > 0
+    for table, rows in mined.items():
+        assert set(rows.model) <= {name}, (table, set(rows.model))

@@ -22,10 +22,12 @@ from recgpt.agents.schemas import build_schemas
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import ValidationContext
 from recgpt.calendar import Calendar
+from recgpt.config import plain
 from recgpt.context import core_title
 from recgpt.env_signals import situation_rows
 from recgpt.errors import ConfigError
 from recgpt.llm.engine import Engine
+from recgpt.policy.serving import base_model_name
 from recgpt.rundate import RunDate
 from recgpt.tables import BEHAVIORS, ENV_SIGNALS, ITEMS, USER_CONTEXT, USERS
 from sparkio.warehouse import Warehouse
@@ -343,3 +345,36 @@ def catalog_brands(wh: Warehouse, dt: RunDate) -> list[str]:
     """The brands of the catalog as of dt: a tag naming one is rejected (no brands in tags)."""
     items = wh.read_snapshot(ITEMS, dt).where(F.col("brand").isNotNull())
     return [r.brand for r in items.select("brand").distinct().collect()]
+
+
+def mining_plan(cfg: Any, wh: Warehouse, dt: RunDate, variant: Mapping[str, str]) -> MiningPlan:
+    """The mining plan of a run (`cfg` is the run's config): agents, models, the catalog's
+    brands, what it sells (the reference a tag must come close to) and the adaptor."""
+    folder = None
+    if variant["context_mode"] == "hybrid":
+        # A served policy keeps the base model's input embeddings: its adaptor is the base model's.
+        expected = {"llm": base_model_name(cfg.llm), "embedding_model": str(cfg.embedding.model_name)}
+        folder = A.resolve(cfg.adaptor.artifacts_dir, cfg.adaptor.get("version"), expected, dt)
+    check = cfg.pipeline.agents.validation
+    catalog = (
+        catalog_reference(
+            wh,
+            dt,
+            str(cfg.embedding.model_name),
+            int(check.catalog_popular_items),
+            int(check.catalog_popular_days),
+        )
+        if check.get("catalog_min_cosine") is not None
+        else np.zeros((0, 0), dtype=np.float32)
+    )
+    return MiningPlan(
+        pipeline=variant["pipeline"],
+        mode=variant["context_mode"],
+        agents=plain(cfg.pipeline.agents),
+        embedding=plain(cfg.embedding),
+        brands=catalog_brands(wh, dt),
+        adaptor_folder=str(folder) if folder else None,
+        core_words=int(cfg.compress.core_title_words),
+        catalog=catalog.tobytes(),
+        catalog_dim=int(catalog.shape[1]) if catalog.size else 0,
+    )

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from recgpt.errors import ConfigError, RecGPTError
+from recgpt.policy.serving import META
 
 IGNORE = -100  # labels the loss skips: the prompt's tokens and padding
-META = "policy.json"
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,8 @@ def data_hash(rows: Sequence[tuple[str, str]]) -> str:
 
 def version_of(meta: Mapping[str, Any]) -> str:
     key = {k: meta[k] for k in ("base_model", "method", "data_hash", "settings")}
+    if meta.get("started_from"):  # tuned further from an earlier policy
+        key["started_from"] = meta["started_from"]
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -160,12 +162,3 @@ def save_policy(model: Any, tokenizer: Any, root: str | Path, meta: Mapping[str,
     tokenizer.save_pretrained(str(folder))
     (folder / META).write_text(json.dumps({**meta, "version": version}, indent=2, default=str))
     return folder
-
-
-def policy_meta(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / META
-    if not path.is_file():
-        raise ConfigError(
-            f"{folder} is not a policy artifact (no {META}): `python -m jobs.train_policy` trains one"
-        )
-    return dict(json.loads(path.read_text()))
