@@ -221,10 +221,11 @@ def run(ctx: StageContext) -> None:
         trained = tune_rft(model, tokenizer, settings, examples, reward, sampled, tuning, shaping)
     else:
         trained = tune_grpo(model, tokenizer, settings, examples, reward, grpo)
+    training_seconds = trained.pop("seconds")
     meta = {
         "base_model": base_model_name(llm),
         "started_from": llm.get("policy_version"),  # null: the base model itself
-        "base_model_path": str(llm["model_path"]),
+        "started_from_path": str(llm["model_path"]),  # the weights tuned: the base model's or a policy's
         "method": method,
         "roles": ["expert"],
         "data_hash": trained.pop("data_hash"),
@@ -237,7 +238,7 @@ def run(ctx: StageContext) -> None:
         "reward_before": round(known, 4),
         "greedy_key": key,
         **trained,
-        "seconds": {"sampling": round(sample_seconds, 1), "training": trained.pop("seconds")},
+        "seconds": {"sampling": round(sample_seconds, 1), "training": training_seconds},
         "run_id": ctx.lineage.run_id,
     }
     # Saved in the base model's dtype (bfloat16 for the bundled one): half the bytes, and the
