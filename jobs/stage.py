@@ -78,7 +78,7 @@ def prepare(cfg: DictConfig, stage: str) -> DictConfig:
     if cfg.llm.get("policy"):
         # A tuned policy serves the run's LLM stages (recgpt/policy/serving.py). Training from it
         # is checked against the new artifact's first evaluation date instead of the run date.
-        evaluate_from = cfg.get("policy", {}).get("evaluate_from")
+        evaluate_from = cfg.policy.get("evaluate_from")
         on = dt
         if stage == "train_policy" and evaluate_from:
             on = RunDate.parse(evaluate_from, "policy.evaluate_from")
