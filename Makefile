@@ -10,6 +10,9 @@ DT ?= 2025-10-28
 PROFILE ?= demo
 ARGS ?=
 PYTEST_ARGS ?=
+# The suite's workers (tests/conftest.py groups the tests): 0 runs it in one process.
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-judge bench-scale drills eval eval-movielens rollback clean-warehouse models-large
@@ -53,10 +56,10 @@ dag-test: setup  ## the DAG for real: `airflow dags test` rerunning a nightly ch
 	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest tests/test_dag.py $(PYTEST_ARGS)
 
 test: setup  ## the whole test suite, slow end-to-end tests included (the DAG and notebooks too)
-	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest $(PYTEST_ARGS)
+	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup  ## the suite without the slow end-to-end tests
-	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	RECGPT_AIRFLOW_VENV=$(abspath $(AIRFLOW_VENV)) $(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 lint: setup  ## ruff on everything, mypy on the core package
 	$(PY) -m ruff check .

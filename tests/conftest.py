@@ -19,6 +19,34 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
 
 
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup), each with its own
+# session fixtures. The tests of the session's nightly chain share one work unit, so the chain
+# runs once; so do the tests of the shared engine server (one server start, about 4 GB), on the
+# other worker. Every other module is a unit of its own: its module fixtures are built once.
+CHAIN_FIXTURES = frozenset({"nightly_run", "dag_rerun"})
+
+
+def work_unit(item: pytest.Item) -> str:
+    names = set(getattr(item, "fixturenames", ()))
+    if names & CHAIN_FIXTURES:
+        return "chain"
+    if "llm_cfg" in names:
+        return "engine"
+    return item.nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group each test into its work unit, and order the units so that the chain (the longest)
+    starts first and the engine's tests start on the other worker at once (the Makefile passes
+    --no-loadscope-reorder: units are handed out in this order)."""
+    first = {"chain": 0, "engine": 1}
+    units = {item.nodeid: work_unit(item) for item in items}
+    items.sort(key=lambda item: first.get(units[item.nodeid], 2))  # stable: file order otherwise
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(units[item.nodeid]))
+
+
 @pytest.fixture(scope="session")
 def spark():
     from sparkio.session import build_session
