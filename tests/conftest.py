@@ -35,16 +35,18 @@ def work_unit(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Each test's work unit, marked as it is collected (xdist reads the marks in its own
+    collection_modifyitems, which may run before any other)."""
+    item.add_marker(pytest.mark.xdist_group(work_unit(item)))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group each test into its work unit, and order the units so that the chain (the longest)
-    starts first and the engine's tests start on the other worker at once (the Makefile passes
-    --no-loadscope-reorder: units are handed out in this order)."""
+    """Order the units so that the chain (the longest) starts first and the engine's tests start
+    on the other worker at once (the Makefile passes --no-loadscope-reorder: units are handed out
+    in this order)."""
     first = {"chain": 0, "engine": 1}
-    units = {item.nodeid: work_unit(item) for item in items}
-    items.sort(key=lambda item: first.get(units[item.nodeid], 2))  # stable: file order otherwise
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(units[item.nodeid]))
+    items.sort(key=lambda item: first.get(work_unit(item), 2))  # stable: file order otherwise
 
 
 @pytest.fixture(scope="session")

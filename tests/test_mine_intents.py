@@ -24,12 +24,12 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs import mine_intents
+from jobs import compress, embed_items, ingest, mine_intents
 from jobs.stage import StageReport, execute, open_context
 from recgpt.config import load_config
 from recgpt.errors import RecGPTError
 from tests.conftest import ROOT
-from tests.dag_support import DT, MINED_TABLES, TINY, failure_report, scripted
+from tests.dag_support import DT, TINY, scripted
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +58,14 @@ def table(wh: Path, name: str, sort: list[str]) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, nightly_run):
-    """A warehouse with ingest, embed_items and compress done for DT: a copy of the session's
-    nightly run without the tables that mining and the stages after it wrote."""
-    assert nightly_run.proc.returncode == 0, failure_report(nightly_run.proc)
+def prepared(tmp_path_factory, spark):
+    """A warehouse with ingest, embed_items and compress done for DT on the chain's tiny world,
+    in the session's Spark: all that mining reads. Built here rather than copied from the
+    session's nightly chain, so these tests need not wait for it."""
     wh = tmp_path_factory.mktemp("mine") / "wh"
-    shutil.copytree(nightly_run.warehouse, wh)
-    for name in (*MINED_TABLES, "_staging"):
-        shutil.rmtree(wh / name, ignore_errors=True)
+    for stage in (ingest, embed_items, compress):
+        cfg = load_config([f"run.dt={DT}", f"storage.warehouse={wh}", *TINY])
+        execute(open_context(cfg, stage.__name__.rsplit(".", 1)[-1], spark), stage.run)
     return wh
 
 
@@ -103,7 +103,6 @@ def test_failures_kill_resume_and_rerun(prepared, scripted_llm, spark, tmp_path,
     assert set(general.user_id) == set(failures.user_id)
     # The fallbacks and failed calls are counted in the stage's `runs` record.
     runs = DeltaTable(str(whole / "runs")).to_pandas()
-    # The newest mine_intents record: the copied warehouse holds the nightly chain's too.
     details = json.loads(runs[runs.stage == "mine_intents"].sort_values("started_at").details.iloc[-1])
     assert details["fallbacks"] == f"general_persona:invalid_output {len(failures)}"
     assert (
