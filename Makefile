@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= 2
 XDIST := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-judge bench-scale drills eval eval-movielens rollback clean-warehouse models-large
+.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-judge bench-models bench-scale drills eval eval-movielens rollback clean-warehouse models-large
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ bench-explanations: setup  ## explain stage on the real model, synthetic + ml-10
 
 bench-judge: setup models-large  ## the judge on a labelled set from the synthetic world's planted personas, judge models Qwen2.5-Coder-1.5B and the bundled 135M: accuracy and F1 per dimension vs always-pass, grade confusion; the reward model listwise vs pointwise on the judge's grades
 	$(PY) -m bench.judge $(ARGS)
+
+bench-models: setup models-large  ## the candidate miners (SmolLM2-135M, Qwen2.5-Coder 0.5B and 1.5B) as V2 miners on the same seeded users of ml-100k and synthetic data: HR@30 with its interval, tags per user, top-tag share, users/hour, model sha256s
+	$(PY) -m bench.models $(ARGS)
 
 bench-scale: setup  ## 10M and 100M behaviours through ingest, compress, covisit: seconds, rows, peak memory per stage
 	$(PY) -m bench.scale $(ARGS)

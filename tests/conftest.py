@@ -20,19 +20,17 @@ os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
 
 
 # `make test` runs the suite on two pytest-xdist workers (--dist loadgroup), each with its own
-# session fixtures. The tests of the session's nightly chain share one work unit, so the chain
-# runs once; so do the tests of the shared engine server (one server start, about 4 GB), on the
-# other worker. Every other module is a unit of its own: its module fixtures are built once.
-CHAIN_FIXTURES = frozenset({"nightly_run", "dag_rerun"})
+# session fixtures. Every test that runs a vLLM engine (the session's nightly chain and the tests
+# reading it, the shared engine server's tests) is in one work unit, "engines": the chain runs
+# once, and no two engines (3-5 GB each) are up at once. The other worker takes the rest, one
+# module at a time, so module fixtures are built once.
+ENGINE_FIXTURES = frozenset({"nightly_run", "dag_rerun", "llm_cfg"})
 
 
 def work_unit(item: pytest.Item) -> str:
-    names = set(getattr(item, "fixturenames", ()))
-    if names & CHAIN_FIXTURES:
-        return "chain"
-    if "llm_cfg" in names:
-        return "engine"
-    return item.nodeid.split("::", 1)[0]
+    if set(getattr(item, "fixturenames", ())) & ENGINE_FIXTURES:
+        return "engines"
+    return item.nodeid.split("::", 1)[0].split("@", 1)[0]
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -42,11 +40,16 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the units so that the chain (the longest) starts first and the engine's tests start
-    on the other worker at once (the Makefile passes --no-loadscope-reorder: units are handed out
-    in this order)."""
-    first = {"chain": 0, "engine": 1}
-    items.sort(key=lambda item: first.get(work_unit(item), 2))  # stable: file order otherwise
+    """The engines' unit first, so the longest unit starts at once (the Makefile passes
+    --no-loadscope-reorder: units are handed out in this order); the chain's tests lead it, since
+    the engine server's tests would otherwise start a server the chain then stops."""
+    order = {"nightly_run": 0, "dag_rerun": 0}
+    items.sort(
+        key=lambda item: (
+            work_unit(item) != "engines",
+            min((order.get(f, 1) for f in getattr(item, "fixturenames", ())), default=1),
+        )
+    )
 
 
 @pytest.fixture(scope="session")
