@@ -16,6 +16,7 @@ stage, and the figures are read back before the next model replaces the date's r
 
     make bench-models                       # both datasets, 32 users each, the three candidates
     python -m bench.models --data movielens --users 16 --models smollm2_cpu qwen25_coder_0p5b_cpu
+    python -m bench.models llm.enforce_eager=true     # no torch.compile at each engine start
 
 Writes bench/results/models.json.
 """
@@ -110,11 +111,13 @@ def eval_figures(ctx, dt: RunDate, k: int) -> dict[str, Any]:
     return out
 
 
-def run_dataset(data: str, users: int, models: list[str], root: Path, seed: int) -> dict[str, Any]:
+def run_dataset(
+    data: str, users: int, models: list[str], root: Path, seed: int, overrides: list[str]
+) -> dict[str, Any]:
     spec = DATASETS[data]
     dt = RunDate.parse(spec["dt"])
     base = [f"run.dt={dt}", f"storage.warehouse={root}", *spec["overrides"]]
-    base += ["pipeline=v2", "context.mode=text"]
+    base += ["pipeline=v2", "context.mode=text", *overrides]
     ctx = run_inputs(load_config(base))
     spark = ctx.spark
     users_file = root / "_models_users.txt"
@@ -165,12 +168,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="conf/llm options")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="warehouses go here (default: a new temporary folder)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage and model")
     args = parser.parse_args()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="models-"))
     started = time.perf_counter()
-    out: dict[str, Any] = {"variant": "v2 from text contexts", "seed": args.seed, "datasets": {}}
+    out: dict[str, Any] = {"variant": "v2 from text contexts", "seed": args.seed}
+    out |= {"overrides": args.overrides, "datasets": {}}
     for data in args.data:
-        out["datasets"][data] = run_dataset(data, args.users, args.models, root / data / "wh", args.seed)
+        out["datasets"][data] = run_dataset(
+            data, args.users, args.models, root / data / "wh", args.seed, args.overrides
+        )
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     path = write_result("models", out)
     print(f"\nMiners side by side (V2, text contexts), {args.users} users per dataset")

@@ -15,6 +15,11 @@ answers per prompt from the current policy (transformers, under the Expert's JSO
 rewards them the same way; `policy.reward.mode` picks CRS or the SUM ablation. To run GRPO on top
 of reward-filtered tuning, start from that policy: `llm.policy=<its version>`.
 
+A teacher (`policy.rft.teacher=<conf/llm group>`, e.g. the larger offline Qwen2.5-Coder-1.5B)
+answers every prompt `policy.rft.teacher_samples` times as well; a prompt's target is the teacher's
+answer where it earns strictly more than every answer of the policy's own (distillation where it
+helps). The policy's and the teacher's engines run one after the other, never together.
+
 Greedy answers of the starting and of the tuned model on the same prompts (vLLM) give the rewards
 before and after.
 
@@ -40,7 +45,7 @@ from jobs.stage import StageContext, main_for
 from recgpt.agents.schemas import build_schemas
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import ValidationContext
-from recgpt.config import plain
+from recgpt.config import load_config, plain
 from recgpt.errors import ConfigError, RecGPTError
 from recgpt.judge import reward as R
 from recgpt.llm.engine import Engine, RetryPolicy
@@ -212,13 +217,16 @@ def run(ctx: StageContext) -> None:
             del engine
             gc.collect()
     sample_seconds = time.perf_counter() - started
+    taught: dict[str, Any] = {}
+    if grpo is None and tuning.teacher:
+        taught = sample_teacher(teacher_llm(tuning.teacher), settings, examples, tuning)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(llm.get("tokenizer_path") or llm["model_path"]))
     model = AutoModelForCausalLM.from_pretrained(str(llm["model_path"]), dtype="float32")
     if grpo is None:
-        trained = tune_rft(model, tokenizer, settings, examples, reward, sampled, tuning, shaping)
+        trained = tune_rft(model, tokenizer, settings, examples, reward, sampled, tuning, shaping, taught)
     else:
         trained = tune_grpo(model, tokenizer, settings, examples, reward, grpo)
     training_seconds = trained.pop("seconds")
@@ -238,7 +246,11 @@ def run(ctx: StageContext) -> None:
         "reward_before": round(known, 4),
         "greedy_key": key,
         **trained,
-        "seconds": {"sampling": round(sample_seconds, 1), "training": training_seconds},
+        "seconds": {
+            "sampling": round(sample_seconds, 1),
+            **({"teacher_sampling": taught["seconds"]} if taught else {}),
+            "training": training_seconds,
+        },
         "run_id": ctx.lineage.run_id,
     }
     # Saved in the base model's dtype (bfloat16 for the bundled one): half the bytes, and the
@@ -262,6 +274,47 @@ def run(ctx: StageContext) -> None:
     report(ctx, meta, folder)
 
 
+def teacher_llm(name: str) -> dict[str, Any]:
+    """The `llm` config of the teacher group `name` (conf/llm/<name>.yaml), whose model must be
+    on disk."""
+    from hydra.errors import HydraException
+
+    try:
+        llm = plain(load_config([f"run.stage={STAGE}", f"llm={name}"]).llm)
+    except HydraException as err:
+        options = sorted(
+            p.stem for p in (Path(__file__).resolve().parent.parent / "conf" / "llm").glob("*.yaml")
+        )
+        raise ConfigError(
+            f"policy.rft.teacher={name!r} is not a conf/llm group ({', '.join(options)})"
+        ) from err
+    if not Path(str(llm["model_path"])).is_dir():
+        raise ConfigError(
+            f"the teacher {llm['model_name']} is not on disk at {llm['model_path']}: run `make models-large`"
+        )
+    return llm
+
+
+def sample_teacher(
+    llm: dict[str, Any], settings: AgentSettings, examples: Sequence[ExpertExample], tuning: T.TuningSettings
+) -> dict[str, Any]:
+    """`tuning.teacher_samples` answers per prompt from the teacher (vLLM, at the tuning
+    temperature): the same prompt and schema the policy answers."""
+    started = time.perf_counter()
+    engine = engine_for(llm)
+    try:
+        answers = sample(engine, settings, examples, tuning.teacher_samples, tuning.temperature)
+    finally:
+        engine.close()
+        del engine
+        gc.collect()
+    return {
+        "model": str(llm["model_name"]),
+        "answers": answers,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def tune_rft(
     model: Any,
     tokenizer: Any,
@@ -271,11 +324,18 @@ def tune_rft(
     sampled: dict[str, list[str]],
     tuning: T.TuningSettings,
     shaping: Shaping,
+    taught: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Reward-filtered fine-tuning on each prompt's best sampled answer."""
+    """Reward-filtered fine-tuning on each prompt's best sampled answer: the policy's own, or the
+    teacher's (`taught`, from `sample_teacher`) where it earns more."""
     graded = {e.key: [(a, reward.score(e, a)) for a in sampled[e.key]] for e in examples}
     scored = {k: [(a, g.reward) for a, g in answers] for k, answers in graded.items()}
-    best = T.best_completions(scored, tuning.min_reward)
+    teacher_answers = (taught or {}).get("answers", {})
+    teacher_graded = {
+        e.key: [(a, reward.score(e, a)) for a in teacher_answers.get(e.key, [])] for e in examples
+    }
+    teacher_scored = {k: [(a, g.reward) for a, g in answers] for k, answers in teacher_graded.items()}
+    best, from_teacher = T.best_of_sources(scored, teacher_scored, tuning.min_reward)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     by_key = {e.key: e for e in examples}
     pairs = [
@@ -288,6 +348,22 @@ def tune_rft(
         "targets": len(best),
         "sampled_reward": round(float(np.mean([r for s in scored.values() for _, r in s])), 4),
         "sampled": sampled_figures([g for answers in graded.values() for _, g in answers], shaping),
+        **(
+            {
+                "teacher": {
+                    "model": taught["model"],
+                    "targets": len(from_teacher),
+                    "sampled_reward": round(
+                        float(np.mean([r for s in teacher_scored.values() for _, r in s])), 4
+                    )
+                    if any(teacher_scored.values())
+                    else 0.0,
+                    "sampled": sampled_figures([g for a in teacher_graded.values() for _, g in a], shaping),
+                }
+            }
+            if taught
+            else {}
+        ),
         "losses": stats["losses"],
         "seconds": stats["seconds"],
     }
@@ -330,6 +406,12 @@ def report(ctx: StageContext, meta: dict[str, Any], folder: Path) -> None:
             f"; sampled mean {meta['sampled_reward']:.3f}; {meta['targets']} of {meta['prompts']} "
             "prompts with a target"
         )
+        if "teacher" in meta:
+            t = meta["teacher"]
+            r.details["teacher"] = (
+                f"{t['model']}: sampled mean {t['sampled_reward']:.3f}; "
+                f"{t['targets']} targets are its answers"
+            )
     else:
         curve = meta["reward_curve"]
         rewards += f"; group mean per step {curve[0]:.3f} -> {curve[-1]:.3f}" if curve else ""

@@ -43,11 +43,38 @@ def test_each_prompt_keeps_its_best_completion_if_it_earns_enough():
     assert T.best_completions(sampled, 0.0) == {"u1:a": ("y", 0.5), "u1:b": ("x", 0.05)}
 
 
+def test_a_teachers_answer_is_the_target_only_where_it_earns_more():
+    own = {
+        "u1:a": [("x", 0.2), ("y", 0.5)],  # the teacher only ties: the policy's own answer
+        "u1:b": [("x", 0.4)],  # the teacher earns more: its answer
+        "u2:a": [("x", 0.0)],  # neither earns min_reward
+        "u3:a": [],  # every answer of the policy failed
+    }
+    teacher = {"u1:a": [("t", 0.5)], "u1:b": [("t", 0.9)], "u2:a": [("t", 0.05)], "u3:a": [("t", 0.3)]}
+    best, from_teacher = T.best_of_sources(own, teacher, 0.1)
+    assert best == {"u1:a": ("y", 0.5), "u1:b": ("t", 0.9), "u3:a": ("t", 0.3)}
+    assert from_teacher == {"u1:b", "u3:a"}
+    assert T.best_of_sources(own, {}, 0.1) == (T.best_completions(own, 0.1), set())
+
+
 def test_settings_come_from_the_config_and_are_checked():
     cfg = plain(load_config([]).policy.rft)
     assert T.TuningSettings.from_config(cfg).freeze_embeddings is True
+    assert T.TuningSettings.from_config(cfg).teacher is None
     with pytest.raises(ConfigError, match="at least 1"):
         T.TuningSettings.from_config({**cfg, "steps": 0})
+    with pytest.raises(ConfigError, match="teacher_samples"):
+        T.TuningSettings.from_config({**cfg, "teacher": "qwen25_coder_1p5b_cpu", "teacher_samples": 0})
+
+
+def test_a_teacher_is_an_llm_group_whose_model_is_on_disk(monkeypatch, tmp_path):
+    from jobs.train_policy import teacher_llm
+
+    with pytest.raises(ConfigError, match=r"'no_such_model' is not a conf/llm group .*smollm2_cpu"):
+        teacher_llm("no_such_model")
+    monkeypatch.setenv("RECGPT_MODEL_CACHE", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"Qwen2\.5-Coder-1\.5B-Instruct is not on disk.*make models-large"):
+        teacher_llm("qwen25_coder_1p5b_cpu")
 
 
 @pytest.fixture(scope="module")

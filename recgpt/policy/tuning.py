@@ -41,12 +41,16 @@ class TuningSettings:
     weight_decay: float
     seed: int
     freeze_embeddings: bool = True
+    teacher: str | None = None  # a conf/llm group whose answers join the policy's own
+    teacher_samples: int = 4
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> TuningSettings:
         settings = cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
         if settings.samples < 1 or settings.steps < 1 or settings.batch_size < 1:
             raise ConfigError("policy.rft: samples, steps and batch_size must be at least 1")
+        if settings.teacher and settings.teacher_samples < 1:
+            raise ConfigError("policy.rft.teacher_samples must be at least 1 when a teacher is set")
         return settings
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,6 +70,22 @@ def best_completions(
         if candidates[top][1] >= min_reward:
             best[key] = candidates[top]
     return best
+
+
+def best_of_sources(
+    own: Mapping[str, Sequence[tuple[str, float]]],
+    teacher: Mapping[str, Sequence[tuple[str, float]]],
+    min_reward: float,
+) -> tuple[dict[str, tuple[str, float]], set[str]]:
+    """`best_completions` over the policy's own answers and a teacher's for the same prompts, and
+    the keys whose target is the teacher's. On a tie the policy's own answer wins: the teacher
+    is only taken when it earns strictly more."""
+    joined = {key: [*own.get(key, ()), *teacher.get(key, ())] for key in {*own, *teacher}}
+    best = best_completions(joined, min_reward)
+    from_teacher = {
+        key for key, (_, r) in best.items() if r > max((x for _, x in own.get(key, ())), default=-1.0)
+    }
+    return best, from_teacher
 
 
 def training_pair(
