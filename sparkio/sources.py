@@ -54,13 +54,31 @@ def read_source(spark: SparkSession, cfg: Any, dt: RunDate) -> RawInputs:
 
 
 def _synthetic(spark: SparkSession, cfg: Any, dt: RunDate) -> RawInputs:
-    spec = SyntheticSpec.from_config(cfg.data, dt)
+    """The synthetic world generated around `dt`, or around `data.anchor_dt` when set: one world
+    for several run dates (a training date and a later evaluation date see the same users and the
+    same behaviours), observed as of `ingest.until` of the run: what happens after that day has
+    not happened yet, so it is not in the source (rows whose time did not parse stay, for ingest
+    to quarantine)."""
+    anchor = cfg.data.get("anchor_dt")
+    world = RunDate.parse(anchor, "data.anchor_dt") if anchor else dt
+    if world < dt:
+        raise ConfigError(
+            f"data.anchor_dt={world} is before run.dt={dt}: the anchored world ends before the run date"
+        )
+    spec = SyntheticSpec.from_config(cfg.data, world)
     frames = synthetic_frames(spark, spec, Calendar.from_config(cfg.calendar), int(cfg.data.partitions))
     tag = F.lit(f"synthetic(seed={spec.seed})")
     tables = {
         name: getattr(frames, name).withColumn(SOURCE, tag)
         for name in ("behaviors", "items", "users", "env_signals")
     }
+    if anchor:
+        cutoff = RunDate.parse(cfg.ingest.until, "ingest.until").plus(1).iso
+        behaviors = tables["behaviors"]
+        tables["behaviors"] = behaviors.where(
+            F.col("ts").isNull() | (F.col("ts") < F.to_timestamp(F.lit(cutoff)))
+        )
+        tables["env_signals"] = tables["env_signals"].where(F.col("dt") < F.to_date(F.lit(cutoff)))
     return RawInputs(tables, extra={PLANTED_PERSONAS: frames.planted_personas})
 
 

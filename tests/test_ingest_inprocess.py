@@ -79,6 +79,35 @@ def test_synthetic_source_writes_ground_truth_and_signals(spark, tmp_path):
     assert runs.iloc[0].rows_in == report.rows_in and runs.iloc[0].status == "success"
 
 
+def test_an_anchored_world_is_the_later_dates_world_as_of_the_earlier_run(spark):
+    from sparkio.sources import read_source
+
+    e = RunDate.parse("2025-10-28")
+    t = e.minus(14)
+    world = ["data.users=6", "data.items=100", "data.history_days=60", "data.holdout_days=7"]
+
+    def source(dt: RunDate, *extra: str):
+        cfg = load_config([f"run.dt={dt}", *world, *extra])
+        inputs = read_source(spark, cfg, dt)
+        rows = {
+            name: sorted(tuple(str(v) for v in r) for r in inputs.tables[name].collect())
+            for name in ("behaviors", "env_signals")
+        }
+        return rows, cfg
+
+    later, _ = source(e)
+    earlier, cfg = source(t, f"data.anchor_dt={e}")
+    # The anchored run sees E's world up to its own ingest.until (T + the held-out week), no more.
+    cutoff = RunDate.parse(cfg.ingest.until).plus(1).iso
+    ts = 4  # (user_id, item_id, behavior, query, ts, rating, source)
+    seen = [r for r in later["behaviors"] if r[ts] == "None" or r[ts] < cutoff]
+    assert earlier["behaviors"] == seen
+    assert 0 < len(seen) < len(later["behaviors"])
+    assert earlier["env_signals"] == [r for r in later["env_signals"] if r[0] < cutoff]
+    with pytest.raises(ConfigError, match=r"anchor_dt=2025-10-28 is before run\.dt=2025-10-29"):
+        source(e.plus(1), f"data.anchor_dt={e}")
+
+
 def test_reconciliation_catches_a_lost_row():
     from sparkio.warehouse import Lineage
 
