@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import shutil
 import subprocess
@@ -11,6 +12,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# A pytest-xdist worker's __main__ (execnet's) has neither __spec__ nor __file__, which
+# pyspark.sql.connect (imported by great_expectations) takes for a doctest run and exits. A spec
+# named __main__ says otherwise, and multiprocessing's spawn (vLLM's engine core) leaves such a
+# main module alone, as it would without one.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
 
 # Every JVM the suite starts (its own Spark session, each stage process, Airflow's tasks, the
 # standalone cluster) lives for seconds on a tiny world: the quick C1 compiler alone gets such a
@@ -50,6 +59,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             min((order.get(f, 1) for f in getattr(item, "fixturenames", ())), default=1),
         )
     )
+
+
+def worker_cores() -> int:
+    """The cores one pytest worker may keep busy: all of them run serially, a share under xdist
+    (two torch thread pools spinning on the same two cores take several times as long)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads_per_worker():
+    """Torch in the test process uses the worker's share of the cores (its default is all)."""
+    if worker_cores() < (os.cpu_count() or 1):
+        import torch
+
+        torch.set_num_threads(worker_cores())
 
 
 @pytest.fixture(scope="session")
@@ -153,12 +178,12 @@ def nightly_run(tmp_path_factory, project_env, llm_cfg) -> ChainRun:
     next test that needs the shared one starts it again."""
     from recgpt.llm.server import stop_server
     from tests.dag_support import nightly
-    from tests.llm_support import EAGER
+    from tests.llm_support import TEST_ENGINE
 
     stop_server(llm_cfg)
     tmp = tmp_path_factory.mktemp("nightly")
     state = tmp / "llm-state"
-    proc = nightly(tmp, project_env, f"llm.server.state_dir={state}", EAGER)
+    proc = nightly(tmp, project_env, f"llm.server.state_dir={state}", *TEST_ENGINE)
     return ChainRun(tmp / "wh", proc, state)
 
 

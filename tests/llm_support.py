@@ -28,12 +28,14 @@ SCHEMA_TOKENS = 384
 
 
 # The tests' engines skip torch.compile: they start in about half the time, and the little they
-# generate does not pay back a compile (conf/llm/smollm2_cpu.yaml, enforce_eager).
-EAGER = "llm.enforce_eager=true"
+# generate does not pay back a compile (conf/llm/smollm2_cpu.yaml, enforce_eager). Their KV cache
+# is 1 GiB instead of 2 (~45k tokens, more than any test's batch holds): an engine is then about
+# 2 GB instead of 3, which counts while the other pytest worker runs Spark clusters beside it.
+TEST_ENGINE = ("llm.enforce_eager=true", "llm.kv_cache_gib=1")
 
 
 def llm_config(**overrides: Any) -> dict[str, Any]:
-    cfg = OmegaConf.to_container(load_config(["run.stage=test", EAGER]).llm, resolve=True)
+    cfg = OmegaConf.to_container(load_config(["run.stage=test", *TEST_ENGINE]).llm, resolve=True)
     assert isinstance(cfg, dict)
     for dotted, value in overrides.items():
         node = cfg

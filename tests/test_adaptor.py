@@ -4,7 +4,6 @@ saves and loads as a versioned artifact, and the train_adaptor stage runs on war
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from recgpt import adaptor as A
 from recgpt.config import load_config
 from recgpt.embeddings import Embedder
+from tests.conftest import worker_cores
 
 ITEMS = [
     ("Merino wool hiking socks", "Socks"),
@@ -38,8 +38,9 @@ def setting():
     cfg = load_config(["run.stage=test"])
     vectors = Embedder(dict(cfg.embedding)).encode([t for t, _ in ITEMS])
     items = [{"embedding": v, "title": t, "category": c} for (t, c), v in zip(ITEMS, vectors, strict=True)]
-    # Every core: nothing else runs beside a test (the stage keeps one core for Spark).
-    lm = A.FrozenLM(str(cfg.llm.model_path), threads=os.cpu_count())
+    # The worker's cores: nothing else of this worker runs beside a test (the stage keeps one
+    # core for Spark).
+    lm = A.FrozenLM(str(cfg.llm.model_path), threads=worker_cores())
     return lm, A.self_perception_examples(items)
 
 

@@ -12,7 +12,7 @@ from recgpt.llm.request import EMBED_MARK, encode_messages
 from recgpt.llm.server import engine_starts
 from recgpt.tables import LLM_CALLS
 from sparkio.warehouse import Lineage
-from tests.llm_support import EAGER, SCHEMA_TOKENS, PersonaSplit, planner_messages
+from tests.llm_support import SCHEMA_TOKENS, TEST_ENGINE, PersonaSplit, planner_messages
 from udfs import llm as spark_llm
 from udfs.llm_requests import generate
 
@@ -131,7 +131,7 @@ def test_a_stage_records_its_ledger_summary_and_quality(spark, tmp_path, cfg):
             f"storage.warehouse={tmp_path / 'wh'}",
             f"llm.server.state_dir={cfg['server']['state_dir']}",
             f"llm.sampling.max_tokens={SCHEMA_TOKENS}",
-            EAGER,
+            *TEST_ENGINE,
         ]
     )
     ctx = open_context(conf, "mine_intents", spark=spark)

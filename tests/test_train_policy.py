@@ -23,7 +23,7 @@ from recgpt.judge import reward as R
 from recgpt.policy import serving as S
 from recgpt.rundate import RunDate
 from tests.dag_support import DT, TINY, failure_report, scripted
-from tests.llm_support import EAGER, llm_config
+from tests.llm_support import TEST_ENGINE, llm_config
 from tests.test_reward import SETTINGS, agreement_set
 from udfs.embeddings import embedder_for
 
@@ -33,7 +33,7 @@ QUICK = (
     "policy.rft.batch_size=2",
     "policy.rft.min_reward=0.0",  # every prompt gets a target: the tiny world's rewards are mostly 0
     "policy.data.sample_users=3",
-    EAGER,
+    *TEST_ENGINE,
 )
 GRPO_QUICK = (
     "policy.grpo.steps=2",
