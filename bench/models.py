@@ -24,7 +24,6 @@ Writes bench/results/models.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import tempfile
@@ -39,20 +38,13 @@ from bench.evaluation import DATASETS, run_inputs, run_stage, sample_users
 from bench.machine import write_result
 from jobs import evaluate, mine_intents, recall
 from recgpt.config import load_config, plain
+from recgpt.llm.model_cache import file_sha256
 from recgpt.llm.server import ensure_server, stop_server
 from recgpt.rundate import RunDate
 from recgpt.tables import EVAL_METRICS, USER_INTENT_TAGS
 
 MODELS = ("smollm2_cpu", "qwen25_coder_0p5b_cpu", "qwen25_coder_1p5b_cpu")
 VARIANT = ("v2", "text")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_files(llm: dict[str, Any]) -> dict[str, Any]:
