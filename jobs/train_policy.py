@@ -195,6 +195,8 @@ def run(ctx: StageContext) -> None:
     shaping = Shaping.from_config(plain(cfg.policy.reward))
     tuning = T.TuningSettings.from_config(plain(cfg.policy.rft))
     grpo = G.GRPOSettings.from_config(plain(cfg.policy.grpo)) if method == "grpo" else None
+    # Before any engine starts: a teacher that is not a model on disk stops the job at once.
+    teacher = teacher_llm(tuning.teacher) if grpo is None and tuning.teacher else None
     examples = examples_for(ctx)
     window = guard(examples, ctx.dt, int(cfg.policy.reward.window_days), cfg.policy.get("evaluate_from"))
     reward, reward_model = expert_reward(ctx, settings, shaping)
@@ -217,9 +219,7 @@ def run(ctx: StageContext) -> None:
             del engine
             gc.collect()
     sample_seconds = time.perf_counter() - started
-    taught: dict[str, Any] = {}
-    if grpo is None and tuning.teacher:
-        taught = sample_teacher(teacher_llm(tuning.teacher), settings, examples, tuning)
+    taught = sample_teacher(teacher, settings, examples, tuning) if teacher else {}
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -328,14 +328,23 @@ def tune_rft(
 ) -> dict[str, Any]:
     """Reward-filtered fine-tuning on each prompt's best sampled answer: the policy's own, or the
     teacher's (`taught`, from `sample_teacher`) where it earns more."""
-    graded = {e.key: [(a, reward.score(e, a)) for a in sampled[e.key]] for e in examples}
-    scored = {k: [(a, g.reward) for a, g in answers] for k, answers in graded.items()}
-    teacher_answers = (taught or {}).get("answers", {})
-    teacher_graded = {
-        e.key: [(a, reward.score(e, a)) for a in teacher_answers.get(e.key, [])] for e in examples
-    }
-    teacher_scored = {k: [(a, g.reward) for a, g in answers] for k, answers in teacher_graded.items()}
-    best, from_teacher = T.best_of_sources(scored, teacher_scored, tuning.min_reward)
+
+    def grade(answers: dict[str, list[str]]) -> dict[str, list[tuple[str, Scored]]]:
+        return {e.key: [(a, reward.score(e, a)) for a in answers.get(e.key, [])] for e in examples}
+
+    def rewards(graded: dict[str, list[tuple[str, Scored]]]) -> dict[str, list[tuple[str, float]]]:
+        return {k: [(a, g.reward) for a, g in answers] for k, answers in graded.items()}
+
+    def figures(graded: dict[str, list[tuple[str, Scored]]]) -> dict[str, Any]:
+        values = [r for s in rewards(graded).values() for _, r in s]
+        return {
+            "sampled_reward": round(float(np.mean(values)), 4) if values else 0.0,
+            "sampled": sampled_figures([g for answers in graded.values() for _, g in answers], shaping),
+        }
+
+    graded = grade(sampled)
+    teacher_graded = grade((taught or {}).get("answers", {}))
+    best, from_teacher = T.best_of_sources(rewards(graded), rewards(teacher_graded), tuning.min_reward)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     by_key = {e.key: e for e in examples}
     pairs = [
@@ -346,21 +355,9 @@ def tune_rft(
         "data_hash": T.data_hash([(k, a) for k, (a, _) in best.items()]),
         "settings": tuning.as_dict(),
         "targets": len(best),
-        "sampled_reward": round(float(np.mean([r for s in scored.values() for _, r in s])), 4),
-        "sampled": sampled_figures([g for answers in graded.values() for _, g in answers], shaping),
+        **figures(graded),
         **(
-            {
-                "teacher": {
-                    "model": taught["model"],
-                    "targets": len(from_teacher),
-                    "sampled_reward": round(
-                        float(np.mean([r for s in teacher_scored.values() for _, r in s])), 4
-                    )
-                    if any(teacher_scored.values())
-                    else 0.0,
-                    "sampled": sampled_figures([g for a in teacher_graded.values() for _, g in a], shaping),
-                }
-            }
+            {"teacher": {"model": taught["model"], "targets": len(from_teacher), **figures(teacher_graded)}}
             if taught
             else {}
         ),
