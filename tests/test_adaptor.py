@@ -47,7 +47,8 @@ def setting():
 def test_training_the_adaptor_lowers_the_held_out_loss(setting):
     lm, examples = setting
     holdout, train_set = examples[:4], examples[4:]
-    cfg = {"hidden": 256, "steps": 30, "batch_size": 8, "lr": 0.003, "seed": 0}
+    # Ten steps take the held-out loss from 5.97 to 5.44 here (a step is ~4 s on one core).
+    cfg = {"hidden": 256, "steps": 10, "batch_size": 8, "lr": 0.003, "seed": 0}
     result = A.train(lm, train_set, holdout, cfg)
     m = result.metrics
     assert m["train_loss_last"] < m["train_loss_first"]
