@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= 2
 XDIST := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-judge bench-models bench-scale drills eval eval-movielens rollback clean-warehouse models-large
+.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-judge bench-models bench-rl bench-scale drills eval eval-movielens rollback clean-warehouse models-large
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench-judge: setup models-large  ## the judge on a labelled set from the synthet
 
 bench-models: setup models-large  ## the candidate miners (SmolLM2-135M, Qwen2.5-Coder 0.5B and 1.5B) as V2 miners on the same seeded users of ml-100k and synthetic data: HR@30 with its interval, tags per user, top-tag share, users/hour, model sha256s
 	$(PY) -m bench.models $(ARGS)
+
+bench-rl: setup models-large  ## trained Experts vs V1: per dataset, rft then GRPO(SUM) and GRPO(CRS) on a date 14 days before the evaluation date (judge Qwen2.5-Coder-1.5B), then V1, V2-base and V2 with each policy mined for the same seeded users there: HR@30 and exclusive recall with intervals, reward curves, training seconds (about two hours per dataset)
+	$(PY) -m bench.rl $(ARGS)
 
 bench-scale: setup  ## 10M and 100M behaviours through ingest, compress, covisit: seconds, rows, peak memory per stage
 	$(PY) -m bench.scale $(ARGS)

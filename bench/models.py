@@ -170,8 +170,10 @@ def main() -> None:
         out["datasets"][data] = run_dataset(
             data, args.users, args.models, root / data / "wh", args.seed, args.overrides
         )
-    out["total_seconds"] = round(time.perf_counter() - started, 1)
-    path = write_result("models", out)
+        # Written after each dataset: a run stopped half-way keeps what it measured.
+        out["total_seconds"] = round(time.perf_counter() - started, 1)
+        out["complete"] = len(out["datasets"]) == len(args.data)
+        path = write_result("models", out)
     print(f"\nMiners side by side (V2, text contexts), {args.users} users per dataset")
     header = f"{'hr30':>8}{'95% CI':>18}{'tags/u':>8}{'top tag':>9}{'fail':>7}{'users/h':>9}"
     print(f"  {'data':<10}{'model':<24}{header}")

@@ -311,3 +311,17 @@ def test_value_formatting_rule():
     values["odd_recall"] = {("v2", "hybrid"): 1.5}  # type: ignore[dict-item]
     assert share_metrics(values) == {"hr30", "duplicate_tag_rate"}
     assert share_metrics(values, extra={"token_ratio"}) == {"hr30", "duplicate_tag_rate", "token_ratio"}
+
+
+def test_reward_curves_draw_one_line_per_run_and_say_why_when_none_ran():
+    from recgpt.report.plots import reward_curve_plot
+
+    plot = reward_curve_plot(
+        {"synthetic GRPO(CRS)": [0.1, 0.2, 0.25], "synthetic GRPO(SUM)": [0.3, 0.28], "empty": []}
+    )
+    assert plot.png is not None and plot.png.startswith(b"\x89PNG\r\n\x1a\n") and not plot.missing
+    assert plot.caption.endswith(
+        ": synthetic GRPO(CRS), synthetic GRPO(SUM)."
+    )  # no line for a run without steps
+    none = reward_curve_plot({"synthetic GRPO(CRS)": []})
+    assert none.png is None and "no training run" in none.missing

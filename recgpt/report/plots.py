@@ -323,3 +323,30 @@ def _comparison_panel(
 def _tick(metric: str) -> str:
     """`recall_at_30_covisit` as two lines, so five metric names fit under a 7-inch axis."""
     return textwrap.fill(_plain(metric.replace("_", " ")), width=14)
+
+
+def reward_curve_plot(curves: Mapping[str, Sequence[float]]) -> Plot:
+    """Mean reward of each training step, one line per run (e.g. GRPO rewarded by CRS and by the
+    weighted SUM on each dataset)."""
+    title = "Mean reward per training step"
+    drawn = {name: list(values) for name, values in curves.items() if values}
+    if not drawn:
+        return Plot(title, "", missing="no training run recorded a reward curve")
+    caption = f"Each step's group mean of the shaped reward over its sampled answers: {', '.join(drawn)}."
+    fig = _figure(3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (name, values) in enumerate(drawn.items()):
+        steps = range(1, len(values) + 1)
+        ax.plot(
+            steps,
+            values,
+            marker="o",
+            markersize=3,
+            label=_plain(name),
+            color=_VARIANT_COLORS[i % len(_VARIANT_COLORS)],
+        )
+    ax.set(title=title, xlabel="step", ylabel="mean reward")
+    ax.title.set_fontsize(10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return Plot(title, caption, png=_png(fig))

@@ -1,0 +1,323 @@
+"""Does training the Experts pay? V1, V2-base and V2 with each tuned policy, mined for the same
+seeded users on an evaluation date after every training window, on the synthetic world and on
+ml-100k.
+
+For each dataset, two warehouses over the same data:
+
+- training, at T = E - `--train-days-before` (its own ingest, through T + the reward window only):
+  V2 mines a seeded sample of users with behaviour in [T, T + policy.reward.window_days); the
+  judge (`--judge`, Qwen2.5-Coder-1.5B by default, the better judge of bench-judge) grades their
+  tags; train_reward fits the reward model on those grades; train_policy tunes the Experts by
+  reward-filtered fine-tuning (rft), then GRPO runs on top of it twice, once rewarded by CRS and
+  once by the weighted SUM (the ablation). Every policy is trained with policy.evaluate_from=E, so
+  the leakage guard refuses any training example whose reward window reaches E.
+- evaluation, at E (the dataset's run date of bench/evaluation.py): inputs, one seeded sample of
+  scorable users, then for each variant mine_intents → recall → evaluate, and its figures read
+  back before the next variant replaces the date's V2 rows: V1 (v1_baseline), V2-base, V2 + rft,
+  V2 + GRPO(SUM), V2 + GRPO(CRS).
+
+Contexts are text for every variant (no tuned model needs an adaptor retrained, and V1 reads text
+too), so only the policy differs between the V2 rows. The matched-budget history baseline (the
+evaluate stage's `hr30_history`) is reported beside each variant.
+
+    make bench-rl                                   # both datasets (about two hours each on 2 cores)
+    python -m bench.rl --data synthetic --users 32 --train-users 48
+    python -m bench.rl --data movielens policy.grpo.steps=8 llm.enforce_eager=true
+
+Writes bench/results/rl.json (a dataset measured in an earlier run is kept beside the new one) and
+bench/results/rl_rewards.png (mean reward per GRPO step, CRS and SUM, per dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from pyspark.sql import SparkSession
+
+from bench.evaluation import DATASETS, run_inputs, sample_users
+from bench.machine import RESULTS, write_result
+from jobs import evaluate, judge, mine_intents, recall, train_policy, train_reward
+from jobs.stage import StageContext, StageFn, execute, open_context
+from recgpt.config import load_config, plain
+from recgpt.llm.server import ensure_server, stop_server
+from recgpt.policy import serving as S
+from recgpt.report.plots import reward_curve_plot
+from recgpt.rundate import RunDate
+from recgpt.tables import EVAL_METRICS
+
+# Result key -> pipeline; the V2 keys after v2_base name the policy they mine with.
+VARIANTS = ("v1", "v2_base", "v2_rft", "v2_grpo_sum", "v2_grpo_crs")
+POLICIES = ("v2_rft", "v2_grpo_sum", "v2_grpo_crs")
+METRICS = ("hr30", "exclusive_recall", "hr30_history", "hr_history_top1", "failure_rate", "tokens_per_user")
+GAIN_GOAL = 1.24  # the paper's relative gain of V2 (GRPO with CRS) over V1
+
+
+def stage(cfg: DictConfig, fn: StageFn, name: str, spark: SparkSession) -> tuple[StageContext, float]:
+    ctx = open_context(cfg, name, spark)
+    started = time.perf_counter()
+    execute(ctx, fn)
+    return ctx, time.perf_counter() - started
+
+
+def served(cfg: DictConfig, fn: StageFn, name: str, spark: SparkSession) -> tuple[StageContext, float]:
+    """A stage whose engine server is started before the clock and stopped after it."""
+    ctx = open_context(cfg, name, spark)
+    llm = plain(ctx.cfg.llm)
+    ensure_server(llm, owner_pid=os.getpid())
+    try:
+        started = time.perf_counter()
+        execute(ctx, fn)
+        return ctx, time.perf_counter() - started
+    finally:
+        stop_server(llm)
+
+
+def dataset_overrides(data: str, train_dt: RunDate, eval_dt: RunDate) -> tuple[list[str], list[str]]:
+    """The overrides of the training and of the evaluation warehouse. The training run ingests
+    through its reward window only (nothing of the evaluation window is in its warehouse); the
+    synthetic world is generated once, around E, and seen by each run as of its own cut-off."""
+    spec = list(DATASETS[data]["overrides"])
+    world = [f"data.anchor_dt={eval_dt}"] if data == "synthetic" else []
+    training = [*spec, *world, f"run.dt={train_dt}", "data.holdout_days=${policy.reward.window_days}"]
+    return training, [*spec, *world, f"run.dt={eval_dt}"]
+
+
+def train(
+    data: str,
+    root: Path,
+    train_dt: RunDate,
+    eval_dt: RunDate,
+    users: int,
+    judge_model: str,
+    seed: int,
+    overrides: Sequence[str],
+) -> dict[str, Any]:
+    """Mining, judging, reward model and the three policies at the training date; their versions
+    and training figures."""
+    training, _ = dataset_overrides(data, train_dt, eval_dt)
+    base = [
+        *training,
+        f"storage.warehouse={root}",
+        "pipeline=v2",
+        "context.mode=text",
+        f"policy.evaluate_from={eval_dt}",
+        *overrides,
+    ]
+    ctx = run_inputs(load_config(base))
+    spark = ctx.spark
+    users_file = root / "_train_users.txt"
+    chosen = sample_users(ctx, int(ctx.cfg.policy.reward.window_days), users, seed, users_file)
+    print(f"[rl] {data}: training on {chosen} users as of {train_dt}", flush=True)
+    seconds: dict[str, float] = {}
+    _, seconds["mine"] = served(
+        load_config([*base, f"mine.users_file={users_file}"]), mine_intents.run, "mine_intents", spark
+    )
+    judged = load_config([*base, f"judge.model={judge_model}"])
+    try:
+        _, seconds["judge"] = stage(judged, judge.run, "judge", spark)
+    finally:
+        stop_server(judge.judge_llm(judged))
+    _, seconds["train_reward"] = stage(load_config(base), train_reward.run, "train_reward", spark)
+
+    policies: dict[str, dict[str, Any]] = {}
+    rft, seconds["v2_rft"] = stage(
+        load_config([*base, "policy.method=rft"]), train_policy.run, "train_policy", spark
+    )
+    policies["v2_rft"] = S.policy_meta(rft.report.details["policy"]["path"])
+    for key, mode in (("v2_grpo_sum", "sum"), ("v2_grpo_crs", "crs")):
+        cfg = load_config(
+            [
+                *base,
+                "policy.method=grpo",
+                f"policy.reward.mode={mode}",
+                f"llm.policy={policies['v2_rft']['version']}",
+            ]
+        )
+        ran, seconds[key] = stage(cfg, train_policy.run, "train_policy", spark)
+        policies[key] = S.policy_meta(ran.report.details["policy"]["path"])
+    spark.stop()
+    return {
+        "dt": train_dt.iso,
+        "users": chosen,
+        "judge": judge_model,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "policies": {
+            key: {
+                "version": meta["version"],
+                "method": meta["method"],
+                "reward_mode": meta["settings"]["reward"]["mode"],
+                "trained_through": meta["trained_through"],
+                "prompts": meta["prompts"],
+                "reward_before": meta["reward_before"],
+                "reward_after": meta.get("reward_after"),
+                "reward_curve": meta.get("reward_curve", []),
+                "kl_curve": meta.get("kl_curve", []),
+                "seconds": meta["seconds"],
+            }
+            for key, meta in policies.items()
+        },
+        "artifacts_dir": str(load_config(base).policy.artifacts_dir),
+    }
+
+
+def variant_figures(ctx: StageContext, dt: RunDate, pipeline: str) -> dict[str, Any]:
+    """The evaluate stage's figures of one mined variant (text contexts) for dt."""
+    out: dict[str, Any] = {}
+    for r in ctx.warehouse.read(EVAL_METRICS, dt=dt).collect():
+        if (r.pipeline, r.context_mode) != (pipeline, "text") or r.metric not in METRICS:
+            continue
+        out[r.metric] = None if r.value is None else round(r.value, 4)
+        out["model"] = r.model
+        if r.ci95_low is not None:
+            out[f"{r.metric}_ci95"] = [round(r.ci95_low, 4), round(r.ci95_high, 4)]
+    return out
+
+
+def evaluate_variants(
+    data: str,
+    root: Path,
+    train_dt: RunDate,
+    eval_dt: RunDate,
+    users: int,
+    seed: int,
+    trained: dict[str, Any],
+    overrides: Sequence[str],
+) -> dict[str, Any]:
+    """Every variant mined for the same sample at the evaluation date, scored one after another."""
+    _, evaluation = dataset_overrides(data, train_dt, eval_dt)
+    base = [
+        *evaluation,
+        f"storage.warehouse={root}",
+        "context.mode=text",
+        f"policy.artifacts_dir={trained['artifacts_dir']}",
+        *overrides,
+    ]
+    ctx = run_inputs(load_config([*base, "pipeline=v2"]))
+    spark = ctx.spark
+    users_file = root / "_eval_users.txt"
+    chosen = sample_users(ctx, int(ctx.cfg.eval.window_days), users, seed, users_file)
+    print(f"[rl] {data}: evaluating {chosen} users as of {eval_dt}", flush=True)
+    found: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for key in VARIANTS:
+        pipeline = "v1_baseline" if key == "v1" else "v2"
+        policy = [f"llm.policy={trained['policies'][key]['version']}"] if key in POLICIES else []
+        cfg = load_config([*base, f"pipeline={pipeline}", f"mine.users_file={users_file}", *policy])
+        _, seconds[key] = served(cfg, mine_intents.run, "mine_intents", spark)
+        stage(cfg, recall.run, "recall", spark)
+        scored, _ = stage(cfg, evaluate.run, "evaluate", spark)
+        found[key] = variant_figures(scored, eval_dt, pipeline)
+        print(f"[rl] {data} {key}: {json.dumps(found[key])}", flush=True)
+    spark.stop()
+    return {"dt": eval_dt.iso, "users": chosen, "figures": found, "mine_seconds": seconds}
+
+
+def summary(trained: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's entry of rl.json: each headline metric keyed by variant with its interval,
+    the reward curves, training seconds and the targets."""
+    figures = evaluated["figures"]
+    out: dict[str, Any] = {}
+    for metric in ("hr30", "exclusive_recall", "hr30_history"):
+        out[metric] = {key: figures[key].get(metric) for key in VARIANTS}
+        out[metric]["ci95"] = {key: figures[key].get(f"{metric}_ci95") for key in VARIANTS}
+    out["detail"] = figures
+    out["reward_curves"] = {key: trained["policies"][key]["reward_curve"] for key in POLICIES[1:]}
+    out["kl_curves"] = {key: trained["policies"][key]["kl_curve"] for key in POLICIES[1:]}
+    out["training"] = trained
+    out["training_seconds"] = {key: trained["seconds"][key] for key in POLICIES}
+    out["evaluation"] = {k: v for k, v in evaluated.items() if k != "figures"}
+    hr = out["hr30"]
+    if None not in (hr["v1"], hr["v2_grpo_crs"], hr["v2_grpo_sum"]):
+        out["targets"] = {
+            "grpo_crs_at_least_v1": hr["v2_grpo_crs"] >= hr["v1"],
+            f"grpo_crs_at_least_{GAIN_GOAL}x_v1": hr["v2_grpo_crs"] >= GAIN_GOAL * hr["v1"],
+            "grpo_crs_above_history": hr["v2_grpo_crs"] > (out["hr30_history"]["v2_grpo_crs"] or 0.0),
+            "crs_at_least_sum": hr["v2_grpo_crs"] >= hr["v2_grpo_sum"],
+        }
+    return out
+
+
+def write_plot(datasets: dict[str, Any]) -> Path | None:
+    curves = {
+        f"{data} GRPO({key.rsplit('_', 1)[-1].upper()})": values
+        for data, found in datasets.items()
+        for key, values in found.get("reward_curves", {}).items()
+        if values
+    }
+    plot = reward_curve_plot(curves)
+    if plot.png is None:
+        return None
+    path = RESULTS / "rl_rewards.png"
+    path.write_bytes(plot.png)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", nargs="+", choices=sorted(DATASETS), default=["synthetic", "movielens"])
+    parser.add_argument("--users", type=int, default=32, help="evaluated users per dataset")
+    parser.add_argument(
+        "--train-users", type=int, default=48, help="users mined and judged at the training date"
+    )
+    parser.add_argument("--train-days-before", type=int, default=14, help="T = E minus this many days")
+    parser.add_argument("--judge", default="qwen25_coder_1p5b_cpu", help="conf/llm group of the judge")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="warehouses go here (default: a new temporary folder)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage")
+    args = parser.parse_args()
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="rl-"))
+    previous = RESULTS / "rl.json"
+    kept = json.loads(previous.read_text()) if previous.is_file() else {}
+    out: dict[str, Any] = {
+        "variants": "contexts: text; policies tune the Experts, served to every role",
+        "overrides": args.overrides,
+        "seed": args.seed,
+    }
+    out |= {data: kept[data] for data in DATASETS if data in kept and data not in args.data}
+    started = time.perf_counter()
+    for data in args.data:
+        eval_dt = RunDate.parse(DATASETS[data]["dt"])
+        train_dt = eval_dt.plus(-args.train_days_before)
+        trained = train(
+            data,
+            root / data / "train",
+            train_dt,
+            eval_dt,
+            args.train_users,
+            args.judge,
+            args.seed,
+            args.overrides,
+        )
+        evaluated = evaluate_variants(
+            data, root / data / "eval", train_dt, eval_dt, args.users, args.seed, trained, args.overrides
+        )
+        out[data] = summary(trained, evaluated)
+        out[data]["seconds"] = round(time.perf_counter() - started, 1)
+        path = write_result("rl", out)  # after each dataset: a run stopped half-way keeps what it measured
+    plot = write_plot({d: out[d] for d in DATASETS if d in out})
+    print(f"\nTrained Experts, HR@30 on the evaluation date (text contexts), written to {path}")
+    print(f"  {'data':<11}" + "".join(f"{key:>14}" for key in VARIANTS) + f"{'history':>10}")
+    for data in (d for d in DATASETS if d in out):
+        hr = out[data]["hr30"]
+        cells = "".join(f"{_pct(hr.get(key)):>14}" for key in VARIANTS)
+        print(f"  {data:<11}{cells}{_pct(out[data]['hr30_history'].get('v2_grpo_crs')):>10}")
+    if plot:
+        print(f"  reward curves: {plot}")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+if __name__ == "__main__":
+    main()
