@@ -80,6 +80,22 @@ def run_stage(
     return ctx, time.perf_counter() - started
 
 
+def variant_figures(
+    ctx: StageContext, dt: RunDate, variant: tuple[str, str], wanted: set[str]
+) -> dict[str, Any]:
+    """The evaluate stage's `wanted` metrics of one (pipeline, context_mode) for dt, rounded, each
+    with its 95% interval where it has one, and the model that mined the variant."""
+    out: dict[str, Any] = {}
+    for r in ctx.warehouse.read(EVAL_METRICS, dt=dt).collect():
+        if (r.pipeline, r.context_mode) != variant or r.metric not in wanted:
+            continue
+        out[r.metric] = None if r.value is None else round(r.value, 4)
+        out["model"] = r.model
+        if r.ci95_low is not None:
+            out[f"{r.metric}_ci95"] = [round(r.ci95_low, 4), round(r.ci95_high, 4)]
+    return out
+
+
 def run_inputs(cfg: DictConfig) -> StageContext:
     """The stages before mining (ingest, embed_items, compress, covisit) in one Spark session;
     returns the last one's context (its session serves the later stages)."""

@@ -34,14 +34,14 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
-from bench.evaluation import DATASETS, run_inputs, run_stage, sample_users
+from bench.evaluation import DATASETS, run_inputs, run_stage, sample_users, variant_figures
 from bench.machine import write_result
 from jobs import evaluate, mine_intents, recall
 from recgpt.config import load_config, plain
 from recgpt.llm.model_cache import file_sha256
 from recgpt.llm.server import ensure_server, stop_server
 from recgpt.rundate import RunDate
-from recgpt.tables import EVAL_METRICS, USER_INTENT_TAGS
+from recgpt.tables import USER_INTENT_TAGS
 
 MODELS = ("smollm2_cpu", "qwen25_coder_0p5b_cpu", "qwen25_coder_1p5b_cpu")
 VARIANT = ("v2", "text")
@@ -93,14 +93,7 @@ def tag_figures(ctx, dt: RunDate, sampled: int) -> dict[str, Any]:
 
 def eval_figures(ctx, dt: RunDate, k: int) -> dict[str, Any]:
     wanted = {f"hr{k}", "failure_rate", "tokens_per_user", f"hr{k}_history", "hr_history_top1"}
-    out: dict[str, Any] = {}
-    for r in ctx.warehouse.read(EVAL_METRICS, dt=dt).collect():
-        if (r.pipeline, r.context_mode) != VARIANT or r.metric not in wanted:
-            continue
-        out[r.metric] = round(r.value, 4) if r.value is not None else None
-        if r.ci95_low is not None:
-            out[f"{r.metric}_ci95"] = [round(r.ci95_low, 4), round(r.ci95_high, 4)]
-    return out
+    return variant_figures(ctx, dt, VARIANT, wanted)
 
 
 def run_dataset(

@@ -42,7 +42,7 @@ from typing import Any
 from omegaconf import DictConfig
 from pyspark.sql import SparkSession
 
-from bench.evaluation import DATASETS, run_inputs, sample_users
+from bench.evaluation import DATASETS, run_inputs, run_stage, sample_users, variant_figures
 from bench.machine import RESULTS, write_result
 from jobs import evaluate, judge, mine_intents, recall, train_policy, train_reward
 from jobs.stage import StageContext, StageFn, execute, open_context
@@ -51,20 +51,12 @@ from recgpt.llm.server import ensure_server, stop_server
 from recgpt.policy import serving as S
 from recgpt.report.plots import reward_curve_plot
 from recgpt.rundate import RunDate
-from recgpt.tables import EVAL_METRICS
 
 # Result key -> pipeline; the V2 keys after v2_base name the policy they mine with.
 VARIANTS = ("v1", "v2_base", "v2_rft", "v2_grpo_sum", "v2_grpo_crs")
 POLICIES = ("v2_rft", "v2_grpo_sum", "v2_grpo_crs")
 METRICS = ("hr30", "exclusive_recall", "hr30_history", "hr_history_top1", "failure_rate", "tokens_per_user")
 GAIN_GOAL = 1.24  # the paper's relative gain of V2 (GRPO with CRS) over V1
-
-
-def stage(cfg: DictConfig, fn: StageFn, name: str, spark: SparkSession) -> tuple[StageContext, float]:
-    ctx = open_context(cfg, name, spark)
-    started = time.perf_counter()
-    execute(ctx, fn)
-    return ctx, time.perf_counter() - started
 
 
 def served(cfg: DictConfig, fn: StageFn, name: str, spark: SparkSession) -> tuple[StageContext, float]:
@@ -122,13 +114,13 @@ def train(
     )
     judged = load_config([*base, f"judge.model={judge_model}"])
     try:
-        _, seconds["judge"] = stage(judged, judge.run, "judge", spark)
+        _, seconds["judge"] = run_stage(judged, judge.run, "judge", spark)
     finally:
         stop_server(judge.judge_llm(judged))
-    _, seconds["train_reward"] = stage(load_config(base), train_reward.run, "train_reward", spark)
+    _, seconds["train_reward"] = run_stage(load_config(base), train_reward.run, "train_reward", spark)
 
     policies: dict[str, dict[str, Any]] = {}
-    rft, seconds["v2_rft"] = stage(
+    rft, seconds["v2_rft"] = run_stage(
         load_config([*base, "policy.method=rft"]), train_policy.run, "train_policy", spark
     )
     policies["v2_rft"] = S.policy_meta(rft.report.details["policy"]["path"])
@@ -141,7 +133,7 @@ def train(
                 f"llm.policy={policies['v2_rft']['version']}",
             ]
         )
-        ran, seconds[key] = stage(cfg, train_policy.run, "train_policy", spark)
+        ran, seconds[key] = run_stage(cfg, train_policy.run, "train_policy", spark)
         policies[key] = S.policy_meta(ran.report.details["policy"]["path"])
     spark.stop()
     return {
@@ -166,19 +158,6 @@ def train(
         },
         "artifacts_dir": str(load_config(base).policy.artifacts_dir),
     }
-
-
-def variant_figures(ctx: StageContext, dt: RunDate, pipeline: str) -> dict[str, Any]:
-    """The evaluate stage's figures of one mined variant (text contexts) for dt."""
-    out: dict[str, Any] = {}
-    for r in ctx.warehouse.read(EVAL_METRICS, dt=dt).collect():
-        if (r.pipeline, r.context_mode) != (pipeline, "text") or r.metric not in METRICS:
-            continue
-        out[r.metric] = None if r.value is None else round(r.value, 4)
-        out["model"] = r.model
-        if r.ci95_low is not None:
-            out[f"{r.metric}_ci95"] = [round(r.ci95_low, 4), round(r.ci95_high, 4)]
-    return out
 
 
 def evaluate_variants(
@@ -212,9 +191,9 @@ def evaluate_variants(
         policy = [f"llm.policy={trained['policies'][key]['version']}"] if key in POLICIES else []
         cfg = load_config([*base, f"pipeline={pipeline}", f"mine.users_file={users_file}", *policy])
         _, seconds[key] = served(cfg, mine_intents.run, "mine_intents", spark)
-        stage(cfg, recall.run, "recall", spark)
-        scored, _ = stage(cfg, evaluate.run, "evaluate", spark)
-        found[key] = variant_figures(scored, eval_dt, pipeline)
+        run_stage(cfg, recall.run, "recall", spark)
+        scored, _ = run_stage(cfg, evaluate.run, "evaluate", spark)
+        found[key] = variant_figures(scored, eval_dt, (pipeline, "text"), set(METRICS))
         print(f"[rl] {data} {key}: {json.dumps(found[key])}", flush=True)
     spark.stop()
     return {"dt": eval_dt.iso, "users": chosen, "figures": found, "mine_seconds": seconds}
