@@ -24,7 +24,6 @@ Writes bench/results/models.json.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -34,12 +33,18 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
-from bench.evaluation import DATASETS, run_inputs, run_stage, sample_users, variant_figures
+from bench.evaluation import (
+    DATASETS,
+    engine_server,
+    run_inputs,
+    run_stage,
+    sample_users,
+    variant_figures,
+)
 from bench.machine import write_result
 from jobs import evaluate, mine_intents, recall
 from recgpt.config import load_config, plain
 from recgpt.llm.model_cache import file_sha256
-from recgpt.llm.server import ensure_server, stop_server
 from recgpt.rundate import RunDate
 from recgpt.tables import USER_INTENT_TAGS
 
@@ -113,13 +118,8 @@ def run_dataset(
         cfg = load_config([*base, f"llm={model}", f"mine.users_file={users_file}"])
         llm = plain(cfg.llm)
         files = model_files(llm)
-        started = time.perf_counter()
-        ensure_server(llm, owner_pid=os.getpid())
-        engine_start = time.perf_counter() - started
-        try:
+        with engine_server(llm) as engine_start:
             _, seconds = run_stage(cfg, mine_intents.run, "mine_intents", spark)
-        finally:
-            stop_server(llm)
         run_stage(cfg, recall.run, "recall", spark)
         scored, _ = run_stage(cfg, evaluate.run, "evaluate", spark)
         k = int(cfg.eval.k)

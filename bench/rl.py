@@ -5,7 +5,9 @@ ml-100k.
 For each dataset, two warehouses over the same data:
 
 - training, at T = E - `--train-days-before` (its own ingest, through T + the reward window only):
-  V2 mines a seeded sample of users with behaviour in [T, T + policy.reward.window_days); the
+  V2 mines a seeded sample of users with behaviour in [T, T + policy.reward.window_days) on the
+  teacher (`--miner`, Qwen2.5-Coder-1.5B by default: the bundled miner's users mostly fail or get
+  one tag, and a one-tag list gives the reward model no pair to rank); the
   judge (`--judge`, Qwen2.5-Coder-1.5B by default, the better judge of bench-judge) grades their
   tags; train_reward fits the reward model on those grades; train_policy tunes the Experts by
   reward-filtered fine-tuning (rft), then GRPO runs on top of it twice, once rewarded by CRS and
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -41,16 +42,26 @@ from typing import Any
 
 from omegaconf import DictConfig
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from bench.evaluation import DATASETS, run_inputs, run_stage, sample_users, variant_figures
+from bench.evaluation import (
+    DATASETS,
+    engine_server,
+    run_inputs,
+    run_stage,
+    sample_users,
+    variant_figures,
+)
 from bench.machine import RESULTS, write_result
 from jobs import evaluate, judge, mine_intents, recall, train_policy, train_reward
-from jobs.stage import StageContext, StageFn, execute, open_context
+from jobs.stage import StageContext, StageFn
 from recgpt.config import load_config, plain
-from recgpt.llm.server import ensure_server, stop_server
+from recgpt.judge import reward as R
+from recgpt.llm.server import stop_server
 from recgpt.policy import serving as S
 from recgpt.report.plots import reward_curve_plot
 from recgpt.rundate import RunDate
+from recgpt.tables import USER_INTENT_TAGS
 
 # Result key -> pipeline; the V2 keys after v2_base name the policy they mine with.
 VARIANTS = ("v1", "v2_base", "v2_rft", "v2_grpo_sum", "v2_grpo_crs")
@@ -61,15 +72,8 @@ GAIN_GOAL = 1.24  # the paper's relative gain of V2 (GRPO with CRS) over V1
 
 def served(cfg: DictConfig, fn: StageFn, name: str, spark: SparkSession) -> tuple[StageContext, float]:
     """A stage whose engine server is started before the clock and stopped after it."""
-    ctx = open_context(cfg, name, spark)
-    llm = plain(ctx.cfg.llm)
-    ensure_server(llm, owner_pid=os.getpid())
-    try:
-        started = time.perf_counter()
-        execute(ctx, fn)
-        return ctx, time.perf_counter() - started
-    finally:
-        stop_server(llm)
+    with engine_server(plain(cfg.llm)):
+        return run_stage(cfg, fn, name, spark)
 
 
 def dataset_overrides(data: str, train_dt: RunDate, eval_dt: RunDate) -> tuple[list[str], list[str]]:
@@ -82,18 +86,35 @@ def dataset_overrides(data: str, train_dt: RunDate, eval_dt: RunDate) -> tuple[l
     return training, [*spec, *world, f"run.dt={eval_dt}"]
 
 
+def mined_by(ctx: StageContext, dt: RunDate) -> str | None:
+    """The model whose V2 text tags the warehouse holds for dt, if any."""
+    if not ctx.warehouse.exists(USER_INTENT_TAGS):
+        return None
+    rows = (
+        ctx.warehouse.read(USER_INTENT_TAGS, dt=dt)
+        .where((F.col("pipeline") == "v2") & (F.col("context_mode") == "text"))
+        .select("model")
+        .distinct()
+        .collect()
+    )
+    return str(rows[0].model) if len(rows) == 1 else None
+
+
 def train(
     data: str,
     root: Path,
     train_dt: RunDate,
     eval_dt: RunDate,
     users: int,
+    miner: str,
     judge_model: str,
     seed: int,
     overrides: Sequence[str],
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Mining, judging, reward model and the three policies at the training date; their versions
-    and training figures."""
+    and training figures. `reuse`: what an earlier run on the same warehouse made stands: the
+    date's tags if `miner` mined them, and then the reward model trained after them."""
     training, _ = dataset_overrides(data, train_dt, eval_dt)
     base = [
         *training,
@@ -109,15 +130,22 @@ def train(
     chosen = sample_users(ctx, int(ctx.cfg.policy.reward.window_days), users, seed, users_file)
     print(f"[rl] {data}: training on {chosen} users as of {train_dt}", flush=True)
     seconds: dict[str, float] = {}
-    _, seconds["mine"] = served(
-        load_config([*base, f"mine.users_file={users_file}"]), mine_intents.run, "mine_intents", spark
-    )
-    judged = load_config([*base, f"judge.model={judge_model}"])
-    try:
-        _, seconds["judge"] = run_stage(judged, judge.run, "judge", spark)
-    finally:
-        stop_server(judge.judge_llm(judged))
-    _, seconds["train_reward"] = run_stage(load_config(base), train_reward.run, "train_reward", spark)
+    mining = load_config([*base, f"mine.users_file={users_file}", f"llm={miner}"])
+    mined = reuse and mined_by(ctx, train_dt) == str(mining.llm.model_name)
+    reward = R.latest(Path(str(ctx.cfg.reward.artifacts_dir))) if mined else None
+    if mined:
+        print(f"[rl] {data}: reusing the tags {miner} mined for {train_dt}", flush=True)
+    else:
+        _, seconds["mine"] = served(mining, mine_intents.run, "mine_intents", spark)
+    if reward is not None:
+        print(f"[rl] {data}: reusing reward model {reward.name}", flush=True)
+    else:
+        judged = load_config([*base, f"judge.model={judge_model}"])
+        try:
+            _, seconds["judge"] = run_stage(judged, judge.run, "judge", spark)
+        finally:
+            stop_server(judge.judge_llm(judged))
+        _, seconds["train_reward"] = run_stage(load_config(base), train_reward.run, "train_reward", spark)
 
     policies: dict[str, dict[str, Any]] = {}
     rft, seconds["v2_rft"] = run_stage(
@@ -139,6 +167,7 @@ def train(
     return {
         "dt": train_dt.iso,
         "users": chosen,
+        "miner": miner,
         "judge": judge_model,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "policies": {
@@ -196,7 +225,8 @@ def evaluate_variants(
         found[key] = variant_figures(scored, eval_dt, (pipeline, "text"), set(METRICS))
         print(f"[rl] {data} {key}: {json.dumps(found[key])}", flush=True)
     spark.stop()
-    return {"dt": eval_dt.iso, "users": chosen, "figures": found, "mine_seconds": seconds}
+    mine_seconds = {key: round(value, 1) for key, value in seconds.items()}
+    return {"dt": eval_dt.iso, "users": chosen, "figures": found, "mine_seconds": mine_seconds}
 
 
 def summary(trained: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +279,15 @@ def main() -> None:
         "--train-users", type=int, default=48, help="users mined and judged at the training date"
     )
     parser.add_argument("--train-days-before", type=int, default=14, help="T = E minus this many days")
+    parser.add_argument(
+        "--miner", default="qwen25_coder_1p5b_cpu", help="conf/llm group that mines the training date"
+    )
     parser.add_argument("--judge", default="qwen25_coder_1p5b_cpu", help="conf/llm group of the judge")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --workdir: keep the training date's tags if --miner mined them, and their reward model",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="warehouses go here (default: a new temporary folder)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage")
@@ -273,9 +311,11 @@ def main() -> None:
             train_dt,
             eval_dt,
             args.train_users,
+            args.miner,
             args.judge,
             args.seed,
             args.overrides,
+            args.reuse,
         )
         evaluated = evaluate_variants(
             data, root / data / "eval", train_dt, eval_dt, args.users, args.seed, trained, args.overrides

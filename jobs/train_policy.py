@@ -136,7 +136,12 @@ def greedy_key(
 def sample(
     engine: Engine, settings: AgentSettings, examples: Sequence[ExpertExample], n: int, temperature: float
 ) -> dict[str, list[str]]:
-    """Per example key, `n` answers (n = 1 at temperature 0: the greedy answer)."""
+    """Per example key, `n` answers (n = 1 at temperature 0: the greedy answer).
+
+    No request carries a seed of its own: vLLM's CPU build stops its engine when a seeded
+    request's prompt is prefilled over several steps (it rewinds the request's generator, which a
+    CPU generator cannot do), as soon as a batch outgrows one step's token budget. The engine's
+    own seed (`llm.seed`) keeps a rerun of the same batch reproducible."""
     schema = build_schemas(settings).expert
     base = settings.sampling.expert
     requests = [
@@ -144,7 +149,7 @@ def sample(
             key=f"{e.key}#{i}",
             messages=tuple(messages(settings, e)),
             schema=schema,
-            sampling=Sampling(base.max_tokens, temperature, 1.0, seed=i if temperature > 0 else None),
+            sampling=Sampling(base.max_tokens, temperature, 1.0),
         )
         for e in examples
         for i in range(n)

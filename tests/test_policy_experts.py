@@ -85,3 +85,25 @@ def test_rewards_come_one_per_completion():
         [answer("trail gear", "kitchen set"), "{}", answer("trail gear", "trail pack")],
     )
     assert got == [1.0, 0.0, 0.5]
+
+
+def test_sampled_answers_carry_no_seed_of_their_own():
+    """vLLM's CPU build stops its engine when a seeded request is prefilled over several steps:
+    train_policy's sampled answers rely on the engine's seed instead."""
+    from jobs.train_policy import sample
+    from recgpt.llm.request import Result
+
+    sent = []
+
+    class Recording:
+        def generate(self, requests):
+            sent.extend(requests)
+            return [
+                Result(r.key, None, answer("hiking boots"), None, None, 9, None, 9, 1.0, "stop", 1)
+                for r in requests
+            ]
+
+    out = sample(Recording(), SETTINGS, [EXAMPLE], 3, 0.8)
+    assert out == {EXAMPLE.key: [answer("hiking boots")] * 3}
+    assert [r.sampling.temperature for r in sent] == [0.8] * 3
+    assert all(r.sampling.seed is None for r in sent)
