@@ -24,7 +24,7 @@ evaluate stage's `hr30_history`) is reported beside each variant.
 
     make bench-rl                                   # both datasets (about two hours each on 2 cores)
     python -m bench.rl --data synthetic --users 32 --train-users 48
-    # the ml-100k figures of bench/results/rl.json: the judge's thresholds set to the training
+    # the ml-100k run in the README ("Training the experts"): the judge's thresholds set to the training
     # tags' quartiles (README, "The judge"), a shorter GRPO, eager engines; --reuse keeps the
     # training date's mined tags and reward model of an earlier run in --workdir
     python -m bench.rl --data movielens --workdir /tmp/rl --reuse --users 24 \
