@@ -33,17 +33,22 @@ evaluate stage's `hr30_history`) is reported beside each variant.
         judge.tag.specificity.pass=0.087 judge.tag.specificity.strong=0.151 \
         judge.tag.consistency.pass=0.321 judge.tag.consistency.strong=0.508
 
-Writes bench/results/rl.json (a dataset measured in an earlier run is kept beside the new one) and
-bench/results/rl_rewards.png (mean reward per GRPO step, CRS and SUM, per dataset).
+Training runs in a process of its own, so the evaluation's engines get back the memory it held.
+Writes bench/results/rl.json after every evaluated variant (`complete: false` until the last; a
+dataset measured in an earlier run is kept beside the new one) and bench/results/rl_rewards.png
+(mean reward per GRPO step, CRS and SUM, per dataset).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +201,14 @@ def train(
     }
 
 
+def train_apart(*args: Any) -> dict[str, Any]:
+    """`train` in a process of its own: what the tuning held (several GB of weights, optimiser state
+    and torch's allocator caches) goes back to the machine when it ends, before the evaluation's
+    engines want their KV caches."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(train, *args).result()
+
+
 def evaluate_variants(
     data: str,
     root: Path,
@@ -205,8 +218,10 @@ def evaluate_variants(
     seed: int,
     trained: dict[str, Any],
     overrides: Sequence[str],
+    on_variant: Callable[[dict[str, Any]], None] = lambda evaluated: None,
 ) -> dict[str, Any]:
-    """Every variant mined for the same sample at the evaluation date, scored one after another."""
+    """Every variant mined for the same sample at the evaluation date, scored one after another;
+    `on_variant` sees the figures so far after each one."""
     _, evaluation = dataset_overrides(data, train_dt, eval_dt)
     base = [
         *evaluation,
@@ -231,19 +246,31 @@ def evaluate_variants(
         scored, _ = run_stage(cfg, evaluate.run, "evaluate", spark)
         found[key] = variant_figures(scored, eval_dt, (pipeline, "text"), set(METRICS))
         print(f"[rl] {data} {key}: {json.dumps(found[key])}", flush=True)
+        on_variant(evaluated(eval_dt, chosen, found, seconds))
     spark.stop()
-    mine_seconds = {key: round(value, 1) for key, value in seconds.items()}
-    return {"dt": eval_dt.iso, "users": chosen, "figures": found, "mine_seconds": mine_seconds}
+    return evaluated(eval_dt, chosen, found, seconds)
+
+
+def evaluated(
+    eval_dt: RunDate, users: int, found: dict[str, Any], seconds: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "dt": eval_dt.iso,
+        "users": users,
+        "figures": dict(found),
+        "mine_seconds": {key: round(value, 1) for key, value in seconds.items()},
+    }
 
 
 def summary(trained: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any]:
     """The dataset's entry of rl.json: each headline metric keyed by variant with its interval,
-    the reward curves, training seconds and the targets."""
+    the reward curves, training seconds and the targets. `complete` is false while variants are
+    still to be evaluated (their figures are null)."""
     figures = evaluated["figures"]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"complete": all(key in figures for key in VARIANTS)}
     for metric in ("hr30", "exclusive_recall", "hr30_history"):
-        out[metric] = {key: figures[key].get(metric) for key in VARIANTS}
-        out[metric]["ci95"] = {key: figures[key].get(f"{metric}_ci95") for key in VARIANTS}
+        out[metric] = {key: figures.get(key, {}).get(metric) for key in VARIANTS}
+        out[metric]["ci95"] = {key: figures.get(key, {}).get(f"{metric}_ci95") for key in VARIANTS}
     out["detail"] = figures
     out["reward_curves"] = {key: trained["policies"][key]["reward_curve"] for key in POLICIES[1:]}
     out["kl_curves"] = {key: trained["policies"][key]["kl_curve"] for key in POLICIES[1:]}
@@ -251,7 +278,7 @@ def summary(trained: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any
     out["training_seconds"] = {key: trained["seconds"][key] for key in POLICIES}
     out["evaluation"] = {k: v for k, v in evaluated.items() if k != "figures"}
     hr = out["hr30"]
-    if None not in (hr["v1"], hr["v2_grpo_crs"], hr["v2_grpo_sum"]):
+    if out["complete"] and None not in (hr["v1"], hr["v2_grpo_crs"], hr["v2_grpo_sum"]):
         out["targets"] = {
             "grpo_crs_at_least_v1": hr["v2_grpo_crs"] >= hr["v1"],
             f"grpo_crs_at_least_{GAIN_GOAL}x_v1": hr["v2_grpo_crs"] >= GAIN_GOAL * hr["v1"],
@@ -259,6 +286,14 @@ def summary(trained: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any
             "crs_at_least_sum": hr["v2_grpo_crs"] >= hr["v2_grpo_sum"],
         }
     return out
+
+
+def recorded(
+    out: dict[str, Any], data: str, trained: dict[str, Any], started: float, evaluated: dict[str, Any]
+) -> None:
+    """rl.json with the dataset's figures so far: a run stopped half-way keeps what it measured."""
+    out[data] = summary(trained, evaluated) | {"seconds": round(time.perf_counter() - started, 1)}
+    write_result("rl", out)
 
 
 def write_plot(datasets: dict[str, Any]) -> Path | None:
@@ -312,7 +347,7 @@ def main() -> None:
     for data in args.data:
         eval_dt = RunDate.parse(DATASETS[data]["dt"])
         train_dt = eval_dt.plus(-args.train_days_before)
-        trained = train(
+        trained = train_apart(
             data,
             root / data / "train",
             train_dt,
@@ -324,12 +359,22 @@ def main() -> None:
             args.overrides,
             args.reuse,
         )
-        evaluated = evaluate_variants(
-            data, root / data / "eval", train_dt, eval_dt, args.users, args.seed, trained, args.overrides
+
+        record = partial(recorded, out, data, trained, started)
+        record(
+            evaluate_variants(
+                data,
+                root / data / "eval",
+                train_dt,
+                eval_dt,
+                args.users,
+                args.seed,
+                trained,
+                args.overrides,
+                on_variant=record,
+            )
         )
-        out[data] = summary(trained, evaluated)
-        out[data]["seconds"] = round(time.perf_counter() - started, 1)
-        path = write_result("rl", out)  # after each dataset: a run stopped half-way keeps what it measured
+    path = RESULTS / "rl.json"
     plot = write_plot({d: out[d] for d in DATASETS if d in out})
     print(f"\nTrained Experts, HR@30 on the evaluation date (text contexts), written to {path}")
     print(f"  {'data':<11}" + "".join(f"{key:>14}" for key in VARIANTS) + f"{'history':>10}")

@@ -130,3 +130,23 @@ def test_a_reward_window_reaching_into_the_evaluation_window_is_refused():
         P.check_no_leakage(touching, evaluation)
     with pytest.raises(ConfigError, match="one day"):
         P.reward_window("2025-10-28", 0)
+
+
+def test_the_benchmarks_summary_of_a_half_evaluated_dataset_says_so():
+    """bench-rl writes rl.json after every variant: the variants still to come are null, and no
+    target is judged on part of the figures."""
+    from bench.rl import POLICIES, VARIANTS, summary
+
+    policy = {"reward_curve": [0.1, 0.2], "kl_curve": [0.0, 0.01]}
+    trained = {"seconds": dict.fromkeys(POLICIES, 1.0), "policies": dict.fromkeys(POLICIES, policy)}
+    figures = {"v1": {"hr30": 0.25, "hr30_ci95": [0.1, 0.4]}, "v2_base": {"hr30": 0.125}}
+    half = summary(trained, {"dt": "1998-01-01", "users": 8, "figures": figures})
+    assert half["complete"] is False
+    assert half["hr30"]["v1"] == 0.25 and half["hr30"]["v2_grpo_crs"] is None
+    assert half["hr30"]["ci95"]["v1"] == [0.1, 0.4]
+    assert "targets" not in half
+
+    every = {key: {"hr30": 0.25, "hr30_history": 0.125} for key in VARIANTS}
+    whole = summary(trained, {"dt": "1998-01-01", "users": 8, "figures": every})
+    assert whole["complete"] is True
+    assert whole["targets"]["grpo_crs_at_least_v1"] is True
