@@ -360,19 +360,16 @@ def main() -> None:
             args.reuse,
         )
 
-        record = partial(recorded, out, data, trained, started)
-        record(
-            evaluate_variants(
-                data,
-                root / data / "eval",
-                train_dt,
-                eval_dt,
-                args.users,
-                args.seed,
-                trained,
-                args.overrides,
-                on_variant=record,
-            )
+        evaluate_variants(
+            data,
+            root / data / "eval",
+            train_dt,
+            eval_dt,
+            args.users,
+            args.seed,
+            trained,
+            args.overrides,
+            on_variant=partial(recorded, out, data, trained, started),  # rl.json after each variant
         )
     path = RESULTS / "rl.json"
     plot = write_plot({d: out[d] for d in DATASETS if d in out})
