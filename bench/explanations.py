@@ -6,7 +6,7 @@ ROUGE-L F between the lines of the same item for different users), rule pass rat
 distinct-n, tokens and engine seconds per explanation. Writes bench/results/explanations.json.
 
     make bench-explanations
-    python -m bench.explanations --data synthetic --users 40 [overrides...]
+    python -m bench.explanations --data synthetic --users 100 [overrides...]
 
 The users' tags come from V2 mined on the text context (explanations read the tag, the item and
 the situation, never the history, so the context form only changes which tags there are; the
@@ -123,7 +123,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", default="synthetic,movielens", help="comma-separated: synthetic, movielens")
-    parser.add_argument("--users", type=int, default=40, help="sampled users per dataset")
+    parser.add_argument("--users", type=int, default=100, help="sampled users per dataset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="warehouses go here (default: a new temporary folder)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage")
