@@ -4,6 +4,7 @@ saves and loads as a versioned artifact, and the train_adaptor stage runs on war
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -57,6 +58,21 @@ def test_training_the_adaptor_lowers_the_held_out_loss(setting):
     slots = A.entity_vectors(result.adaptor, np.stack([e.entities[0] for e in holdout]))
     assert slots.shape == (4, lm.hidden)
     assert np.allclose(np.linalg.norm(slots, axis=1), lm.token_norm, rtol=1e-3)
+
+
+def test_alignment_sends_unseen_items_slots_toward_their_titles_words(setting):
+    lm, examples = setting
+    holdout, train_set = examples[:4], examples[4:]
+    adaptor = A.build_adaptor(384, 256, lm.hidden, lm.token_norm)
+    m = A.align(lm, adaptor, train_set, holdout, steps=200, lr=0.003, seed=0)
+    # Held-out items the regression never saw: their slots turn toward their own titles' tokens.
+    assert m["holdout_distance_after"] < m["holdout_distance_before"] - 0.1
+    slots = A.entity_vectors(adaptor, np.stack([e.entities[0] for e in holdout]))
+    own = np.stack([lm.anchor(e.anchor).numpy() for e in holdout])
+    cos = (slots / np.linalg.norm(slots, axis=1)[:, None]) @ (own / np.linalg.norm(own, axis=1)[:, None]).T
+    assert np.all(np.diag(cos) > 0.5)
+    # Nothing to align (no anchors, or no steps): the adaptor is left as it was.
+    assert A.align(lm, adaptor, [replace(e, anchor="") for e in train_set], holdout, 200, 0.003, 0) == {}
 
 
 def test_artifact_round_trip_and_versioning(setting, tmp_path):
