@@ -6,8 +6,8 @@ self-perception item's slot regresses, by cosine, onto the mean input embedding 
 tokens, so every slot starts where the model already reads that item's words. Then the generative
 objectives: self-perception (from a single entity slot the model reproduces the item's title and
 category) and distillation (from a hybrid context the model reproduces what it answers for the same
-context in text). Saved as a versioned artifact: weights,
-the training-data hash, metrics and the models it belongs to.
+context in text). Saved as a versioned artifact: weights, the training-data hash, metrics and
+the models it belongs to.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Example:
 def data_hash(examples: Sequence[Example]) -> str:
     h = hashlib.sha256()
     for e in examples:
-        h.update(json.dumps([list(e.messages), e.target, e.kind], sort_keys=True).encode())
+        h.update(json.dumps([list(e.messages), e.target, e.kind, e.anchor], sort_keys=True).encode())
         h.update(np.ascontiguousarray(e.entities, dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
 
@@ -298,10 +298,10 @@ def align(
     seed: int,
 ) -> dict[str, Any]:
     """Cosine regression of each anchored example's slot onto its anchor's mean token embedding
-    (`FrozenLM.anchor`), in batches of 128 with AdamW. Starting the generative objectives from
-    random slots, 150 steps on 2 cores moved the held-out self-perception loss 6.9 -> 5.7; started
-    here, the model already reads a slot as its title's words. Returns the held-out cosine
-    distance before and after, and the seconds it took."""
+    (`FrozenLM.anchor`), in batches of 128 with AdamW. From random slots, 200 self-perception steps
+    left the held-out loss at 4.60; from aligned ones, the same steps reached 3.16: the model
+    already reads an aligned slot as its title's words. Returns the held-out cosine distance
+    before and after, and the seconds it took."""
     import torch
 
     def pairs(examples: Sequence[Example]) -> tuple[Any, Any]:
