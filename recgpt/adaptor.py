@@ -83,7 +83,7 @@ class Example:
     target: str
     kind: str  # self_perception | distillation
     # The text whose tokens' mean input embedding the single slot is aligned with (self-perception:
-    # the item's core title); "" for examples that take no part in the alignment.
+    # its target, the item's core title and category); "" for examples that take no part in it.
     anchor: str = ""
 
 
@@ -97,16 +97,14 @@ def data_hash(examples: Sequence[Example]) -> str:
 
 def self_perception_examples(items: Sequence[Mapping[str, Any]]) -> list[Example]:
     """From one entity slot, the item's core title and category."""
-    return [
-        Example(
-            ({"role": "user", "content": PROBE_PROMPT},),
-            np.asarray([it["embedding"]], dtype=np.float32),
-            f"{it['title']} | {it['category']}",
-            "self_perception",
-            str(it["title"]),
+    examples = []
+    for it in items:
+        target = f"{it['title']} | {it['category']}"
+        vector = np.asarray([it["embedding"]], dtype=np.float32)
+        examples.append(
+            Example(({"role": "user", "content": PROBE_PROMPT},), vector, target, "self_perception", target)
         )
-        for it in items
-    ]
+    return examples
 
 
 def distill_messages(history: str) -> tuple[dict[str, str], ...]:
@@ -299,8 +297,8 @@ def align(
 ) -> dict[str, Any]:
     """Cosine regression of each anchored example's slot onto its anchor's mean token embedding
     (`FrozenLM.anchor`), in batches of 128 with AdamW. From random slots, 200 self-perception steps
-    left the held-out loss at 4.60; from aligned ones, the same steps reached 3.16: the model
-    already reads an aligned slot as its title's words. Returns the held-out cosine distance
+    left the held-out loss at 4.60; from slots aligned with the titles, the same steps reached
+    3.16: the model already reads an aligned slot as those words. Returns the held-out cosine distance
     before and after, and the seconds it took."""
     import torch
 
