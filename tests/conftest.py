@@ -243,6 +243,9 @@ def dag_rerun(tmp_path_factory, project_env, airflow_env, scripted_llm) -> DagRe
     assert first.proc.returncode == 0, failure_report(first.proc)
     tmp = tmp_path_factory.mktemp("dag")
     shutil.copytree(first.warehouse, tmp / "wh")
-    config = dag_config(tmp, scripted(scripted_llm.url))
+    # One core per stage process: on the tiny world a second task slot mostly buys a second Python
+    # worker importing torch and loading the embedder, while the other pytest worker wants the core.
+    # No retries: a failed stage fails the run at once instead of waiting out Airflow's backoff.
+    config = dag_config(tmp, [*scripted(scripted_llm.url), "spark.master='local[1]'"], retries=0)
     proc = airflow(airflow_env, config, tmp, "dags", "test", "recgpt_nightly", DT)
     return DagRerun(first, ChainRun(tmp / "wh", proc))

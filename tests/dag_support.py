@@ -30,7 +30,7 @@ TINY = [
     "explain.items_per_user=2",  # every mode still runs; fewer calls on the real model
 ]
 QUICK_ADAPTOR = [
-    "adaptor.steps=8",
+    "adaptor.steps=4",
     "adaptor.batch_size=4",  # a step on 16 sequences is ~9 s on one core; the mining needs any adaptor
     "adaptor.items=48",
     "adaptor.distill_users=4",

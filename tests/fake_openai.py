@@ -1,11 +1,14 @@
 """A deterministic stand-in for a vLLM OpenAI server, for control-flow tests of the Spark stages
 (waves, failures, kill and resume) that must compare runs exactly: the real engine's outputs
 depend on batch composition. It speaks /v1/completions with token-id prompts, reads the output
-schema's title to know which agent is asking, and answers from a hash of the prompt (the token
-ids, or the serialized tensor of a hybrid prompt sent as `prompt_embeds`):
+schema's title to know which agent is asking, and answers from a hash of the prompt: its token
+ids, or for a hybrid prompt sent as `prompt_embeds` its length in positions (the slots' floats
+come from a trained adaptor and differ in their last bits from one training to the next; the
+length is the contexts' alone):
 
-- planner: one or two fixed personas; about one prompt in six gets a cut-off answer
-  (finish_reason "length"), so some users fail at the planner;
+- planner: one or two fixed personas; about one token-id prompt in six, and every hybrid prompt
+  of an even length, gets a cut-off answer (finish_reason "length"), so some users fail at the
+  planner;
 - expert: three tags from a small vocabulary;
 - arbiter: the numbered candidate lines of its prompt, in order (at most eight), with falling
   scores; the first candidate only when the prompt came as embeddings (it cannot be read back);
@@ -53,6 +56,13 @@ def _digest(prompt: object) -> int:
     return int(hashlib.sha256(json.dumps(prompt).encode()).hexdigest(), 16)
 
 
+def _prompt_digest(body: dict[str, Any]) -> int:
+    """The hash the answers key on: the token ids, or a hybrid prompt's length in positions."""
+    if "prompt" in body:
+        return _digest(list(body["prompt"]))
+    return _digest({"embedding_positions": FakeOpenAI.prompt_tokens(body)})
+
+
 class FakeOpenAI:
     def __init__(self, tokenizer: Any, delay_s: float = 0.05) -> None:
         self.tokenizer = tokenizer
@@ -77,9 +87,12 @@ class FakeOpenAI:
     def answer(self, body: dict[str, Any]) -> tuple[str, str]:
         tokens = list(body["prompt"]) if "prompt" in body else None
         agent = str(((body.get("structured_outputs") or {}).get("json") or {}).get("title"))
-        h = _digest(tokens if tokens is not None else body["prompt_embeds"])
+        h = _prompt_digest(body)
         if agent == "PlannerOutput":
-            if h % 6 == 0:
+            # Hybrid prompts: by parity of the length, so that about half of any world's users
+            # fail (all eight of the tests' tiny world missed a one-in-six hash of their lengths).
+            cut = h % 6 == 0 if tokens is not None else self.prompt_tokens(body) % 2 == 0
+            if cut:
                 return '{"personas":[{"name":"cut', "length"
             names = ["outdoor explorer", "home cook"][: 1 + h % 2]
             personas = [
@@ -119,7 +132,7 @@ class FakeOpenAI:
     def scored(body: dict[str, Any]) -> dict[str, Any]:
         """A scoring call (one token with its alternatives): Yes or No, P(yes) from the prompt's
         digest, in the completions API's `logprobs` shape."""
-        p = 0.05 + 0.9 * (_digest(body.get("prompt") or body.get("prompt_embeds")) % 100) / 100
+        p = 0.05 + 0.9 * (_prompt_digest(body) % 100) / 100
         tops = {"Yes": math.log(p), "No": math.log(1 - p)}
         text = max(tops, key=tops.__getitem__)
         logprobs = {"tokens": [text], "token_logprobs": [tops[text]], "top_logprobs": [tops]}
