@@ -100,7 +100,13 @@ def item_events(behaviors: DataFrame, dt: RunDate, s: CovisitSettings) -> DataFr
         & F.col("behavior").isin(list(s.keep_behaviors))
         & F.col("item_id").isNotNull()
     )
-    collapsed = kept.groupBy("user_id", "item_id", F.to_date("ts").alias("_day")).agg(F.min("ts").alias("ts"))
+    # Shuffled once, by user: the collapse and the numbering below both run within that partitioning
+    # (grouping by item and day first would shuffle the rows twice).
+    collapsed = (
+        kept.repartition("user_id")
+        .groupBy("user_id", "item_id", F.to_date("ts").alias("_day"))
+        .agg(F.min("ts").alias("ts"))
+    )
     newest = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("item_id"))
     return (
         collapsed.withColumn("pos", F.row_number().over(newest))
@@ -138,18 +144,23 @@ def covisit_pairs(events: DataFrame, s: CovisitSettings) -> DataFrame:
     if s.window_days is not None:
         gap = F.col("ts").cast("long") - F.col("_older.ts").cast("long")  # seconds, >= 0
         near = near.where(gap <= F.lit(s.window_days * _DAY_SECONDS))
-    both = near.select(
+    # One row per user and unordered pair: `near` is still partitioned by user, so this distinct
+    # needs no shuffle, and only the pairs (one direction) cross the network to be counted.
+    unordered = near.select(
         "user_id",
+        F.least("item_id", "_older.item_id").alias("a"),
+        F.greatest("item_id", "_older.item_id").alias("b"),
+    ).distinct()
+    weights = unordered.groupBy("a", "b").agg(F.count(F.lit(1)).alias("weight"))
+    both = weights.select(
         F.explode(
             F.array(
-                F.struct(F.col("item_id").alias("a"), F.col("_older.item_id").alias("b")),
-                F.struct(F.col("_older.item_id").alias("a"), F.col("item_id").alias("b")),
+                F.struct(F.col("a").alias("item_id"), F.col("b").alias("neighbor_id"), "weight"),
+                F.struct(F.col("b").alias("item_id"), F.col("a").alias("neighbor_id"), "weight"),
             )
-        ).alias("_pair"),
+        ).alias("_pair")
     )
-    return both.groupBy(F.col("_pair.a").alias("item_id"), F.col("_pair.b").alias("neighbor_id")).agg(
-        F.countDistinct("user_id").alias("weight")
-    )
+    return both.select("_pair.item_id", "_pair.neighbor_id", "_pair.weight")
 
 
 def top_neighbors(pairs: DataFrame, s: CovisitSettings, catalog: DataFrame | None = None) -> DataFrame:
