@@ -115,6 +115,15 @@ def test_pairs_count_each_user_once_within_the_window_and_neighbours_break_ties_
     }
 
 
+def test_the_behaviours_are_shuffled_once_by_user_and_then_only_the_distinct_pairs(spark, capsys):
+    s = settings("covisit.window_events=2", "covisit.window_days=7", "covisit.lookback_days=60")
+    covisit_pairs(item_events(behaviors_frame(spark, PAIR_WORLD), DT, s), s).explain()
+    shuffles = re.findall(r"Exchange hashpartitioning\((.*?), \d+\)", capsys.readouterr().out)
+    keys = sorted(re.sub(r"#\d+", "", k) for k in shuffles)
+    # Per user: the day collapse, the numbering, the window and the distinct unordered pairs.
+    assert keys == ["a, b", "user_id"], keys
+
+
 def test_without_window_days_the_window_is_in_positions_only(spark):
     s = settings("covisit.window_events=2", "covisit.window_days=null", "covisit.lookback_days=60")
     assert s.window_days is None
