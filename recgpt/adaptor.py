@@ -2,8 +2,8 @@
 input-embedding space, so one `[entity]` slot stands for a whole title in hybrid prompts.
 
 Trained with the LLM frozen in two phases. Alignment first (seconds, no LLM pass): each
-self-perception item's slot regresses, by cosine, onto the mean input embedding of its title's
-tokens, so every slot starts where the model already reads that item's words. Then the generative
+self-perception item's slot regresses, by cosine, onto the mean input embedding of the tokens of
+"title | category", so every slot starts where the model already reads that item's words. Then the generative
 objectives: self-perception (from a single entity slot the model reproduces the item's title and
 category) and distillation (from a hybrid context the model reproduces what it answers for the same
 context in text). Saved as a versioned artifact: weights, the training-data hash, metrics and
