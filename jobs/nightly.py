@@ -9,8 +9,8 @@ it stops the engine servers its own local Spark started: the later stages get th
 server stays up, so the second finds it instead of paying another start.
 
 On local Spark the chain starts that server in the background while the stage before the LLM
-stage runs (train_adaptor: one torch thread, so a core is free), and the LLM stage's tasks find it
-up instead of waiting ~40 s for it.
+stage runs (train_adaptor, which trains on one core fewer while the start is under way), and the
+LLM stage's tasks find it up instead of waiting ~40 s for it.
 
     python -m jobs.nightly run.dt=2025-10-28 [overrides]
 """
@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from jobs.stage import StageContext, StageFn, StageReport, execute, hydra_entry, open_context, prepare
 from recgpt.config import plain
-from recgpt.llm.server import ensure_server, stop_servers_started_under
+from recgpt.llm.server import BACKGROUND_START, ensure_server, stop_servers_started_under
 from recgpt.tables import USER_INTENT_TAGS
 from sparkio.warehouse import Warehouse
 
@@ -91,7 +91,7 @@ def start_engine_early(ctx: StageContext, for_stage: str) -> None:
         print(f"   engine server for {for_stage} up ({how})", flush=True)
 
     print(f"   starting the engine server for {for_stage} in the background", flush=True)
-    threading.Thread(target=start, name="engine-start", daemon=True).start()
+    threading.Thread(target=start, name=BACKGROUND_START, daemon=True).start()
 
 
 def sample_tags(warehouse: Warehouse, cfg: DictConfig, users: int = 3, per_user: int = 3) -> str:

@@ -174,10 +174,15 @@ class TrainResult:
 
 
 def default_threads() -> int:
-    """Torch threads for training on the driver: all cores but one. Torch's default (every core)
-    spins its threads on each operation; with anything else running beside it (Spark's JVM, a
-    package install) a 2-core machine measured 15x slower generation than with one thread."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    """Torch threads for training on the driver: every core, but one while this process starts
+    an engine server beside the training (the chain does, before its first LLM stage). The stage
+    otherwise trains alone (Spark idles meanwhile): a step took 3.4 s on two threads against 6.6 s
+    on one, on 2 cores. Torch's threads spin on each operation, so two busy pools on the same
+    cores slow each other down many times over (15x slower generation was measured)."""
+    from recgpt.llm.server import starting_in_background
+
+    cores = os.cpu_count() or 1
+    return max(1, cores - 1) if starting_in_background() else cores
 
 
 class FrozenLM:
@@ -190,7 +195,8 @@ class FrozenLM:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        torch.set_num_threads(threads or default_threads())
+        self.threads = threads  # None: `default_threads()`, looked at again before each batch
+        self.pace()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
         self.model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         self.model.eval()
@@ -200,6 +206,14 @@ class FrozenLM:
         self.table = table
         self.hidden = int(table.shape[1])
         self.token_norm = float(table.norm(dim=-1).mean())
+
+    def pace(self) -> None:
+        """Torch's thread count for the next batch: the configured one, or `default_threads()`."""
+        import torch
+
+        wanted = self.threads or default_threads()
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
 
     def ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -271,6 +285,7 @@ class FrozenLM:
         answers: list[str] = []
         ticker = Ticker("adaptor teacher", len(prompts), "answers", emit=progress)
         for start in range(0, len(prompts), batch):
+            self.pace()
             encoded = [self.ids(self.prompt(m)) for m in prompts[start : start + batch]]
             width = max(len(ids) for ids in encoded)
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
@@ -383,6 +398,7 @@ def train(
         kind = "distillation" if (not others or rng.random() < share) else others[0]
         pool = pools[kind]
         sample = rng.sample(pool, min(batch, len(pool)))
+        lm.pace()
         loss = lm.loss(sample, adaptor)
         optimizer.zero_grad()
         loss.backward()

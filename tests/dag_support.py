@@ -38,6 +38,7 @@ QUICK_ADAPTOR = [
     "adaptor.distill_buckets=1",  # short distillation sequences: a step over long ones is ~10 s
     "adaptor.distill_max_entities=12",
     "adaptor.align_steps=200",  # the alignment still runs (~1 s on 48 items instead of ~10 s)
+    "adaptor.threads=1",  # the other pytest worker has the other core
 ]
 
 # Every table the chain writes for a date: a first run leaves rows in each.

@@ -4,6 +4,8 @@ saves and loads as a versioned artifact, and the train_adaptor stage runs on war
 from __future__ import annotations
 
 import json
+import os
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from recgpt import adaptor as A
 from recgpt.config import load_config
 from recgpt.embeddings import Embedder
+from recgpt.llm.server import BACKGROUND_START
 from tests.conftest import worker_cores
 
 ITEMS = [
@@ -215,3 +218,17 @@ def test_distillation_examples_teach_the_hybrid_prompt_the_text_prompts_answer()
     np.testing.assert_array_equal(example.entities, [[1.0, 2.0], [3.0, 4.0]])
     # The teacher answered the text form of the same lines, with the configured answer length.
     assert teacher.seen == [([A.distill_messages("10-27 | boots; tent")], 8)]
+
+
+def test_training_leaves_a_core_to_an_engine_server_starting_beside_it(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert A.default_threads() == 4
+    release = threading.Event()
+    start = threading.Thread(target=release.wait, name=BACKGROUND_START, daemon=True)
+    start.start()
+    try:
+        assert A.default_threads() == 3
+    finally:
+        release.set()
+        start.join()
+    assert A.default_threads() == 4

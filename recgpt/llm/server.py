@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from recgpt.llm.vllm_offline import engine_args
 log = logging.getLogger(__name__)
 
 STARTS_LOG = "engine_starts.log"
+# The name of the thread in which a process starts an engine server while it goes on working.
+BACKGROUND_START = "engine-start"
 
 
 class EngineStartError(RecGPTError):
@@ -147,6 +150,12 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def starting_in_background() -> bool:
+    """Whether this process is starting an engine server in a thread named BACKGROUND_START
+    (the chain's early start): CPU-bound work beside it leaves it a core."""
+    return any(t.name == BACKGROUND_START and t.is_alive() for t in threading.enumerate())
 
 
 def ensure_server(cfg: Mapping[str, Any], owner_pid: int | None = None) -> ServerInfo:
