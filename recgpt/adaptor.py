@@ -195,7 +195,7 @@ class FrozenLM:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        self.threads = threads  # None: `default_threads()`, looked at again before each batch
+        self.threads = threads  # None: `default_threads()`, looked at again before each forward pass
         self.pace()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
         self.model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -257,6 +257,7 @@ class FrozenLM:
     def loss(self, examples: Sequence[Example], adaptor: Any) -> Any:
         import torch
 
+        self.pace()
         seqs = [self.sequence(e, adaptor) for e in examples]
         width = max(s.shape[0] for s, _ in seqs)
         embeds = torch.zeros(len(seqs), width, self.hidden)
@@ -398,7 +399,6 @@ def train(
         kind = "distillation" if (not others or rng.random() < share) else others[0]
         pool = pools[kind]
         sample = rng.sample(pool, min(batch, len(pool)))
-        lm.pace()
         loss = lm.loss(sample, adaptor)
         optimizer.zero_grad()
         loss.backward()
