@@ -424,6 +424,8 @@ def raw_vllm(state: Path) -> None:
             top_p=r["top_p"],
             seed=r["seed"],
             stop=r["stop"] or None,
+            presence_penalty=r.get("presence_penalty", 0.0),
+            frequency_penalty=r.get("frequency_penalty", 0.0),
             structured_outputs=StructuredOutputsParams(json=schema, disable_any_whitespace=compact)
             if schema
             else None,

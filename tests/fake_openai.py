@@ -84,19 +84,30 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
+    def history_digest(self, tokens: list[int]) -> int:
+        text = self.tokenizer.decode(tokens)
+        found = re.search(r"<history>(.*?)</history>", text, re.S)
+        return _digest(found.group(1) if found else text)
+
     def answer(self, body: dict[str, Any]) -> tuple[str, str]:
         tokens = list(body["prompt"]) if "prompt" in body else None
         agent = str(((body.get("structured_outputs") or {}).get("json") or {}).get("title"))
         h = _prompt_digest(body)
         if agent == "PlannerOutput":
-            # Hybrid prompts: by parity of the length, so that about half of any world's users
-            # fail (all eight of the tests' tiny world missed a one-in-six hash of their lengths).
-            cut = h % 6 == 0 if tokens is not None else self.prompt_tokens(body) % 2 == 0
+            # Text prompts: one in three by a hash of the history alone, so which users are cut
+            # off does not move when a prompt's wording changes; hybrid prompts: by parity of the
+            # length, so that about half of any world's users fail (all eight of the tests' tiny
+            # world missed a one-in-six hash of their lengths).
+            cut = (
+                self.history_digest(tokens) % 3 == 0
+                if tokens is not None
+                else self.prompt_tokens(body) % 2 == 0
+            )
             if cut:
-                return '{"personas":[{"name":"cut', "length"
+                return '{"personas":[{"need":"cut', "length"
             names = ["outdoor explorer", "home cook"][: 1 + h % 2]
             personas = [
-                {"name": n, "description": f"shops as a {n}", "evidence": [n], "signals": []} for n in names
+                {"need": n, "description": f"shops as a {n}", "evidence": [n], "signals": []} for n in names
             ]
             return json.dumps({"personas": personas}), "stop"
         if agent == "ExpertOutput":

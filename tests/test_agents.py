@@ -108,7 +108,7 @@ def test_default_settings_come_from_the_pipeline_config(settings, v1_settings):
     assert (settings.tag.min_words, settings.tag.max_words, settings.tag.max_chars) == (2, 4, 48)
     assert settings.tag.reason_max_chars == 120
     assert settings.validation.near_duplicate_cosine == 0.9
-    assert (settings.evidence_top_k, settings.prompt_version, settings.routes) == (3, "v2.0", ())
+    assert (settings.evidence_top_k, settings.prompt_version, settings.routes) == (3, "v2.1", ())
     assert settings.sampling.expert.temperature == 0.0
     # The baseline keeps v2's bounds (same validation) and adds its routes and version.
     assert v1_settings.routes == ("general", "season", "weather", "trend")
@@ -126,6 +126,12 @@ def test_bad_agent_settings_fail_at_load_naming_the_key():
         AgentSettings.from_config({**cfg, "k_personas": 0})
     with pytest.raises(ConfigError, match="max_words"):
         AgentSettings.from_config({**cfg, "tag": {**cfg["tag"], "max_words": 1}})
+    # The persona limits must hold what the planner's schema admits, the fallback persona too.
+    with pytest.raises(ConfigError, match="name_max_chars must be at least 38"):
+        AgentSettings.from_config({**cfg, "persona": {**cfg["persona"], "name_max_chars": 24}})
+    capitalised = {**cfg["fallback_persona"], "name": "All Interests"}
+    with pytest.raises(ConfigError, match=r"fallback_persona\.name must be what a planner may write"):
+        AgentSettings.from_config({**cfg, "fallback_persona": capitalised})
     without = {k: v for k, v in cfg.items() if k != "sampling"}
     with pytest.raises(ConfigError, match="missing 'sampling'"):
         AgentSettings.from_config(without)
@@ -166,7 +172,8 @@ def test_every_string_list_and_object_of_the_json_schema_is_bounded(settings, ag
 
 
 def persona_json(i: int, **over: Any) -> dict[str, Any]:
-    return {"name": f"persona {i}", "description": "d", "evidence": ["boots"], "signals": [], **over}
+    name = f"persona {chr(97 + i)}"
+    return {"need": name, "description": "d", "evidence": ["boots"], "signals": [], **over}
 
 
 def expert_json(n: int, **over: Any) -> str:
@@ -197,6 +204,20 @@ def test_k_m_and_n_are_enforced_and_follow_the_settings(settings):
     assert build_schemas(settings) is schemas
 
 
+def test_the_planner_names_a_need_in_lower_case_words(settings):
+    """The persona's key is "need"; a person's name, a digit or a fourth word cannot be decoded;
+    the record keeps calling it `name`."""
+    planner = build_schemas(settings).planner
+    schema = planner.model_json_schema()
+    persona = next(d for d in schema["$defs"].values() if "description" in d.get("properties", {}))
+    assert list(persona["properties"]) == ["need", "description", "evidence", "signals"]
+    for bad in ("Jake", "jake is a 19", "trail running gear box", "home-cook", ""):
+        with pytest.raises(ValidationError):
+            planner.model_validate({"personas": [persona_json(0, need=bad)]})
+    parsed = planner.model_validate({"personas": [persona_json(0, need="trail running gear")]})
+    assert personas_of(parsed)[0].name == "trail running gear"
+
+
 def test_overlong_strings_and_lists_are_rejected(settings):
     schemas = build_schemas(settings)
     # Tags: lower-case words of letters and digits, min..max words, each word bounded.
@@ -225,7 +246,7 @@ def test_overlong_strings_and_lists_are_rejected(settings):
 def test_valid_answers_parse_into_records_and_invalid_ones_give_a_reason(settings):
     schemas = build_schemas(settings)
     planner_text = json.dumps(
-        {"personas": [persona_json(0, name="winter hiker", evidence=["hiking boot"], signals=["autumn"])]}
+        {"personas": [persona_json(0, need="winter hiker", evidence=["hiking boot"], signals=["autumn"])]}
     )
     [persona] = personas_of(parse_output(planner_text, "stop", schemas.planner))
     assert persona == Persona("winter hiker", "d", ("hiking boot",), ("autumn",))

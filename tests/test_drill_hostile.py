@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from bench.drills import hostile
-from recgpt.agents.schemas import tag_pattern
+from recgpt.agents.schemas import persona_name_pattern, tag_pattern
 from recgpt.agents.text import history_text
 
 STYLES = {"instruction", "delimiter", "lookalike", "invisible", "json", "long", "email", "phone"}
@@ -77,11 +77,12 @@ def test_every_entry_is_withheld_or_survives_the_cuts_a_history_makes(corpus):
 
 def test_an_echo_answer_is_schema_valid_and_hostile(corpus):
     entry = next(e for e in corpus if e.style == "email")
-    limits = {"name": 24, "description": 80, "evidence": 32, "signals": 24, "personas[]": 3}
+    limits = {"description": 80, "evidence": 32, "signals": 24, "personas[]": 3}
     value, echoed = hostile.ANSWERS["PlannerOutput"](iter([entry]), limits, "", 0)
     assert echoed and len(value["personas"]) == 2  # the hostile one, then a clean one
     copied = value["personas"][0]
-    assert all(len(copied[k]) <= limits[k] for k in ("name", "description"))
+    assert len(copied["description"]) <= limits["description"]
+    assert re.fullmatch(persona_name_pattern(), copied["need"]), copied["need"]
     assert "pii:" + entry.id in hostile.Scanner((entry,)).hits(copied["description"])
     for e in corpus:
         assert re.fullmatch(tag_pattern(2, 4), hostile.tag_window(e)), e.id

@@ -328,3 +328,26 @@ def test_an_engine_that_cannot_be_brought_back_leaves_error_rows_with_both_reaso
     [result] = Engine(backend, renderer).generate([request()])
     assert result.error.startswith("engine_error: gave up after 2 tries: ConnectError")
     assert "could not be restarted: RuntimeError: engine exited with 1 during start" in result.error
+
+
+class RecordsBodies(AnswersValid):
+    """Answers validly and keeps every request body."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bodies: list[dict] = []
+
+    def answer(self, body):
+        self.bodies.append(body)
+        return super().answer(body)
+
+
+def test_repetition_penalties_reach_the_server_only_when_set(renderer):
+    with RecordsBodies(renderer.tokenizer, delay_s=0.0) as server:
+        engine = Engine(OpenAIHTTPBackend(server.url, "m"), renderer)
+        plain = request("u1")
+        penalised = request("u2", sampling=Sampling(max_tokens=64, presence_penalty=0.5))
+        assert all(r.ok for r in engine.generate([plain, penalised]))
+    by_penalty = sorted(server.bodies, key=lambda b: "presence_penalty" in b)
+    assert "presence_penalty" not in by_penalty[0] and "frequency_penalty" not in by_penalty[0]
+    assert by_penalty[1]["presence_penalty"] == 0.5 and "frequency_penalty" not in by_penalty[1]

@@ -62,7 +62,7 @@ def user(uid: str, items: Sequence[str], bought: Sequence[str] = ()) -> UserInpu
 
 
 def planner(*names: str) -> str:
-    personas = [{"name": n, "description": f"shops for {n}", "evidence": [n], "signals": []} for n in names]
+    personas = [{"need": n, "description": f"shops for {n}", "evidence": [n], "signals": []} for n in names]
     return json.dumps({"personas": personas})
 
 
@@ -85,7 +85,7 @@ def miner_for(
 
 
 def whose(text: str) -> str:
-    found = re.search(r"marker (u\d+)", text)
+    found = re.search(r"marker (u\d+)\b", text)
     return found.group(1) if found else ""
 
 
@@ -133,34 +133,43 @@ def test_v2_runs_planners_then_experts_then_arbiters_and_ranks_candidates(render
 
 def test_v2_degrades_step_by_step_and_fails_only_a_user_without_a_valid_tag(renderer, settings):
     """Planner, Expert and Arbiter each fail for some users: the plan falls back to one general
-    persona, a failed Expert leaves its siblings' tags, an unusable Arbiter answer leaves the
-    pool in order; each fallback and each failed call is counted with its cause."""
+    persona, a failed Expert leaves its siblings' tags, personas whose Experts gave no valid tag
+    leave a second round with the general persona, an unusable Arbiter answer leaves the pool in
+    order; each fallback and each failed call is counted with its cause."""
     general = settings.fallback_persona.name
+
+    def letter(uid: str) -> str:  # persona names are words of letters: u6 -> "f"
+        return chr(96 + int(uid[1:]))
 
     def answer(agent: str, text: str) -> str | None:
         uid = whose(text)
         if agent == "PlannerOutput":
             if uid == "u1":
-                return '{"personas":[{"name":"cut off'  # truncated JSON
+                return '{"personas":[{"need":"cut off'  # truncated JSON
             if uid == "u2":
                 return planner("system prompt reader")  # an echo of the instructions
             if uid == "u3":
-                return planner("Mike")  # a person, not a shopping need
-            return planner(f"hiker {uid}", f"cook {uid}")
+                return planner("mike")  # a person, not a shopping need
+            return planner(f"hiker {letter(uid)}", f"cook {letter(uid)}")
         if agent == "ExpertOutput":
             persona = re.search(r"<persona>(.*?):", text)
             assert persona is not None
             name = persona.group(1)
             if name == general:
                 # The general persona carries no evidence: its Expert reads the history.
-                assert uid in ("u1", "u2", "u3")
+                assert uid in ("u1", "u2", "u3", "u7", "u8", "u10")
+                if uid == "u7":
+                    return None  # its second round fails in transport as well
+                if uid == "u8":
+                    return expert("northpeak trail shoes")  # a brand again
                 return expert("trail running shoes", "wool hiking socks")
             assert "marker" not in text, "a planned persona's Expert reads the persona, not the history"
-            if name == "cook u6":
+            uid = f"u{ord(name[-1]) - 96}"  # from the persona's letter
+            if name == "cook f":
                 return None  # one Expert of two fails in transport
-            if name.endswith("u7"):
+            if uid == "u7":
                 return None  # every Expert fails
-            if name.endswith("u8"):
+            if uid in ("u8", "u10"):
                 return expert("northpeak running shoes")  # only a brand: no valid tag
             return expert("cast iron skillet") if name.startswith("cook") else expert("trail running shoes")
         if uid == "u4":
@@ -169,20 +178,26 @@ def test_v2_degrades_step_by_step_and_fails_only_a_user_without_a_valid_tag(rend
             return arbiter((9, 9))  # no candidate has that number
         return arbiter((1, 9))
 
-    miner, _ = miner_for(renderer, settings, answer)
-    users = [user(f"u{i}", ["trail running shoes"]) for i in range(1, 10)]
+    miner, backend = miner_for(renderer, settings, answer)
+    users = [user(f"u{i}", ["trail running shoes"]) for i in range(1, 11)]
     by_user = {o.user_id: o for o in mine(miner, "v2", users)}
 
     def fallbacks(uid: str) -> dict[str, int]:
         return dict(by_user[uid].fallbacks)
 
-    for uid, cause in (("u1", "invalid_output"), ("u2", "no_valid_persona"), ("u3", "no_valid_persona")):
+    cases = (("u1", "invalid_output"), ("u2", "no_valid_persona"), ("u3", "no_valid_persona"))
+    for uid, cause in (*cases, ("u10", "no_valid_tag")):
         out = by_user[uid]
         assert out.failure is None and [p.name for p in out.personas] == [general]
         assert fallbacks(uid) == {f"general_persona:{cause}": 1}
         assert [t.tag.tag for t in out.tags] == ["trail running shoes", "wool hiking socks"]
     assert dict(by_user["u1"].failed_calls) == {"planner: invalid_output": 1}
     assert by_user["u2"].rejected["instruction_echo"] == 1 and by_user["u3"].rejected["person_name"] == 1
+    # u10: both planned Experts' brand tags rejected, then the general persona's tags kept.
+    assert by_user["u10"].rejected["brand"] == 2
+    assert [step for step, _ in by_user["u10"].calls] == ["planner", "expert", "expert", "expert", "arbiter"]
+    # The second round is one engine batch of its own, after the planned Experts' batch.
+    assert backend.batches[1:3] == [["ExpertOutput"] * 17, ["ExpertOutput"] * 3]
 
     # The Arbiter failed or picked nothing: the validated pool, in order, unscored.
     for uid, cause in (("u4", "engine_error"), ("u5", "no_valid_pick")):
@@ -196,14 +211,16 @@ def test_v2_degrades_step_by_step_and_fails_only_a_user_without_a_valid_tag(rend
     # One Expert failed: the other's tag counts.
     u6 = by_user["u6"]
     assert u6.failure is None and fallbacks("u6") == {"expert_dropped:engine_error": 1}
-    assert [(t.tag.tag, t.tag.persona) for t in u6.tags] == [("trail running shoes", "hiker u6")]
+    assert [(t.tag.tag, t.tag.persona) for t in u6.tags] == [("trail running shoes", "hiker f")]
 
-    # Only a user left without any valid tag fails, with every failed call kept.
+    # Only a user left without any valid tag after the second round fails, every failed call kept.
     u7, u8 = by_user["u7"], by_user["u8"]
     assert (u7.failure.step, u7.failure.reason.split(":")[0]) == ("expert", "engine_error")
-    assert dict(u7.failed_calls) == {"expert: engine_error": 2}
-    assert (u8.failure.step, u8.failure.reason) == ("expert", NO_VALID_TAG) and u8.rejected["brand"] == 2
-    assert not u7.tags and not u8.tags and not fallbacks("u7")
+    assert dict(u7.failed_calls) == {"expert: engine_error": 3}
+    assert fallbacks("u7") == {"general_persona:engine_error": 1}
+    assert (u8.failure.step, u8.failure.reason) == ("expert", NO_VALID_TAG) and u8.rejected["brand"] == 3
+    assert fallbacks("u8") == {"general_persona:no_valid_tag": 1}
+    assert not u7.tags and not u8.tags
 
     ok = by_user["u9"]
     assert ok.failure is None and not ok.fallbacks and not ok.failed_calls

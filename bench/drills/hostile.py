@@ -70,7 +70,7 @@ from bench.evaluation import run_stage
 from jobs import compress, embed_items, explain, ingest, mine_intents, recall
 from recgpt import context as C
 from recgpt.agents.mining import Miner, UserInput, mine
-from recgpt.agents.schemas import build_schemas, tag_pattern
+from recgpt.agents.schemas import PERSONA_NAME_WORDS, build_schemas, tag_pattern
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.text import inline_text
 from recgpt.agents.validate import ValidationContext
@@ -385,7 +385,7 @@ def _planted_events(
 # What the echo model writes when its prompt carries no hostile text, and between hostile items:
 # answers that pass validation, so the drill also shows clean rows being kept.
 CLEAN_PERSONA = {
-    "name": "outdoor explorer",
+    "need": "outdoor explorer",
     "description": "shops for outdoor gear and trail footwear",
     "evidence": ["hiking boots"],
     "signals": [],
@@ -521,7 +521,7 @@ def _planner(hostile: Iterator[Entry], limits: dict[str, int], prompt: str, turn
     """Two hostile personas around a clean one (a clean one alone when the prompt is clean)."""
     copied = [
         {
-            "name": window(entry, limits["name"]),
+            "need": tag_window(entry, PERSONA_NAME_WORDS),
             "description": window(entry, limits["description"]),
             "evidence": [window(entry, limits["evidence"])],
             "signals": [window(entry, limits["signals"])],

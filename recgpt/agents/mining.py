@@ -4,7 +4,8 @@ one call (the V1 baseline). Batching by stage keeps the engine's batch full and 
 cache serve each agent's shared system message once.
 
 V2 degrades instead of failing: an unusable plan leaves the user one general persona whose Expert
-reads the whole history; a failed Expert leaves the others' tags; an unusable Arbiter answer
+reads the whole history, and so does a plan whose personas' Experts gave no valid tag (a second
+round of one call for those users); a failed Expert leaves the others' tags; an unusable Arbiter answer
 leaves the validated pool in its order. Each such step is counted in `UserOutcome.fallbacks` as
 `<fallback>:<cause>`; only a user left with no valid tag fails.
 
@@ -142,48 +143,26 @@ class Miner:
             out.personas = kept
             personas[user.user_id] = kept
 
-        expert_calls = []
-        for user in users:
-            for i, persona in enumerate(personas.get(user.user_id, [])):
-                # The general persona carries no evidence of its own: its Expert reads the history.
-                reads = replace(s, expert_history=True) if persona == fallback else s
-                prompt = expert_prompt(reads, user.history, persona, user.situation)
-                embeds = user.embeds if prompt.history_message is not None else ()
-                expert_calls.append(
-                    (
-                        user,
-                        prompt.request(
-                            f"{user.user_id}:expert:{i}",
-                            self.schemas.expert,
-                            s.sampling.expert,
-                            user.user_id,
-                            embeds,
-                        ),
-                    )
-                )
-        proposed: dict[str, list[list[Tag]]] = {}
-        errors: dict[str, list[str]] = {}
-        for user, result in self._call("expert", expert_calls, outcomes):
-            index = int(result.key.rsplit(":", 1)[1])
-            if result.parsed is None:
-                errors.setdefault(user.user_id, []).append(result.error or "no_output")
-                continue
-            served = personas[user.user_id][index].name
-            proposed.setdefault(user.user_id, []).append(expert_tags(result.parsed, served))
-
         candidates: dict[str, list[Tag]] = {}
+        retry: list[UserInput] = []
+        kept_tags = self._experts(users, personas, fallback, outcomes, "expert")
         for user in users:
+            if kept_tags[user.user_id]:
+                candidates[user.user_id] = kept_tags[user.user_id]
+            elif outcomes[user.user_id].personas != [fallback]:
+                retry.append(user)
+        # The planner's personas gave no usable tag: the user gets a second chance with the
+        # general persona, whose Expert reads the whole history, before counting as a failure.
+        for user in retry:
             out = outcomes[user.user_id]
-            failed = errors.get(user.user_id, [])
-            if user.user_id not in proposed:
-                out.failure = Failure("expert", failed[0] if failed else ALL_CALLS_FAILED)
-                continue
-            out.fallbacks.update(f"{EXPERT_DROPPED}:{_code(e)}" for e in failed)
-            checked = self._pooled(proposed[user.user_id], user, out, out.personas)
-            if not checked.kept:
-                out.failure = Failure("expert", NO_VALID_TAG)
-                continue
-            candidates[user.user_id] = checked.kept
+            cause = out.failure.reason if out.failure else NO_VALID_TAG
+            out.fallbacks[f"{GENERAL_PERSONA}:{_code(cause)}"] += 1
+            out.failure = None
+            out.personas = [fallback]
+            personas[user.user_id] = [fallback]
+        for user_id, tags in self._experts(retry, personas, fallback, outcomes, "expert_general").items():
+            if tags:
+                candidates[user_id] = tags
 
         judged = self._call(
             "arbiter",
@@ -220,6 +199,53 @@ class Miner:
                 final += [replace(t, score=None) for t in rest[: s.n_tags - len(final)]]
             out.tags = self._ground(user, final)
         return [outcomes[u.user_id] for u in users]
+
+    def _experts(
+        self,
+        users: Sequence[UserInput],
+        personas: Mapping[str, list[Persona]],
+        fallback: Persona,
+        outcomes: dict[str, UserOutcome],
+        round_name: str,
+    ) -> dict[str, list[Tag]]:
+        """One Expert call per persona of each user, all in one engine call (request keys
+        `<user>:<round_name>:<persona index>`); by user id the pooled tags that pass validation
+        (empty, with `failure` set on the outcome, when none does)."""
+        s = self.settings
+        calls = []
+        for user in users:
+            for i, persona in enumerate(personas.get(user.user_id, [])):
+                # The general persona carries no evidence of its own: its Expert reads the history.
+                reads = replace(s, expert_history=True) if persona == fallback else s
+                prompt = expert_prompt(reads, user.history, persona, user.situation)
+                embeds = user.embeds if prompt.history_message is not None else ()
+                key = f"{user.user_id}:{round_name}:{i}"
+                request = prompt.request(key, self.schemas.expert, s.sampling.expert, user.user_id, embeds)
+                calls.append((user, request))
+        proposed: dict[str, list[list[Tag]]] = {}
+        errors: dict[str, list[str]] = {}
+        for user, result in self._call("expert", calls, outcomes):
+            index = int(result.key.rsplit(":", 1)[1])
+            if result.parsed is None:
+                errors.setdefault(user.user_id, []).append(result.error or "no_output")
+                continue
+            served = personas[user.user_id][index].name
+            proposed.setdefault(user.user_id, []).append(expert_tags(result.parsed, served))
+        kept: dict[str, list[Tag]] = {}
+        for user in users:
+            out = outcomes[user.user_id]
+            failed = errors.get(user.user_id, [])
+            kept[user.user_id] = []
+            if user.user_id not in proposed:
+                out.failure = Failure("expert", failed[0] if failed else ALL_CALLS_FAILED)
+                continue
+            out.fallbacks.update(f"{EXPERT_DROPPED}:{_code(e)}" for e in failed)
+            checked = self._pooled(proposed[user.user_id], user, out, out.personas)
+            if not checked.kept:
+                out.failure = Failure("expert", NO_VALID_TAG)
+                continue
+            kept[user.user_id] = checked.kept
+        return kept
 
     def _selection(self, picks: list[Pick], candidates: list[Tag], out: UserOutcome) -> list[Tag]:
         """The candidates the Arbiter picked, in its order, with its score and reason; a number

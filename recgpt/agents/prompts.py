@@ -92,7 +92,8 @@ def planner_system(settings: AgentSettings) -> str:
             f"describe 1-{settings.k_personas} complementary personas, each a distinct shopping need.",
             _data_rule(("history", "profile", "situation")),
             _HISTORY_FORMAT,
-            "- name: a short label; description: one line; evidence: item words or searches from the "
+            "- need: the kind of product the persona shops for, 1-3 lower-case words, never a "
+            "person; description: one line on that need; evidence: item words or searches from the "
             "history; signals: situation entries the persona responds to, may be empty.",
             _REPLY,
         ]

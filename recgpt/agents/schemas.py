@@ -43,6 +43,27 @@ def _tag(settings: AgentSettings) -> Any:
     return constr(pattern=tag_pattern(settings.tag.min_words, settings.tag.max_words))
 
 
+# A persona is named by the need it shops for, in lower-case words ("trail running gear"): the
+# decoder cannot write a capitalised person's name ("Jake"), and the key the model writes is
+# "need", so what follows it continues a need rather than a character sketch ("Jake is a
+# 19-year-old male"). The record keeps calling it `name`.
+PERSONA_NAME_WORDS = 3
+PERSONA_NAME_KEY = "need"
+
+
+def persona_name_max_chars() -> int:
+    """The longest name the persona pattern admits."""
+    return PERSONA_NAME_WORDS * TAG_WORD_CHARS + PERSONA_NAME_WORDS - 1
+
+
+def persona_name_pattern() -> str:
+    return tag_pattern(1, PERSONA_NAME_WORDS)
+
+
+def _persona_name() -> Any:
+    return constr(pattern=persona_name_pattern())
+
+
 @dataclass(frozen=True)
 class AgentSchemas:
     """The output models of one run's settings. Built once per process (`build_schemas` is
@@ -64,7 +85,7 @@ def build_schemas(settings: AgentSettings) -> AgentSchemas:
     persona = create_model(
         "PlannerPersona",
         __config__=_CLOSED,
-        name=(_text(p.name_max_chars), ...),
+        name=(_persona_name(), Field(alias=PERSONA_NAME_KEY)),
         description=(_text(p.description_max_chars), ...),
         evidence=(conlist(_text(p.evidence_max_chars), min_length=1, max_length=p.evidence_items), ...),
         signals=(conlist(_text(p.signal_max_chars), max_length=p.signal_items), ...),

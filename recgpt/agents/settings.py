@@ -7,6 +7,7 @@ fails the run at start with a message naming the key instead of deep inside an e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +180,19 @@ class AgentSettings:
         fallback = self.fallback_persona
         if not fallback.name.strip() or not fallback.description.strip():
             raise ConfigError("pipeline.agents.fallback_persona needs a name and a description")
+        # The schemas import these settings: imported here, not at the top.
+        from recgpt.agents.schemas import persona_name_max_chars, persona_name_pattern
+
+        if self.persona.name_max_chars < persona_name_max_chars():
+            raise ConfigError(
+                f"pipeline.agents.persona.name_max_chars must be at least {persona_name_max_chars()}, "
+                "the longest name the planner's schema admits"
+            )
+        if not re.fullmatch(persona_name_pattern(), fallback.name):
+            raise ConfigError(
+                "pipeline.agents.fallback_persona.name must be what a planner may write: "
+                "1-3 lower-case words of letters"
+            )
         if (
             len(fallback.name) > self.persona.name_max_chars
             or len(fallback.description) > self.persona.description_max_chars

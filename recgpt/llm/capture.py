@@ -38,6 +38,8 @@ def call_record(call: Call) -> dict[str, Any]:
         "stop": list(s.stop),
         "schema": call.schema,
     }
+    if s.presence_penalty or s.frequency_penalty:
+        record.update(presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty)
     embeds = call.rendered.embeds
     if embeds is None:
         record["token_ids"] = list(call.rendered.token_ids or [])

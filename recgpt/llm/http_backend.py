@@ -96,6 +96,10 @@ class OpenAIHTTPBackend:
             body["stop"] = list(s.stop)
         if s.logprobs is not None:
             body["logprobs"] = s.logprobs
+        if s.presence_penalty:
+            body["presence_penalty"] = s.presence_penalty
+        if s.frequency_penalty:
+            body["frequency_penalty"] = s.frequency_penalty
         if call.schema is not None:
             body["structured_outputs"] = {"json": call.schema, "disable_any_whitespace": self.compact_json}
         if call.rendered.embeds is None:

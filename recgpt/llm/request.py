@@ -36,6 +36,11 @@ class Sampling:
     # position (a judge reads its verdict from them instead of from one sampled word). A call
     # with logprobs and no schema is a scoring call: reaching max_tokens is its normal end.
     logprobs: int | None = None
+    # Penalties on tokens the answer has already written (vLLM's OpenAI-style additive ones; 0
+    # is none): a small greedy model otherwise writes its first tag five times over. Structured
+    # decoding still forces the answer's keys and punctuation, so they act on the free text.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> Sampling:

@@ -78,6 +78,8 @@ class VLLMOfflineBackend:
                     seed=s.seed,
                     stop=list(s.stop) or None,
                     logprobs=s.logprobs,
+                    presence_penalty=s.presence_penalty,
+                    frequency_penalty=s.frequency_penalty,
                     structured_outputs=(
                         StructuredOutputsParams(json=call.schema, disable_any_whitespace=self.compact_json)
                         if call.schema
