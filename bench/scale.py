@@ -13,6 +13,7 @@ anything collected to the driver would show.
 
     make bench-scale [ARGS="--rows 10000000,100000000 --users-per-row 0.01 --keep"]
     make bench-scale ARGS="--reuse"   # sizes already measured alike are taken from the last result
+    make bench-scale ARGS="--rows 1e8 --workdir /big --keep --resume-kept"   # a long size over several runs
     python -m bench.scale --rows 200000,1000000 [Hydra overrides for every stage, e.g. spark.master=local[2]]
     make bench-scale ARGS="'+spark.conf={spark.sql.shuffle.partitions: 64}'"   # Spark settings merge
 """
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,37 +203,88 @@ def summary_lines(log: Path) -> list[str]:
     return [line for line in lines[start:] if line.startswith(("── ", "   "))]
 
 
-def run_size(rows: int, args: argparse.Namespace, scratch: Path, overrides: Sequence[str]) -> dict[str, Any]:
+def run_size(
+    rows: int,
+    args: argparse.Namespace,
+    scratch: Path,
+    overrides: Sequence[str],
+    on_stage: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One size end to end. After generation and after each stage its figures so far go to
+    `<size folder>/progress.json` and to `on_stage` (marked `"complete": false`), so a killed run
+    keeps what it measured; with `args.resume_kept` a size folder kept by an earlier run goes on
+    from its last finished stage instead of starting again."""
     users = max(round(rows * args.users_per_row), 1)
     base = scratch / f"behaviours-{rows}"
     source, warehouse, spill = base / "source", base / "warehouse", base / "spark-local"
-    logs = base / "logs"
+    logs, progress = base / "logs", base / "progress.json"
+    done: dict[str, Any] = {}
+    if getattr(args, "resume_kept", False) and progress.exists():
+        done = json.loads(progress.read_text())
+        print(f"  continuing {base}: {', '.join(['generate'] + [s['stage'] for s in done['stages']])} done")
+    elif base.exists():
+        shutil.rmtree(base)
     for folder in (source, warehouse, spill, logs):
         folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SPARK_LOCAL_DIRS": str(spill), "PYTHONPATH": str(ROOT)}
     print(f"\n{rows:,} behaviours, {users:,} users, {args.items:,} items -> {base}", flush=True)
 
-    generate_cmd = [
-        sys.executable, "-m", "bench.scale_source", f"--rows={rows}", f"--users={users}",
-        f"--items={args.items}", f"--dt={args.dt}", f"--days={args.days}",
-        f"--bad-share={args.bad_share}", f"--out={source}", *overrides,
-    ]  # fmt: skip
-    gen_seconds, gen_peaks = watch("generate", generate_cmd, env, logs / "generate.log", spill)
-    generated = {
-        "seconds": round(gen_seconds, 1),
-        "source_mib": round(folder_mib(source)),
-        **gen_peaks.memory(),
-        "cpu_seconds": gen_peaks.cpu_seconds,
-        "mean_load_1m": gen_peaks.mean_load,
-    }
-    print(f"    generate  {gen_seconds:6.0f}s  source {generated['source_mib']:,} MiB", flush=True)
+    if done:
+        generated = done["generate"]
+    else:
+        generate_cmd = [
+            sys.executable, "-m", "bench.scale_source", f"--rows={rows}", f"--users={users}",
+            f"--items={args.items}", f"--dt={args.dt}", f"--days={args.days}",
+            f"--bad-share={args.bad_share}", f"--out={source}", *overrides,
+        ]  # fmt: skip
+        gen_seconds, gen_peaks = watch("generate", generate_cmd, env, logs / "generate.log", spill)
+        generated = {
+            "seconds": round(gen_seconds, 1),
+            "source_mib": round(folder_mib(source)),
+            **gen_peaks.memory(),
+            "cpu_seconds": gen_peaks.cpu_seconds,
+            "mean_load_1m": gen_peaks.mean_load,
+        }
+        print(f"    generate  {gen_seconds:6.0f}s  source {generated['source_mib']:,} MiB", flush=True)
 
     common = [
         f"run.dt={args.dt}", "data=canonical", f"data.path={source}", f"storage.warehouse={warehouse}",
         *overrides,
     ]  # fmt: skip
-    stages = []
-    for stage in STAGES:
+    stages: list[dict[str, Any]] = list(done.get("stages", []))
+
+    def snapshot(complete: bool) -> dict[str, Any]:
+        tables = {
+            p.name: round(folder_mib(p))
+            for p in sorted(warehouse.iterdir())
+            if p.is_dir() and p.name[0] != "_"
+        }
+        return {
+            "behaviours": rows,
+            "users": users,
+            "items": args.items,
+            "generate": generated,
+            "stages": stages,
+            "stages_seconds": round(sum(s["seconds"] for s in stages), 1),
+            "disk_mib": {
+                "source": generated["source_mib"],
+                "warehouse": round(folder_mib(warehouse)),
+                "tables": tables,
+                "peak_spark_scratch": max(
+                    [generated["peak_spill_mib"], *(s["peak_spill_mib"] for s in stages)]
+                ),
+            },
+            **({} if complete else {"complete": False}),
+        }
+
+    def checkpoint() -> None:
+        partial = snapshot(complete=False)
+        progress.write_text(json.dumps(partial, indent=1))
+        if on_stage is not None:
+            on_stage(partial)
+
+    checkpoint()
+    for stage in STAGES[len(stages) :]:
         log = logs / f"{stage}.log"
         seconds, peaks = watch(stage, [sys.executable, "-m", f"jobs.{stage}", *common], env, log, spill)
         run = last_run(warehouse, stage)
@@ -265,31 +317,17 @@ def run_size(rows: int, args: argparse.Namespace, scratch: Path, overrides: Sequ
                 "details": json.loads(run["details"] or "{}"),
             }
         )
+        checkpoint()
 
-    tables = {
-        p.name: round(folder_mib(p)) for p in sorted(warehouse.iterdir()) if p.is_dir() and p.name[0] != "_"
-    }
-    result = {
-        "behaviours": rows,
-        "users": users,
-        "items": args.items,
-        "generate": generated,
-        "stages": stages,
-        "stages_seconds": round(sum(s["seconds"] for s in stages), 1),
-        "disk_mib": {
-            "source": generated["source_mib"],
-            "warehouse": round(folder_mib(warehouse)),
-            "tables": tables,
-            "peak_spark_scratch": max([generated["peak_spill_mib"], *(s["peak_spill_mib"] for s in stages)]),
-        },
-    }
+    result = snapshot(complete=True)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     return result
 
 
 def driver_flat(sizes: Sequence[dict[str, Any]], flat_ratio: float) -> dict[str, Any]:
-    """Peak driver memory at the largest size over the smallest, per stage."""
+    """Peak driver memory at the largest size over the smallest, per stage (complete sizes)."""
+    sizes = [s for s in sizes if s.get("complete", True)]
     if len(sizes) < 2:
         return {"note": "needs two sizes or more (--rows N1,N2)"}
     small, large = min(sizes, key=lambda s: s["behaviours"]), max(sizes, key=lambda s: s["behaviours"])
@@ -402,7 +440,11 @@ def reusable(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
         print(f"  --reuse: {RESULT} was generated from another source; every size runs")
         return {}
     inherited = {"measured_at": old["date"], "spark": old.get("spark"), "overrides": old.get("overrides")}
-    return {int(size["behaviours"]): {**inherited, **size} for size in old.get("sizes", [])}
+    return {
+        int(size["behaviours"]): {**inherited, **size}
+        for size in old.get("sizes", [])
+        if size.get("complete", True)  # a size cut short is measured again
+    }
 
 
 def sizes_arg(text: str) -> list[int]:
@@ -431,6 +473,12 @@ def main() -> None:
     parser.add_argument("--workdir", help="scratch folder (default: a new temporary folder under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep each size's source and warehouse")
     parser.add_argument(
+        "--resume-kept",
+        action="store_true",
+        help="a size whose folder an earlier --keep run left under --workdir goes on from its last "
+        "finished stage (its progress.json) instead of starting again",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="take sizes already in bench/results/scale.json, generated from the same source "
@@ -449,18 +497,31 @@ def main() -> None:
     t0 = time.perf_counter()
     sizes: list[dict[str, Any]] = []
     measured = reusable(args) if args.reuse else {}
+
+    def stamped(size: dict[str, Any]) -> dict[str, Any]:
+        size["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        size["spark"], size["overrides"] = settings, list(args.overrides)
+        return size
+
+    def written(these: list[dict[str, Any]]) -> Path:
+        flat = driver_flat(these, args.flat_ratio)
+        return write_result("scale", figures(these, flat, settings, args, time.perf_counter() - t0))
+
+    path = RESULT
     for rows in args.rows:
         if rows in measured:
             print(f"  {rows:,} behaviours: reused from {RESULT} (measured {measured[rows]['measured_at']})")
             sizes.append(measured[rows])
             continue
-        size = run_size(rows, args, scratch, args.overrides)
-        size["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        size["spark"], size["overrides"] = settings, list(args.overrides)
-        sizes.append(size)
-        # Written after every size: a failure at the largest keeps the figures of the others.
-        flat = driver_flat(sizes, args.flat_ratio)
-        path = write_result("scale", figures(sizes, flat, settings, args, time.perf_counter() - t0))
+        # Written after every stage: a failure or a kill keeps the figures measured so far, the
+        # size being measured marked `"complete": false`.
+        done = list(sizes)
+        size = run_size(
+            rows, args, scratch, args.overrides, lambda part, done=done: written([*done, stamped(part)])
+        )
+        sizes.append(stamped(size))
+        path = written(sizes)
+    flat = driver_flat(sizes, args.flat_ratio)
     print_table(sizes, flat, settings)
     machine = describe()
     print(f"  machine: {machine['cores']} cores, {machine['memory_gib']} GiB · written to {path}")
