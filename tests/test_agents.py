@@ -608,7 +608,10 @@ def test_nothing_the_user_bought_recently(ctx):
     assert len(check_tags(tags, ctx).kept) == 5, "another user bought none of it"
 
 
-def test_personal_data_is_rejected_in_tags_reasons_and_evidence(ctx):
+def test_personal_data_rejects_a_tag_or_reason_and_is_cut_from_evidence(ctx):
+    """The tag and its reason are written to the tables: personal data in either rejects the tag.
+    The Expert's evidence is never written (final tags cite items by id): personal data there
+    only blanks it, the tag stays."""
     assert has_pii("call 555-123-4567", 7) and has_pii("+44 20 7946 0958", 7)
     assert has_pii("order 12345678", 7) and has_pii("me@example.com", 7)
     assert not has_pii("2025-2026 academic planner", 7) and not has_pii("size 10 pack of 3", 7)
@@ -621,8 +624,11 @@ def test_personal_data_is_rejected_in_tags_reasons_and_evidence(ctx):
         ],
         ctx,
     )
-    assert [r for _, r in reasons(checked)] == ["pii", "pii", "pii"]
-    assert [t.tag for t in checked.kept] == ["2025-2026 academic planner"]
+    assert [r for _, r in reasons(checked)] == ["pii", "pii"]
+    assert [(t.tag, t.evidence) for t in checked.kept] == [
+        ("rain jacket", ""),
+        ("2025-2026 academic planner", "wool socks"),
+    ]
 
 
 def test_echoes_of_the_instructions_are_rejected(ctx, settings):

@@ -205,7 +205,9 @@ def tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
     reason = inline_text(tag.reason)
     if not normal or not reason:
         return Rejection.EMPTY
-    if any(has_pii(text, digits) for text in (tag.tag, tag.reason, tag.evidence)):
+    # The Expert's evidence is never written (final tags cite items by id): personal data there
+    # blanks it in `check_tags` rather than rejecting a tag that is fine.
+    if any(has_pii(text, digits) for text in (tag.tag, tag.reason)):
         return Rejection.PII
     if ctx.echoes(tag.tag) or ctx.echoes(tag.reason) or ctx.is_example(normal):
         return Rejection.INSTRUCTION_ECHO
@@ -255,7 +257,9 @@ def check_tags(tags: Sequence[Tag], ctx: ValidationContext, embed: Embed | None 
                 tag,
                 tag=normal,
                 reason=inline_text(tag.reason),
-                evidence=inline_text(tag.evidence, limits.evidence_max_chars),
+                evidence=""
+                if has_pii(tag.evidence, ctx.settings.validation.pii_min_digits)
+                else inline_text(tag.evidence, limits.evidence_max_chars),
                 persona=inline_text(tag.persona, ctx.settings.persona.name_max_chars)
                 if tag.persona
                 else None,
