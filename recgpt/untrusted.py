@@ -19,6 +19,12 @@ _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # A run of digits with optional separators: a phone number, an id, or a harmless "2025-2026".
 _DIGIT_RUN = re.compile(r"\+?\(?\d[\d\s().-]*\d")
 _AREA_CODE = re.compile(r"\(\d{2,4}\)")
+# A calendar date, with its time of day: the form every history line starts with, and what a
+# model copies from it; its eight or more digits in three groups are no phone number.
+_ISO_DATE = re.compile(
+    r"(?<![\d.-])(?:19|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+    r"(?:[ T](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?)?(?![\d-])"
+)
 # Markup and structure the model has no reason to write: a block tag (`</history>`) or special
 # token (`<|im_end|>`), another chat format's marker (`[INST]`, a role label `system:`, a code
 # fence, an armor line `-----`, a `###` heading), JSON syntax (`{"tag":`, `"}]`) and an escaped
@@ -72,11 +78,13 @@ def _mixed_script(word: str) -> bool:
 def has_pii(text: str, min_digits: int) -> bool:
     """An email address, or at least `min_digits` digits that look like a phone number or an id:
     one unbroken run, three or more groups, or a leading "+" or area code ("(555) 013-2447").
-    Two groups ("2025-2026", also in brackets) are a range, not a number. Read `unhidden`:
-    "555<ZWSP>013<ZWSP>6644" is a phone number."""
+    Two groups ("2025-2026", also in brackets) are a range, not a number; a calendar date
+    ("1997-12-26 12:00:00") is a date. Read `unhidden`: "555<ZWSP>013<ZWSP>6644" is a phone
+    number."""
     text = unhidden(text)
     if _EMAIL.search(text):
         return True
+    text = _ISO_DATE.sub(" ", text)
     for match in _DIGIT_RUN.finditer(text):
         run = match.group()
         groups = re.findall(r"\d+", run)

@@ -615,6 +615,13 @@ def test_personal_data_rejects_a_tag_or_reason_and_is_cut_from_evidence(ctx):
     assert has_pii("call 555-123-4567", 7) and has_pii("+44 20 7946 0958", 7)
     assert has_pii("order 12345678", 7) and has_pii("me@example.com", 7)
     assert not has_pii("2025-2026 academic planner", 7) and not has_pii("size 10 pack of 3", 7)
+    # A date copied from a history line is a date; a number shaped like none is not.
+    assert not has_pii("1997-12-26", 7) and not has_pii("seen 1997-12-26 12:00:00.112 twice", 7)
+    assert (
+        has_pii("1997-13-26", 7)
+        and has_pii("1997-12-26-5551234", 7)
+        and has_pii("call 1997-12-26 5551234", 7)
+    )
     checked = check_tags(
         [
             tag("phone case 555-123-4567"),
