@@ -515,10 +515,7 @@ def main() -> None:
             continue
         # Written after every stage: a failure or a kill keeps the figures measured so far, the
         # size being measured marked `"complete": false`.
-        done = list(sizes)
-        size = run_size(
-            rows, args, scratch, args.overrides, lambda part, done=done: written([*done, stamped(part)])
-        )
+        size = run_size(rows, args, scratch, args.overrides, lambda part: written([*sizes, stamped(part)]))
         sizes.append(stamped(size))
         path = written(sizes)
     flat = driver_flat(sizes, args.flat_ratio)
