@@ -219,7 +219,7 @@ def run_size(
     source, warehouse, spill = base / "source", base / "warehouse", base / "spark-local"
     logs, progress = base / "logs", base / "progress.json"
     done: dict[str, Any] = {}
-    if getattr(args, "resume_kept", False) and progress.exists():
+    if args.resume_kept and progress.exists():
         done = json.loads(progress.read_text())
         print(f"  continuing {base}: {', '.join(['generate'] + [s['stage'] for s in done['stages']])} done")
     elif base.exists():
