@@ -44,6 +44,7 @@ FIGURES = {
     "distinct_2": "distinct2",
     "tokens_per_explanation": "tokens",
     "seconds_per_explanation": "seconds",
+    "calls_per_explanation": "calls",
 }
 
 

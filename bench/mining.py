@@ -426,6 +426,8 @@ def raw_vllm(state: Path) -> None:
             stop=r["stop"] or None,
             presence_penalty=r.get("presence_penalty", 0.0),
             frequency_penalty=r.get("frequency_penalty", 0.0),
+            logit_bias={int(t): b for t, b in r["logit_bias"].items()} if r.get("logit_bias") else None,
+            bad_words=r.get("bad_words") or None,
             structured_outputs=StructuredOutputsParams(json=schema, disable_any_whitespace=compact)
             if schema
             else None,

@@ -206,8 +206,12 @@ EXPLANATION_DOCS = {
     "diversity_all": "the same over every line the model wrote, the rejected ones included",
     "distinct1": "distinct words over all words of the written lines",
     "distinct2": "distinct word pairs over all word pairs of the written lines",
-    "tokens": "LLM prompt + generated tokens per attempted line (a meta line counts its style guide)",
-    "seconds": "engine seconds per attempted line",
+    "tokens": (
+        "LLM prompt + generated tokens per attempted line (a meta line counts its style guide; "
+        "retries included)"
+    ),
+    "seconds": "engine seconds per attempted line (retries included)",
+    "calls": "LLM calls per attempted line: 1 (2 for meta) when no retry was needed",
 }
 
 

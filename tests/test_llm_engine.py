@@ -351,3 +351,15 @@ def test_repetition_penalties_reach_the_server_only_when_set(renderer):
     by_penalty = sorted(server.bodies, key=lambda b: "presence_penalty" in b)
     assert "presence_penalty" not in by_penalty[0] and "frequency_penalty" not in by_penalty[0]
     assert by_penalty[1]["presence_penalty"] == 0.5 and "frequency_penalty" not in by_penalty[1]
+
+
+def test_word_bans_reach_the_server_only_when_set(renderer):
+    with RecordsBodies(renderer.tokenizer, delay_s=0.0) as server:
+        engine = Engine(OpenAIHTTPBackend(server.url, "m"), renderer)
+        bans = {"logit_bias": ((17, -100.0),), "bad_words": ("Mild",)}
+        banned = request("u2", sampling=Sampling(max_tokens=64, **bans))
+        assert all(r.ok for r in engine.generate([request("u1"), banned]))
+    by_bias = sorted(server.bodies, key=lambda b: "logit_bias" in b)
+    assert "logit_bias" not in by_bias[0] and "bad_words" not in by_bias[0]
+    assert by_bias[1]["logit_bias"] == {"17": -100.0} and by_bias[1]["bad_words"] == ["Mild"]
+    assert Sampling.from_config({"logit_bias": {"17": -100}}).logit_bias == ((17, -100.0),)

@@ -266,7 +266,8 @@ def explanation_metrics(wh: Warehouse, dt: RunDate, max_per_item: int) -> pd.Dat
     explanations per variant and mode: pass rate, mean words, diversity (of the written lines,
     and of every line the model wrote, rejected ones included) and distinct-1/2
     (`recgpt.explain.metrics`, over at most `max_per_item` users per item), and the prompt plus
-    generated tokens and engine seconds per attempted explanation (from the `llm_calls` ledger).
+    generated tokens, engine seconds and LLM calls (retries included) per attempted explanation
+    (from the `llm_calls` ledger).
     `users` is the number of explanations a value is over. Empty when nothing was explained."""
     columns = ["pipeline", "context_mode", "model", "metric", "value", "users"]
     if not wh.exists(ITEM_EXPLANATIONS):
@@ -311,10 +312,11 @@ def explanation_metrics(wh: Warehouse, dt: RunDate, max_per_item: int) -> pd.Dat
             ("distinct2", M.distinct_n(lines, 2), len(lines)),
         ]
         if mode in costs.get((pipeline, context_mode), {}):
-            tokens, seconds = costs[(pipeline, context_mode)][mode]
+            tokens, seconds, n_calls = costs[(pipeline, context_mode)][mode]
             figures += [
                 ("tokens", tokens / attempted, attempted),
                 ("seconds", seconds / attempted, attempted),
+                ("calls", n_calls / attempted, attempted),
             ]
         model = model or "none"
         rows += [(pipeline, context_mode, model, f"explain_{name}_{mode}", v, n) for name, v, n in figures]
@@ -337,9 +339,11 @@ def _texts_by_item(
     return out
 
 
-def _explanation_costs(wh: Warehouse, dt: RunDate) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
-    """Per explained variant and mode: prompt plus generated tokens and engine seconds of its
-    calls (a meta line costs its style call too)."""
+def _explanation_costs(
+    wh: Warehouse, dt: RunDate
+) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
+    """Per explained variant and mode: prompt plus generated tokens, engine seconds and the
+    number of its calls, retries included (a meta line costs its style calls too)."""
     if not wh.exists(LLM_CALLS):
         return {}
     step = F.element_at(F.split("request_key", ":"), -1)
@@ -351,13 +355,18 @@ def _explanation_costs(wh: Warehouse, dt: RunDate) -> dict[tuple[str, str], dict
         .agg(
             F.sum(F.col("prompt_tokens") + F.col("generated_tokens")).alias("tokens"),
             F.sum("latency_ms").alias("ms"),
+            F.count("*").alias("calls"),
         )
         .collect()
     )
-    out: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    out: dict[tuple[str, str], dict[str, tuple[float, float, int]]] = {}
     for r in calls:
         _, pipeline, context_mode = r.stage.split(".", 2)
-        out.setdefault((pipeline, context_mode), {})[r.mode] = (float(r.tokens or 0), float(r.ms or 0) / 1000)
+        out.setdefault((pipeline, context_mode), {})[r.mode] = (
+            float(r.tokens or 0),
+            float(r.ms or 0) / 1000,
+            int(r.calls),
+        )
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from recgpt.explain.prompts import (
     ItemFacts,
     StyleGuide,
+    WordBans,
     data_blocks,
     guide_text,
     meta_request,
@@ -20,7 +21,7 @@ from recgpt.explain.prompts import (
     style_request,
     template_text,
 )
-from recgpt.explain.rules import DETAIL_CHARS, ExplanationRules, Facts, Finding
+from recgpt.explain.rules import DETAIL_CHARS, ExplanationRules, Facts, Finding, Violation
 from recgpt.explain.settings import ExplainSettings
 from recgpt.llm.engine import Engine
 from recgpt.llm.request import Request, Result
@@ -62,6 +63,25 @@ class Explained:
 class Explainer:
     def __init__(self, engine: Engine, settings: ExplainSettings, rules: ExplanationRules) -> None:
         self.engine, self.settings, self.rules = engine, settings, rules
+        self._word_bans: dict[str, tuple[frozenset[int], tuple[str, ...]]] = {}
+
+    def line_bans(self, facts: Facts) -> WordBans:
+        """The words a line of `facts` may not use (`ExplanationRules.unsupported_words`), kept
+        out at decoding of the line and of its style guide (a guide's angle of "mild spring"
+        leads its line there): every form (lower-case or capitalised, with or without a leading space)
+        the tokenizer writes as one token gets a bias of -100; a form it splits is a bad word
+        (a sentence's capitalised first word, mostly)."""
+        if not self.settings.ban_unsupported_words:
+            return WordBans()
+        tokens: set[int] = set()
+        sequences: set[str] = set()
+        for word in self.rules.unsupported_words(facts):
+            if word not in self._word_bans:
+                self._word_bans[word] = word_bans(self.engine.renderer.tokenizer, word)
+            single, split = self._word_bans[word]
+            tokens |= single
+            sequences.update(split)
+        return WordBans(tuple((t, BAN) for t in sorted(tokens)), tuple(sorted(sequences)))
 
     def explain(self, batch: Sequence[ToExplain]) -> list[Explained]:
         s = self.settings
@@ -69,8 +89,12 @@ class Explainer:
         facts = [Facts.of(s, p.tag, p.item, p.situation) for p in batch]
         calls: list[list[tuple[str, Result]]] = [[] for _ in batch]
         answers: dict[str, list[Explanation | None]] = {m: [None] * len(batch) for m in s.modes}
-        guides = self._guides_and_single_lines(batch, data, facts, calls, answers)
-        self._meta_lines(batch, data, facts, guides, calls, answers)
+        guides: dict[int, StyleGuide] = {}
+        for attempt in range(s.attempts):
+            asked = self._guides_and_single_lines(batch, data, facts, calls, answers, guides, attempt)
+            asked += self._meta_lines(batch, data, facts, guides, calls, answers, attempt)
+            if not asked:
+                break
         if "template" in s.modes:
             answers["template"] = [self._template(p, f) for p, f in zip(batch, facts, strict=True)]
         return [
@@ -85,16 +109,22 @@ class Explainer:
         facts: Sequence[Facts],
         calls: list[list[tuple[str, Result]]],
         answers: dict[str, list[Explanation | None]],
-    ) -> dict[int, StyleGuide]:
-        """The first engine batch: every style guide and every single line (both read only the
-        pair's data). Returns the guides that passed, by pair; the others fail the meta line."""
+        guides: dict[int, StyleGuide],
+        attempt: int,
+    ) -> int:
+        """The first engine batch of an attempt: the style guides and single lines still to
+        write (both read only the pair's data). A guide that passes joins `guides`; one that
+        does not fails the meta line until an attempt's guide passes. Returns the calls made."""
         s, requests = self.settings, []
         for i, p in enumerate(batch):
-            if "meta" in s.modes:
-                requests.append((i, "style", style_request(f"{p.key}:style", s, data[i], p.user_id)))
-            if "single" in s.modes:
-                requests.append((i, "single", single_request(f"{p.key}:single", s, data[i], p.user_id)))
-        guides: dict[int, StyleGuide] = {}
+            if "meta" in s.modes and i not in guides and _ask(answers["meta"][i], attempt):
+                key = _key(p.key, "style", attempt)
+                bans = self.line_bans(facts[i])
+                requests.append((i, "style", style_request(key, s, data[i], p.user_id, attempt, bans)))
+            if "single" in s.modes and _ask(answers["single"][i], attempt):
+                key = _key(p.key, "single", attempt)
+                bans = self.line_bans(facts[i])
+                requests.append((i, "single", single_request(key, s, data[i], p.user_id, attempt, bans)))
         for (i, step, _), result in zip(requests, self._generate(requests), strict=True):
             calls[i].append((step, result))
             if step == "single":
@@ -103,12 +133,13 @@ class Explainer:
                 answers["meta"][i] = _engine_failure("meta", "style", result)
             else:
                 guide = StyleGuide(result.parsed.tone, result.parsed.audience, result.parsed.angle)  # type: ignore[attr-defined]
-                finding = self.rules.check_guide([guide.tone, guide.audience, guide.angle])
+                finding = self.rules.check_guide([guide.tone, guide.audience, guide.angle], facts[i])
                 if finding:
                     answers["meta"][i] = _failed("meta", "style", finding)
                 else:
                     guides[i] = guide
-        return guides
+                    answers["meta"][i] = None
+        return len(requests)
 
     def _meta_lines(
         self,
@@ -118,17 +149,22 @@ class Explainer:
         guides: dict[int, StyleGuide],
         calls: list[list[tuple[str, Result]]],
         answers: dict[str, list[Explanation | None]],
-    ) -> None:
-        """The second engine batch: the meta line of every pair whose guide passed, written to it."""
+        attempt: int,
+    ) -> int:
+        """The second engine batch of an attempt: the meta line of every pair with a guide whose
+        line is not written yet, written to its guide. Returns the calls made."""
         s = self.settings
-        requests = [
-            (i, "meta", meta_request(f"{batch[i].key}:meta", s, data[i], guide, batch[i].user_id))
-            for i, guide in guides.items()
-        ]
+        requests = []
+        for i, guide in guides.items():
+            if answers["meta"][i] is None or _ask(answers["meta"][i], attempt):
+                key, bans = _key(batch[i].key, "meta", attempt), self.line_bans(facts[i])
+                request = meta_request(key, s, data[i], guide, batch[i].user_id, attempt, bans)
+                requests.append((i, "meta", request))
         for (i, step, _), result in zip(requests, self._generate(requests), strict=True):
             calls[i].append((step, result))
             line = self._line("meta", result, facts[i])
             answers["meta"][i] = replace(line, style_guide=guide_text(guides[i], s))
+        return len(requests)
 
     def _template(self, pair: ToExplain, facts: Facts) -> Explanation:
         text = template_text(self.settings, pair.tag, pair.item)
@@ -146,6 +182,41 @@ class Explainer:
         text = str(result.parsed.explanation).strip()  # type: ignore[attr-defined]
         finding = self.rules.check(text, facts)
         return _failed(mode, mode, finding, text) if finding else Explanation(mode, text=text)
+
+
+BAN = -100.0  # the lowest bias OpenAI's API takes: the token is never sampled
+
+
+def word_bans(tokenizer: Any, word: str) -> tuple[frozenset[int], tuple[str, ...]]:
+    """(the ids of the forms of `word` the tokenizer writes as one token, the forms it splits).
+    The forms: lower-case or capitalised, with or without a leading space (a JSON string's first
+    word has none)."""
+    single: set[int] = set()
+    split: list[str] = []
+    for form in sorted({word, word.capitalize(), f" {word}", f" {word.capitalize()}"}):
+        ids = tokenizer.encode(form, add_special_tokens=False)
+        if len(ids) == 1:
+            single.add(ids[0])
+        else:
+            split.append(form)
+    return frozenset(single), tuple(split)
+
+
+# Rule codes: a line that broke one is asked again (an engine error is the engine's to retry).
+_RULE_CODES = frozenset(str(v) for v in Violation)
+
+
+def _ask(answer: Explanation | None, attempt: int) -> bool:
+    """Whether a step is asked at `attempt`: always at the first, later only when its answer
+    broke a rule."""
+    if attempt == 0:
+        return answer is None
+    return answer is not None and answer.text is None and answer.failure_reason in _RULE_CODES
+
+
+def _key(pair_key: str, step: str, attempt: int) -> str:
+    """The call's request key: the step last (the ledger's costs group by it)."""
+    return f"{pair_key}:{step}" if attempt == 0 else f"{pair_key}:retry{attempt}:{step}"
 
 
 def _engine_failure(mode: str, step: str, result: Result) -> Explanation:

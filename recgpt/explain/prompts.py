@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, constr, create_model
 from recgpt.agents.text import field_text, inline_text
 from recgpt.env_signals import SITUATION_FIELDS, situation_text
 from recgpt.explain.settings import ExplainSettings
-from recgpt.llm.request import Request
+from recgpt.llm.request import Request, Sampling
 
 BLOCKS: tuple[str, ...] = ("interest", "item", "situation", "style_guide")
 _REPLY = "Reply in JSON only."
@@ -60,6 +60,21 @@ class StyleGuide:
 
 
 @dataclass(frozen=True)
+class WordBans:
+    """Words a line may not write, as the engine bans them: single tokens by a logit bias, the
+    words the tokenizer splits as token sequences (bad_words)."""
+
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    bad_words: tuple[str, ...] = ()
+
+    def apply(self, sampling: Sampling) -> Sampling:
+        return replace(sampling, logit_bias=self.logit_bias, bad_words=self.bad_words)
+
+    def __bool__(self) -> bool:
+        return bool(self.logit_bias or self.bad_words)
+
+
+@dataclass(frozen=True)
 class ExplainSchemas:
     style: type[BaseModel]
     explanation: type[BaseModel]
@@ -67,6 +82,20 @@ class ExplainSchemas:
 
 def _text(max_chars: int) -> Any:
     return constr(min_length=1, max_length=max_chars)
+
+
+# A line is decoded as one sentence of words: `min_words`..`max_words` runs of letters and digits
+# (the words the rules count), joined by a space, ", ", an apostrophe or a hyphen, ended by "." or
+# "!". The decoder cannot run on past the bound, stop mid-sentence, start a second sentence or
+# write a label ("price:"), a link, a symbol claim ("100%") or markup; the rules still check the
+# rest. The pattern also bounds the length (the grammar backend takes a pattern or a maxLength,
+# not both).
+LINE_WORD_CHARS = 16
+
+
+def line_pattern(min_words: int, max_words: int) -> str:
+    word = f"[A-Za-z0-9]{{1,{LINE_WORD_CHARS}}}"
+    return f"^{word}((, | |'|-){word}){{{min_words - 1},{max_words - 1}}}[.!]$"
 
 
 @lru_cache(maxsize=8)
@@ -80,7 +109,9 @@ def build_schemas(settings: ExplainSettings) -> ExplainSchemas:
         angle=(_text(s.angle_max_chars), ...),
     )
     explanation = create_model(
-        "ExplanationOutput", __config__=_CLOSED, explanation=(_text(settings.max_chars), ...)
+        "ExplanationOutput",
+        __config__=_CLOSED,
+        explanation=(constr(pattern=line_pattern(settings.min_words, settings.max_words)), ...),
     )
     return ExplainSchemas(style, explanation)
 
@@ -158,7 +189,7 @@ _DEMO_GUIDE = StyleGuide("upbeat", "weekend trail runners", "mild spring trails"
 DEMO_ANSWERS: dict[str, dict[str, str]] = {
     "style": {"tone": _DEMO_GUIDE.tone, "audience": _DEMO_GUIDE.audience, "angle": _DEMO_GUIDE.angle},
     "meta": {
-        "explanation": "Mild spring days call for long runs off-road, and this trail shoe is ready for you."
+        "explanation": "Weekend trail runners, this shoe is ready for your mild spring runs off-road."
     },
     "single": {
         "explanation": "You keep choosing running gear, and this trail shoe suits the mild spring ahead."
@@ -226,9 +257,12 @@ def _request(
     schema: type[BaseModel],
     settings: ExplainSettings,
     user_id: str | None,
+    attempt: int = 0,
+    bans: WordBans | None = None,
 ) -> Request:
     """System message, the step's demonstration, then the item's data: the same prefix for every
-    item of a run, up to the data."""
+    item of a run, up to the data. `bans` keeps words the line may not use out of it."""
+    sampling = settings.sampling(step, attempt)
     return Request(
         key=key,
         messages=(
@@ -237,12 +271,19 @@ def _request(
             {"role": "user", "content": user},
         ),
         schema=schema,
-        sampling=settings.style_sampling if step == "style" else settings.explanation_sampling,
+        sampling=bans.apply(sampling) if bans else sampling,
         user_id=user_id,
     )
 
 
-def style_request(key: str, settings: ExplainSettings, data: str, user_id: str | None) -> Request:
+def style_request(
+    key: str,
+    settings: ExplainSettings,
+    data: str,
+    user_id: str | None,
+    attempt: int = 0,
+    bans: WordBans | None = None,
+) -> Request:
     schemas = build_schemas(settings)
     return _request(
         key,
@@ -252,23 +293,38 @@ def style_request(key: str, settings: ExplainSettings, data: str, user_id: str |
         schemas.style,
         settings,
         user_id,
+        attempt,
+        bans,
     )
 
 
 def meta_request(
-    key: str, settings: ExplainSettings, data: str, guide: StyleGuide, user_id: str | None
+    key: str,
+    settings: ExplainSettings,
+    data: str,
+    guide: StyleGuide,
+    user_id: str | None,
+    attempt: int = 0,
+    bans: WordBans | None = None,
 ) -> Request:
     user = f"{data}\n<style_guide>{guide_text(guide, settings)}</style_guide>\nWrite the explanation."
-    return _request(
-        key, "meta", meta_system(settings), user, build_schemas(settings).explanation, settings, user_id
-    )
+    schema = build_schemas(settings).explanation
+    system = meta_system(settings)
+    return _request(key, "meta", system, user, schema, settings, user_id, attempt, bans)
 
 
-def single_request(key: str, settings: ExplainSettings, data: str, user_id: str | None) -> Request:
+def single_request(
+    key: str,
+    settings: ExplainSettings,
+    data: str,
+    user_id: str | None,
+    attempt: int = 0,
+    bans: WordBans | None = None,
+) -> Request:
     user = f"{data}\nWrite the explanation."
-    return _request(
-        key, "single", single_system(settings), user, build_schemas(settings).explanation, settings, user_id
-    )
+    schema = build_schemas(settings).explanation
+    system = single_system(settings)
+    return _request(key, "single", system, user, schema, settings, user_id, attempt, bans)
 
 
 def template_text(settings: ExplainSettings, tag: str, item: ItemFacts) -> str:

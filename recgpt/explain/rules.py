@@ -35,7 +35,7 @@ from rouge_score import rouge_scorer
 from recgpt.agents.prompts import ECHO_PHRASES
 from recgpt.agents.text import ngrams, words
 from recgpt.agents.validate import brand_keys, first_names
-from recgpt.explain.prompts import BLOCKS, ItemFacts, situation_line, system_texts
+from recgpt.explain.prompts import BLOCKS, DEMO_ANSWERS, ItemFacts, situation_line, system_texts
 from recgpt.explain.settings import ExplainSettings
 from recgpt.untrusted import disguised, has_pii, markup, unhidden
 
@@ -85,6 +85,12 @@ def attribute_words() -> frozenset[str]:
     return frozenset(
         " ".join(words(line)) for line in text.splitlines() if line.strip() and not line.startswith("#")
     )
+
+
+@cache
+def _demo_guide_pairs() -> frozenset[str]:
+    """Consecutive word pairs of the demonstration's style guide fields."""
+    return frozenset(pair for text in DEMO_ANSWERS["style"].values() for pair in ngrams(words(text), 2))
 
 
 @cache
@@ -183,12 +189,33 @@ class ExplanationRules:
                 return claim
         return None
 
-    def check_guide(self, fields: Sequence[str]) -> Finding | None:
+    def unsupported_words(self, facts: Facts) -> list[str]:
+        """The single words a line of `facts` may not write whatever its context: the absolute
+        claims and the attribute words the facts do not hold (decoding can keep them out; a
+        phrase of several words is left to the rules)."""
+        fact_words = facts.words()
+        claims = [c for c in self.settings.absolute_claims if re.fullmatch(r"[a-z]+", c)]
+        attributes = [a for a in self.attributes if " " not in a and _fold(a) not in fact_words]
+        return sorted({*claims, *attributes})
+
+    def check_guide(self, fields: Sequence[str], facts: Facts | None = None) -> Finding | None:
         """A style guide is the next prompt's data: no field may carry personal data, a link, an
-        echo or a word said over and over."""
+        echo or a word said over and over. With the pair's `facts`, a guide that copies the
+        demonstration's guide (two consecutive words of it that the facts do not hold: "weekend
+        trail runners" for a lip gloss) is an echo too: it is not a guide for this item."""
         for text in fields:
             if finding := self._safety(text):
                 return finding
+        if facts is not None:
+            fact_words = facts.words()
+            tokens = [w for text in fields for w in (*words(text), "|")]
+            copied = sorted(
+                pair
+                for pair in ngrams(tokens, 2) & _demo_guide_pairs()
+                if not all(_fold(w) in fact_words for w in pair.split())
+            )
+            if copied:
+                return Finding(Violation.INSTRUCTION_ECHO, copied[0])
         counts = Counter(w for text in fields for w in words(text) if len(w) > 2 and w not in _ORDINARY)
         if counts and max(counts.values()) > self.settings.max_word_repeats:
             return Finding(Violation.REPEATED_WORD, counts.most_common(1)[0][0])

@@ -4,7 +4,7 @@ so a bad value fails the run at start with the key's name."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from recgpt.errors import ConfigError
@@ -43,6 +43,20 @@ class ExplainSettings:
     situation_max_chars: int
     style_sampling: Sampling
     explanation_sampling: Sampling
+    # A step whose answer broke a rule is asked again, up to `attempts` times in all, sampled
+    # with `retry_sampling` (seeded by the attempt, so a rerun writes the same lines).
+    attempts: int = 1
+    retry_sampling: Sampling | None = None
+    # Keep the tokens of the words a line may not use (absolute claims, attribute words the
+    # facts do not hold) out of it at decoding; the rules still check every line.
+    ban_unsupported_words: bool = False
+
+    def sampling(self, step: str, attempt: int) -> Sampling:
+        """The sampling of `step`'s `attempt` (0: the first, greedy as configured)."""
+        first = self.style_sampling if step == "style" else self.explanation_sampling
+        if attempt == 0 or self.retry_sampling is None:
+            return first
+        return replace(self.retry_sampling, max_tokens=first.max_tokens, seed=attempt)
 
     @property
     def mode(self) -> str:
@@ -82,11 +96,18 @@ class ExplainSettings:
                 situation_max_chars=int(situation["max_chars"]),
                 style_sampling=Sampling.from_config(sampling["style"]),
                 explanation_sampling=Sampling.from_config(sampling["explanation"]),
+                attempts=int(cfg.get("attempts", 1)),
+                retry_sampling=Sampling.from_config(sampling["retry"]) if sampling.get("retry") else None,
+                ban_unsupported_words=bool(cfg.get("ban_unsupported_words", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"bad explain config: {exc!r}") from exc
         if not 1 <= settings.min_words <= settings.max_words:
             raise ConfigError("explain.min_words must be >= 1 and <= explain.max_words")
+        if settings.attempts < 1:
+            raise ConfigError("explain.attempts must be >= 1 (1: no retry)")
+        if settings.attempts > 1 and settings.retry_sampling is None:
+            raise ConfigError("explain.attempts > 1 needs explain.sampling.retry")
         if not 0 < settings.title_max_rouge_l <= 1:
             raise ConfigError("explain.title_max_rouge_l must lie in (0, 1]")
         try:

@@ -40,6 +40,10 @@ def call_record(call: Call) -> dict[str, Any]:
     }
     if s.presence_penalty or s.frequency_penalty:
         record.update(presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty)
+    if s.logit_bias:
+        record["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
+    if s.bad_words:
+        record["bad_words"] = list(s.bad_words)
     embeds = call.rendered.embeds
     if embeds is None:
         record["token_ids"] = list(call.rendered.token_ids or [])

@@ -100,6 +100,10 @@ class OpenAIHTTPBackend:
             body["presence_penalty"] = s.presence_penalty
         if s.frequency_penalty:
             body["frequency_penalty"] = s.frequency_penalty
+        if s.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
+        if s.bad_words:
+            body["bad_words"] = list(s.bad_words)
         if call.schema is not None:
             body["structured_outputs"] = {"json": call.schema, "disable_any_whitespace": self.compact_json}
         if call.rendered.embeds is None:

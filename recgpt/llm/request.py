@@ -41,13 +41,29 @@ class Sampling:
     # decoding still forces the answer's keys and punctuation, so they act on the free text.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # (token id, bias) added to the logits at every generated position (OpenAI's logit_bias;
+    # -100 bans the token): words a rule would reject can be kept out of the answer.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # Token sequences never to complete (vLLM's bad_words: the last token of a word is banned
+    # where the tokens before it were just written), for words the tokenizer splits.
+    bad_words: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> Sampling:
         cfg = dict(cfg or {})
         if "stop" in cfg:
             cfg["stop"] = tuple(cfg["stop"] or ())
+        if "bad_words" in cfg:
+            cfg["bad_words"] = tuple(str(w) for w in cfg["bad_words"] or ())
+        if "logit_bias" in cfg:
+            cfg["logit_bias"] = tuple((int(t), float(b)) for t, b in dict(cfg["logit_bias"] or {}).items())
         return cls(**cfg)
+
+
+# vLLM refuses a request with more banned token sequences than VLLM_MAX_NUM_BAD_WORDS (128 by
+# default); an explanation line's bans (a few hundred at most) need more. Both engine paths set it
+# unless the environment already does.
+BAD_WORDS_ENV = ("VLLM_MAX_NUM_BAD_WORDS", "1024")
 
 
 @dataclass(frozen=True)

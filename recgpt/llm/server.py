@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from recgpt.errors import RecGPTError
+from recgpt.llm.request import BAD_WORDS_ENV
 from recgpt.llm.vllm_offline import engine_args
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,7 @@ def _server_env(cfg: Mapping[str, Any]) -> dict[str, str]:
     # Spark sets these for its own Python workers; the server must not inherit a worker's limits.
     for name in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
         env.pop(name, None)
+    env.setdefault(*BAD_WORDS_ENV)
     for name, value in ((cfg.get("server") or {}).get("env") or {}).items():
         env[str(name)] = str(value)
     return env

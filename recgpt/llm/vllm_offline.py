@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from recgpt.llm.engine import Call, Completion
+from recgpt.llm.request import BAD_WORDS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class VLLMOfflineBackend:
 
         self.model = str(cfg.get("model_name") or cfg["model_path"])
         self.compact_json = bool(cfg.get("compact_json", True))
+        os.environ.setdefault(*BAD_WORDS_ENV)
         started = time.perf_counter()
         self.llm = LLM(**engine_args(cfg))
         self.start_seconds = time.perf_counter() - started
@@ -80,6 +82,8 @@ class VLLMOfflineBackend:
                     logprobs=s.logprobs,
                     presence_penalty=s.presence_penalty,
                     frequency_penalty=s.frequency_penalty,
+                    logit_bias=dict(s.logit_bias) or None,
+                    bad_words=list(s.bad_words) or None,
                     structured_outputs=(
                         StructuredOutputsParams(json=call.schema, disable_any_whitespace=self.compact_json)
                         if call.schema
