@@ -280,6 +280,7 @@ def test_a_step_that_broke_a_rule_is_asked_again_sampled_and_seeded(settings, ru
     injection once (its meta line follows the retried guide) and its single line always breaks
     a rule; u3's single call is a transport error, which is the engine's to retry, not ours."""
     asked: Counter[tuple[str, str]] = Counter()
+    told: list[str] = []
     bad = json.dumps({"explanation": "The best boot ever made for your rainy autumn hikes on trails."})
 
     def answer(agent: str, text: str) -> str | None:
@@ -292,9 +293,11 @@ def test_a_step_that_broke_a_rule_is_asked_again_sampled_and_seeded(settings, ru
             return json.dumps({"explanation": GOOD})
         if "Boot C" in text:
             return None
-        return json.dumps({"explanation": GOOD}) if "Boot A" in text and n > 1 else bad
+        if n > 1 or "That line" in text:  # a retry: the earlier line and the rule it broke
+            told.append(text)
+        return json.dumps({"explanation": GOOD}) if "Boot A" in text and "That line" in text else bad
 
-    ex, backend = explainer(replace(settings, attempts=3), rules, answer)
+    ex, backend = explainer(replace(settings, attempts=3, retry_feedback=True), rules, answer)
     out = ex.explain([pair(1, "Trail Boot A"), pair(2, "Trail Boot B"), pair(3, "Trail Boot C")])
     style, line = "StyleGuideOutput", "ExplanationOutput"
     assert backend.batches == [[style, line] * 3, [line, line], [line, style, line], [line], [line]]
@@ -315,6 +318,9 @@ def test_a_step_that_broke_a_rule_is_asked_again_sampled_and_seeded(settings, ru
         "u2#1:retry2:single",
     ]
     assert keys["u3"] == ["u3#1:style", "u3#1:single", "u3#1:meta"]
+    # A retried line sees its earlier answer and the rule it broke, after the pair's own data.
+    assert len(told) == 3 and all(t.count("That line makes an absolute claim") == 1 for t in told)
+    assert all(t.index("Trail Boot") < t.index("The best boot") < t.index("That line") for t in told)
     # The first call is greedy as configured; a retry samples, seeded by its attempt.
     first, retry = settings.sampling("single", 0), settings.sampling("single", 2)
     assert first == settings.explanation_sampling and first.temperature == 0.0
@@ -349,6 +355,19 @@ def test_a_line_cannot_write_the_words_its_facts_do_not_hold(settings, rules):
     assert dict(request.sampling.logit_bias) == bias and request.sampling.bad_words == bans.bad_words
     off = explainer(replace(settings, ban_unsupported_words=False), rules, lambda a, t: None)[0]
     assert not off.line_bans(facts)
+
+
+def test_without_feedback_a_retry_is_the_same_prompt_resampled(settings, rules):
+    prompts: list[str] = []
+
+    def answer(agent: str, text: str) -> str | None:
+        prompts.append(text)
+        return json.dumps({"explanation": "The best boot ever made for your rainy autumn hikes on trails."})
+
+    ex, _ = explainer(replace(settings, modes=("single",), attempts=2, retry_feedback=False), rules, answer)
+    (out,) = ex.explain([pair(1)])
+    assert len(prompts) == 2 and prompts[0] == prompts[1]
+    assert [r.key for _, r in out.calls] == ["u1#1:single", "u1#1:retry1:single"]
 
 
 def test_a_style_guide_copied_from_the_demonstration_is_an_echo(settings, rules):

@@ -12,6 +12,7 @@ from typing import Any
 
 from recgpt.explain.prompts import (
     ItemFacts,
+    Retry,
     StyleGuide,
     WordBans,
     data_blocks,
@@ -123,8 +124,9 @@ class Explainer:
                 requests.append((i, "style", style_request(key, s, data[i], p.user_id, attempt, bans)))
             if "single" in s.modes and _ask(answers["single"][i], attempt):
                 key = _key(p.key, "single", attempt)
-                bans = self.line_bans(facts[i])
-                requests.append((i, "single", single_request(key, s, data[i], p.user_id, attempt, bans)))
+                bans, retry = self.line_bans(facts[i]), self._retry(answers["single"][i], "single")
+                request = single_request(key, s, data[i], p.user_id, attempt, bans, retry)
+                requests.append((i, "single", request))
         for (i, step, _), result in zip(requests, self._generate(requests), strict=True):
             calls[i].append((step, result))
             if step == "single":
@@ -158,13 +160,23 @@ class Explainer:
         for i, guide in guides.items():
             if answers["meta"][i] is None or _ask(answers["meta"][i], attempt):
                 key, bans = _key(batch[i].key, "meta", attempt), self.line_bans(facts[i])
-                request = meta_request(key, s, data[i], guide, batch[i].user_id, attempt, bans)
+                retry = self._retry(answers["meta"][i], "meta")
+                request = meta_request(key, s, data[i], guide, batch[i].user_id, attempt, bans, retry)
                 requests.append((i, "meta", request))
         for (i, step, _), result in zip(requests, self._generate(requests), strict=True):
             calls[i].append((step, result))
             line = self._line("meta", result, facts[i])
             answers["meta"][i] = replace(line, style_guide=guide_text(guides[i], s))
         return len(requests)
+
+    def _retry(self, answer: Explanation | None, step: str) -> Retry | None:
+        """With `retry_feedback`, the earlier answer of `step` a retry is told about: a line
+        `step` wrote that broke a rule (not a guide's failure, and not an engine error)."""
+        if not self.settings.retry_feedback or answer is None or answer.failure_step != step:
+            return None
+        if answer.failure_reason not in _RULE_CODES:
+            return None
+        return Retry(answer.failure_reason, answer.rejected)
 
     def _template(self, pair: ToExplain, facts: Facts) -> Explanation:
         text = template_text(self.settings, pair.tag, pair.item)
@@ -190,10 +202,11 @@ BAN = -100.0  # the lowest bias OpenAI's API takes: the token is never sampled
 def word_bans(tokenizer: Any, word: str) -> tuple[frozenset[int], tuple[str, ...]]:
     """(the ids of the forms of `word` the tokenizer writes as one token, the forms it splits).
     The forms: lower-case or capitalised, with or without a leading space (a JSON string's first
-    word has none)."""
+    word has none); a phrase also with hyphens for its spaces."""
     single: set[int] = set()
     split: list[str] = []
-    for form in sorted({word, word.capitalize(), f" {word}", f" {word.capitalize()}"}):
+    spellings = {word, word.replace(" ", "-")}  # "eco friendly" is also written "eco-friendly"
+    for form in sorted({f for w in spellings for f in (w, w.capitalize(), f" {w}", f" {w.capitalize()}")}):
         ids = tokenizer.encode(form, add_special_tokens=False)
         if len(ids) == 1:
             single.add(ids[0])

@@ -74,6 +74,41 @@ class WordBans:
         return bool(self.logit_bias or self.bad_words)
 
 
+# What a retried line is told about its last answer, by the rule it broke. The answer is shown
+# back as the assistant's turn, then the hint as the user's; a line that broke a safety rule
+# (personal data, a link, an echo, a name) is not repeated into a prompt: it is only resampled.
+RETRY_HINTS: dict[str, str] = {
+    "too_short": "is too short",
+    "too_long": "is too long",
+    "unfinished": "does not end as a sentence",
+    "repeated_word": "repeats a word",
+    "off_topic": "does not name the item or the interest",
+    "absolute_claim": "makes an absolute claim",
+    "foreign_brand": "names another brand",
+    "unsupported_number": "states a number the item does not have",
+    "unsupported_attribute": "states a feature the item does not have",
+    "title_copy": "copies the item title",
+}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A line's earlier answer that broke the rule `reason`."""
+
+    reason: str
+    rejected: str | None
+
+    def turns(self) -> tuple[dict[str, str], ...]:
+        hint = RETRY_HINTS.get(self.reason)
+        if hint is None or not self.rejected:
+            return ()
+        answer = json.dumps({"explanation": self.rejected}, separators=(",", ":"))
+        return (
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": f"That line {hint}. Write the explanation again."},
+        )
+
+
 @dataclass(frozen=True)
 class ExplainSchemas:
     style: type[BaseModel]
@@ -188,9 +223,7 @@ _DEMO_DATA = (
 _DEMO_GUIDE = StyleGuide("upbeat", "weekend trail runners", "mild spring trails")
 DEMO_ANSWERS: dict[str, dict[str, str]] = {
     "style": {"tone": _DEMO_GUIDE.tone, "audience": _DEMO_GUIDE.audience, "angle": _DEMO_GUIDE.angle},
-    "meta": {
-        "explanation": "Weekend trail runners, this shoe is ready for your mild spring runs off-road."
-    },
+    "meta": {"explanation": "Weekend trail runners, this shoe is ready for your mild spring runs off-road."},
     "single": {
         "explanation": "You keep choosing running gear, and this trail shoe suits the mild spring ahead."
     },
@@ -259,9 +292,11 @@ def _request(
     user_id: str | None,
     attempt: int = 0,
     bans: WordBans | None = None,
+    retry: Retry | None = None,
 ) -> Request:
     """System message, the step's demonstration, then the item's data: the same prefix for every
-    item of a run, up to the data. `bans` keeps words the line may not use out of it."""
+    item of a run, up to the data. `bans` keeps words the line may not use out of it; `retry`
+    adds the earlier answer and what was wrong with it."""
     sampling = settings.sampling(step, attempt)
     return Request(
         key=key,
@@ -269,6 +304,7 @@ def _request(
             {"role": "system", "content": system},
             *demonstration(step),
             {"role": "user", "content": user},
+            *(retry.turns() if retry else ()),
         ),
         schema=schema,
         sampling=bans.apply(sampling) if bans else sampling,
@@ -306,11 +342,12 @@ def meta_request(
     user_id: str | None,
     attempt: int = 0,
     bans: WordBans | None = None,
+    retry: Retry | None = None,
 ) -> Request:
     user = f"{data}\n<style_guide>{guide_text(guide, settings)}</style_guide>\nWrite the explanation."
     schema = build_schemas(settings).explanation
     system = meta_system(settings)
-    return _request(key, "meta", system, user, schema, settings, user_id, attempt, bans)
+    return _request(key, "meta", system, user, schema, settings, user_id, attempt, bans, retry)
 
 
 def single_request(
@@ -320,11 +357,12 @@ def single_request(
     user_id: str | None,
     attempt: int = 0,
     bans: WordBans | None = None,
+    retry: Retry | None = None,
 ) -> Request:
     user = f"{data}\nWrite the explanation."
     schema = build_schemas(settings).explanation
     system = single_system(settings)
-    return _request(key, "single", system, user, schema, settings, user_id, attempt, bans)
+    return _request(key, "single", system, user, schema, settings, user_id, attempt, bans, retry)
 
 
 def template_text(settings: ExplainSettings, tag: str, item: ItemFacts) -> str:

@@ -190,12 +190,12 @@ class ExplanationRules:
         return None
 
     def unsupported_words(self, facts: Facts) -> list[str]:
-        """The single words a line of `facts` may not write whatever its context: the absolute
-        claims and the attribute words the facts do not hold (decoding can keep them out; a
-        phrase of several words is left to the rules)."""
+        """The words and phrases a line of `facts` may not write whatever its context (so
+        decoding can keep them out): the absolute claims of letters and spaces, and the
+        attribute words and phrases whose words the facts do not all hold."""
         fact_words = facts.words()
-        claims = [c for c in self.settings.absolute_claims if re.fullmatch(r"[a-z]+", c)]
-        attributes = [a for a in self.attributes if " " not in a and _fold(a) not in fact_words]
+        claims = [c for c in self.settings.absolute_claims if re.fullmatch(r"[a-z]+( [a-z]+)*", c)]
+        attributes = [a for a in self.attributes if not all(_fold(w) in fact_words for w in a.split())]
         return sorted({*claims, *attributes})
 
     def check_guide(self, fields: Sequence[str], facts: Facts | None = None) -> Finding | None:

@@ -50,6 +50,9 @@ class ExplainSettings:
     # Keep the tokens of the words a line may not use (absolute claims, attribute words the
     # facts do not hold) out of it at decoding; the rules still check every line.
     ban_unsupported_words: bool = False
+    # Show a retried line its earlier answer and the rule it broke (`prompts.RETRY_HINTS`);
+    # otherwise a retry is only resampled.
+    retry_feedback: bool = False
 
     def sampling(self, step: str, attempt: int) -> Sampling:
         """The sampling of `step`'s `attempt` (0: the first, greedy as configured)."""
@@ -99,6 +102,7 @@ class ExplainSettings:
                 attempts=int(cfg.get("attempts", 1)),
                 retry_sampling=Sampling.from_config(sampling["retry"]) if sampling.get("retry") else None,
                 ban_unsupported_words=bool(cfg.get("ban_unsupported_words", False)),
+                retry_feedback=bool(cfg.get("retry_feedback", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"bad explain config: {exc!r}") from exc
