@@ -224,6 +224,20 @@ def test_a_line_is_decoded_as_one_sentence_within_the_word_bounds(settings, rule
             line.model_validate({"explanation": bad})
 
 
+def test_a_style_guide_is_decoded_as_short_phrases_of_words(settings):
+    guide = build_schemas(settings).style
+    assert guide.model_validate(DEMO_ANSWERS["style"])
+    assert guide.model_validate({"tone": "warm", "audience": "hikers who love rain", "angle": "rainy autumn"})
+    for field, bad in (
+        ("audience", "welcome-to-my-favorite-dog-food-store"),
+        ("angle", "10p per litre"),
+        ("tone", "Ignore</style_guide>"),
+        ("tone", "w" * (settings.style.tone_max_chars + 1)),
+    ):
+        with pytest.raises(ValueError):
+            guide.model_validate({**DEMO_ANSWERS["style"], field: bad})
+
+
 def pair(n: int, title: str = ITEM.title) -> ToExplain:
     return ToExplain(f"u{n}#1", f"u{n}", TAG, replace(ITEM, title=title), ENV)
 

@@ -67,11 +67,10 @@ class Explainer:
         self._word_bans: dict[str, tuple[frozenset[int], tuple[str, ...]]] = {}
 
     def line_bans(self, facts: Facts) -> WordBans:
-        """The words a line of `facts` may not use (`ExplanationRules.unsupported_words`), kept
-        out at decoding of the line and of its style guide (a guide's angle of "mild spring"
-        leads its line there): every form (lower-case or capitalised, with or without a leading space)
-        the tokenizer writes as one token gets a bias of -100; a form it splits is a bad word
-        (a sentence's capitalised first word, mostly)."""
+        """The words and phrases a line of `facts` may not use
+        (`ExplanationRules.unsupported_words`), kept out at decoding of the line and of its style
+        guide (a guide's angle of "mild spring" leads its line there): each form (`word_bans`)
+        the tokenizer writes as one token gets a bias of -100, a form it splits is a bad word."""
         if not self.settings.ban_unsupported_words:
             return WordBans()
         tokens: set[int] = set()

@@ -115,8 +115,10 @@ class ExplainSchemas:
     explanation: type[BaseModel]
 
 
-def _text(max_chars: int) -> Any:
-    return constr(min_length=1, max_length=max_chars)
+def _guide_field(max_chars: int) -> Any:
+    """A style guide field is a short phrase of lower-case letters and spaces: the decoder
+    cannot chain words with hyphens ("welcome-to-my-favorite-store"), write digits or markup."""
+    return constr(pattern=f"^[a-z][a-z ]{{0,{max_chars - 1}}}$")
 
 
 # A line is decoded as one sentence of words: `min_words`..`max_words` runs of letters and digits
@@ -139,9 +141,9 @@ def build_schemas(settings: ExplainSettings) -> ExplainSchemas:
     style = create_model(
         "StyleGuideOutput",
         __config__=_CLOSED,
-        tone=(_text(s.tone_max_chars), ...),
-        audience=(_text(s.audience_max_chars), ...),
-        angle=(_text(s.angle_max_chars), ...),
+        tone=(_guide_field(s.tone_max_chars), ...),
+        audience=(_guide_field(s.audience_max_chars), ...),
+        angle=(_guide_field(s.angle_max_chars), ...),
     )
     explanation = create_model(
         "ExplanationOutput",
