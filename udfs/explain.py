@@ -75,7 +75,7 @@ def explain_inputs(
     tags = (
         wh.read(USER_INTENT_TAGS, dt=dt)
         .where(variant & (F.col("rank") <= items_per_user))
-        .select("user_id", F.col("rank").alias("tag_rank"), "tag")
+        .select("user_id", F.col("rank").alias("tag_rank"), "tag", "persona")
     )
     first = (
         wh.read(TAG_RECALL, dt=dt)
@@ -115,6 +115,7 @@ def explain_inputs(
             "user_id",
             F.col("tag_rank").cast("int").alias("tag_rank"),
             "tag",
+            "persona",
             "item_id",
             *ITEM_COLUMNS,
             *SITUATION_COLUMNS,
@@ -144,6 +145,7 @@ def pair_input(row: Mapping[str, Any]) -> ToExplain:
         tag=str(row["tag"]),
         item=item,
         situation={c: row.get(c) for c in SITUATION_COLUMNS},
+        persona=row.get("persona"),
     )
 
 

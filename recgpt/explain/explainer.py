@@ -38,6 +38,7 @@ class ToExplain:
     tag: str
     item: ItemFacts
     situation: Mapping[str, Any] = field(default_factory=dict)
+    persona: str | None = None  # the persona (V2) or route (V1) the tag serves: model output
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Explainer:
 
     def explain(self, batch: Sequence[ToExplain]) -> list[Explained]:
         s = self.settings
-        data = [data_blocks(s, p.tag, p.item, p.situation) for p in batch]
+        data = [data_blocks(s, p.tag, p.item, p.situation, p.persona) for p in batch]
         facts = [Facts.of(s, p.tag, p.item, p.situation) for p in batch]
         calls: list[list[tuple[str, Result]]] = [[] for _ in batch]
         answers: dict[str, list[Explanation | None]] = {m: [None] * len(batch) for m in s.modes}
@@ -134,7 +135,8 @@ class Explainer:
                 answers["meta"][i] = _engine_failure("meta", "style", result)
             else:
                 guide = StyleGuide(result.parsed.tone, result.parsed.audience, result.parsed.angle)  # type: ignore[attr-defined]
-                finding = self.rules.check_guide([guide.tone, guide.audience, guide.angle], facts[i])
+                fields = [guide.tone, guide.audience, guide.angle]
+                finding = self.rules.check_guide(fields, facts[i], batch[i].persona)
                 if finding:
                     answers["meta"][i] = _failed("meta", "style", finding)
                 else:

@@ -4,9 +4,10 @@ guide: the baseline, and V1's form).
 
 Each prompt starts with its step's system message, the same bytes for every item of a run (the
 engine's prefix cache serves it once); the item's data follows in delimited blocks (`<interest>`,
-`<item>`, `<situation>`, `<style_guide>`) that the system message declares to be data. Titles,
-brands, categories and situation feeds are untrusted and cleaned so they cannot close a block or
-add a line; the style guide is the model's own earlier answer and is cleaned the same way.
+`<persona>`, `<item>`, `<situation>`, `<style_guide>`) that the system message declares to be
+data. Titles, brands, categories and situation feeds are untrusted and cleaned so they cannot
+close a block or add a line; the persona and the style guide are the model's own earlier answers
+and are cleaned the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from recgpt.env_signals import SITUATION_FIELDS, situation_text
 from recgpt.explain.settings import ExplainSettings
 from recgpt.llm.request import Request, Sampling
 
-BLOCKS: tuple[str, ...] = ("interest", "item", "situation", "style_guide")
+BLOCKS: tuple[str, ...] = ("interest", "persona", "item", "situation", "style_guide")
 _REPLY = "Reply in JSON only."
 _CLOSED = ConfigDict(extra="forbid")
 # The shortest field of the item line: a category or brand longer than this is not one.
@@ -171,11 +172,12 @@ def _line_rules(settings: ExplainSettings) -> list[str]:
 def style_system(settings: ExplainSettings) -> str:
     return "\n".join(
         [
-            "Style planner of a shopping recommender: for a shopper's interest and a recommended item, "
-            "write a style guide for the line that tells the shopper why they see the item.",
-            _data_rule(BLOCKS[:3]),
-            "- tone: a few words; audience: who the line speaks to; angle: what it stresses "
-            "(the interest, the season, a festival, a trend or a use).",
+            "Style planner of a shopping recommender: for a shopper's interest, the persona it serves "
+            "and a recommended item, write a style guide for the line that tells the shopper why "
+            "they see the item.",
+            _data_rule(BLOCKS[:4]),
+            "- tone: a few words; audience: who the line speaks to (the persona); angle: what it "
+            "stresses (the interest, the season, a festival, a trend or a use).",
             _REPLY,
         ]
     )
@@ -196,7 +198,7 @@ def single_system(settings: ExplainSettings) -> str:
     return "\n".join(
         [
             "Copywriter of a shopping recommender: write the line that tells a shopper why they see an item.",
-            _data_rule(BLOCKS[:3]),
+            _data_rule(BLOCKS[:4]),
             *_line_rules(settings),
         ]
     )
@@ -219,6 +221,7 @@ def system_texts(settings: ExplainSettings) -> dict[str, str]:
 # check, so a line copying the demonstration fails.
 _DEMO_DATA = (
     "<interest>trail running shoes</interest>\n"
+    "<persona>weekend runner</persona>\n"
     "<item>title: Ridge Runner Trail Shoe; category: running shoes; price: 89.00</item>\n"
     "<situation>season: spring; weather: mild; festivals: easter</situation>"
 )
@@ -267,9 +270,18 @@ def situation_line(settings: ExplainSettings, env: Mapping[str, Any] | None) -> 
     )
 
 
-def data_blocks(settings: ExplainSettings, tag: str, item: ItemFacts, env: Mapping[str, Any] | None) -> str:
+def data_blocks(
+    settings: ExplainSettings,
+    tag: str,
+    item: ItemFacts,
+    env: Mapping[str, Any] | None,
+    persona: str | None = None,
+) -> str:
+    """The pair's data: the interest, the persona it serves (the user's own side of the pair:
+    users who share an interest and an item differ here), the item and the situation."""
     return (
         f"<interest>{inline_text(tag, FIELD_CHARS)}</interest>\n"
+        f"<persona>{inline_text(persona or '', FIELD_CHARS)}</persona>\n"
         f"<item>{item_text(item, settings)}</item>\n"
         f"<situation>{situation_line(settings, env)}</situation>"
     )

@@ -198,16 +198,19 @@ class ExplanationRules:
         attributes = [a for a in self.attributes if not all(_fold(w) in fact_words for w in a.split())]
         return sorted({*claims, *attributes})
 
-    def check_guide(self, fields: Sequence[str], facts: Facts | None = None) -> Finding | None:
+    def check_guide(
+        self, fields: Sequence[str], facts: Facts | None = None, persona: str | None = None
+    ) -> Finding | None:
         """A style guide is the next prompt's data: no field may carry personal data, a link, an
         echo or a word said over and over. With the pair's `facts`, a guide that copies the
         demonstration's guide (two consecutive words of it that the facts do not hold: "weekend
-        trail runners" for a lip gloss) is an echo too: it is not a guide for this item."""
+        trail runners" for a lip gloss) is an echo too: it is not a guide for this item; the
+        words of the pair's `persona` are its own."""
         for text in fields:
             if finding := self._safety(text):
                 return finding
         if facts is not None:
-            fact_words = facts.words()
+            fact_words = facts.words() | {_fold(w) for w in words(persona or "")}
             tokens = [w for text in fields for w in (*words(text), "|")]
             copied = sorted(
                 pair
