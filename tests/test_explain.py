@@ -101,6 +101,7 @@ def test_a_line_of_the_items_facts_passes(rules):
         # Personal data, links, a person's name.
         ("Call 555 123 4567 to hear why this boot suits your rainy autumn hikes.", "pii"),
         ("See evil.example.com for why this boot suits your rainy autumn hikes on trails.", "link"),
+        ("Email me at buyer deals mail example org about this boot for rainy autumn hikes.", "link"),
         ("Mike, this boot keeps your feet dry on rainy autumn hikes along your trails.", "person_name"),
         # The prompt's instructions or markup echoed (an injected title obeyed).
         (

@@ -421,7 +421,8 @@ def tag_window(entry: Entry, max_words: int = 4) -> str:
 
 def _limits(schema: Mapping[str, Any]) -> dict[str, int]:
     """maxLength of every string field and maxItems (as `name[]`) of every list, by field name
-    (the answer schemas name each field once)."""
+    (the answer schemas name each field once). A field bounded by its pattern instead: a run of
+    at most N + 1 characters (`{0,N}$`), or at most N + 1 words (`{M,N}[.!]$`, as `name words`)."""
     limits: dict[str, int] = {}
     for node in [schema, *(schema.get("$defs") or {}).values()]:
         for name, prop in (node.get("properties") or {}).items():
@@ -430,7 +431,29 @@ def _limits(schema: Mapping[str, Any]) -> dict[str, int]:
             for spec in (prop, prop.get("items") or {}):
                 if "maxLength" in spec:
                     limits[name] = int(spec["maxLength"])
+                pattern = str(spec.get("pattern") or "")
+                if chars := re.search(r"\{0,(\d+)\}\$$", pattern):
+                    limits[name] = int(chars.group(1)) + 1
+                if line := re.search(r"\{(\d+),(\d+)\}\[\.!\]\$$", pattern):
+                    limits[f"{name} words"] = int(line.group(2)) + 1
     return limits
+
+
+def letters_window(entry: Entry, width: int) -> str:
+    """`window` of the entry as a field of lower-case letters and spaces admits it: what an
+    obedient model copies into a style guide (its personal data only where it is letters)."""
+    letters = " ".join(re.sub(r"[^a-z]+", " ", _unhidden(entry.text)).split())
+    return window(replace(entry, text=letters), width).strip() or entry.marker
+
+
+def words_window(entry: Entry, frame: str, max_words: int) -> str:
+    """`frame` with `{}` filled by the entry's words (runs of letters and digits, its marker and
+    planted digits kept where they fit), as a line the explanation's pattern admits: at most
+    `max_words` words, ended by a full stop."""
+    room = max_words - len(frame.replace("{}", "").split())
+    tokens = re.findall(r"[A-Za-z0-9]{1,16}", _unhidden(entry.text))
+    piece = window(replace(entry, text=" ".join(tokens)), 6 * room).split()[:room]
+    return frame.format(" ".join(piece)).strip() + "."
 
 
 @dataclass
@@ -563,7 +586,7 @@ def _style(hostile: Iterator[Entry], limits: dict[str, int], prompt: str, turn: 
     entry = next(hostile, None) if turn % 2 == 0 else None
     if entry is None:
         return CLEAN_GUIDE, False
-    return {key: window(entry, limits[key]) for key in ("tone", "audience", "angle")}, True
+    return {key: letters_window(entry, limits[key]) for key in ("tone", "audience", "angle")}, True
 
 
 def _explanation(
@@ -576,11 +599,11 @@ def _explanation(
     if entry is None:
         return {"explanation": CLEAN_LINE.format(interest)}, False
     frame = (
-        "{}",
-        f"Picked for your interest in {interest}: {{}}.",
-        f"{{}}, a pick for your interest in {interest}.",
+        "{} and more picked for you this season",
+        f"Picked for your interest in {interest} today {{}}",
+        f"{{}} a pick for your interest in {interest}",
     )[turn % 3]
-    return {"explanation": frame.format(window(entry, limits["explanation"] - len(frame) + 2))}, True
+    return {"explanation": words_window(entry, frame, limits["explanation words"])}, True
 
 
 ANSWERS = {

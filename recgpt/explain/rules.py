@@ -65,6 +65,10 @@ class Finding:
 
 
 _LINK = re.compile(r"(https?://|www\.|\b[\w-]+\.(com|net|org|io|shop|store|cn|co|info|biz|xyz)\b)", re.I)
+# A domain spelled without its dots ("buyer deals mail example org"): the line's pattern admits
+# no "." or "@" inside a sentence, so a copied address or link comes out this way. "net", "co" and
+# "shop" are ordinary words too and are left to the dotted form.
+_SPELLED_DOMAIN = re.compile(r"\b[a-z0-9-]+ (?:dot )?(com|org|io|biz|xyz|info)\b", re.I)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # The prompts' field labels: a line holding one copies the prompt's data blocks.
 _LABEL = re.compile(
@@ -288,7 +292,7 @@ class ExplanationRules:
     def _safety(self, text: str) -> Finding | None:
         if has_pii(text, self.settings.pii_min_digits):
             return Finding(Violation.PII, "")
-        if match := _LINK.search(unhidden(text)):
+        if match := _LINK.search(unhidden(text)) or _SPELLED_DOMAIN.search(unhidden(text)):
             return Finding(Violation.LINK, match.group()[:DETAIL_CHARS])
         if echo := self.echoes(text):
             return Finding(Violation.INSTRUCTION_ECHO, echo[:DETAIL_CHARS])
