@@ -18,6 +18,7 @@ from recgpt.errors import ConfigError
 from recgpt.explain.explainer import Explainer, ToExplain
 from recgpt.explain.prompts import (
     DEMO_ANSWERS,
+    Ask,
     ItemFacts,
     build_schemas,
     data_blocks,
@@ -382,7 +383,7 @@ def test_a_line_cannot_write_the_words_its_facts_do_not_hold(settings, rules):
     assert not {"Autumn", " rainy", "Rainy"} & set(bans.bad_words)
     # The lines' requests carry them; without the setting there are none.
     data = data_blocks(settings, TAG, ITEM, ENV)
-    request = single_request("k", settings, data, "u1", 0, bans)
+    request = single_request("k", settings, data, "u1", Ask(0, bans))
     assert dict(request.sampling.logit_bias) == bias and request.sampling.bad_words == bans.bad_words
     off = explainer(replace(settings, ban_unsupported_words=False), rules, lambda a, t: None)[0]
     assert not off.line_bans(facts)

@@ -3,6 +3,8 @@ rows. The backend here is scripted (no model); the real engines are tested in te
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -209,37 +211,55 @@ def test_the_server_supervisor_stops_its_server_when_the_owner_is_gone():
     assert not alive(child.pid)
 
 
-def test_only_the_servers_started_under_a_process_are_stopped(tmp_path):
-    """The nightly chain frees the engine its local executors started, and no other job's."""
-    import json
-    import os
+def _sleeper_tree() -> tuple[Any, Any]:
+    """A child of this process that has a child of its own: the second stands for an executor
+    daemon that owns a server (a grandchild of the job)."""
     import subprocess
     import sys
     import time
 
     import psutil
 
-    from recgpt.llm.server import alive, stop_servers_started_under
-
-    cfg = {"server": {"state_dir": str(tmp_path)}}
-    # Ours: the owner (an executor daemon) is a grandchild of this process.
-    daemon_parent = subprocess.Popen(
+    parent = subprocess.Popen(
         [sys.executable, "-c", "import subprocess; subprocess.Popen(['sleep', '600']).wait()"]
     )
     deadline = time.monotonic() + 30
-    while not psutil.Process(daemon_parent.pid).children() and time.monotonic() < deadline:
+    while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
         time.sleep(0.1)
-    [daemon] = psutil.Process(daemon_parent.pid).children()
+    [daemon] = psutil.Process(parent.pid).children()
+    return parent, daemon
+
+
+def test_only_the_servers_started_under_a_process_are_stopped(tmp_path):
+    """The nightly chain frees the engine its local executors started, and no other job's; a
+    benchmark's `stop_server` leaves a server of its key that another job started (the suite's,
+    found running) alone."""
+    import json
+    import os
+    import subprocess
+
+    from recgpt.llm.server import alive, server_key, stop_server, stop_servers_started_under
+
+    cfg = llm_config(**{"server.state_dir": str(tmp_path)})
+    daemon_parent, daemon = _sleeper_tree()
     ours = subprocess.Popen(["sleep", "600"], start_new_session=True)
     # Another job's: owned by a process outside our tree (pid 1 stands for it).
     theirs = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    key = server_key(cfg)
     (tmp_path / "ours.json").write_text(json.dumps({"pid": ours.pid, "owner": daemon.pid}))
-    (tmp_path / "theirs.json").write_text(json.dumps({"pid": theirs.pid, "owner": 1}))
+    (tmp_path / f"{key}.json").write_text(json.dumps({"pid": theirs.pid, "owner": 1}))
     try:
+        assert stop_server(cfg) is False
+        assert (tmp_path / f"{key}.json").exists() and alive(theirs.pid)
         assert stop_servers_started_under(os.getpid(), cfg) == ["ours"]
         ours.wait(timeout=30)
         assert not (tmp_path / "ours.json").exists()
-        assert (tmp_path / "theirs.json").exists() and alive(theirs.pid)
+        assert (tmp_path / f"{key}.json").exists() and alive(theirs.pid)
+        # The same key started under this process is stopped by `stop_server`.
+        (tmp_path / f"{key}.json").write_text(json.dumps({"pid": theirs.pid, "owner": daemon.pid}))
+        assert stop_server(cfg) is True
+        theirs.wait(timeout=30)
+        assert not (tmp_path / f"{key}.json").exists()
     finally:
         for proc in (theirs, daemon_parent, ours):
             proc.kill()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from recgpt.explain.prompts import (
+    Ask,
     ItemFacts,
     Retry,
     StyleGuide,
@@ -62,6 +63,19 @@ class Explained:
     calls: list[tuple[str, Result]]
 
 
+@dataclass(frozen=True)
+class _Pairs:
+    """One batch being explained: by pair, its data blocks, facts and word bans (the same for
+    every attempt), the calls made so far and each mode's answer so far."""
+
+    batch: Sequence[ToExplain]
+    data: Sequence[str]
+    facts: Sequence[Facts]
+    bans: Sequence[WordBans]
+    calls: list[list[tuple[str, Result]]]
+    answers: dict[str, list[Explanation | None]]
+
+
 class Explainer:
     def __init__(self, engine: Engine, settings: ExplainSettings, rules: ExplanationRules) -> None:
         self.engine, self.settings, self.rules = engine, settings, rules
@@ -88,12 +102,14 @@ class Explainer:
         s = self.settings
         data = [data_blocks(s, p.tag, p.item, p.situation, p.persona) for p in batch]
         facts = [Facts.of(s, p.tag, p.item, p.situation) for p in batch]
+        bans = [self.line_bans(f) for f in facts]
         calls: list[list[tuple[str, Result]]] = [[] for _ in batch]
         answers: dict[str, list[Explanation | None]] = {m: [None] * len(batch) for m in s.modes}
         guides: dict[int, StyleGuide] = {}
+        pairs = _Pairs(batch, data, facts, bans, calls, answers)
         for attempt in range(s.attempts):
-            asked = self._guides_and_single_lines(batch, data, facts, calls, answers, guides, attempt)
-            asked += self._meta_lines(batch, data, facts, guides, calls, answers, attempt)
+            asked = self._guides_and_single_lines(pairs, guides, attempt)
+            asked += self._meta_lines(pairs, guides, attempt)
             if not asked:
                 break
         if "template" in s.modes:
@@ -103,40 +119,30 @@ class Explainer:
             for i, p in enumerate(batch)
         ]
 
-    def _guides_and_single_lines(
-        self,
-        batch: Sequence[ToExplain],
-        data: Sequence[str],
-        facts: Sequence[Facts],
-        calls: list[list[tuple[str, Result]]],
-        answers: dict[str, list[Explanation | None]],
-        guides: dict[int, StyleGuide],
-        attempt: int,
-    ) -> int:
+    def _guides_and_single_lines(self, pairs: _Pairs, guides: dict[int, StyleGuide], attempt: int) -> int:
         """The first engine batch of an attempt: the style guides and single lines still to
         write (both read only the pair's data). A guide that passes joins `guides`; one that
         does not fails the meta line until an attempt's guide passes. Returns the calls made."""
-        s, requests = self.settings, []
-        for i, p in enumerate(batch):
+        s, answers, requests = self.settings, pairs.answers, []
+        for i, p in enumerate(pairs.batch):
             if "meta" in s.modes and i not in guides and _ask(answers["meta"][i], attempt):
-                key = _key(p.key, "style", attempt)
-                bans = self.line_bans(facts[i])
-                requests.append((i, "style", style_request(key, s, data[i], p.user_id, attempt, bans)))
+                ask = Ask(attempt, pairs.bans[i])
+                request = style_request(_key(p.key, "style", attempt), s, pairs.data[i], p.user_id, ask)
+                requests.append((i, "style", request))
             if "single" in s.modes and _ask(answers["single"][i], attempt):
-                key = _key(p.key, "single", attempt)
-                bans, retry = self.line_bans(facts[i]), self._retry(answers["single"][i], "single")
-                request = single_request(key, s, data[i], p.user_id, attempt, bans, retry)
+                ask = Ask(attempt, pairs.bans[i], self._retry(answers["single"][i], "single"))
+                request = single_request(_key(p.key, "single", attempt), s, pairs.data[i], p.user_id, ask)
                 requests.append((i, "single", request))
         for (i, step, _), result in zip(requests, self._generate(requests), strict=True):
-            calls[i].append((step, result))
+            pairs.calls[i].append((step, result))
             if step == "single":
-                answers["single"][i] = self._line("single", result, facts[i])
+                answers["single"][i] = self._line("single", result, pairs.facts[i])
             elif result.parsed is None:
                 answers["meta"][i] = _engine_failure("meta", "style", result)
             else:
                 guide = StyleGuide(result.parsed.tone, result.parsed.audience, result.parsed.angle)  # type: ignore[attr-defined]
                 fields = [guide.tone, guide.audience, guide.angle]
-                finding = self.rules.check_guide(fields, facts[i], batch[i].persona)
+                finding = self.rules.check_guide(fields, pairs.facts[i], pairs.batch[i].persona)
                 if finding:
                     answers["meta"][i] = _failed("meta", "style", finding)
                 else:
@@ -144,29 +150,19 @@ class Explainer:
                     answers["meta"][i] = None
         return len(requests)
 
-    def _meta_lines(
-        self,
-        batch: Sequence[ToExplain],
-        data: Sequence[str],
-        facts: Sequence[Facts],
-        guides: dict[int, StyleGuide],
-        calls: list[list[tuple[str, Result]]],
-        answers: dict[str, list[Explanation | None]],
-        attempt: int,
-    ) -> int:
+    def _meta_lines(self, pairs: _Pairs, guides: dict[int, StyleGuide], attempt: int) -> int:
         """The second engine batch of an attempt: the meta line of every pair with a guide whose
         line is not written yet, written to its guide. Returns the calls made."""
-        s = self.settings
-        requests = []
+        s, answers, requests = self.settings, pairs.answers, []
         for i, guide in guides.items():
             if answers["meta"][i] is None or _ask(answers["meta"][i], attempt):
-                key, bans = _key(batch[i].key, "meta", attempt), self.line_bans(facts[i])
-                retry = self._retry(answers["meta"][i], "meta")
-                request = meta_request(key, s, data[i], guide, batch[i].user_id, attempt, bans, retry)
-                requests.append((i, "meta", request))
+                p = pairs.batch[i]
+                ask = Ask(attempt, pairs.bans[i], self._retry(answers["meta"][i], "meta"))
+                key = _key(p.key, "meta", attempt)
+                requests.append((i, "meta", meta_request(key, s, pairs.data[i], guide, p.user_id, ask)))
         for (i, step, _), result in zip(requests, self._generate(requests), strict=True):
-            calls[i].append((step, result))
-            line = self._line("meta", result, facts[i])
+            pairs.calls[i].append((step, result))
+            line = self._line("meta", result, pairs.facts[i])
             answers["meta"][i] = replace(line, style_guide=guide_text(guides[i], s))
         return len(requests)
 

@@ -111,6 +111,16 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """How a step is asked this time: the attempt (0 the first; a retry samples, seeded by it),
+    the words its answer may not use and, with retry feedback, its earlier answer."""
+
+    attempt: int = 0
+    bans: WordBans = WordBans()
+    retry: Retry | None = None
+
+
+@dataclass(frozen=True)
 class ExplainSchemas:
     style: type[BaseModel]
     explanation: type[BaseModel]
@@ -304,48 +314,32 @@ def _request(
     schema: type[BaseModel],
     settings: ExplainSettings,
     user_id: str | None,
-    attempt: int = 0,
-    bans: WordBans | None = None,
-    retry: Retry | None = None,
+    ask: Ask,
 ) -> Request:
     """System message, the step's demonstration, then the item's data: the same prefix for every
-    item of a run, up to the data. `bans` keeps words the line may not use out of it; `retry`
-    adds the earlier answer and what was wrong with it."""
-    sampling = settings.sampling(step, attempt)
+    item of a run, up to the data. The ask's bans keep words the line may not use out of it; its
+    retry adds the earlier answer and what was wrong with it."""
+    sampling = settings.sampling(step, ask.attempt)
     return Request(
         key=key,
         messages=(
             {"role": "system", "content": system},
             *demonstration(step),
             {"role": "user", "content": user},
-            *(retry.turns() if retry else ()),
+            *(ask.retry.turns() if ask.retry else ()),
         ),
         schema=schema,
-        sampling=bans.apply(sampling) if bans else sampling,
+        sampling=ask.bans.apply(sampling) if ask.bans else sampling,
         user_id=user_id,
     )
 
 
 def style_request(
-    key: str,
-    settings: ExplainSettings,
-    data: str,
-    user_id: str | None,
-    attempt: int = 0,
-    bans: WordBans | None = None,
+    key: str, settings: ExplainSettings, data: str, user_id: str | None, ask: Ask = Ask()
 ) -> Request:
-    schemas = build_schemas(settings)
-    return _request(
-        key,
-        "style",
-        style_system(settings),
-        f"{data}\nWrite the style guide.",
-        schemas.style,
-        settings,
-        user_id,
-        attempt,
-        bans,
-    )
+    user = f"{data}\nWrite the style guide."
+    schema = build_schemas(settings).style
+    return _request(key, "style", style_system(settings), user, schema, settings, user_id, ask)
 
 
 def meta_request(
@@ -354,29 +348,19 @@ def meta_request(
     data: str,
     guide: StyleGuide,
     user_id: str | None,
-    attempt: int = 0,
-    bans: WordBans | None = None,
-    retry: Retry | None = None,
+    ask: Ask = Ask(),
 ) -> Request:
     user = f"{data}\n<style_guide>{guide_text(guide, settings)}</style_guide>\nWrite the explanation."
     schema = build_schemas(settings).explanation
-    system = meta_system(settings)
-    return _request(key, "meta", system, user, schema, settings, user_id, attempt, bans, retry)
+    return _request(key, "meta", meta_system(settings), user, schema, settings, user_id, ask)
 
 
 def single_request(
-    key: str,
-    settings: ExplainSettings,
-    data: str,
-    user_id: str | None,
-    attempt: int = 0,
-    bans: WordBans | None = None,
-    retry: Retry | None = None,
+    key: str, settings: ExplainSettings, data: str, user_id: str | None, ask: Ask = Ask()
 ) -> Request:
     user = f"{data}\nWrite the explanation."
     schema = build_schemas(settings).explanation
-    system = single_system(settings)
-    return _request(key, "single", system, user, schema, settings, user_id, attempt, bans, retry)
+    return _request(key, "single", single_system(settings), user, schema, settings, user_id, ask)
 
 
 def template_text(settings: ExplainSettings, tag: str, item: ItemFacts) -> str:

@@ -253,18 +253,11 @@ def stop_pid(pid: int, grace_s: float = 20.0) -> None:
 
 
 def stop_server(cfg: Mapping[str, Any]) -> bool:
-    """Stop this machine's engine server for `cfg`, if one runs. Returns whether one did."""
-    folder = state_dir(cfg)
-    key = server_key(cfg)
-    state_file = folder / f"{key}.json"
-    with _locked(folder / f"{key}.lock"):
-        if not state_file.exists():
-            return False
-        state = json.loads(state_file.read_text())
-        state_file.unlink()
-        running = alive(state["pid"])
-        stop_pid(state["pid"])
-        return running
+    """Stop this machine's engine server for `cfg` if this process started it (its owner is this
+    process or one of its descendants). A server another job started and this one found running
+    stays: that job stops it, or its supervisor does when the owner ends. Returns whether one
+    was stopped."""
+    return bool(_stop_owned(state_dir(cfg), [server_key(cfg)], os.getpid()))
 
 
 def stop_servers_started_under(ancestor_pid: int, cfg: Mapping[str, Any]) -> list[str]:
@@ -272,12 +265,17 @@ def stop_servers_started_under(ancestor_pid: int, cfg: Mapping[str, Any]) -> lis
     descendants: the servers a local-mode Spark application of this process started (its executor
     daemon is a child of its JVM). Servers of other jobs on the machine, and the executors of a
     cluster, are not descendants and stay. Returns the keys stopped."""
+    folder = state_dir(cfg)
+    return _stop_owned(folder, [f.stem for f in sorted(folder.glob("*.json"))], ancestor_pid)
+
+
+def _stop_owned(folder: Path, keys: list[str], ancestor_pid: int) -> list[str]:
+    """Stop the servers of `keys` whose owner descends from `ancestor_pid` (or is it)."""
     import psutil
 
-    folder = state_dir(cfg)
     stopped = []
-    for state_file in sorted(folder.glob("*.json")):
-        key = state_file.stem
+    for key in keys:
+        state_file = folder / f"{key}.json"
         with _locked(folder / f"{key}.lock"):
             if not state_file.exists():
                 continue
