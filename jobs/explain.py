@@ -59,6 +59,7 @@ def run(ctx: StageContext) -> None:
         None if sample is None else int(sample),
         int(explain_cfg["seed"]),
         OmegaConf.to_container(cfg.calendar, resolve=True),  # type: ignore[arg-type]
+        int(explain_cfg["recent_days"]),
     ).persist(StorageLevel.MEMORY_AND_DISK)
     pairs = inputs.count()
     waves = Waves(ctx.spark, Staging(str(cfg.storage.warehouse), STAGE, ctx.dt, variant), {}, False, STAGE)

@@ -75,6 +75,7 @@ def run(ctx: StageContext) -> None:
         int(judge_cfg["seed"]),
         int(judge_cfg["history_items"]),
         plain(cfg.calendar),
+        int(cfg.explain.recent_days),
     ).persist(StorageLevel.MEMORY_AND_DISK)
     users = inputs.count()
     waves = Waves(ctx.spark, Staging(str(cfg.storage.warehouse), STAGE, ctx.dt, variant), {}, False, STAGE)

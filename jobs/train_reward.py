@@ -6,7 +6,7 @@ Runs on the driver: the judged sample is small. On demand, not a step of the nig
 
 Each judged tag is read against the persona it was mined for and the user's newest history
 titles, each judged line against its interest and the item's facts: what the judge read, built
-by the same functions as its inputs (`udfs.judge.newest_titles`, `udfs.judge.item_facts`).
+by the same functions as its inputs (`udfs.judge.newest_titles`, `udfs.explain.item_facts`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from recgpt.explain.prompts import ItemFacts
 from recgpt.judge import reward as R
 from recgpt.tables import EXPLANATION_JUDGMENTS, ITEMS, TAG_JUDGMENTS, USER_CONTEXT
 from udfs.embeddings import embedder_for
-from udfs.explain import pair_input
-from udfs.judge import item_facts, newest_titles
+from udfs.explain import item_facts, pair_input
+from udfs.judge import newest_titles
 
 STAGE = "train_reward"
 VARIANT = ("pipeline", "context_mode")

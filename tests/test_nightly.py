@@ -110,6 +110,23 @@ def situation_of_every_region(wh) -> dict[str, Any]:
     return merged
 
 
+def recent_of_every_pair(wh, items, pairs: set[tuple[str, str]], days: int) -> dict[tuple[str, str], str]:
+    """(user, item) -> the title of the user's newest behaviour on another item of the item's
+    category in the `days` before DT (ties by item id): what the prompt showed as `<recent>`."""
+    seen = DeltaTable(str(wh / "behaviors")).to_pandas()
+    end = datetime.datetime.fromisoformat(f"{DT}T00:00:00+00:00")
+    seen = seen[seen.item_id.notna() & (seen.ts < end) & (seen.ts >= end - datetime.timedelta(days=days))]
+    seen = seen.assign(category=seen.item_id.map(items.category)).sort_values(
+        ["ts", "item_id"], ascending=[False, True]
+    )
+    found = {}
+    for user, item in pairs:
+        mine = seen[(seen.user_id == user) & (seen.category == items.category[item]) & (seen.item_id != item)]
+        if len(mine):
+            found[(user, item)] = items.title[mine.item_id.iloc[0]]
+    return found
+
+
 @pytest.mark.slow
 def test_nightly_explains_each_users_recalled_items_and_writes_only_lines_that_pass(nightly_run):
     """The explain stage on the real model: every (user, item) pair of the tags' first recalled
@@ -139,14 +156,15 @@ def test_nightly_explains_each_users_recalled_items_and_writes_only_lines_that_p
     assert written[written.explanation_mode == "meta"].style_guide.notna().all()
     assert written[written.explanation_mode != "meta"].style_guide.isna().all()
 
-    settings = ExplainSettings.from_config(
-        OmegaConf.to_container(load_config(["run.stage=test"]).explain, resolve=True), "meta"
-    )
+    explain_cfg = OmegaConf.to_container(load_config(["run.stage=test"]).explain, resolve=True)
+    settings = ExplainSettings.from_config(explain_cfg, "meta")
     items = (
         DeltaTable(str(wh / "items")).to_pandas().drop_duplicates("item_id", keep="last").set_index("item_id")
     )
     rules = ExplanationRules.for_run(settings, [b for b in items.brand.dropna().unique()])
     env = situation_of_every_region(wh)
+    recent = recent_of_every_pair(wh, items, pairs, int(explain_cfg["recent_days"]))
+    assert recent, "no explained user chose another item of the category lately"
     for row in written.itertuples():
         item = items.loc[row.item_id]
         facts = Facts.of(
@@ -154,6 +172,7 @@ def test_nightly_explains_each_users_recalled_items_and_writes_only_lines_that_p
             row.tag,
             ItemFacts(row.item_id, item.title, item.category, item.category_path, item.brand, item.price),
             env,
+            recent.get((row.user_id, row.item_id)),
         )
         assert rules.check(row.explanation, facts) is None, (row.explanation_mode, row.explanation)
 

@@ -24,6 +24,7 @@ from recgpt.explain.settings import ExplainSettings
 from recgpt.llm.engine import Engine
 from recgpt.rundate import RunDate
 from recgpt.tables import (
+    BEHAVIORS,
     EXPLANATION_FAILURES,
     ITEM_EXPLANATIONS,
     ITEMS,
@@ -68,10 +69,12 @@ def explain_inputs(
     sample_users: int | None,
     seed: int,
     calendar_cfg: Mapping[str, Any],
+    recent_days: int,
 ) -> DataFrame:
     """One row per (user, item) to explain: for each of the user's `items_per_user` best tags
     of the variant, the tag's first recalled item; an item two tags recalled first is explained
-    once, for the better tag. `sample_users`: a seeded sample of that many users (null: all)."""
+    once, for the better tag. `sample_users`: a seeded sample of that many users (null: all).
+    `recent_title`: the user's recent item of the same category (`recent_titles`)."""
     tags = (
         wh.read(USER_INTENT_TAGS, dt=dt)
         .where(variant & (F.col("rank") <= items_per_user))
@@ -97,17 +100,17 @@ def explain_inputs(
             .limit(int(sample_users))
         )
         pairs = pairs.join(users, "user_id", "left_semi")
-    items = wh.read_snapshot(ITEMS, dt).select(
-        "item_id", *[F.col(c) if c in ITEM_COLUMNS else F.lit(None) for c in ITEM_COLUMNS]
-    )
+    items = item_facts(wh.read_snapshot(ITEMS, dt))
     regions = (
         wh.read_snapshot(USERS, dt).select("user_id", "region")
         if wh.exists(USERS)
         else spark.createDataFrame([], "user_id string, region string")
     )
     situation = situations(spark, wh, dt, calendar_cfg)
+    pairs = pairs.join(items, "item_id", "left")
+    recent = recent_titles(wh, dt, pairs.select("user_id", "item_id", "category"), recent_days)
     return (
-        pairs.join(items, "item_id", "left")
+        pairs.join(recent, ["user_id", "item_id"], "left")
         .join(regions, "user_id", "left")
         .join(F.broadcast(situation), "region", "left")
         .select(
@@ -118,8 +121,51 @@ def explain_inputs(
             "persona",
             "item_id",
             *ITEM_COLUMNS,
+            "recent_title",
             *SITUATION_COLUMNS,
         )
+    )
+
+
+def item_facts(items: DataFrame) -> DataFrame:
+    """item_id and the facts an explanation may state (`ITEM_COLUMNS`; null where the catalog
+    has no such column)."""
+    return items.select(
+        "item_id", *[F.col(c) if c in items.columns else F.lit(None).alias(c) for c in ITEM_COLUMNS]
+    )
+
+
+def recent_titles(wh: Warehouse, dt: RunDate, pairs: DataFrame, days: int) -> DataFrame:
+    """user_id, item_id, recent_title: for each (user, recommended item) of `pairs` (user_id,
+    item_id, category), the title (catalog as of dt) of the user's newest behaviour on another
+    item of the same category in the `days` before dt, ties by item id; a pair without one, or
+    `days` 0, has none. The explain stage shows it to the model and the judge checks the line
+    against the same title."""
+    schema = "user_id string, item_id string, recent_title string"
+    if days <= 0:
+        return pairs.sparkSession.createDataFrame([], schema)
+    since = dt.minus(days)
+    catalog = wh.read_snapshot(ITEMS, dt).select(
+        F.col("item_id").alias("recent_id"), "category", F.col("title").alias("recent_title")
+    )
+    chosen = (
+        wh.read(BEHAVIORS, dt_from=since, dt_to=dt)
+        .where(
+            F.col("item_id").isNotNull()
+            & (F.col("ts") < F.lit(dt.iso).cast("timestamp"))
+            & (F.col("ts") >= F.lit(since.iso).cast("timestamp"))
+        )
+        .join(pairs.select("user_id").distinct(), "user_id", "left_semi")
+        .select("user_id", F.col("item_id").alias("recent_id"), "ts")
+        .join(catalog, "recent_id")
+    )
+    newest = Window.partitionBy("user_id", "item_id").orderBy(F.col("ts").desc(), "recent_id")
+    return (
+        pairs.join(chosen, ["user_id", "category"])
+        .where(F.col("recent_id") != F.col("item_id"))
+        .withColumn("_n", F.row_number().over(newest))
+        .where(F.col("_n") == 1)
+        .select("user_id", "item_id", "recent_title")
     )
 
 
@@ -146,6 +192,7 @@ def pair_input(row: Mapping[str, Any]) -> ToExplain:
         item=item,
         situation={c: row.get(c) for c in SITUATION_COLUMNS},
         persona=row.get("persona"),
+        recent=row.get("recent_title"),
     )
 
 

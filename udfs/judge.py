@@ -45,7 +45,7 @@ from recgpt.tables import (
 )
 from sparkio.warehouse import Warehouse
 from udfs.embeddings import embedder_for
-from udfs.explain import ITEM_COLUMNS, pair_input
+from udfs.explain import ITEM_COLUMNS, item_facts, pair_input, recent_titles
 from udfs.llm import LLMStage, Outcome
 from udfs.mining import SITUATION_COLUMNS, situations
 
@@ -86,10 +86,13 @@ def judge_inputs(
     seed: int,
     history_items: int,
     calendar_cfg: Mapping[str, Any],
+    recent_days: int,
 ) -> DataFrame:
     """One row per user of the variant with final tags: `sample_users` of them in a seeded order
     (the same users for every variant of the date), or all. A user's history is the titles of the
-    newest `history_items` items of their context."""
+    newest `history_items` items of their context. Each explanation comes with its item's facts,
+    the situation and the recent item's title its prompt showed (`recent_titles` over
+    `recent_days`, as the explain stage found it)."""
     tags = wh.read(USER_INTENT_TAGS, dt=dt).where(variant)
     users = tags.select("user_id").distinct()
     if sample_users is not None:
@@ -128,11 +131,15 @@ def judge_inputs(
         regions = out.select(
             "user_id", F.col("region") if "region" in profile_columns else F.lit(None).alias("region")
         )
-        lines = (
+        explained = (
             wh.read(ITEM_EXPLANATIONS, dt=dt)
             .where(variant)
             .join(users, "user_id", "left_semi")
             .join(facts, "item_id", "left")
+        )
+        pairs = explained.select("user_id", "item_id", "category").distinct()
+        lines = (
+            explained.join(recent_titles(wh, dt, pairs, recent_days), ["user_id", "item_id"], "left")
             .join(regions, "user_id", "left")
             .join(F.broadcast(situation), "region", "left")
             .groupBy("user_id")
@@ -145,6 +152,7 @@ def judge_inputs(
                         "explanation_mode",
                         "explanation",
                         *ITEM_COLUMNS,
+                        "recent_title",
                         "situation",
                     )
                 ).alias("explanations")
@@ -169,14 +177,6 @@ def newest_titles(
         .join(items.select("item_id", "title"), "item_id")
         .groupBy("user_id")
         .agg(F.collect_set("title").alias("history"))
-    )
-
-
-def item_facts(items: DataFrame) -> DataFrame:
-    """item_id and the facts an explanation may state (`ITEM_COLUMNS`; null where the catalog
-    has no such column)."""
-    return items.select(
-        "item_id", *[F.col(c) if c in items.columns else F.lit(None).alias(c) for c in ITEM_COLUMNS]
     )
 
 
@@ -247,8 +247,9 @@ class JudgeProgram:
             pair = pair_input(
                 {**x, "key": f"{user}#e{x['tag_rank']}{x['explanation_mode']}", "user_id": user}
             )
+            situation = dict(x.get("situation") or {})
             case = ExplanationCase(
-                pair.key, user, pair.tag, pair.item, str(x["explanation"]), dict(x.get("situation") or {})
+                pair.key, user, pair.tag, pair.item, str(x["explanation"]), situation, pair.recent
             )
             lines.append((case, str(x["explanation_mode"]), int(x["tag_rank"])))
         return user, tags, lines

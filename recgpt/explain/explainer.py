@@ -40,6 +40,7 @@ class ToExplain:
     item: ItemFacts
     situation: Mapping[str, Any] = field(default_factory=dict)
     persona: str | None = None  # the persona (V2) or route (V1) the tag serves: model output
+    recent: str | None = None  # the title of the newest other item of the category the user chose
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,8 @@ class Explainer:
 
     def explain(self, batch: Sequence[ToExplain]) -> list[Explained]:
         s = self.settings
-        data = [data_blocks(s, p.tag, p.item, p.situation, p.persona) for p in batch]
-        facts = [Facts.of(s, p.tag, p.item, p.situation) for p in batch]
+        data = [data_blocks(s, p.tag, p.item, p.situation, p.persona, p.recent) for p in batch]
+        facts = [Facts.of(s, p.tag, p.item, p.situation, p.recent) for p in batch]
         bans = [self.line_bans(f) for f in facts]
         calls: list[list[tuple[str, Result]]] = [[] for _ in batch]
         answers: dict[str, list[Explanation | None]] = {m: [None] * len(batch) for m in s.modes}

@@ -4,10 +4,10 @@ guide: the baseline, and V1's form).
 
 Each prompt starts with its step's system message, the same bytes for every item of a run (the
 engine's prefix cache serves it once); the item's data follows in delimited blocks (`<interest>`,
-`<persona>`, `<item>`, `<situation>`, `<style_guide>`) that the system message declares to be
-data. Titles, brands, categories and situation feeds are untrusted and cleaned so they cannot
-close a block or add a line; the persona and the style guide are the model's own earlier answers
-and are cleaned the same way.
+`<persona>`, `<recent>`, `<item>`, `<situation>`, `<style_guide>`) that the system message declares
+to be data. Titles (the recommended item's and the recent one's), brands, categories and
+situation feeds are untrusted and cleaned so they cannot close a block or add a line; the persona
+and the style guide are the model's own earlier answers and are cleaned the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from recgpt.env_signals import SITUATION_FIELDS, situation_text
 from recgpt.explain.settings import ExplainSettings
 from recgpt.llm.request import Request, Sampling
 
-BLOCKS: tuple[str, ...] = ("interest", "persona", "item", "situation", "style_guide")
+BLOCKS: tuple[str, ...] = ("interest", "persona", "recent", "item", "situation", "style_guide")
+# The blocks of a pair's own data (all but the style guide, which the meta step adds).
+PAIR_BLOCKS = BLOCKS[:-1]
 _REPLY = "Reply in JSON only."
 _CLOSED = ConfigDict(extra="forbid")
 # The shortest field of the item line: a category or brand longer than this is not one.
@@ -174,6 +176,7 @@ def _line_rules(settings: ExplainSettings) -> list[str]:
         f"- explanation: one sentence of {settings.min_words}-{settings.max_words} words, "
         'to the shopper ("you").',
         "- State only facts given in <item> and <situation>: no other numbers, prices, brands or features.",
+        "- <recent> is an item the shopper chose lately: you may name it, to say why this item follows.",
         "- No superlatives or promises (best, perfect, guaranteed, 100%). Do not copy the item title.",
         _REPLY,
     ]
@@ -182,10 +185,10 @@ def _line_rules(settings: ExplainSettings) -> list[str]:
 def style_system(settings: ExplainSettings) -> str:
     return "\n".join(
         [
-            "Style planner of a shopping recommender: for a shopper's interest, the persona it serves "
-            "and a recommended item, write a style guide for the line that tells the shopper why "
-            "they see the item.",
-            _data_rule(BLOCKS[:4]),
+            "Style planner of a shopping recommender: for a shopper's interest, the persona it serves, "
+            "an item they chose lately and a recommended item, write a style guide for the line that "
+            "tells the shopper why they see the item.",
+            _data_rule(PAIR_BLOCKS),
             "- tone: a few words; audience: who the line speaks to (the persona); angle: what it "
             "stresses (the interest, the season, a festival, a trend or a use).",
             _REPLY,
@@ -208,7 +211,7 @@ def single_system(settings: ExplainSettings) -> str:
     return "\n".join(
         [
             "Copywriter of a shopping recommender: write the line that tells a shopper why they see an item.",
-            _data_rule(BLOCKS[:4]),
+            _data_rule(PAIR_BLOCKS),
             *_line_rules(settings),
         ]
     )
@@ -232,15 +235,20 @@ def system_texts(settings: ExplainSettings) -> dict[str, str]:
 _DEMO_DATA = (
     "<interest>trail running shoes</interest>\n"
     "<persona>weekend runner</persona>\n"
+    "<recent>Crestline Trail Sock</recent>\n"
     "<item>title: Ridge Runner Trail Shoe; category: running shoes; price: 89.00</item>\n"
     "<situation>season: spring; weather: mild; festivals: easter</situation>"
 )
 _DEMO_GUIDE = StyleGuide("upbeat", "weekend trail runners", "mild spring trails")
 DEMO_ANSWERS: dict[str, dict[str, str]] = {
     "style": {"tone": _DEMO_GUIDE.tone, "audience": _DEMO_GUIDE.audience, "angle": _DEMO_GUIDE.angle},
-    "meta": {"explanation": "Weekend trail runners, this shoe is ready for your mild spring runs off-road."},
+    "meta": {
+        "explanation": (
+            "Weekend trail runners, this shoe joins the trail socks you chose for mild spring runs off-road."
+        )
+    },
     "single": {
-        "explanation": "You keep choosing running gear, and this trail shoe suits the mild spring ahead."
+        "explanation": "You chose trail socks lately, and this trail shoe suits the mild spring ahead."
     },
 }
 
@@ -280,18 +288,28 @@ def situation_line(settings: ExplainSettings, env: Mapping[str, Any] | None) -> 
     )
 
 
+def recent_text(settings: ExplainSettings, title: str | None) -> str:
+    """The title of the item the shopper chose lately, cleaned and cut like the item's own; ""
+    when there is none or it has a hostile form."""
+    return field_text(title or "", settings.title_max_chars, settings.pii_min_digits)
+
+
 def data_blocks(
     settings: ExplainSettings,
     tag: str,
     item: ItemFacts,
     env: Mapping[str, Any] | None,
     persona: str | None = None,
+    recent: str | None = None,
 ) -> str:
-    """The pair's data: the interest, the persona it serves (the user's own side of the pair:
-    users who share an interest and an item differ here), the item and the situation."""
+    """The pair's data: the interest, the persona it serves, the title of the newest other item
+    of the same category the shopper chose before the date (`recent`: the user's own side of the
+    pair, with the persona: users who share an interest and an item differ here), the item and
+    the situation."""
     return (
         f"<interest>{inline_text(tag, FIELD_CHARS)}</interest>\n"
         f"<persona>{inline_text(persona or '', FIELD_CHARS)}</persona>\n"
+        f"<recent>{recent_text(settings, recent)}</recent>\n"
         f"<item>{item_text(item, settings)}</item>\n"
         f"<situation>{situation_line(settings, env)}</situation>"
     )

@@ -11,7 +11,8 @@ row with its reason code, never a written explanation.
   "guaranteed", "100%");
 - factuality: every number, brand and attribute word it states is among the item's facts
   (title, category, brand, price), the interest or the situation; no catalog brand but the
-  item's own;
+  item's own. The title of the item the shopper chose lately (`<recent>`) may be named, with
+  its numbers, brand and names, but its attribute words say nothing about this item;
 - no near-copy of the title (ROUGE-L F with the title above `title_max_rouge_l`).
 
 Each failing explanation keeps one stable code (`Violation`), the first rule it breaks in the
@@ -35,7 +36,14 @@ from rouge_score import rouge_scorer
 from recgpt.agents.prompts import ECHO_PHRASES
 from recgpt.agents.text import ngrams, words
 from recgpt.agents.validate import brand_keys, first_names
-from recgpt.explain.prompts import BLOCKS, DEMO_ANSWERS, ItemFacts, situation_line, system_texts
+from recgpt.explain.prompts import (
+    BLOCKS,
+    DEMO_ANSWERS,
+    ItemFacts,
+    recent_text,
+    situation_line,
+    system_texts,
+)
 from recgpt.explain.settings import ExplainSettings
 from recgpt.untrusted import disguised, has_pii, markup, unhidden
 
@@ -124,21 +132,31 @@ class Facts:
     brand: str | None
     item_text: str  # what the shop says about the item: title, category, brand
     tag: str
+    recent: str = ""  # the title of the item the shopper chose lately, as the prompt showed it
 
     @classmethod
-    def of(cls, settings: ExplainSettings, tag: str, item: ItemFacts, env: Mapping[str, Any] | None) -> Facts:
+    def of(
+        cls,
+        settings: ExplainSettings,
+        tag: str,
+        item: ItemFacts,
+        env: Mapping[str, Any] | None,
+        recent: str | None = None,
+    ) -> Facts:
         parts = [item.title, item.category, item.category_path or "", item.brand or "", tag]
         if (price := item.price_text()) is not None:
             parts.append(price)
         parts.append(situation_line(settings, env))
         item_text = " | ".join([item.title, item.category, item.category_path or "", item.brand or ""])
-        return cls(" | ".join(parts), item.title, item.brand, item_text, tag)
+        return cls(" | ".join(parts), item.title, item.brand, item_text, tag, recent_text(settings, recent))
 
     def words(self) -> set[str]:
+        """The words of the facts (the recent item's title is not among them: "waterproof" in
+        it does not make this item waterproof)."""
         return {_fold(w) for w in words(self.text)}
 
     def numbers(self) -> set[str]:
-        found = _numbers(self.text)
+        found = _numbers(f"{self.text} | {self.recent}")
         # A price of 20.00 may be stated as 20.
         return found | {n.split(".")[0] for n in found if n.endswith(".00")}
 
@@ -259,7 +277,7 @@ class ExplanationRules:
         if claim := self.absolute_claim(text):
             yield Finding(Violation.ABSOLUTE_CLAIM, claim)
         fact_words = facts.words()
-        fact_text = " ".join(words(facts.text))
+        fact_text = " ".join(words(f"{facts.text} | {facts.recent}"))
         own = " ".join(words(facts.brand or ""))
         foreign = (
             brand
@@ -269,9 +287,9 @@ class ExplanationRules:
         )
         if brand := next(foreign, None):
             yield Finding(Violation.FOREIGN_BRAND, brand)
-        # A name is personal data unless the item carries it (a title like "Harry Potter"); the
-        # interest does not vouch for one: it is model output too.
-        item_words = {_fold(w) for w in words(facts.item_text)}
+        # A name is personal data unless the item or the recent one carries it (a title like
+        # "Harry Potter"); the interest does not vouch for one: it is model output too.
+        item_words = {_fold(w) for w in words(f"{facts.item_text} | {facts.recent}")}
         if name := next((w for w in tokens if w in self.names and _fold(w) not in item_words), None):
             yield Finding(Violation.PERSON_NAME, name)
         allowed = facts.numbers()

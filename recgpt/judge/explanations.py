@@ -69,6 +69,7 @@ class ExplanationCase:
     item: ItemFacts
     text: str
     situation: Mapping[str, Any] = field(default_factory=dict)
+    recent: str | None = None  # the recent item's title the explain prompt showed
 
 
 def _finding_text(finding: Finding) -> str:
@@ -103,7 +104,7 @@ class ExplanationJudge:
         attractiveness = self.attractiveness(cases)
         out = []
         for case, line, subject, attractive in zip(cases, lines, subjects, attractiveness, strict=True):
-            facts = Facts.of(self.rules.settings, case.tag, case.item, case.situation)
+            facts = Facts.of(self.rules.settings, case.tag, case.item, case.situation, case.recent)
             broken: dict[str, str] = {}
             for finding in self.rules.findings(case.text, facts):
                 broken.setdefault(DIMENSION_OF[finding.violation], _finding_text(finding))
