@@ -10,8 +10,8 @@ distinct-n, tokens and engine seconds per explanation. Writes bench/results/expl
 
 The users' tags come from V2 mined on the text context (explanations read the tag, its persona,
 the item, the user's recent item of its category and the situation, never the mined context, so
-the context form only changes which tags there are; the text form needs no adaptor training). Targets: diversity meta >= 1.07 x single, pass rate meta
->= 0.9.
+the context form only changes which tags there are; the text form needs no adaptor training).
+Targets: diversity meta >= 1.07 x single, pass rate meta >= 0.9.
 """
 
 from __future__ import annotations

@@ -408,6 +408,45 @@ def test_a_line_cannot_write_the_words_its_facts_do_not_hold(settings, rules):
     assert not off.line_bans(facts)
 
 
+def test_a_meta_line_that_broke_a_rule_gets_a_new_guide_first(settings, rules):
+    """The guide led to the line: a meta line that broke a rule is written again from a new
+    guide, sampled like any retry; a line that passed keeps its guide."""
+    guides = iter(["all interests", "hikers"])
+
+    def answer(agent: str, text: str) -> str | None:
+        if agent == "StyleGuideOutput":
+            return json.dumps({"tone": "warm", "audience": next(guides), "angle": "rainy autumn trails"})
+        if "audience: all interests" in text:
+            return json.dumps(
+                {"explanation": "All interests, all the things you keep close are here for you."}
+            )
+        return json.dumps({"explanation": GOOD})
+
+    ex, _ = explainer(replace(settings, modes=("meta",), attempts=3), rules, answer)
+    (out,) = ex.explain([pair(1)])
+    assert [r.key for _, r in out.calls] == [
+        "u1#1:style",
+        "u1#1:meta",
+        "u1#1:retry1:style",
+        "u1#1:retry1:meta",
+    ]
+    (meta,) = out.explanations
+    assert meta.text == GOOD and "audience: hikers" in meta.style_guide
+
+
+def test_the_general_persona_says_nothing_of_the_user_and_is_not_shown(settings, rules):
+    prompts: list[str] = []
+
+    def answer(agent: str, text: str) -> str | None:
+        prompts.append(text)
+        return json.dumps({"explanation": GOOD})
+
+    general = replace(settings, modes=("single",), general_persona="all interests")
+    ex, _ = explainer(general, rules, answer)
+    ex.explain([replace(pair(1), persona="all interests"), replace(pair(2), persona="rainy day hiker")])
+    assert "<persona></persona>" in prompts[0] and "<persona>rainy day hiker</persona>" in prompts[1]
+
+
 def test_without_feedback_a_retry_is_the_same_prompt_resampled(settings, rules):
     prompts: list[str] = []
 

@@ -101,6 +101,7 @@ class Explainer:
 
     def explain(self, batch: Sequence[ToExplain]) -> list[Explained]:
         s = self.settings
+        batch = [replace(p, persona=None) if p.persona == s.general_persona else p for p in batch]
         data = [data_blocks(s, p.tag, p.item, p.situation, p.persona, p.recent) for p in batch]
         facts = [Facts.of(s, p.tag, p.item, p.situation, p.recent) for p in batch]
         bans = [self.line_bans(f) for f in facts]
@@ -165,6 +166,10 @@ class Explainer:
             pairs.calls[i].append((step, result))
             line = self._line("meta", result, pairs.facts[i])
             answers["meta"][i] = replace(line, style_guide=guide_text(guides[i], s))
+            if _ask(answers["meta"][i], attempt + 1):
+                # The guide led to a line that broke a rule ("all interests, this piece ..."):
+                # the next attempt writes a new guide, then its line.
+                del guides[i]
         return len(requests)
 
     def _retry(self, answer: Explanation | None, step: str) -> Retry | None:

@@ -53,6 +53,9 @@ class ExplainSettings:
     # Show a retried line its earlier answer and the rule it broke (`prompts.RETRY_HINTS`);
     # otherwise a retry is only resampled.
     retry_feedback: bool = False
+    # The persona a V2 user falls back to when planning failed (`pipeline.fallback_persona`):
+    # it says nothing about the user, so a pair serving it shows no persona.
+    general_persona: str | None = None
 
     def sampling(self, step: str, attempt: int) -> Sampling:
         """The sampling of `step`'s `attempt` (0: the first, greedy as configured)."""
@@ -103,6 +106,7 @@ class ExplainSettings:
                 retry_sampling=Sampling.from_config(sampling["retry"]) if sampling.get("retry") else None,
                 ban_unsupported_words=bool(cfg.get("ban_unsupported_words", False)),
                 retry_feedback=bool(cfg.get("retry_feedback", False)),
+                general_persona=str(cfg["general_persona"]) if cfg.get("general_persona") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"bad explain config: {exc!r}") from exc
