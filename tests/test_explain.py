@@ -20,9 +20,12 @@ from recgpt.explain.prompts import (
     DEMO_ANSWERS,
     Ask,
     ItemFacts,
+    StyleGuide,
     build_schemas,
     data_blocks,
+    meta_request,
     single_request,
+    style_request,
     template_text,
 )
 from recgpt.explain.rules import ExplanationRules, Facts, Finding, Violation, rouge_l
@@ -408,6 +411,22 @@ def test_a_line_cannot_write_the_words_its_facts_do_not_hold(settings, rules):
     assert not off.line_bans(facts)
 
 
+def test_lines_and_retries_are_penalised_for_repeating_themselves_the_first_guide_is_not(settings):
+    """The default config's frequency penalty reaches every line request (meta and single, the
+    first attempt and each retry) and every retried guide; a first guide is plain greedy."""
+    data = data_blocks(settings, TAG, ITEM, ENV)
+    guide = StyleGuide("warm", "hikers", "rainy autumn trails")
+    for attempt in (0, 1, 2):
+        lines = [
+            meta_request("k", settings, data, guide, "u1", Ask(attempt)),
+            single_request("k", settings, data, "u1", Ask(attempt)),
+        ]
+        assert all(r.sampling.frequency_penalty > 0 for r in lines), attempt
+        style = style_request("k", settings, data, "u1", Ask(attempt)).sampling
+        assert (style.frequency_penalty > 0) == (attempt > 0), attempt
+        assert (style.temperature > 0) == (attempt > 0), attempt
+
+
 def test_a_meta_line_that_broke_a_rule_gets_a_new_guide_first(settings, rules):
     """The guide led to the line: a meta line that broke a rule is written again from a new
     guide, sampled like any retry; a line that passed keeps its guide."""
@@ -471,6 +490,41 @@ def test_a_style_guide_copied_from_the_demonstration_is_an_echo(settings, rules)
         ["upbeat", "weekend trail runners", "rainy autumn"], Facts.of(settings, TAG, runner, ENV)
     )
     assert own is None
+
+
+def test_a_style_guide_cannot_write_the_demonstrations_guide_words_its_pair_does_not_hold(settings, rules):
+    """The demonstration guide's words ("weekend trail runners", "mild spring trails") that the
+    pair's facts and persona do not hold are banned at decoding of the guide, not of the line;
+    the ones the item or the persona holds stay writable."""
+    facts = Facts.of(settings, TAG, ITEM, ENV)
+    assert set(rules.demo_guide_words(facts)) == {"weekend", "trail", "trails", "runners", "mild", "spring"}
+    runner = Facts.of(settings, TAG, replace(ITEM, title="Weekend Trail Runner Shoe"), ENV)
+    assert not {"weekend", "trail", "runners"} & set(rules.demo_guide_words(runner))
+    assert "weekend" not in rules.demo_guide_words(facts, persona="weekend hikers")
+
+    seen: list[tuple[str, set[int]]] = []
+
+    def answer(agent: str, text: str) -> str | None:
+        if agent == "StyleGuideOutput":
+            return json.dumps({"tone": "warm", "audience": "hikers", "angle": "rainy autumn trails"})
+        return json.dumps({"explanation": GOOD})
+
+    ex, backend = explainer(replace(settings, ban_unsupported_words=True), rules, answer)
+    complete = backend.complete
+
+    def recording(calls):
+        for c in calls:
+            seen.append((str((c.schema or {}).get("title")), {t for t, _ in c.sampling.logit_bias}))
+        return complete(calls)
+
+    backend.complete = recording  # type: ignore[method-assign]
+    (done,) = ex.explain([ToExplain("u1#1", "u1", TAG, ITEM, ENV)])
+    assert all(e.text for e in done.explanations)
+    (weekend,) = backend.renderer.tokenizer.encode(" weekend", add_special_tokens=False)
+    guides = [bias for agent, bias in seen if agent == "StyleGuideOutput"]
+    lines = [bias for agent, bias in seen if agent == "ExplanationOutput"]
+    assert guides and all(weekend in bias for bias in guides)
+    assert lines and not any(weekend in bias for bias in lines)
 
 
 def test_attempts_need_a_retry_sampling():

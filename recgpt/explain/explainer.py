@@ -66,13 +66,15 @@ class Explained:
 
 @dataclass(frozen=True)
 class _Pairs:
-    """One batch being explained: by pair, its data blocks, facts and word bans (the same for
-    every attempt), the calls made so far and each mode's answer so far."""
+    """One batch being explained: by pair, its data blocks, facts and word bans of its lines and
+    of its style guide (the same for every attempt), the calls made so far and each mode's answer
+    so far."""
 
     batch: Sequence[ToExplain]
     data: Sequence[str]
     facts: Sequence[Facts]
     bans: Sequence[WordBans]
+    guide_bans: Sequence[WordBans]
     calls: list[list[tuple[str, Result]]]
     answers: dict[str, list[Explanation | None]]
 
@@ -89,9 +91,21 @@ class Explainer:
         the tokenizer writes as one token gets a bias of -100, a form it splits is a bad word."""
         if not self.settings.ban_unsupported_words:
             return WordBans()
+        return self._bans(self.rules.unsupported_words(facts))
+
+    def guide_bans(self, facts: Facts, persona: str | None) -> WordBans:
+        """A style guide's: the line's, and the demonstration guide's words the pair does not
+        hold (`ExplanationRules.demo_guide_words`): the small model otherwise copies "weekend
+        trail runners" into a film's guide at every attempt."""
+        if not self.settings.ban_unsupported_words:
+            return WordBans()
+        demo = self.rules.demo_guide_words(facts, persona)
+        return self._bans([*self.rules.unsupported_words(facts), *demo])
+
+    def _bans(self, banned: Sequence[str]) -> WordBans:
         tokens: set[int] = set()
         sequences: set[str] = set()
-        for word in self.rules.unsupported_words(facts):
+        for word in banned:
             if word not in self._word_bans:
                 self._word_bans[word] = word_bans(self.engine.renderer.tokenizer, word)
             single, split = self._word_bans[word]
@@ -105,10 +119,11 @@ class Explainer:
         data = [data_blocks(s, p.tag, p.item, p.situation, p.persona, p.recent) for p in batch]
         facts = [Facts.of(s, p.tag, p.item, p.situation, p.recent) for p in batch]
         bans = [self.line_bans(f) for f in facts]
+        guide_bans = [self.guide_bans(f, p.persona) for f, p in zip(facts, batch, strict=True)]
         calls: list[list[tuple[str, Result]]] = [[] for _ in batch]
         answers: dict[str, list[Explanation | None]] = {m: [None] * len(batch) for m in s.modes}
         guides: dict[int, StyleGuide] = {}
-        pairs = _Pairs(batch, data, facts, bans, calls, answers)
+        pairs = _Pairs(batch, data, facts, bans, guide_bans, calls, answers)
         for attempt in range(s.attempts):
             asked = self._guides_and_single_lines(pairs, guides, attempt)
             asked += self._meta_lines(pairs, guides, attempt)
@@ -128,7 +143,7 @@ class Explainer:
         s, answers, requests = self.settings, pairs.answers, []
         for i, p in enumerate(pairs.batch):
             if "meta" in s.modes and i not in guides and _ask(answers["meta"][i], attempt):
-                ask = Ask(attempt, pairs.bans[i])
+                ask = Ask(attempt, pairs.guide_bans[i])
                 request = style_request(_key(p.key, "style", attempt), s, pairs.data[i], p.user_id, ask)
                 requests.append((i, "style", request))
             if "single" in s.modes and _ask(answers["single"][i], attempt):

@@ -244,11 +244,11 @@ DEMO_ANSWERS: dict[str, dict[str, str]] = {
     "style": {"tone": _DEMO_GUIDE.tone, "audience": _DEMO_GUIDE.audience, "angle": _DEMO_GUIDE.angle},
     "meta": {
         "explanation": (
-            "Weekend trail runners, this shoe joins the trail socks you chose for mild spring runs off-road."
+            "Weekend trail runners, this pick joins the trail socks you chose for mild spring runs off-road."
         )
     },
     "single": {
-        "explanation": "You chose trail socks lately, and this trail shoe suits the mild spring ahead."
+        "explanation": "You chose trail socks lately, and this pick suits the mild spring ahead on the trail."
     },
 }
 

@@ -220,6 +220,14 @@ class ExplanationRules:
         attributes = [a for a in self.attributes if not all(_fold(w) in fact_words for w in a.split())]
         return sorted({*claims, *attributes})
 
+    def demo_guide_words(self, facts: Facts, persona: str | None = None) -> list[str]:
+        """The words of the demonstration's guide (audience and angle: "weekend trail runners")
+        that `facts` and the pair's `persona` do not hold: a guide writing two of them in a row
+        is an echo (`check_guide`), so decoding keeps them out of the guide."""
+        own = facts.words() | {_fold(w) for w in words(persona or "")}
+        demo = {w for pair in _demo_guide_pairs() for w in pair.split()}
+        return sorted(w for w in demo if _fold(w) not in own and w not in _ORDINARY)
+
     def check_guide(
         self, fields: Sequence[str], facts: Facts | None = None, persona: str | None = None
     ) -> Finding | None:
