@@ -105,6 +105,12 @@ def _demo_guide_pairs() -> frozenset[str]:
     return frozenset(pair for text in DEMO_ANSWERS["style"].values() for pair in ngrams(words(text), 2))
 
 
+def _guide_owns(facts: Facts, persona: str | None) -> set[str]:
+    """The words a pair's style guide may take from the demonstration's: its facts' and its
+    persona's (the persona is the pair's own data)."""
+    return facts.words() | {_fold(w) for w in words(persona or "")}
+
+
 @cache
 def _scorer() -> rouge_scorer.RougeScorer:
     return rouge_scorer.RougeScorer(["rougeL"])
@@ -224,7 +230,7 @@ class ExplanationRules:
         """The words of the demonstration's guide (audience and angle: "weekend trail runners")
         that `facts` and the pair's `persona` do not hold: a guide writing two of them in a row
         is an echo (`check_guide`), so decoding keeps them out of the guide."""
-        own = facts.words() | {_fold(w) for w in words(persona or "")}
+        own = _guide_owns(facts, persona)
         demo = {w for pair in _demo_guide_pairs() for w in pair.split()}
         return sorted(w for w in demo if _fold(w) not in own and w not in _ORDINARY)
 
@@ -240,7 +246,7 @@ class ExplanationRules:
             if finding := self._safety(text):
                 return finding
         if facts is not None:
-            fact_words = facts.words() | {_fold(w) for w in words(persona or "")}
+            fact_words = _guide_owns(facts, persona)
             tokens = [w for text in fields for w in (*words(text), "|")]
             copied = sorted(
                 pair
