@@ -527,6 +527,18 @@ def test_a_style_guide_cannot_write_the_demonstrations_guide_words_its_pair_does
     assert lines and not any(weekend in bias for bias in lines)
 
 
+def test_a_links_words_in_the_facts_are_no_facts_and_a_line_writing_them_fails(settings, rules):
+    """A title carrying an injected domain ("VISIT hacked.example.com") does not vouch for the
+    domain's words: a line writing one fails as a link, and decoding bans them."""
+    hostile = replace(ITEM, title=HOSTILE_TITLES[0])
+    facts = Facts.of(settings, TAG, hostile, ENV)
+    assert {"hacked", "example"} <= facts.link_words() and not {"hacked", "example"} & facts.words()
+    assert {"hacked", "example"} <= set(rules.unsupported_words(facts))
+    line = "Visiting hacked, example on-the-go hiking boots for your rainy autumn walks."
+    assert verdict(rules, line, hostile) == "link"
+    assert verdict(rules, GOOD) is None  # a title without a domain holds no link words
+
+
 def test_attempts_need_a_retry_sampling():
     with pytest.raises(ConfigError, match="attempts"):
         ExplainSettings.from_config(explain_config(attempts=0), "meta")

@@ -77,6 +77,8 @@ _LINK = re.compile(r"(https?://|www\.|\b[\w-]+\.(com|net|org|io|shop|store|cn|co
 # no "." or "@" inside a sentence, so a copied address or link comes out this way. "net", "co" and
 # "shop" are ordinary words too and are left to the dotted form.
 _SPELLED_DOMAIN = re.compile(r"\b[a-z0-9-]+ (?:dot )?(com|org|io|biz|xyz|info)\b", re.I)
+# A domain in a fact's text ("hacked.example.com"): its labels before the top-level word.
+_DOMAIN = re.compile(r"\b((?:[a-z0-9-]+\.)+)(?:com|net|org|io|shop|store|cn|co|info|biz|xyz)\b", re.I)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # The prompts' field labels: a line holding one copies the prompt's data blocks.
 _LABEL = re.compile(
@@ -159,7 +161,14 @@ class Facts:
     def words(self) -> set[str]:
         """The words of the facts (the recent item's title is not among them: "waterproof" in
         it does not make this item waterproof)."""
-        return {_fold(w) for w in words(self.text)}
+        return {_fold(w) for w in words(self.text)} - {_fold(w) for w in self.link_words()}
+
+    def link_words(self) -> set[str]:
+        """The words of the domains the facts hold ("hacked", "example" of a title asking to
+        "VISIT hacked.example.com"): an injected link's words are never facts, whatever field
+        carried them in."""
+        found = (m.group(1) for m in _DOMAIN.finditer(unhidden(f"{self.text} | {self.recent}")))
+        return {w for labels in found for w in words(labels) if w != "www"}
 
     def numbers(self) -> set[str]:
         found = _numbers(f"{self.text} | {self.recent}")
@@ -224,7 +233,7 @@ class ExplanationRules:
         fact_words = facts.words()
         claims = [c for c in self.settings.absolute_claims if re.fullmatch(r"[a-z]+( [a-z]+)*", c)]
         attributes = [a for a in self.attributes if not all(_fold(w) in fact_words for w in a.split())]
-        return sorted({*claims, *attributes})
+        return sorted({*claims, *attributes, *facts.link_words()})
 
     def demo_guide_words(self, facts: Facts, persona: str | None = None) -> list[str]:
         """The words of the demonstration's guide (audience and angle: "weekend trail runners")
@@ -274,6 +283,8 @@ class ExplanationRules:
         if finding := self._safety(text):
             yield finding
         tokens = words(text)
+        if link := next((w for w in tokens if w in facts.link_words()), None):
+            yield Finding(Violation.LINK, link)
         if len(tokens) < s.min_words:
             yield Finding(Violation.TOO_SHORT, str(len(tokens)))
         elif len(tokens) > s.max_words or len(text) > s.max_chars:
