@@ -131,6 +131,40 @@ def test_v2_runs_planners_then_experts_then_arbiters_and_ranks_candidates(render
     assert [t.tag.tag for t in picked.tags] == ["cast iron skillet", "trail running shoes"]
 
 
+def test_the_general_personas_expert_cannot_write_that_personas_own_words(renderer, settings):
+    """The general persona's Expert is decoded with that persona's words banned ("all interests"
+    is not a tag); a planned persona's Expert is not."""
+    general = settings.fallback_persona.name
+
+    def answer(agent: str, text: str) -> str | None:
+        if agent == "PlannerOutput":
+            return planner("mike") if whose(text) == "u1" else planner("trail hiker")
+        if agent == "ExpertOutput":
+            return expert("trail running shoes")
+        return arbiter((1, 9))
+
+    miner, backend = miner_for(renderer, settings, answer)
+    seen: list[tuple[str, set[int], tuple[str, ...]]] = []
+    complete = backend.complete
+
+    def recording(calls):
+        for c in calls:
+            text = backend.renderer.tokenizer.decode(c.rendered.token_ids)
+            if str((c.schema or {}).get("title")) == "ExpertOutput":
+                seen.append((whose(text), {t for t, _ in c.sampling.logit_bias}, c.sampling.bad_words))
+        return complete(calls)
+
+    backend.complete = recording  # type: ignore[method-assign]
+    outcomes = mine(miner, "v2", [user("u1", ["trail running shoes"]), user("u2", ["wool hiking socks"])])
+    assert [p.name for p in outcomes[0].personas] == [general]
+    tokenizer = backend.renderer.tokenizer
+    (interests,) = tokenizer.encode(" interests", add_special_tokens=False)
+    by_user = {uid: (bias, bad) for uid, bias, bad in seen}
+    bias, bad = by_user["u1"]
+    assert interests in bias or " interests" in bad
+    assert by_user[""] == (set(), ())  # the planned persona's Expert (no history, no marker) bans nothing
+
+
 def test_v2_degrades_step_by_step_and_fails_only_a_user_without_a_valid_tag(renderer, settings):
     """Planner, Expert and Arbiter each fail for some users: the plan falls back to one general
     persona, a failed Expert leaves its siblings' tags, personas whose Experts gave no valid tag

@@ -27,9 +27,19 @@ from recgpt.agents.evidence import ground
 from recgpt.agents.prompts import arbiter_prompt, expert_prompt, planner_prompt, route_prompt
 from recgpt.agents.schemas import AgentSchemas, Persona, Pick, Tag, arbiter_picks, expert_tags, personas_of
 from recgpt.agents.settings import AgentSettings
-from recgpt.agents.validate import Checked, Embed, ValidationContext, check_personas, check_tags, pool
+from recgpt.agents.text import words
+from recgpt.agents.validate import (
+    FILLER,
+    Checked,
+    Embed,
+    ValidationContext,
+    check_personas,
+    check_tags,
+    pool,
+)
+from recgpt.llm.bans import Banner
 from recgpt.llm.engine import Engine
-from recgpt.llm.request import Request, Result
+from recgpt.llm.request import Request, Result, Sampling
 
 # Failure reasons of the pipeline itself (engine errors keep the engine's own reason).
 NO_VALID_PERSONA = "no_valid_persona"
@@ -213,6 +223,7 @@ class Miner:
         (empty, with `failure` set on the outcome, when none does)."""
         s = self.settings
         calls = []
+        general = self._general_sampling(fallback)
         for user in users:
             for i, persona in enumerate(personas.get(user.user_id, [])):
                 # The general persona carries no evidence of its own: its Expert reads the history.
@@ -220,7 +231,8 @@ class Miner:
                 prompt = expert_prompt(reads, user.history, persona, user.situation)
                 embeds = user.embeds if prompt.history_message is not None else ()
                 key = f"{user.user_id}:{round_name}:{i}"
-                request = prompt.request(key, self.schemas.expert, s.sampling.expert, user.user_id, embeds)
+                sampling = general if persona == fallback else s.sampling.expert
+                request = prompt.request(key, self.schemas.expert, sampling, user.user_id, embeds)
                 calls.append((user, request))
         proposed: dict[str, list[list[Tag]]] = {}
         errors: dict[str, list[str]] = {}
@@ -246,6 +258,13 @@ class Miner:
                 continue
             kept[user.user_id] = checked.kept
         return kept
+
+    def _general_sampling(self, fallback: Persona) -> Sampling:
+        """The general persona's Expert may not write that persona's own words: the small model
+        otherwise answers "all interests" five times, and validation rejects each as the persona
+        restated. Its single-token forms get a bias of -100, the forms it splits are bad words."""
+        said = {w for w in words(f"{fallback.name} {fallback.description}") if w not in FILLER}
+        return Banner(self.engine.renderer.tokenizer)(sorted(said)).apply(self.settings.sampling.expert)
 
     def _selection(self, picks: list[Pick], candidates: list[Tag], out: UserOutcome) -> list[Tag]:
         """The candidates the Arbiter picked, in its order, with its score and reason; a number

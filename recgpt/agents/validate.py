@@ -64,7 +64,7 @@ class Checked(Generic[T]):
 
 
 # Words that say nothing about what a persona or a tag is about.
-_FILLER = frozenset(
+FILLER = frozenset(
     "a an the and or of for to in on at by with from who whose is are was has have loves likes "
     "his her their its this that as".split()
 )
@@ -159,7 +159,7 @@ class ValidationContext:
     def restates_persona(self, tag: str) -> bool:
         """Every word of the tag that says something comes from a persona's name or description
         and none from the items it cited ("seasoned creative" from "a seasoned creative who ...")."""
-        said = {w for w in words(tag) if w not in _FILLER}
+        said = {w for w in words(tag) if w not in FILLER}
         if not said:
             return False
         for persona in self.personas:

@@ -15,7 +15,6 @@ from recgpt.explain.prompts import (
     ItemFacts,
     Retry,
     StyleGuide,
-    WordBans,
     data_blocks,
     guide_text,
     meta_request,
@@ -25,6 +24,7 @@ from recgpt.explain.prompts import (
 )
 from recgpt.explain.rules import DETAIL_CHARS, ExplanationRules, Facts, Finding, Violation
 from recgpt.explain.settings import ExplainSettings
+from recgpt.llm.bans import Banner, WordBans
 from recgpt.llm.engine import Engine
 from recgpt.llm.request import Request, Result
 
@@ -82,7 +82,7 @@ class _Pairs:
 class Explainer:
     def __init__(self, engine: Engine, settings: ExplainSettings, rules: ExplanationRules) -> None:
         self.engine, self.settings, self.rules = engine, settings, rules
-        self._word_bans: dict[str, tuple[frozenset[int], tuple[str, ...]]] = {}
+        self._banner = Banner(engine.renderer.tokenizer)
 
     def line_bans(self, facts: Facts) -> WordBans:
         """The words and phrases a line of `facts` may not use
@@ -91,7 +91,7 @@ class Explainer:
         the tokenizer writes as one token gets a bias of -100, a form it splits is a bad word."""
         if not self.settings.ban_unsupported_words:
             return WordBans()
-        return self._bans(self.rules.unsupported_words(facts))
+        return self._banner(self.rules.unsupported_words(facts))
 
     def guide_bans(self, facts: Facts, persona: str | None) -> WordBans:
         """A style guide's: the line's, and the demonstration guide's words the pair does not
@@ -100,18 +100,7 @@ class Explainer:
         if not self.settings.ban_unsupported_words:
             return WordBans()
         demo = self.rules.demo_guide_words(facts, persona)
-        return self._bans([*self.rules.unsupported_words(facts), *demo])
-
-    def _bans(self, banned: Sequence[str]) -> WordBans:
-        tokens: set[int] = set()
-        sequences: set[str] = set()
-        for word in banned:
-            if word not in self._word_bans:
-                self._word_bans[word] = word_bans(self.engine.renderer.tokenizer, word)
-            single, split = self._word_bans[word]
-            tokens |= single
-            sequences.update(split)
-        return WordBans(tuple((t, BAN) for t in sorted(tokens)), tuple(sorted(sequences)))
+        return self._banner([*self.rules.unsupported_words(facts), *demo])
 
     def explain(self, batch: Sequence[ToExplain]) -> list[Explained]:
         s = self.settings
@@ -212,25 +201,6 @@ class Explainer:
         text = str(result.parsed.explanation).strip()  # type: ignore[attr-defined]
         finding = self.rules.check(text, facts)
         return _failed(mode, mode, finding, text) if finding else Explanation(mode, text=text)
-
-
-BAN = -100.0  # the lowest bias OpenAI's API takes: the token is never sampled
-
-
-def word_bans(tokenizer: Any, word: str) -> tuple[frozenset[int], tuple[str, ...]]:
-    """(the ids of the forms of `word` the tokenizer writes as one token, the forms it splits).
-    The forms: lower-case or capitalised, with or without a leading space (a JSON string's first
-    word has none); a phrase also with hyphens for its spaces."""
-    single: set[int] = set()
-    split: list[str] = []
-    spellings = {word, word.replace(" ", "-")}  # "eco friendly" is also written "eco-friendly"
-    for form in sorted({f for w in spellings for f in (w, w.capitalize(), f" {w}", f" {w.capitalize()}")}):
-        ids = tokenizer.encode(form, add_special_tokens=False)
-        if len(ids) == 1:
-            single.add(ids[0])
-        else:
-            split.append(form)
-    return frozenset(single), tuple(split)
 
 
 # Rule codes: a line that broke one is asked again (an engine error is the engine's to retry).

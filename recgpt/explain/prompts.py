@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, constr, create_model
 from recgpt.agents.text import field_text, inline_text
 from recgpt.env_signals import SITUATION_FIELDS, situation_text
 from recgpt.explain.settings import ExplainSettings
-from recgpt.llm.request import Request, Sampling
+from recgpt.llm.bans import WordBans
+from recgpt.llm.request import Request
 
 BLOCKS: tuple[str, ...] = ("interest", "persona", "recent", "item", "situation", "style_guide")
 # The blocks of a pair's own data (all but the style guide, which the meta step adds).
@@ -60,21 +61,6 @@ class StyleGuide:
 
     def text(self) -> str:
         return f"tone: {self.tone}; audience: {self.audience}; angle: {self.angle}"
-
-
-@dataclass(frozen=True)
-class WordBans:
-    """Words a line may not write, as the engine bans them: single tokens by a logit bias, the
-    words the tokenizer splits as token sequences (bad_words)."""
-
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    bad_words: tuple[str, ...] = ()
-
-    def apply(self, sampling: Sampling) -> Sampling:
-        return replace(sampling, logit_bias=self.logit_bias, bad_words=self.bad_words)
-
-    def __bool__(self) -> bool:
-        return bool(self.logit_bias or self.bad_words)
 
 
 # What a retried line is told about its last answer, by the rule it broke. The answer is shown
@@ -118,7 +104,7 @@ class Ask:
     the words its answer may not use and, with retry feedback, its earlier answer."""
 
     attempt: int = 0
-    bans: WordBans = WordBans()
+    bans: WordBans = field(default_factory=WordBans)
     retry: Retry | None = None
 
 
