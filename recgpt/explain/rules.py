@@ -283,7 +283,8 @@ class ExplanationRules:
         if finding := self._safety(text):
             yield finding
         tokens = words(text)
-        if link := next((w for w in tokens if w in facts.link_words()), None):
+        links = facts.link_words()
+        if link := next((w for w in tokens if w in links), None):
             yield Finding(Violation.LINK, link)
         if len(tokens) < s.min_words:
             yield Finding(Violation.TOO_SHORT, str(len(tokens)))
