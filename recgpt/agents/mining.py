@@ -260,10 +260,12 @@ class Miner:
         return kept
 
     def _general_sampling(self, fallback: Persona) -> Sampling:
-        """The general persona's Expert may not write that persona's own words: the small model
+        """The general persona's Expert may not write that persona's name: the small model
         otherwise answers "all interests" five times, and validation rejects each as the persona
-        restated. Its single-token forms get a bias of -100, the forms it splits are bad words."""
-        said = {w for w in words(f"{fallback.name} {fallback.description}") if w not in FILLER}
+        restated. Its single-token forms get a bias of -100, the forms it splits are bad words.
+        The description's words stay allowed: with "history" and "interest" banned as well, the
+        reasons ran into digit runs ("1.1.1.1...") and were rejected as personal data."""
+        said = {w for w in words(fallback.name) if w not in FILLER}
         return Banner(self.engine.renderer.tokenizer)(sorted(said)).apply(self.settings.sampling.expert)
 
     def _selection(self, picks: list[Pick], candidates: list[Tag], out: UserOutcome) -> list[Tag]:
