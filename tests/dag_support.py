@@ -28,6 +28,11 @@ TINY = [
     "data.holdout_days=7",
     "mine.partitions=2",
     "explain.items_per_user=2",  # every mode still runs; fewer calls on the real model
+    # One call per Expert, with all M tags: the rounds of one-tag calls run on the real model in
+    # tests/test_mining.py (and on the scripted engine there); here they would add batches of
+    # calls to every chain.
+    "pipeline.agents.expert_rounds=1",
+    "pipeline.agents.expert_call_tags=null",
 ]
 QUICK_ADAPTOR = [
     "adaptor.steps=4",

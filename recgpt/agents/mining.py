@@ -1,7 +1,9 @@
 """Intent mining for a batch of users, one agent stage at a time: every planner of the batch in
 one engine call, then every Expert, then every Arbiter (V2); or every V1 route of every user in
 one call (the V1 baseline). Batching by stage keeps the engine's batch full and lets the prefix
-cache serve each agent's shared system message once.
+cache serve each agent's shared system message once. An Expert (or route) whose answer repeats
+itself is asked once more with the words it wrote banned (`expert_rounds`), all such follow-ups
+in one more engine call.
 
 V2 degrades instead of failing: an unusable plan leaves the user one general persona whose Expert
 reads the whole history, and so does a plan whose personas' Experts gave no valid tag (a second
@@ -25,7 +27,16 @@ import numpy as np
 
 from recgpt.agents.evidence import ground
 from recgpt.agents.prompts import arbiter_prompt, expert_prompt, planner_prompt, route_prompt
-from recgpt.agents.schemas import AgentSchemas, Persona, Pick, Tag, arbiter_picks, expert_tags, personas_of
+from recgpt.agents.schemas import (
+    AgentSchemas,
+    Persona,
+    Pick,
+    Tag,
+    arbiter_picks,
+    expert_tags,
+    max_candidates,
+    personas_of,
+)
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.text import words
 from recgpt.agents.validate import (
@@ -101,6 +112,35 @@ class UserOutcome:
     failed_calls: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One Expert (or V1 route) call: whose, the persona or route it serves, and the words its
+    sampling bans (a follow-up round bans these and more)."""
+
+    user: UserInput
+    served: str
+    request: Request
+    banned: frozenset[str] = frozenset()
+
+
+def distinct(tags: Sequence[Tag]) -> list[Tag]:
+    """`tags` without the repeats of an earlier one (compared by their words)."""
+    seen: set[str] = set()
+    kept = []
+    for t in tags:
+        said = " ".join(words(t.tag))
+        if said not in seen:
+            seen.add(said)
+            kept.append(t)
+    return kept
+
+
+def written(tags: Sequence[Tag]) -> frozenset[str]:
+    """The words of `tags` a follow-up answer may not write again: every word but filler and
+    each tag's last (its head noun, which a different tag may share)."""
+    return frozenset(w for t in tags for w in words(t.tag)[:-1] if w not in FILLER)
+
+
 class Miner:
     """Runs one pipeline (`v2` or `v1_baseline`) over batches of users."""
 
@@ -117,6 +157,7 @@ class Miner:
         self.schemas = schemas
         self.validation = validation
         self.embed = embed
+        self._banner: Banner | None = None  # built on the first banned word
 
     # -- V2: planner -> experts -> arbiter ---------------------------------------------------
 
@@ -219,11 +260,12 @@ class Miner:
         round_name: str,
     ) -> dict[str, list[Tag]]:
         """One Expert call per persona of each user, all in one engine call (request keys
-        `<user>:<round_name>:<persona index>`); by user id the pooled tags that pass validation
-        (empty, with `failure` set on the outcome, when none does)."""
+        `<user>:<round_name>:<persona index>`), and the follow-up rounds of `_asked`; by user id
+        the pooled tags that pass validation (empty, with `failure` set on the outcome, when none
+        does)."""
         s = self.settings
-        calls = []
-        general = self._general_sampling(fallback)
+        asks: dict[str, Ask] = {}
+        general = frozenset(w for w in words(fallback.name) if w not in FILLER)
         for user in users:
             for i, persona in enumerate(personas.get(user.user_id, [])):
                 # The general persona carries no evidence of its own: its Expert reads the history.
@@ -231,42 +273,92 @@ class Miner:
                 prompt = expert_prompt(reads, user.history, persona, user.situation)
                 embeds = user.embeds if prompt.history_message is not None else ()
                 key = f"{user.user_id}:{round_name}:{i}"
-                sampling = general if persona == fallback else s.sampling.expert
-                request = prompt.request(key, self.schemas.expert, sampling, user.user_id, embeds)
-                calls.append((user, request))
-        proposed: dict[str, list[list[Tag]]] = {}
-        errors: dict[str, list[str]] = {}
-        for user, result in self._call("expert", calls, outcomes):
-            index = int(result.key.rsplit(":", 1)[1])
-            if result.parsed is None:
-                errors.setdefault(user.user_id, []).append(result.error or "no_output")
-                continue
-            served = personas[user.user_id][index].name
-            proposed.setdefault(user.user_id, []).append(expert_tags(result.parsed, served))
+                # The general persona's Expert may not write that persona's name: the small model
+                # otherwise answers "all interests" five times, each rejected as the persona
+                # restated. The description's words stay allowed: with "history" and "interest"
+                # banned too, its reasons ran into digit runs ("1.1.1.1...").
+                banned = general if persona == fallback else frozenset()
+                schema, sampling = self.schemas.expert_call, self._banned(banned)
+                request = prompt.request(key, schema, sampling, user.user_id, embeds)
+                asks[key] = Ask(user, persona.name, request, banned)
+        answered = self._asked("expert", asks, outcomes)
         kept: dict[str, list[Tag]] = {}
         for user in users:
             out = outcomes[user.user_id]
-            failed = errors.get(user.user_id, [])
+            lists, failed = answered.get(user.user_id, ([], []))
             kept[user.user_id] = []
-            if user.user_id not in proposed:
+            if not lists:
                 out.failure = Failure("expert", failed[0] if failed else ALL_CALLS_FAILED)
                 continue
             out.fallbacks.update(f"{EXPERT_DROPPED}:{_code(e)}" for e in failed)
-            checked = self._pooled(proposed[user.user_id], user, out, out.personas)
+            checked = self._pooled(lists, user, out, out.personas)
             if not checked.kept:
                 out.failure = Failure("expert", NO_VALID_TAG)
                 continue
-            kept[user.user_id] = checked.kept
+            # The Arbiter's schema numbers at most every Expert's full list.
+            kept[user.user_id] = checked.kept[: max_candidates(s)]
         return kept
 
-    def _general_sampling(self, fallback: Persona) -> Sampling:
-        """The general persona's Expert may not write that persona's name: the small model
-        otherwise answers "all interests" five times, and validation rejects each as the persona
-        restated. Its single-token forms get a bias of -100, the forms it splits are bad words.
-        The description's words stay allowed: with "history" and "interest" banned as well, the
-        reasons ran into digit runs ("1.1.1.1...") and were rejected as personal data."""
-        said = {w for w in words(fallback.name) if w not in FILLER}
-        return Banner(self.engine.renderer.tokenizer)(sorted(said)).apply(self.settings.sampling.expert)
+    def _asked(
+        self, step: str, asks: Mapping[str, Ask], outcomes: dict[str, UserOutcome]
+    ) -> dict[str, tuple[list[list[Tag]], list[str]]]:
+        """By user id: the tags of each of the user's asks that gave an answer (repeats within
+        an answer dropped and counted as duplicates), and the errors of those that gave none.
+
+        With `expert_rounds` > 1, an answer with fewer than `m_tags` distinct tags is asked again
+        (step `<step>_more`, request key `<key>:more<round>`) with the words of its tags so far
+        banned but each tag's last one (the head noun: "comedy films" then "action films"): the
+        small model otherwise writes its first tag five times over, and greedy decoding would only
+        repeat that answer. A follow-up's tags come after the first answer's; one that fails
+        costs nothing but its ledger row."""
+        s = self.settings
+        proposed: dict[str, list[Tag]] = {}
+        errors: dict[str, str] = {}
+        for key, result in self._answers(step, asks, outcomes):
+            if result.parsed is None:
+                errors[key] = result.error or "no_output"
+            else:
+                proposed[key] = expert_tags(result.parsed, asks[key].served)
+        for number in range(2, s.expert_rounds + 1):
+            again = {}
+            for key, tags in proposed.items():
+                if len(distinct(tags)) >= s.m_tags:
+                    continue
+                ask = asks[key]
+                banned = ask.banned | written(tags)
+                request = replace(ask.request, key=f"{key}:more{number}", sampling=self._banned(banned))
+                again[key] = replace(ask, request=request)
+            for key, result in self._answers(f"{step}_more", again, outcomes):
+                if result.parsed is not None:
+                    proposed[key] += expert_tags(result.parsed, asks[key].served)
+        by_user: dict[str, tuple[list[list[Tag]], list[str]]] = {}
+        for key, ask in asks.items():
+            lists, failed = by_user.setdefault(ask.user.user_id, ([], []))
+            if key in errors:
+                failed.append(errors[key])
+                continue
+            tags = distinct(proposed[key])
+            repeats = len(proposed[key]) - len(tags)
+            out = outcomes[ask.user.user_id]
+            out.proposed += repeats
+            out.duplicates += repeats
+            out.rejected["duplicate"] += repeats
+            lists.append(tags)
+        return by_user
+
+    def _answers(
+        self, step: str, asks: Mapping[str, Ask], outcomes: dict[str, UserOutcome]
+    ) -> list[tuple[str, Result]]:
+        results = self._call(step, [(ask.user, ask.request) for ask in asks.values()], outcomes)
+        return [(key, result) for key, (_, result) in zip(asks, results, strict=True)]
+
+    def _banned(self, banned: frozenset[str]) -> Sampling:
+        """The Expert's sampling with `banned` words kept out of the answer (`Banner`)."""
+        if not banned:
+            return self.settings.sampling.expert
+        if self._banner is None:
+            self._banner = Banner(self.engine.renderer.tokenizer)
+        return self._banner(sorted(banned)).apply(self.settings.sampling.expert)
 
     def _selection(self, picks: list[Pick], candidates: list[Tag], out: UserOutcome) -> list[Tag]:
         """The candidates the Arbiter picked, in its order, with its score and reason; a number
@@ -289,31 +381,27 @@ class Miner:
     def mine_v1(self, users: Sequence[UserInput]) -> list[UserOutcome]:
         s = self.settings
         outcomes = {u.user_id: UserOutcome(u.user_id) for u in users}
-        calls = [
-            (
+        schema = self.schemas.expert_call
+        asks = {
+            f"{u.user_id}:route:{route}": Ask(
                 u,
+                route,
                 route_prompt(s, route, u.history, u.situation).request(
-                    f"{u.user_id}:route:{route}", self.schemas.expert, s.sampling.expert, u.user_id, u.embeds
+                    f"{u.user_id}:route:{route}", schema, s.sampling.expert, u.user_id, u.embeds
                 ),
             )
             for u in users
             for route in s.routes
-        ]
-        proposed: dict[str, list[list[Tag]]] = {}
-        errors: dict[str, str] = {}
-        for user, result in self._call("route", calls, outcomes):
-            route = result.key.rsplit(":", 1)[1]
-            if result.parsed is None:
-                errors.setdefault(user.user_id, result.error or "no_output")
-                continue
-            proposed.setdefault(user.user_id, []).append(expert_tags(result.parsed, route))
+        }
+        answered = self._asked("route", asks, outcomes)
         for user in users:
             out = outcomes[user.user_id]
-            if user.user_id not in proposed:
-                out.failure = Failure("route", errors.get(user.user_id, ALL_CALLS_FAILED))
+            lists, failed = answered.get(user.user_id, ([], []))
+            if not lists:
+                out.failure = Failure("route", failed[0] if failed else ALL_CALLS_FAILED)
                 continue
             # The routes' tags merged round-robin: no arbiter ranks them in V1.
-            checked = self._pooled(proposed[user.user_id], user, out)
+            checked = self._pooled(lists, user, out)
             if not checked.kept:
                 out.failure = Failure("route", NO_VALID_TAG)
                 continue

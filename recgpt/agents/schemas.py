@@ -72,6 +72,9 @@ class AgentSchemas:
     planner: type[BaseModel]
     expert: type[BaseModel]
     arbiter: type[BaseModel]
+    # One mining call of an Expert: at most `expert_call_tags` tags (the Expert's whole list is
+    # gathered over `expert_rounds` calls); `expert` itself when a call may write all M.
+    expert_call: type[BaseModel]
 
 
 def max_candidates(settings: AgentSettings) -> int:
@@ -107,6 +110,13 @@ def build_schemas(settings: AgentSettings) -> AgentSchemas:
         __config__=_CLOSED,
         tags=(conlist(expert_tag, min_length=1, max_length=settings.m_tags), ...),
     )
+    expert_call = expert
+    if settings.call_tags < settings.m_tags:
+        expert_call = create_model(
+            "ExpertOutput",
+            __config__=_CLOSED,
+            tags=(conlist(expert_tag, min_length=1, max_length=settings.call_tags), ...),
+        )
     # The Arbiter selects: it names a numbered candidate line instead of copying the tag, so it
     # cannot invent a tag and writes a few tokens per pick instead of the whole tag.
     arbiter_tag = create_model(
@@ -121,7 +131,7 @@ def build_schemas(settings: AgentSettings) -> AgentSchemas:
         __config__=_CLOSED,
         tags=(conlist(arbiter_tag, min_length=1, max_length=settings.n_tags), ...),
     )
-    return AgentSchemas(planner=planner, expert=expert, arbiter=arbiter)
+    return AgentSchemas(planner=planner, expert=expert, arbiter=arbiter, expert_call=expert_call)
 
 
 @dataclass(frozen=True)

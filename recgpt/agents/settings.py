@@ -89,9 +89,20 @@ class AgentSettings:
     # When the Arbiter keeps fewer than N, the unpicked valid candidates (pool order) follow its
     # picks, unscored, up to N.
     arbiter_backfill: bool = True
+    # Calls per Expert (and V1 route) at most: an answer with fewer than m_tags distinct tags is
+    # asked again with the words it already wrote banned (recgpt/agents/mining.py, `_asked`).
+    expert_rounds: int = 1
+    # Tags one such call may write (None: m_tags). Fewer per call, more rounds: the same tokens
+    # for a list the small model cannot fill with repeats.
+    expert_call_tags: int | None = None
     fallback_persona: FallbackPersona = FallbackPersona(
         "all interests", "every interest the history shows, taken together"
     )
+
+    @property
+    def call_tags(self) -> int:
+        """The most tags one Expert (or route) call may write."""
+        return self.m_tags if self.expert_call_tags is None else self.expert_call_tags
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AgentSettings:
@@ -145,6 +156,10 @@ class AgentSettings:
                 routes=tuple(str(r) for r in cfg.get("routes") or ()),
                 expert_history=bool(cfg.get("expert_history", False)),
                 arbiter_backfill=bool(cfg.get("arbiter_backfill", True)),
+                expert_rounds=int(cfg.get("expert_rounds", 1)),
+                expert_call_tags=None
+                if cfg.get("expert_call_tags") is None
+                else int(cfg["expert_call_tags"]),
                 fallback_persona=FallbackPersona(
                     str(cfg["fallback_persona"]["name"]), str(cfg["fallback_persona"]["description"])
                 ),
@@ -160,6 +175,8 @@ class AgentSettings:
         counts = {
             "k_personas": self.k_personas,
             "m_tags": self.m_tags,
+            "expert_rounds": self.expert_rounds,
+            "expert_call_tags": self.call_tags,
             "n_tags": self.n_tags,
             "tag.min_words": self.tag.min_words,
             "persona.evidence_items": self.persona.evidence_items,
@@ -170,6 +187,8 @@ class AgentSettings:
         for key, value in counts.items():
             if value < 1:
                 raise ConfigError(f"pipeline.agents.{key} must be at least 1, not {value}")
+        if self.call_tags > self.m_tags:
+            raise ConfigError("pipeline.agents.expert_call_tags must be at most m_tags")
         if self.tag.max_words < self.tag.min_words:
             raise ConfigError("pipeline.agents.tag.max_words must be at least tag.min_words")
         if not 0 < self.validation.near_duplicate_cosine <= 1:
