@@ -557,10 +557,15 @@ def _planner(hostile: Iterator[Entry], limits: dict[str, int], prompt: str, turn
 
 def _expert(hostile: Iterator[Entry], limits: dict[str, int], prompt: str, turn: int) -> tuple[Any, bool]:
     tags, echoed = [], False
-    for i in range(limits.get("tags[]", 5)):
-        entry = next(hostile, None) if i % 2 == 0 else None
+    size = limits.get("tags[]", 5)
+    for i in range(size):
+        # Every other tag copies an entry; a one-tag answer (mining's calls of one tag each)
+        # alternates over the agent's hostile turns instead, so clean tags are written too.
+        slot = turn if size == 1 else i
+        entry = next(hostile, None) if slot % 2 == 0 else None
         if entry is None:
-            tags.append({"tag": CLEAN_TAGS[i], "reason": "fits the history", "evidence": "hiking boots"})
+            clean = CLEAN_TAGS[slot % len(CLEAN_TAGS)]
+            tags.append({"tag": clean, "reason": "fits the history", "evidence": "hiking boots"})
             continue
         echoed = True
         reason, evidence = window(entry, limits["reason"]), window(entry, limits["evidence"])

@@ -1,9 +1,9 @@
 """Intent mining for a batch of users, one agent stage at a time: every planner of the batch in
 one engine call, then every Expert, then every Arbiter (V2); or every V1 route of every user in
 one call (the V1 baseline). Batching by stage keeps the engine's batch full and lets the prefix
-cache serve each agent's shared system message once. An Expert (or route) whose answer repeats
-itself is asked once more with the words it wrote banned (`expert_rounds`), all such follow-ups
-in one more engine call.
+cache serve each agent's shared system message once. An Expert's (or route's) tag list is
+gathered over up to `expert_rounds` calls of `expert_call_tags` tags, each later call banning the
+words already written; each round is one more engine call for every list still short.
 
 V2 degrades instead of failing: an unusable plan leaves the user one general persona whose Expert
 reads the whole history, and so does a plan whose personas' Experts gave no valid tag (a second
