@@ -44,7 +44,6 @@ from pyspark.sql import functions as F
 from jobs.stage import StageContext, main_for
 from recgpt.agents.schemas import build_schemas
 from recgpt.agents.settings import AgentSettings
-from recgpt.agents.validate import ValidationContext
 from recgpt.config import load_config, plain
 from recgpt.errors import ConfigError, RecGPTError
 from recgpt.judge import reward as R
@@ -104,7 +103,7 @@ def expert_reward(ctx: StageContext, settings: AgentSettings, shaping: Shaping) 
     model's version."""
     cfg, wh, dt = ctx.cfg, ctx.warehouse, ctx.dt
     plan = mining_plan(cfg, wh, dt, variant_of(cfg))
-    validation = ValidationContext.for_run(settings, plan.brands, plan.catalog_matrix())
+    validation = plan.validation(settings)
     embedding = plain(cfg.embedding)
     embedder = embedder_for(embedding)
     cat = catalog(wh, dt, str(cfg.embedding.model_name))

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,25 @@ def model_folder(cfg: Mapping[str, Any]) -> str:
     except ImportError as exc:
         raise ConfigError(f"embedding model package {package!r} is not installed: run `make setup`") from exc
     return str(module.get_model_path())
+
+
+@cache
+def _vocabulary_file_words(path: str) -> frozenset[str]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return frozenset(w for w in (line.strip() for line in lines) if re.fullmatch(r"[^\W\d_]+", w))
+
+
+def vocabulary_words(cfg: Mapping[str, Any]) -> frozenset[str]:
+    """The whole words (letters only) of the embedding model's WordPiece vocabulary,
+    `vocab.txt` in its folder: a general word list that ships with the model (MiniLM's holds
+    about 21,000 English words), read once per process."""
+    path = Path(model_folder(cfg)) / "vocab.txt"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist: the known-word check reads the embedding model's WordPiece "
+            "vocabulary (set pipeline.agents.validation.catalog_words=null to leave the check out)"
+        )
+    return _vocabulary_file_words(str(path))
 
 
 class Embedder:

@@ -537,6 +537,28 @@ def test_a_tag_repeating_a_word_is_a_loop_not_a_phrase(ctx):
     assert [t.tag for t in checked.kept] == ["iphone charging cable"]
 
 
+def test_a_tag_with_a_coined_word_is_rejected_and_plurals_and_numbers_are_known(ctx):
+    known = replace(ctx, vocabulary=frozenset({"tea", "box", "berry", "lamp", "decorations", "gift"}))
+    checked = check_tags(
+        [
+            tag("nonsensefest decorations"),
+            tag("gardensetree with a varietyofluc"),
+            tag("berries tea"),
+            tag("gift boxes"),
+            tag("4k lamp"),
+        ],
+        known,
+    )
+    assert reasons(checked) == [
+        ("nonsensefest decorations", "unknown_word"),
+        ("gardensetree with a varietyofluc", "unknown_word"),
+    ]
+    assert [t.tag for t in checked.kept] == ["berries tea", "gift boxes", "4k lamp"]
+    coined = "gardensetree with a varietyofluc"
+    assert known.unknown_words(coined) == ["gardensetree", "with", "a", "varietyofluc"]
+    assert not ctx.unknown_words(coined)  # without a vocabulary every word is known
+
+
 def test_exact_duplicates_after_normalisation_keep_the_first(ctx):
     checked = check_tags([tag("Hiking Boots", persona="a"), tag("hiking boots.", persona="b")], ctx)
     assert reasons(checked) == [("hiking boots.", "duplicate")]
@@ -784,6 +806,7 @@ def test_rejection_codes_are_stable_strings():
         "repeated_word",
         "brand",
         "person_name",
+        "unknown_word",
         "persona_leak",
         "bought_recently",
         "reason_too_long",

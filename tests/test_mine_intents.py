@@ -26,10 +26,16 @@ from deltalake import DeltaTable
 
 from jobs import compress, embed_items, ingest, mine_intents
 from jobs.stage import StageReport, execute, open_context
+from recgpt.agents.schemas import Tag
+from recgpt.agents.settings import AgentSettings
+from recgpt.agents.validate import check_tags
 from recgpt.config import load_config
 from recgpt.errors import RecGPTError
+from recgpt.rundate import RunDate
+from sparkio.warehouse import Warehouse
 from tests.conftest import ROOT
 from tests.dag_support import DT, TINY, scripted
+from udfs.mining import catalog_words, mining_plan
 
 pytestmark = pytest.mark.slow
 
@@ -191,3 +197,29 @@ def test_a_users_file_mines_exactly_its_users_and_refuses_unknown_ids(
     assert set(tags.user_id) | set(failures.user_id) == set(with_history[:3])
     assert f"3 with history: {tags.user_id.nunique()} tagged" in summary
     assert f"{len(without[:1])} without reliable history not mined" in summary
+
+
+def test_known_words_are_the_embedding_vocabulary_and_the_catalogs_most_frequent_words(prepared, spark):
+    wh = Warehouse(spark, str(prepared), engine="delta-rs")
+    dt = RunDate.parse(DT)
+    items = DeltaTable(str(prepared / "items")).to_pandas()
+    texts = items.title + " " + items.category + " " + items.category_path.fillna("")
+    # Words as validation splits a tag; one with a digit is always known, so none is listed.
+    per_item = [{w for w in re.findall(r"\w+", text.lower()) if w.isalpha()} for text in texts]
+    counts = pd.Series([w for found in per_item for w in found]).value_counts()
+    # The words in most items' text, most frequent first (ties by word), each item counted once.
+    assert catalog_words(wh, dt, 5) == sorted(counts.index, key=lambda w: (-counts[w], w))[:5]
+    assert len(catalog_words(wh, dt, 10**6)) == len(counts)
+
+    text_mode = {"pipeline": "v2", "context_mode": "text"}
+    base = [f"run.dt={DT}", f"storage.warehouse={prepared}", *TINY]
+    plan = mining_plan(load_config(base), wh, dt, text_mode)
+    assert plan.catalog_words is not None and len(plan.catalog_words) == len(counts)
+    rules = plan.validation(AgentSettings.from_config(plan.agents))
+    assert rules.vocabulary is not None and set(plan.catalog_words) <= rules.vocabulary
+    assert {"gift", "with", "a"} <= rules.vocabulary  # the embedding model's general words
+    coined = [Tag("nonsensefest decorations", "r"), Tag("gardensetree with a varietyofluc", "r")]
+    assert [r.reason for r in check_tags(coined, rules).rejected] == ["unknown_word"] * 2
+
+    unchecked = load_config([*base, "pipeline.agents.validation.catalog_words=null"])
+    assert mining_plan(unchecked, wh, dt, text_mode).catalog_words is None

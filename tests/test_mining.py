@@ -151,22 +151,12 @@ def test_the_general_personas_expert_cannot_write_that_personas_own_words(render
         return arbiter((1, 9))
 
     miner, backend = miner_for(renderer, settings, answer)
-    seen: list[tuple[str, set[int], tuple[str, ...]]] = []
-    complete = backend.complete
-
-    def recording(calls):
-        for c in calls:
-            text = backend.renderer.tokenizer.decode(c.rendered.token_ids)
-            if str((c.schema or {}).get("title")) == "ExpertOutput":
-                seen.append((whose(text), {t for t, _ in c.sampling.logit_bias}, c.sampling.bad_words))
-        return complete(calls)
-
-    backend.complete = recording  # type: ignore[method-assign]
+    seen = recorded_bans(backend)
     outcomes = mine(miner, "v2", [user("u1", ["trail running shoes"]), user("u2", ["wool hiking socks"])])
     assert [p.name for p in outcomes[0].personas] == [general]
     tokenizer = backend.renderer.tokenizer
     (interests,) = tokenizer.encode(" interests", add_special_tokens=False)
-    by_user = {uid: (bias, bad) for uid, bias, bad in seen}
+    by_user = {whose(text): (bias, bad) for text, bias, bad in seen}
     bias, bad = by_user["u1"]
     assert interests in bias or " interests" in bad
     # Its description's words stay: with "history" and "interest" banned too, the real model's

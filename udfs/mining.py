@@ -24,6 +24,7 @@ from recgpt.agents.validate import ValidationContext
 from recgpt.calendar import Calendar
 from recgpt.config import plain
 from recgpt.context import core_title
+from recgpt.embeddings import vocabulary_words
 from recgpt.env_signals import situation_rows
 from recgpt.errors import ConfigError
 from recgpt.llm.engine import Engine
@@ -237,11 +238,10 @@ class MiningProgram:
 
     def __init__(self, plan: MiningPlan, engine: Engine) -> None:
         settings = AgentSettings.from_config(plan.agents)
-        catalog = plan.catalog_matrix()
-        fingerprint = hashlib.sha256(catalog.tobytes()).hexdigest() if catalog is not None else ""
+        fingerprint = hashlib.sha256(plan.catalog + "\n".join(plan.catalog_words or ()).encode()).hexdigest()
         key = json.dumps([plan.agents, len(plan.brands), fingerprint], sort_keys=True, default=str)
         if key not in _VALIDATION:
-            _VALIDATION[key] = ValidationContext.for_run(settings, plan.brands, catalog)
+            _VALIDATION[key] = plan.validation(settings)
         embedder = embedder_for(plan.embedding)
         self.plan = plan
         self.adaptor = adaptor_for(plan.adaptor_folder) if plan.adaptor_folder else None
@@ -272,6 +272,9 @@ class MiningPlan:
     # Embeddings of what the shop sells (`catalog_reference`), row-major float32 bytes.
     catalog: bytes = b""
     catalog_dim: int = 0
+    # The catalog's most frequent title and category words (`catalog_words`); None: tags are not
+    # checked for unknown words.
+    catalog_words: tuple[str, ...] | None = None
 
     def __call__(self, engine: Engine) -> MiningProgram:
         return MiningProgram(self, engine)
@@ -280,6 +283,14 @@ class MiningPlan:
         if not self.catalog or not self.catalog_dim:
             return None
         return np.frombuffer(self.catalog, dtype=np.float32).reshape(-1, self.catalog_dim)
+
+    def validation(self, settings: AgentSettings) -> ValidationContext:
+        """The run's tag and persona checks: brands, the catalog reference and the known words
+        (the embedding model's vocabulary and the catalog's words)."""
+        known = None
+        if self.catalog_words is not None:
+            known = vocabulary_words(self.embedding) | frozenset(self.catalog_words)
+        return ValidationContext.for_run(settings, self.brands, self.catalog_matrix(), known)
 
 
 def mining_stage(plan: MiningPlan, llm_cfg: Mapping[str, Any], mine_cfg: Mapping[str, Any]) -> LLMStage:
@@ -341,6 +352,24 @@ def catalog_reference(
     return np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
+def catalog_words(wh: Warehouse, dt: RunDate, limit: int) -> list[str]:
+    """The `limit` words found in most of the catalog's titles and category names as of dt
+    (lower case, letters only, as the validation's `words` splits a tag): product words a general
+    vocabulary lacks ("oolong", "duffel"). Bounded by `limit`, never by the catalog's size."""
+    items = wh.read_snapshot(ITEMS, dt)
+    text = F.lower(F.concat_ws(" ", "title", "category", "category_path"))
+    tokens = F.explode(F.array_distinct(F.split(text, r"[^\p{L}\p{N}_]+"))).alias("word")
+    counted = (
+        items.select("item_id", tokens)
+        .where(F.col("word").rlike(r"^\p{L}+$"))
+        .groupBy("word")
+        .count()
+        .orderBy(F.col("count").desc(), F.col("word"))
+        .limit(limit)
+    )
+    return [r.word for r in counted.collect()]
+
+
 def catalog_brands(wh: Warehouse, dt: RunDate) -> list[str]:
     """The brands of the catalog as of dt: a tag naming one is rejected (no brands in tags)."""
     items = wh.read_snapshot(ITEMS, dt).where(F.col("brand").isNotNull())
@@ -367,6 +396,7 @@ def mining_plan(cfg: Any, wh: Warehouse, dt: RunDate, variant: Mapping[str, str]
         if check.get("catalog_min_cosine") is not None
         else np.zeros((0, 0), dtype=np.float32)
     )
+    words = check.get("catalog_words")
     return MiningPlan(
         pipeline=variant["pipeline"],
         mode=variant["context_mode"],
@@ -377,4 +407,5 @@ def mining_plan(cfg: Any, wh: Warehouse, dt: RunDate, variant: Mapping[str, str]
         core_words=int(cfg.compress.core_title_words),
         catalog=catalog.tobytes(),
         catalog_dim=int(catalog.shape[1]) if catalog.size else 0,
+        catalog_words=None if words is None else tuple(catalog_words(wh, dt, int(words))),
     )

@@ -1,7 +1,8 @@
 """Deterministic checks of what the agents wrote, before anything is written or handed on: a tag
 must read as "modifier + core word" within the length limits, name no catalog brand and no person,
 not restate a persona, not repeat what the user bought recently, hold no personal data, not echo
-the prompt's instructions or its example, not duplicate (exactly or nearly) a better-ranked tag,
+the prompt's instructions or its example, use only known words (no coinages like "gardensetree"),
+not duplicate (exactly or nearly) a better-ranked tag,
 and be close enough to something the shop sells. Personas get the same hygiene, and a persona is
 a shopping need, never a person's name.
 
@@ -43,6 +44,7 @@ class Rejection(StrEnum):
     REPEATED_WORD = "repeated_word"
     BRAND = "brand"
     PERSON_NAME = "person_name"
+    UNKNOWN_WORD = "unknown_word"
     PERSONA_LEAK = "persona_leak"
     BOUGHT_RECENTLY = "bought_recently"
     REASON_TOO_LONG = "reason_too_long"
@@ -93,6 +95,18 @@ def _fold(tokens: Iterable[str]) -> tuple[str, ...]:
     return tuple(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in tokens)
 
 
+def _singulars(word: str) -> tuple[str, ...]:
+    """The word and what it may be the plural of ("berries" -> "berry", "boxes" -> "box")."""
+    forms = [word]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        forms.append(word[:-1])
+        if word.endswith("es"):
+            forms.append(word[:-2])
+        if word.endswith("ies"):
+            forms.append(word[:-3] + "y")
+    return tuple(forms)
+
+
 def _contains(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:
     return f" {' '.join(inner)} " in f" {' '.join(outer)} "
 
@@ -112,13 +126,20 @@ class ValidationContext:
     catalog: np.ndarray | None = field(default=None, compare=False, repr=False)
     bought: tuple[tuple[str, ...], ...] = ()  # folded words of bought core titles
     personas: tuple[Persona, ...] = ()  # the user's personas: a tag may not merely restate one
+    # The words a tag may use (`words` tokens, lower case); None: any word.
+    vocabulary: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def for_run(
-        cls, settings: AgentSettings, brands: Iterable[str], catalog: np.ndarray | None = None
+        cls,
+        settings: AgentSettings,
+        brands: Iterable[str],
+        catalog: np.ndarray | None = None,
+        vocabulary: Iterable[str] | None = None,
     ) -> ValidationContext:
         """`brands`: the catalog's brand names; `catalog`: embeddings of what the shop sells
-        (checked against `validation.catalog_min_cosine`). The echo phrases are the fixed ones,
+        (checked against `validation.catalog_min_cosine`); `vocabulary`: the known words (a tag
+        with another word is rejected), None for no such check. The echo phrases are the fixed ones,
         block names that are no ordinary word (`candidate_tags`), and every run of
         `echo_ngram_words` consecutive words of the run's system messages."""
         n = settings.validation.echo_ngram_words
@@ -134,6 +155,7 @@ class ValidationContext:
             catalog=None
             if catalog is None or not len(catalog)
             else unit_rows(np.asarray(catalog, dtype=np.float32)),
+            vocabulary=None if vocabulary is None else frozenset(vocabulary),
         )
 
     def for_user(self, bought_titles: Iterable[str], personas: Sequence[Persona] = ()) -> ValidationContext:
@@ -152,6 +174,18 @@ class ValidationContext:
             return True
         tokens = words(unhidden(text))
         return any(ngrams(tokens, n) & self.echo for n in self._echo_lengths)
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` that are no known word, nor the plural of one; a word with a
+        digit ("4k", "618") is never unknown."""
+        if self.vocabulary is None:
+            return []
+        known = self.vocabulary
+        return [
+            w
+            for w in words(text)
+            if not any(c.isdigit() for c in w) and not any(f in known for f in _singulars(w))
+        ]
 
     def names_person(self, text: str) -> bool:
         return any(w in self.names for w in words(unhidden(text)))
@@ -223,6 +257,10 @@ def tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
         return Rejection.BRAND
     if ctx.names_person(normal):
         return Rejection.PERSON_NAME
+    # A small model coins words ("nonsensefest decorations"); a real word beside one still
+    # brings the tag close enough to the catalog to pass the catalog check.
+    if ctx.unknown_words(normal):
+        return Rejection.UNKNOWN_WORD
     if ctx.restates_persona(normal):
         return Rejection.PERSONA_LEAK
     if ctx.bought_recently(normal):

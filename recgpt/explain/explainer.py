@@ -93,26 +93,27 @@ class Explainer:
             return WordBans()
         return self._banner(self.rules.unsupported_words(facts))
 
-    def guide_bans(self, facts: Facts, persona: str | None) -> WordBans:
-        """A style guide's: the line's, and the demonstration guide's words the pair does not
-        hold (`ExplanationRules.demo_guide_words`): the small model otherwise copies "weekend
-        trail runners" into a film's guide at every attempt."""
+    def pair_bans(self, facts: Facts, persona: str | None) -> tuple[WordBans, WordBans]:
+        """A pair's line bans (`line_bans`) and its style guide's: the line's, and the
+        demonstration guide's words the pair does not hold (`ExplanationRules.demo_guide_words`):
+        the small model otherwise copies "weekend trail runners" into a film's guide at every
+        attempt. The unsupported words are found once for both."""
         if not self.settings.ban_unsupported_words:
-            return WordBans()
+            return WordBans(), WordBans()
+        unsupported = self.rules.unsupported_words(facts)
         demo = self.rules.demo_guide_words(facts, persona)
-        return self._banner([*self.rules.unsupported_words(facts), *demo])
+        return self._banner(unsupported), self._banner([*unsupported, *demo])
 
     def explain(self, batch: Sequence[ToExplain]) -> list[Explained]:
         s = self.settings
         batch = [replace(p, persona=None) if p.persona == s.general_persona else p for p in batch]
         data = [data_blocks(s, p.tag, p.item, p.situation, p.persona, p.recent) for p in batch]
         facts = [Facts.of(s, p.tag, p.item, p.situation, p.recent) for p in batch]
-        bans = [self.line_bans(f) for f in facts]
-        guide_bans = [self.guide_bans(f, p.persona) for f, p in zip(facts, batch, strict=True)]
+        bans = [self.pair_bans(f, p.persona) for f, p in zip(facts, batch, strict=True)]
         calls: list[list[tuple[str, Result]]] = [[] for _ in batch]
         answers: dict[str, list[Explanation | None]] = {m: [None] * len(batch) for m in s.modes}
         guides: dict[int, StyleGuide] = {}
-        pairs = _Pairs(batch, data, facts, bans, guide_bans, calls, answers)
+        pairs = _Pairs(batch, data, facts, [b[0] for b in bans], [b[1] for b in bans], calls, answers)
         for attempt in range(s.attempts):
             asked = self._guides_and_single_lines(pairs, guides, attempt)
             asked += self._meta_lines(pairs, guides, attempt)
