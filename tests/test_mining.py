@@ -476,6 +476,31 @@ def test_v1_routes_get_the_same_follow_up_round(renderer, configured):
     assert [step for step, _ in out.calls] == ["route", "route", "route_more", "route_more"]
 
 
+def test_a_tag_the_rules_reject_does_not_count_towards_m_so_the_rounds_go_on(renderer, configured):
+    """M = 2 one-tag calls, the second answer naming a person: a third call is made (its words
+    banned but the last), and the list keeps the two tags that pass."""
+    one = dataclasses.replace(configured, expert_call_tags=1, expert_rounds=4, m_tags=2)
+    answers = ["trail running shoes", "mike hiking poles", "merino wool socks", "rain jacket shell"]
+    asked: list[str] = []
+
+    def answer(agent: str, text: str) -> str | None:
+        if agent == "PlannerOutput":
+            return planner("trail hiker")
+        if agent == "ExpertOutput":
+            asked.append(answers[len(asked)])
+            return expert(asked[-1])
+        return arbiter((1, 9))
+
+    miner, backend = miner_for(renderer, one, answer)
+    seen = recorded_bans(backend)
+    (out,) = mine(miner, "v2", [user("u1", ["trail running shoes"])])
+    assert asked == answers[:3]
+    assert [t.tag.tag for t in out.tags] == ["trail running shoes", "merino wool socks"]
+    assert out.rejected["person_name"] == 1
+    (_, bias, bad), tokenizer = seen[2], renderer.tokenizer
+    assert banned(tokenizer, "mike", bias, bad) and not banned(tokenizer, "poles", bias, bad)
+
+
 def test_one_tag_per_call_gathers_an_experts_list_over_its_rounds(renderer, configured):
     """expert_call_tags 1: each call's schema admits one tag, and the rounds gather the list,
     each call banning the words of the tags before it, until M distinct tags or the last round."""

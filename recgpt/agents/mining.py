@@ -3,7 +3,8 @@ one engine call, then every Expert, then every Arbiter (V2); or every V1 route o
 one call (the V1 baseline). Batching by stage keeps the engine's batch full and lets the prefix
 cache serve each agent's shared system message once. An Expert's (or route's) tag list is
 gathered over up to `expert_rounds` calls of `expert_call_tags` tags, each later call banning the
-words already written; each round is one more engine call for every list still short.
+words already written; each round is one more engine call for every list still short of M tags
+that pass the rule checks.
 
 V2 degrades instead of failing: an unusable plan leaves the user one general persona whose Expert
 reads the whole history, and so does a plan whose personas' Experts gave no valid tag (a second
@@ -47,6 +48,7 @@ from recgpt.agents.validate import (
     check_personas,
     check_tags,
     pool,
+    tag_problem,
 )
 from recgpt.llm.bans import Banner
 from recgpt.llm.engine import Engine
@@ -305,7 +307,8 @@ class Miner:
         """By user id: the tags of each of the user's asks that gave an answer (repeats within
         an answer dropped and counted as duplicates), and the errors of those that gave none.
 
-        With `expert_rounds` > 1, an answer with fewer than `m_tags` distinct tags is asked again
+        With `expert_rounds` > 1, an answer with fewer than `m_tags` distinct tags that pass the
+        rule checks (`tag_problem`: all but the embedding checks, which run on the pool) is asked again
         (step `<step>_more`, request key `<key>:more<round>`) with the words of its tags so far
         banned but each tag's last one (the head noun: "comedy films" then "action films"): the
         small model otherwise writes its first tag five times over, and greedy decoding would only
@@ -319,10 +322,17 @@ class Miner:
                 errors[key] = result.error or "no_output"
             else:
                 proposed[key] = expert_tags(result.parsed, asks[key].served)
+        users = {ask.user.user_id: ask.user for ask in asks.values()}
+        rules = {uid: self._for(u, outcomes[uid].personas) for uid, u in users.items()}
+
+        def usable(key: str) -> int:
+            found = rules[asks[key].user.user_id]
+            return sum(tag_problem(t, found) is None for t in distinct(proposed[key]))
+
         for number in range(2, s.expert_rounds + 1):
             again = {}
             for key, tags in proposed.items():
-                if len(distinct(tags)) >= s.m_tags:
+                if usable(key) >= s.m_tags:
                     continue
                 ask = asks[key]
                 banned = ask.banned | written(tags)
