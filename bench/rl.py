@@ -66,7 +66,7 @@ from bench.evaluation import (
 )
 from bench.machine import RESULTS, write_result
 from jobs import evaluate, judge, mine_intents, recall, train_policy, train_reward
-from jobs.stage import StageContext, StageFn
+from jobs.stage import StageContext, StageFn, prepare
 from recgpt.config import load_config, plain
 from recgpt.judge import reward as R
 from recgpt.llm.server import stop_server
@@ -83,8 +83,10 @@ GAIN_GOAL = 1.24  # the paper's relative gain of V2 (GRPO with CRS) over V1
 
 
 def served(cfg: DictConfig, fn: StageFn, name: str, spark: SparkSession) -> tuple[StageContext, float]:
-    """A stage whose engine server is started before the clock and stopped after it."""
-    with engine_server(plain(cfg.llm)):
+    """A stage whose engine server is started before the clock and stopped after it: the server
+    of the llm the stage prepares (a tuned policy's weights when `llm.policy` names one), so its
+    executors find it rather than starting one of their own that outlives the stage."""
+    with engine_server(plain(prepare(cfg, name).llm)):
         return run_stage(cfg, fn, name, spark)
 
 
@@ -219,9 +221,11 @@ def evaluate_variants(
     trained: dict[str, Any],
     overrides: Sequence[str],
     on_variant: Callable[[dict[str, Any]], None] = lambda evaluated: None,
+    measured: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every variant mined for the same sample at the evaluation date, scored one after another;
-    `on_variant` sees the figures so far after each one."""
+    `on_variant` sees the figures so far after each one. `measured`: the `evaluated` record of an
+    earlier run on the same sample, whose variants stand and are not mined again."""
     _, evaluation = dataset_overrides(data, train_dt, eval_dt)
     base = [
         *evaluation,
@@ -235,9 +239,14 @@ def evaluate_variants(
     users_file = root / "_eval_users.txt"
     chosen = sample_users(ctx, int(ctx.cfg.eval.window_days), users, seed, users_file)
     print(f"[rl] {data}: evaluating {chosen} users as of {eval_dt}", flush=True)
-    found: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
-    for key in VARIANTS:
+    if measured and (measured["users"], measured["dt"]) != (chosen, eval_dt.iso):
+        raise SystemExit(
+            f"--resume: rl.json's {data} variants were measured on {measured['users']} users as of "
+            f"{measured['dt']}, this sample is {chosen} as of {eval_dt.iso}: rerun without --resume"
+        )
+    found: dict[str, Any] = dict((measured or {}).get("figures", {}))
+    seconds: dict[str, float] = dict((measured or {}).get("mine_seconds", {}))
+    for key in (k for k in VARIANTS if k not in found):
         pipeline = "v1_baseline" if key == "v1" else "v2"
         policy = [f"llm.policy={trained['policies'][key]['version']}"] if key in POLICIES else []
         cfg = load_config([*base, f"pipeline={pipeline}", f"mine.users_file={users_file}", *policy])
@@ -330,6 +339,12 @@ def main() -> None:
         action="store_true",
         help="with --workdir: keep the training date's tags if --miner mined them, and their reward model",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --workdir: a dataset rl.json holds unfinished keeps its policies and evaluated "
+        "variants; only the variants it lacks are mined",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="warehouses go here (default: a new temporary folder)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage")
@@ -347,17 +362,24 @@ def main() -> None:
     for data in args.data:
         eval_dt = RunDate.parse(DATASETS[data]["dt"])
         train_dt = eval_dt.plus(-args.train_days_before)
-        trained = train_apart(
-            data,
-            root / data / "train",
-            train_dt,
-            eval_dt,
-            args.train_users,
-            args.miner,
-            args.judge,
-            args.seed,
-            args.overrides,
-            args.reuse,
+        earlier = kept.get(data) if args.resume else None
+        if earlier is not None:
+            print(f"[rl] {data}: resuming: the policies and {len(earlier['detail'])} variants of rl.json")
+        trained = (
+            earlier["training"]
+            if earlier
+            else train_apart(
+                data,
+                root / data / "train",
+                train_dt,
+                eval_dt,
+                args.train_users,
+                args.miner,
+                args.judge,
+                args.seed,
+                args.overrides,
+                args.reuse,
+            )
         )
 
         evaluate_variants(
@@ -370,6 +392,7 @@ def main() -> None:
             trained,
             args.overrides,
             on_variant=partial(recorded, out, data, trained, started),  # rl.json after each variant
+            measured=earlier and {**earlier["evaluation"], "figures": earlier["detail"]},
         )
     path = RESULTS / "rl.json"
     plot = write_plot({d: out[d] for d in DATASETS if d in out})

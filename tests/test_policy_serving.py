@@ -87,3 +87,26 @@ def test_every_stage_config_serves_the_policy(tmp_path):
     assert prepare(training("2025-10-28"), "train_policy").llm.policy_version == "abc123"
     with pytest.raises(ConfigError, match="not 2025-10-27"):
         prepare(training("2025-10-27"), "train_policy")
+
+
+def test_the_rl_benchmark_starts_the_server_of_the_policy_its_stage_serves(tmp_path, monkeypatch):
+    """bench/rl.py starts each variant's engine server before the clock: it must be the tuned
+    policy's, the one the stage's executors look for (with the base model's they started their
+    own, which outlived the stage and took the next engine's memory)."""
+    from contextlib import nullcontext
+
+    from bench import rl
+    from jobs.stage import prepare
+    from recgpt.config import load_config, plain
+    from recgpt.llm.server import server_key
+
+    root = tmp_path / "policy"
+    cfg = load_config(["run.dt=2025-11-05", f"policy.artifacts_dir={root}", "llm.policy=abc123"])
+    artifact(root, "abc123", base=str(cfg.llm.model_name))
+    started: list[dict] = []
+    staged: list[dict] = []
+    monkeypatch.setattr(rl, "engine_server", lambda llm: started.append(llm) or nullcontext())
+    monkeypatch.setattr(rl, "run_stage", lambda c, fn, name, _: staged.append(plain(prepare(c, name).llm)))
+    rl.served(cfg, lambda ctx: None, "mine_intents", None)  # type: ignore[arg-type]
+    assert started[0]["model_path"] == str(root / "abc123")
+    assert server_key(started[0]) == server_key(staged[0])
