@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -476,21 +476,28 @@ def test_v1_routes_get_the_same_follow_up_round(renderer, configured):
     assert [step for step, _ in out.calls] == ["route", "route", "route_more", "route_more"]
 
 
-def test_a_tag_the_rules_reject_does_not_count_towards_m_so_the_rounds_go_on(renderer, configured):
-    """M = 2 one-tag calls, the second answer naming a person: a third call is made (its words
-    banned but the last), and the list keeps the two tags that pass."""
-    one = dataclasses.replace(configured, expert_call_tags=1, expert_rounds=4, m_tags=2)
-    answers = ["trail running shoes", "mike hiking poles", "merino wool socks", "rain jacket shell"]
+def hiker_answering(tags: list[str]) -> tuple[Callable[[str, str], str | None], list[str]]:
+    """A scripted engine for a user planned as one trail hiker whose Expert calls answer `tags`
+    in turn (one tag each), and the tags answered so far."""
     asked: list[str] = []
 
     def answer(agent: str, text: str) -> str | None:
         if agent == "PlannerOutput":
             return planner("trail hiker")
         if agent == "ExpertOutput":
-            asked.append(answers[len(asked)])
+            asked.append(tags[len(asked)])
             return expert(asked[-1])
         return arbiter((1, 9))
 
+    return answer, asked
+
+
+def test_a_tag_the_rules_reject_does_not_count_towards_m_so_the_rounds_go_on(renderer, configured):
+    """M = 2 one-tag calls, the second answer naming a person: a third call is made (its words
+    banned but the last), and the list keeps the two tags that pass."""
+    one = dataclasses.replace(configured, expert_call_tags=1, expert_rounds=4, m_tags=2)
+    answers = ["trail running shoes", "mike hiking poles", "merino wool socks", "rain jacket shell"]
+    answer, asked = hiker_answering(answers)
     miner, backend = miner_for(renderer, one, answer)
     seen = recorded_bans(backend)
     (out,) = mine(miner, "v2", [user("u1", ["trail running shoes"])])
@@ -506,16 +513,7 @@ def test_one_tag_per_call_gathers_an_experts_list_over_its_rounds(renderer, conf
     each call banning the words of the tags before it, until M distinct tags or the last round."""
     one = dataclasses.replace(configured, expert_call_tags=1, expert_rounds=4, m_tags=3)
     wanted = ["trail running shoes", "merino wool socks", "leather hiking boots", "rain jacket shell"]
-    asked: list[int] = []
-
-    def answer(agent: str, text: str) -> str | None:
-        if agent == "PlannerOutput":
-            return planner("trail hiker")
-        if agent == "ExpertOutput":
-            asked.append(len(asked))
-            return expert(wanted[len(asked) - 1])
-        return arbiter((1, 9))
-
+    answer, asked = hiker_answering(wanted)
     miner, backend = miner_for(renderer, one, answer)
     seen = recorded_bans(backend)
     sizes: list[int] = []
