@@ -33,6 +33,9 @@ evaluate stage's `hr30_history`) is reported beside each variant.
         judge.tag.specificity.pass=0.087 judge.tag.specificity.strong=0.151 \
         judge.tag.consistency.pass=0.321 judge.tag.consistency.strong=0.508
 
+A run stopped before its last variant: the same command with `--resume` keeps the dataset's
+policies and measured variants from rl.json and mines only the variants it lacks.
+
 Training runs in a process of its own, so the evaluation's engines get back the memory it held.
 Writes bench/results/rl.json after every evaluated variant (`complete: false` until the last; a
 dataset measured in an earlier run is kept beside the new one) and bench/results/rl_rewards.png

@@ -1,9 +1,9 @@
 """Deterministic checks of what the agents wrote, before anything is written or handed on: a tag
 must read as "modifier + core word" within the length limits, name no catalog brand and no person,
 not restate a persona, not repeat what the user bought recently, hold no personal data, not echo
-the prompt's instructions or its example, use only known words (no coinages like "gardensetree"),
-not duplicate (exactly or nearly) a better-ranked tag,
-and be close enough to something the shop sells. Personas get the same hygiene, and a persona is
+the prompt's instructions or its example, use only known words where a vocabulary is given (no
+coinages like "gardensetree"), not duplicate (exactly or nearly) a better-ranked tag, and be close
+enough to something the shop sells. Personas get the same hygiene, and a persona is
 a shopping need, never a person's name.
 
 Each rejected item keeps one stable reason code (`Rejection`), the first rule it breaks in the
