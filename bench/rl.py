@@ -361,13 +361,14 @@ def main() -> None:
         "seed": args.seed,
     }
     out |= {data: kept[data] for data in DATASETS if data in kept and data not in args.data}
-    started = time.perf_counter()
     for data in args.data:
         eval_dt = RunDate.parse(DATASETS[data]["dt"])
         train_dt = eval_dt.plus(-args.train_days_before)
         earlier = kept.get(data) if args.resume else None
         if earlier is not None:
             print(f"[rl] {data}: resuming: the policies and {len(earlier['detail'])} variants of rl.json")
+        # The dataset's own seconds; a resumed run adds its time to what the stopped one spent.
+        started = time.perf_counter() - float((earlier or {}).get("seconds", 0.0))
         trained = (
             earlier["training"]
             if earlier

@@ -325,9 +325,14 @@ class Miner:
         users = {ask.user.user_id: ask.user for ask in asks.values()}
         rules = {uid: self._for(u, outcomes[uid].personas) for uid, u in users.items()}
 
+        passes: dict[tuple[str, str], bool] = {}  # (user id, tag): checked once over the rounds
+
         def usable(key: str) -> int:
-            found = rules[asks[key].user.user_id]
-            return sum(tag_problem(t, found) is None for t in distinct(proposed[key]))
+            uid = asks[key].user.user_id
+            for t in distinct(proposed[key]):
+                if (uid, t.tag) not in passes:
+                    passes[uid, t.tag] = tag_problem(t, rules[uid]) is None
+            return sum(passes[uid, t.tag] for t in distinct(proposed[key]))
 
         for number in range(2, s.expert_rounds + 1):
             again = {}

@@ -90,15 +90,20 @@ def brand_keys(brands: Iterable[str], min_chars: int) -> frozenset[str]:
     return frozenset(keys)
 
 
+def _plural(word: str) -> bool:
+    """Whether `word` may be a plural: an "s" ending that is no "ss" ("boots", not "dress")."""
+    return len(word) > 3 and word.endswith("s") and not word.endswith("ss")
+
+
 def _fold(tokens: Iterable[str]) -> tuple[str, ...]:
     """Words with a plural "s" dropped, so "hiking boots" and "hiking boot" compare equal."""
-    return tuple(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in tokens)
+    return tuple(w[:-1] if _plural(w) else w for w in tokens)
 
 
 def _singulars(word: str) -> tuple[str, ...]:
     """The word and what it may be the plural of ("berries" -> "berry", "boxes" -> "box")."""
     forms = [word]
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+    if _plural(word):
         forms.append(word[:-1])
         if word.endswith("es"):
             forms.append(word[:-2])
