@@ -328,11 +328,11 @@ class Miner:
         passes: dict[tuple[str, str], bool] = {}  # (user id, tag): checked once over the rounds
 
         def usable(key: str) -> int:
-            uid = asks[key].user.user_id
-            for t in distinct(proposed[key]):
+            uid, tags = asks[key].user.user_id, distinct(proposed[key])
+            for t in tags:
                 if (uid, t.tag) not in passes:
                     passes[uid, t.tag] = tag_problem(t, rules[uid]) is None
-            return sum(passes[uid, t.tag] for t in distinct(proposed[key]))
+            return sum(passes[uid, t.tag] for t in tags)
 
         for number in range(2, s.expert_rounds + 1):
             again = {}
