@@ -150,8 +150,27 @@ def llm_cfg(tmp_path_factory):
     from tests.llm_support import llm_config
 
     cfg = llm_config(**{"server.state_dir": str(tmp_path_factory.mktemp("llm-state"))})
+    _ENGINE_CONFIGS.append(cfg)
     yield cfg
     stop_server(cfg)
+
+
+# The engine-server configs of this worker's session (`llm_cfg`), stopped when its engines' unit
+# is over (`pytest_runtest_teardown`).
+_ENGINE_CONFIGS: list[dict] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the engines' unit, this worker's engine server (some 3 GB) stops at once instead of
+    at the session's end: the worker's other units run beside the other worker's Spark sessions and
+    the standalone cluster, which need the memory. No later unit uses it (every test that does is
+    in the engines' unit); one that did would start it again."""
+    if work_unit(item) == "engines" and (nextitem is None or work_unit(nextitem) != "engines"):
+        from recgpt.llm.server import stop_server
+
+        for cfg in _ENGINE_CONFIGS:
+            stop_server(cfg)
 
 
 @pytest.fixture(scope="session")
