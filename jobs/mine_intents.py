@@ -22,11 +22,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for, record_llm
+from recgpt.agents.generic import GenericRule
+from recgpt.agents.settings import AgentSettings
 from recgpt.config import plain
 from recgpt.errors import RecGPTError
 from recgpt.tables import RUNS, USER_CONTEXT
 from sparkio.staging import Staging
 from udfs import llm
+from udfs.generic_tags import category_reader, drop_generic
 from udfs.mining import (
     MiningPlan,
     mining_inputs,
@@ -91,7 +94,7 @@ def run(ctx: StageContext) -> None:
     todo = inputs.join(done_users(ctx.spark, staged, kept), "user_id", "left_anti")
     mine_waves(ctx, stage, waves, todo, total, f"{plan.pipeline}/{plan.mode}")
     mined_by = {**variant, "prompt_version": str(plan.agents["prompt_version"])}
-    write_tables(ctx, stage, waves.staged(), kept, mined_by)
+    write_tables(ctx, stage, waves.staged(), kept, plan, mined_by)
     waves.drop()
     for frame in (*kept.values(), inputs):
         frame.unpersist()
@@ -165,21 +168,46 @@ def write_tables(
     stage: llm.LLMStage,
     outcomes: DataFrame | None,
     kept: dict[str, DataFrame],
+    plan: MiningPlan,
     mined_by: dict[str, str],
 ) -> None:
-    """Each table's (dt, variant) replaced by the staged outcomes plus what a resume kept; the
-    ledger and the LLM summary from the outcomes."""
+    """Each table's (dt, variant) replaced by the staged outcomes plus what a resume kept, after
+    the run-wide rule on generic tags; the ledger and the LLM summary from the outcomes."""
     variant = {k: mined_by[k] for k in ("pipeline", "context_mode")}
     parts = explode_outcomes(outcomes, mined_by) if outcomes is not None else {}
+    rows = {key: table_rows(ctx.spark, spec, [parts.get(key), kept.get(key)]) for key, spec in TABLES.items()}
+    rule = generic_rule(AgentSettings.from_config(plan.agents))
+    generic, mined = None, rows["tags"]
+    if rule is not None:
+        mined = mined.persist(StorageLevel.MEMORY_AND_DISK)  # read by the rule's counts and the writes
+        generic = drop_generic(
+            ctx.spark,
+            mined,
+            rows["failures"],
+            rule,
+            category_reader(ctx.warehouse, ctx.dt),
+            outcomes.select("user_id", "rejected", "failed_calls") if outcomes is not None else None,
+        )
+        rows["tags"], rows["failures"] = generic.tags, generic.failures
     for key, spec in TABLES.items():
-        data = table_rows(ctx.spark, spec, [parts.get(key), kept.get(key)])
         written = ctx.warehouse.write(
-            data, spec, mode="replace", lineage=ctx.lineage, where={"dt": ctx.dt, **variant}
+            rows[key], spec, mode="replace", lineage=ctx.lineage, where={"dt": ctx.dt, **variant}
         )
         ctx.report.wrote(spec.name, written.rows, written.version)
     if outcomes is not None:
         record_llm(ctx, outcomes, stage.name)
         ctx.report.details.update(summary_figures(outcomes))
+    if generic is not None:
+        ctx.report.details.update(generic.figures())
+    mined.unpersist()
+
+
+def generic_rule(settings: AgentSettings) -> GenericRule | None:
+    """The run-wide rule on generic tags of the settings, None when it is off."""
+    check = settings.validation
+    if check.generic_max_share is None:
+        return None
+    return GenericRule(check.generic_max_share, check.generic_min_users)
 
 
 def report(

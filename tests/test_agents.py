@@ -132,6 +132,11 @@ def test_bad_agent_settings_fail_at_load_naming_the_key():
     capitalised = {**cfg["fallback_persona"], "name": "All Interests"}
     with pytest.raises(ConfigError, match=r"fallback_persona\.name must be what a planner may write"):
         AgentSettings.from_config({**cfg, "fallback_persona": capitalised})
+    check = cfg["validation"]
+    with pytest.raises(ConfigError, match=r"validation\.generic_max_share must be in \(0, 1\]"):
+        AgentSettings.from_config({**cfg, "validation": {**check, "generic_max_share": 0}})
+    with pytest.raises(ConfigError, match=r"validation\.generic_min_users must be at least 1"):
+        AgentSettings.from_config({**cfg, "validation": {**check, "generic_min_users": 0}})
     without = {k: v for k, v in cfg.items() if k != "sampling"}
     with pytest.raises(ConfigError, match="missing 'sampling'"):
         AgentSettings.from_config(without)

@@ -1,5 +1,6 @@
 """mine_intents as a stage: waves staged and written once, failures in their own table, a killed
-run resumed to exactly the tables of an uninterrupted one, and reruns that duplicate nothing.
+run resumed to exactly the tables of an uninterrupted one, reruns that duplicate nothing, and the
+run-wide rule on generic tags applied before the tables are written.
 
 The model's answers come from a deterministic fake OpenAI server (tests/fake_openai.py): the real
 engine's outputs depend on how requests were batched, which a kill-and-resume comparison cannot
@@ -26,6 +27,7 @@ from deltalake import DeltaTable
 
 from jobs import compress, embed_items, ingest, mine_intents
 from jobs.stage import StageReport, execute, open_context
+from recgpt.agents.generic import category_words, names_category, tag_key
 from recgpt.agents.schemas import Tag
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import check_tags
@@ -75,7 +77,9 @@ def prepared(tmp_path_factory, spark):
     return wh
 
 
-def test_failures_kill_resume_and_rerun(prepared, scripted_llm, spark, tmp_path, project_env, capsys):
+def test_failures_kill_resume_rerun_and_the_generic_tag_rule(
+    prepared, scripted_llm, spark, tmp_path, project_env, capsys
+):
     fake = scripted_llm
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     shutil.copytree(prepared, whole)
@@ -168,6 +172,8 @@ def test_failures_kill_resume_and_rerun(prepared, scripted_llm, spark, tmp_path,
     with pytest.raises(RecGPTError, match="holds tags of"):
         mine(spark, whole, fake.url, "resume=true", "pipeline.agents.prompt_version=v9")
 
+    check_generic_rule(spark, whole, fake.url)
+
 
 def test_a_users_file_mines_exactly_its_users_and_refuses_unknown_ids(
     prepared, scripted_llm, spark, tmp_path, capsys
@@ -228,3 +234,41 @@ def test_known_words_are_the_embedding_vocabulary_and_the_catalogs_most_frequent
     assert load_config(base).pipeline.agents.validation.catalog_words is None
     cheap = load_config([*base, "pipeline.agents.validation.catalog_min_cosine=null"])
     assert mining_plan(cheap, wh, dt, text_mode).catalog_words is None
+
+
+def check_generic_rule(spark, wh: Path, url: str) -> None:
+    """A rerun with the run-wide rule on generic tags: the date's tables (mined without it) lose
+    the generic tags, all at once, before they are replaced."""
+    before = table(wh, "user_intent_tags", ["user_id", "rank"])
+    failed_before = table(wh, "mining_failures", ["user_id"])
+    # Any tag two users share is generic here, unless a catalog category.
+    report = mine(
+        spark,
+        wh,
+        url,
+        "pipeline.agents.validation.generic_max_share=0.01",
+        "pipeline.agents.validation.generic_min_users=1",
+    )
+    after = table(wh, "user_intent_tags", ["user_id", "rank"])
+    failures = table(wh, "mining_failures", ["user_id"])
+    items = DeltaTable(str(wh / "items")).to_pandas()
+    known = category_words([*items.category, *items.category_path])
+    keys = before.tag.map(tag_key)
+    shared = keys.map(before.groupby(keys).user_id.nunique()) > 1
+    generic = shared & ~before.tag.map(lambda t: names_category(t, known))
+    assert generic.any() and not generic.all(), "the scripted answers no longer share some tags"
+
+    # The rest of each user's list, in its order, ranked from 1.
+    rest = before[~generic].copy()
+    rest["rank"] = (rest.groupby("user_id").cumcount() + 1).astype("int32")
+    pd.testing.assert_frame_equal(after, rest.sort_values(["user_id", "rank"]).reset_index(drop=True))
+    # A user left without a tag fails, with how many generic tags it lost; no user is lost.
+    emptied = set(before.user_id) - set(after.user_id)
+    new = failures[~failures.user_id.isin(failed_before.user_id)]
+    assert set(new.user_id) == emptied and set(new.step) <= {"generic"}
+    lost = before[generic].groupby("user_id").size()
+    for row in new.itertuples():
+        assert row.reason == "only_generic_tags"
+        assert json.loads(row.rejected)["generic_tag"] == lost[row.user_id]
+    assert report.details["generic_tag"] == int(generic.sum())
+    assert report.rows_out == after.user_id.nunique() and report.rows_quarantined == len(failures)

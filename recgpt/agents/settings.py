@@ -51,6 +51,11 @@ class ValidationSettings:
     catalog_min_cosine: float | None = None
     # Person first names (lower case) a tag or persona name may not carry, besides the bundled list.
     extra_first_names: tuple[str, ...] = ()
+    # The run-wide rule on generic tags (recgpt/agents/generic.py): a tag naming no catalog
+    # category given to more than this share of the run's users, and to more than
+    # `generic_min_users` users, is dropped for all; None leaves the rule out.
+    generic_max_share: float | None = None
+    generic_min_users: int = 2
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,10 @@ class AgentSettings:
                     extra_first_names=tuple(
                         str(n).strip().lower() for n in check.get("extra_first_names") or ()
                     ),
+                    generic_max_share=None
+                    if check.get("generic_max_share") is None
+                    else float(check["generic_max_share"]),
+                    generic_min_users=int(check.get("generic_min_users", 2)),
                 ),
                 evidence_top_k=int(cfg["evidence"]["top_k"]),
                 evidence_min_cosine=float(cfg["evidence"]["min_cosine"]),
@@ -196,6 +205,11 @@ class AgentSettings:
         minimum = self.validation.catalog_min_cosine
         if minimum is not None and not -1 <= minimum <= 1:
             raise ConfigError("pipeline.agents.validation.catalog_min_cosine must be in [-1, 1] or null")
+        share = self.validation.generic_max_share
+        if share is not None and not 0 < share <= 1:
+            raise ConfigError("pipeline.agents.validation.generic_max_share must be in (0, 1] or null")
+        if self.validation.generic_min_users < 1:
+            raise ConfigError("pipeline.agents.validation.generic_min_users must be at least 1")
         fallback = self.fallback_persona
         if not fallback.name.strip() or not fallback.description.strip():
             raise ConfigError("pipeline.agents.fallback_persona needs a name and a description")

@@ -95,12 +95,12 @@ def _plural(word: str) -> bool:
     return len(word) > 3 and word.endswith("s") and not word.endswith("ss")
 
 
-def _fold(tokens: Iterable[str]) -> tuple[str, ...]:
+def fold_words(tokens: Iterable[str]) -> tuple[str, ...]:
     """Words with a plural "s" dropped, so "hiking boots" and "hiking boot" compare equal."""
     return tuple(w[:-1] if _plural(w) else w for w in tokens)
 
 
-def _singulars(word: str) -> tuple[str, ...]:
+def singular_forms(word: str) -> tuple[str, ...]:
     """The word and what it may be the plural of ("berries" -> "berry", "boxes" -> "box")."""
     forms = [word]
     if _plural(word):
@@ -156,7 +156,7 @@ class ValidationContext:
             brand_keys(brands, settings.validation.brand_min_chars),
             frozenset(phrases),
             names=first_names() | frozenset(settings.validation.extra_first_names),
-            examples=frozenset(_fold(words(e)) for e in TAG_EXAMPLES),
+            examples=frozenset(fold_words(words(e)) for e in TAG_EXAMPLES),
             catalog=None
             if catalog is None or not len(catalog)
             else unit_rows(np.asarray(catalog, dtype=np.float32)),
@@ -166,7 +166,7 @@ class ValidationContext:
     def for_user(self, bought_titles: Iterable[str], personas: Sequence[Persona] = ()) -> ValidationContext:
         """The run's context with the core titles of what this user bought within
         `validation.bought_days` before the run date, and the user's personas."""
-        bought = tuple(t for t in (_fold(words(title)) for title in bought_titles) if t)
+        bought = tuple(t for t in (fold_words(words(title)) for title in bought_titles) if t)
         return replace(self, bought=bought, personas=tuple(personas))
 
     @cached_property
@@ -189,7 +189,7 @@ class ValidationContext:
         return [
             w
             for w in words(text)
-            if not any(c.isdigit() for c in w) and not any(f in known for f in _singulars(w))
+            if not any(c.isdigit() for c in w) and not any(f in known for f in singular_forms(w))
         ]
 
     def names_person(self, text: str) -> bool:
@@ -209,7 +209,7 @@ class ValidationContext:
         return False
 
     def is_example(self, tag: str) -> bool:
-        return _fold(words(tag)) in self.examples
+        return fold_words(words(tag)) in self.examples
 
     def sold_cosine(self, vectors: np.ndarray) -> np.ndarray | None:
         """Per unit row of `vectors`: its best cosine with the catalog reference; None when the
@@ -228,7 +228,7 @@ class ValidationContext:
         phrase, comparing words with plural "s" ignored. A bought title shorter than
         `tag.min_words` words only matches when equal: "gift" bought says nothing against
         "halloween gift box"."""
-        folded = _fold(words(tag))
+        folded = fold_words(words(tag))
         minimum = self.settings.tag.min_words
         return any(
             folded == title

@@ -1,0 +1,135 @@
+"""The run-wide rule on generic tags: what counts as the same tag and as a catalog category, the
+limit a run's size sets, and the rule over a run's tag and failure rows in Spark — generic tags
+dropped for every user, the rest re-ranked, users left without a tag failed with their counts.
+The stage applies it before writing (tests/test_mine_intents.py)."""
+
+from __future__ import annotations
+
+import json
+
+from recgpt.agents.generic import GenericRule, category_words, names_category, tag_key
+from udfs.generic_tags import drop_generic
+
+MINED = {"pipeline": "v2", "context_mode": "hybrid", "model": "m", "prompt_version": "v"}
+TAGS = (
+    "user_id string, rank int, tag string, persona string, score int, reason string, "
+    "evidence_item_ids array<string>, pipeline string, context_mode string, model string, "
+    "prompt_version string"
+)
+FAILURES = (
+    "user_id string, step string, reason string, rejected string, failed_calls string, "
+    "pipeline string, context_mode string, model string, prompt_version string"
+)
+
+
+def test_tags_count_by_their_folded_words():
+    assert tag_key("Safety Nets") == tag_key("safety net") == "safety net"
+    assert tag_key("sci-fi films") == "sci fi film"
+    assert tag_key("glass") == "glass"  # "ss" is no plural
+
+
+def test_a_category_tag_has_every_word_in_one_category_name_or_path():
+    known = category_words(["Movies > Action | Sci-Fi", "Comedy", None, "Home > Kitchen > Cookware"])
+    assert names_category("action movies", known)
+    assert names_category("sci-fi action", known)
+    assert names_category("comedies", known)  # "comedies" may be the plural of "comedy"
+    assert names_category("kitchen cookware", known)
+    assert not names_category("action cookware", known)  # words of two categories
+    assert not names_category("fantasy ireland", known)
+    assert not names_category("", known)
+
+
+def test_the_limit_is_the_share_of_the_run_with_a_floor():
+    rule = GenericRule(0.02, 2)
+    assert rule.limit(64) == 2  # 1.28 users: the floor
+    assert rule.limit(400) == 8
+    assert rule.limit(1_000_000) == 20_000
+
+
+def rows(spark, schema: str, data: list[dict]):
+    return spark.createDataFrame([tuple(r[c.split()[0]] for c in schema.split(", ")) for r in data], schema)
+
+
+def tag(user: str, rank: int, text: str) -> dict:
+    return {"user_id": user, "rank": rank, "tag": text, "persona": "p", "score": None, "reason": "r"} | {
+        "evidence_item_ids": ["i"],
+        **MINED,
+    }
+
+
+def test_generic_tags_are_dropped_for_every_user_and_users_left_without_fail(spark):
+    data = [
+        tag("u1", 1, "safety net"),
+        tag("u1", 2, "trail shoes"),
+        tag("u1", 3, "action movies"),
+        tag("u2", 1, "Safety Nets"),  # the same tag, folded
+        tag("u2", 2, "action movies"),
+        tag("u3", 1, "safety net"),
+        tag("u3", 2, "fantasy ireland"),
+        tag("u4", 1, "fantasy ireland"),
+        tag("u4", 2, "action movies"),
+        tag("u5", 1, "fantasy ireland"),
+        tag("u5", 2, "safety net"),
+    ]
+    failed = [
+        {"user_id": "u6", "step": "expert", "reason": "no_valid_tag", "rejected": None}
+        | {
+            "failed_calls": None,
+            **MINED,
+        }
+    ]
+    calls = spark.createDataFrame(
+        [("u5", json.dumps({"unknown_word": 2}), json.dumps({"arbiter: invalid_output": 1}))],
+        "user_id string, rejected string, failed_calls string",
+    )
+    known = category_words(["Movies > Action | Sci-Fi"])
+    # Six users, limit max(0.02 x 6, 2) = 2: three users got each of the three shared tags.
+    result = drop_generic(
+        spark,
+        rows(spark, TAGS, data),
+        rows(spark, FAILURES, failed),
+        GenericRule(0.02, 2),
+        lambda: known,
+        calls,
+    )
+    assert (result.users, result.limit) == (6, 2)
+    # "action movies" names a category: kept. The two others are gone for everyone.
+    # (named by the least of their spellings)
+    assert result.dropped == {"Safety Nets": 4, "fantasy ireland": 3}
+    assert result.rows_dropped == 7 and result.users_failed == 2
+    kept = sorted((r.user_id, r.rank, r.tag) for r in result.tags.collect())
+    assert kept == [
+        ("u1", 1, "trail shoes"),
+        ("u1", 2, "action movies"),
+        ("u2", 1, "action movies"),
+        ("u4", 1, "action movies"),
+    ]
+    assert result.tags.columns == TAGS_COLUMNS
+    failures = {r.user_id: r for r in result.failures.collect()}
+    assert set(failures) == {"u3", "u5", "u6"}
+    assert (failures["u3"].step, failures["u3"].reason) == ("generic", "only_generic_tags")
+    assert json.loads(failures["u3"].rejected) == {"generic_tag": 2}
+    assert failures["u3"].failed_calls is None and failures["u3"].model == "m"
+    # What the user's mining rejected and the calls that failed stay beside the generic count.
+    assert json.loads(failures["u5"].rejected) == {"unknown_word": 2, "generic_tag": 2}
+    assert json.loads(failures["u5"].failed_calls) == {"arbiter: invalid_output": 1}
+    assert failures["u6"].reason == "no_valid_tag"
+    line = result.figures()["generic_tags"]
+    assert line.startswith("2 tag(s) given to more than 2 of 6 users dropped (")
+    assert line.endswith("7 tag rows, 2 users left without a tag (only_generic_tags)")
+    assert result.figures()["generic_tag"] == 7
+
+
+def test_without_generic_tags_nothing_changes_and_categories_are_not_read(spark):
+    data = [tag("u1", 1, "trail shoes"), tag("u2", 1, "trail shoes"), tag("u3", 1, "yoga mat")]
+    tags, failures = rows(spark, TAGS, data), rows(spark, FAILURES, [])
+
+    def unread() -> list:
+        raise AssertionError("no tag is above the limit: the categories need not be read")
+
+    result = drop_generic(spark, tags, failures, GenericRule(0.02, 2), unread)
+    assert result.tags is tags and result.failures is failures and not result.dropped
+    assert result.figures()["generic_tags"] == "0 tag(s) given to more than 2 of 3 users"
+
+
+TAGS_COLUMNS = [c.split()[0] for c in TAGS.split(", ")]

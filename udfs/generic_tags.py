@@ -1,0 +1,130 @@
+"""The run-wide rule on generic tags (recgpt/agents/generic.py) over mine_intents' tables, applied
+once every user of the run is mined and before the tables are replaced: the run's tag rows
+counted per folded tag in Spark, the few tags above the limit checked against the catalog's
+categories on the driver, then dropped from every user's list (the rest re-ranked from 1), and
+users left without a tag turned into failure rows. Applied to the whole run's rows, so a rerun
+or a resumed run writes the same tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from recgpt.agents.generic import (
+    GENERIC_TAG,
+    ONLY_GENERIC_TAGS,
+    STEP,
+    GenericRule,
+    category_words,
+    names_category,
+    tag_key,
+)
+from recgpt.rundate import RunDate
+from recgpt.tables import ITEMS
+from sparkio.warehouse import Warehouse
+
+MINED_BY = ("model", "pipeline", "context_mode", "prompt_version")
+SHOWN = 5  # generic tags named in the stage summary
+
+
+@dataclass(frozen=True)
+class GenericTags:
+    """What the rule did to one run's tables."""
+
+    tags: DataFrame
+    failures: DataFrame
+    users: int  # users of the run (tagged or failed before the rule)
+    limit: int  # the most users a non-category tag could keep
+    dropped: dict[str, int]  # generic tag -> users it was dropped for
+    rows_dropped: int
+    users_failed: int
+
+    def figures(self) -> dict[str, Any]:
+        """The stage summary's line on the rule (and `runs.details`)."""
+        ranked = sorted(self.dropped.items(), key=lambda kv: (-kv[1], kv[0]))
+        named = ", ".join(f"{t} {n:,}" for t, n in ranked[:SHOWN])
+        more = f" and {len(self.dropped) - SHOWN:,} more" if len(self.dropped) > SHOWN else ""
+        line = f"{len(self.dropped):,} tag(s) given to more than {self.limit:,} of {self.users:,} users" + (
+            f" dropped ({named}{more}): {self.rows_dropped:,} tag rows, "
+            f"{self.users_failed:,} users left without a tag ({ONLY_GENERIC_TAGS})"
+            if self.dropped
+            else ""
+        )
+        return {"generic_tags": line, GENERIC_TAG: self.rows_dropped}
+
+
+def category_reader(wh: Warehouse, dt: RunDate) -> Callable[[], list[frozenset[str]]]:
+    """The catalog's category names and paths as of dt, as word sets, read when first needed."""
+
+    def read() -> list[frozenset[str]]:
+        rows = wh.read_snapshot(ITEMS, dt).select("category", "category_path").distinct().collect()
+        return category_words(text for r in rows for text in (r.category, r.category_path))
+
+    return read
+
+
+def drop_generic(
+    spark: SparkSession,
+    tags: DataFrame,
+    failures: DataFrame,
+    rule: GenericRule,
+    categories: Callable[[], list[frozenset[str]]],
+    calls: DataFrame | None = None,
+) -> GenericTags:
+    """The tables' `tags` and `failures` rows of one run with the rule applied. `calls`: the
+    run's (user_id, rejected, failed_calls) JSON counts, so a user the rule fails keeps the
+    validation rejections and failed calls of its mining beside the generic-tag count."""
+    users = tags.select("user_id").union(failures.select("user_id")).distinct().count()
+    limit = rule.limit(users)
+    # A lambda: Spark takes a function with type hints for a pandas UDF.
+    keyed = tags.withColumn("_key", F.udf(lambda tag: tag_key(tag), "string")("tag"))
+    above = (
+        keyed.groupBy("_key")
+        .agg(F.countDistinct("user_id").alias("n"), F.min("tag").alias("tag"))
+        .where(F.col("n") > limit)
+        .collect()
+    )
+    known = categories() if above else []
+    generic = [r for r in above if not names_category(r["tag"], known)]
+    if not generic:
+        return GenericTags(tags, failures, users, limit, {}, 0, 0)
+    banned = F.broadcast(spark.createDataFrame([(r["_key"],) for r in generic], "_key string"))
+    kept = keyed.join(banned, "_key", "left_anti").drop("_key")
+    kept = kept.withColumn("rank", F.row_number().over(Window.partitionBy("user_id").orderBy("rank")))
+    kept = kept.withColumn("rank", F.col("rank").cast("int")).select(*tags.columns)
+    dropped = keyed.join(banned, "_key", "left_semi")
+    dropped = dropped.groupBy("user_id", *MINED_BY).agg(F.count("*").alias("n"))
+    emptied = dropped.join(kept.select("user_id").distinct(), "user_id", "left_anti")
+    generic_count = F.create_map(F.lit(GENERIC_TAG), F.col("n").cast("int"))
+    if calls is not None:
+        emptied = emptied.join(calls.select("user_id", "rejected", "failed_calls"), "user_id", "left")
+        rejected = F.when(F.col("rejected").isNull(), generic_count).otherwise(
+            F.map_concat(F.from_json("rejected", "map<string,int>"), generic_count)
+        )
+        failed_calls = F.col("failed_calls")
+    else:
+        rejected, failed_calls = generic_count, F.lit(None).cast("string")
+    new_failures = emptied.select(
+        "user_id",
+        F.lit(STEP).alias("step"),
+        F.lit(ONLY_GENERIC_TAGS).alias("reason"),
+        F.to_json(rejected).alias("rejected"),
+        failed_calls.alias("failed_calls"),
+        *MINED_BY,
+    ).select(*failures.columns)
+    totals = dropped.agg(F.sum("n").alias("rows"), F.count("*").alias("users")).first()
+    emptied_users = emptied.count()
+    assert totals is not None
+    return GenericTags(
+        kept,
+        failures.unionByName(new_failures),
+        users,
+        limit,
+        {str(r["tag"]): int(r["n"]) for r in generic},
+        int(totals["rows"] or 0),
+        emptied_users,
+    )
