@@ -19,8 +19,10 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,11 +36,13 @@ from pyspark.sql import functions as F
 from bench.machine import write_result
 from jobs import compress, covisit, dq, embed_items, evaluate, ingest, mine_intents, recall, train_adaptor
 from jobs.stage import StageContext, StageFn, execute, open_context
+from recgpt.agents.generic import names_category, tag_key
 from recgpt.config import load_config, plain
 from recgpt.llm.server import ensure_server, stop_server
 from recgpt.rundate import RunDate
-from recgpt.tables import EVAL_COMPARISONS, EVAL_METRICS, ITEMS, USER_CONTEXT
+from recgpt.tables import EVAL_COMPARISONS, EVAL_METRICS, ITEMS, USER_CONTEXT, USER_INTENT_TAGS
 from udfs.evaluate import heldout
+from udfs.generic_tags import category_reader
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS: dict[str, dict[str, Any]] = {
@@ -106,6 +110,35 @@ def variant_figures(
         out["model"] = r.model
         if r.ci95_low is not None:
             out[f"{r.metric}_ci95"] = [round(r.ci95_low, 4), round(r.ci95_high, 4)]
+    return out
+
+
+def tag_figures(ctx: StageContext, dt: RunDate, variant: tuple[str, str]) -> dict[str, Any]:
+    """The tag lists of one (pipeline, context_mode) for dt: tagged users, tags per tagged user,
+    distinct tags (folded as the generic-tag rule folds them), and the tag most users got, of all
+    and of those naming no catalog category, with the share of tagged users it went to."""
+    rows = (
+        ctx.warehouse.read(USER_INTENT_TAGS, dt=dt)
+        .where((F.col("pipeline") == variant[0]) & (F.col("context_mode") == variant[1]))
+        .select("user_id", "tag")
+        .collect()
+    )
+    per_user = Counter(r.user_id for r in rows)
+    spelled = {tag_key(r.tag): r.tag for r in sorted(rows, key=lambda r: r.tag, reverse=True)}
+    users_of = Counter(key for _, key in {(r.user_id, tag_key(r.tag)) for r in rows})
+    known = category_reader(ctx.warehouse, dt)() if rows else []
+    other = Counter({k: n for k, n in users_of.items() if not names_category(spelled[k], known)})
+    counts = list(per_user.values())
+    out: dict[str, Any] = {
+        "tagged_users": len(per_user),
+        "tags_per_user_median": statistics.median(counts) if counts else 0,
+        "tags_per_user_mean": round(statistics.fmean(counts), 2) if counts else 0,
+        "distinct_tags": len(users_of),
+    }
+    for name, found in (("top_tag", users_of), ("top_noncategory_tag", other)):
+        key, n = found.most_common(1)[0] if found else (None, 0)
+        out[name] = spelled.get(key) if key else None
+        out[f"{name}_user_share"] = round(n / len(per_user), 3) if per_user else None
     return out
 
 
@@ -233,6 +266,11 @@ def main() -> None:
     ctx = chain.contexts["v2"]
     found, ci = metrics(ctx, chain.dt)
     pairs = compared(ctx, chain.dt)
+    tags = {
+        key: tag_figures(ctx, chain.dt, variant)
+        | {"generic_tag_rows_dropped": int(chain.contexts[key].report.details.get("generic_tag", 0))}
+        for key, variant in VARIANTS.items()
+    }
     ctx.spark.stop()
 
     k = int(ctx.cfg.eval.k)
@@ -250,6 +288,7 @@ def main() -> None:
     }
     out["ci95"] = ci
     out["comparisons"] = pairs
+    out["tags"] = tags
     baselines = {
         f"hr{k}_history",
         f"hr{k}_popular",
@@ -283,6 +322,13 @@ def main() -> None:
                 f"  hr{k} v2 - {pair['minus']:<14} {pair['difference']:+.3f}  [{low:+.3f}, {high:+.3f}] "
                 f"over {pair['users']} users"
             )
+    for key, figures in tags.items():
+        print(
+            f"  {key}: {figures['tags_per_user_median']} tags per tagged user (median), top tag "
+            f"{figures['top_tag']!r} for {figures['top_tag_user_share']} of them, top non-category "
+            f"{figures['top_noncategory_tag']!r} {figures['top_noncategory_tag_user_share']}; "
+            f"{figures['generic_tag_rows_dropped']} generic tag rows dropped"
+        )
     seconds = ", ".join(f"{k} {chain.seconds[k]:,.0f}" for k in VARIANTS)
     print(f"  mining seconds: {seconds}; total {total:,.0f}")
     print(f"  report: {chain.report}")

@@ -24,14 +24,10 @@ Writes bench/results/models.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
-
-from pyspark.sql import functions as F
 
 from bench.evaluation import (
     DATASETS,
@@ -39,6 +35,7 @@ from bench.evaluation import (
     run_inputs,
     run_stage,
     sample_users,
+    tag_figures,
     variant_figures,
 )
 from bench.machine import write_result
@@ -46,7 +43,6 @@ from jobs import evaluate, mine_intents, recall
 from recgpt.config import load_config, plain
 from recgpt.llm.model_cache import file_sha256
 from recgpt.rundate import RunDate
-from recgpt.tables import USER_INTENT_TAGS
 
 MODELS = ("smollm2_cpu", "qwen25_coder_0p5b_cpu", "qwen25_coder_1p5b_cpu")
 VARIANT = ("v2", "text")
@@ -72,28 +68,6 @@ def model_files(llm: dict[str, Any]) -> dict[str, Any]:
         out["source_sha256"] = file_sha256(gguf)
     out["weights"] = {p.name: file_sha256(p) for p in sorted(folder.glob("*.safetensors"))}
     return out
-
-
-def tag_figures(ctx, dt: RunDate, sampled: int) -> dict[str, Any]:
-    tags = (
-        ctx.warehouse.read(USER_INTENT_TAGS, dt=dt)
-        .where((F.col("pipeline") == VARIANT[0]) & (F.col("context_mode") == VARIANT[1]))
-        .select("user_id", "tag")
-        .collect()
-    )
-    per_user = Counter(r.user_id for r in tags)
-    users_of = Counter(tag for _, tag in {(r.user_id, r.tag) for r in tags})
-    top_tag, top_users = users_of.most_common(1)[0] if users_of else (None, 0)
-    counts = list(per_user.values())
-    return {
-        "tagged_users": len(per_user),
-        "tags_per_user_median": statistics.median(counts) if counts else 0,
-        "tags_per_user_mean": round(statistics.fmean(counts), 2) if counts else 0,
-        "top_tag": top_tag,
-        "top_tag_user_share": round(top_users / len(per_user), 3) if per_user else None,
-        "distinct_tags": len(users_of),
-        "sampled_users": sampled,
-    }
 
 
 def eval_figures(ctx, dt: RunDate, k: int) -> dict[str, Any]:
@@ -128,7 +102,8 @@ def run_dataset(
             "mine_seconds": round(seconds, 1),
             "engine_start_seconds": round(engine_start, 1),
             "users_per_hour": round(chosen / seconds * 3600, 1),
-            **tag_figures(scored, dt, chosen),
+            **tag_figures(scored, dt, VARIANT),
+            "sampled_users": chosen,
             **eval_figures(scored, dt, k),
             "files": files,
         }

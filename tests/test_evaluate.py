@@ -269,3 +269,34 @@ def test_the_reports_category_bars_count_behaviours_not_users(spark, world):
         "tents": 1,
         "dumbbells": 1,
     }
+
+
+def test_the_evaluations_tag_figures_fold_tags_and_set_categories_apart(spark, tmp_path):
+    from bench.evaluation import tag_figures
+
+    cfg = load_config([f"storage.warehouse={tmp_path / 'wh'}", f"run.dt={DT}"])
+    ctx = open_context(cfg, "evaluate", spark)
+    put(ctx.warehouse, ITEMS, [{"item_id": "b1", "title": "hiking boots", "category": "hiking-boots"}])
+    put(
+        ctx.warehouse,
+        USER_INTENT_TAGS,
+        [
+            tag("u1", 1, "hiking boots", V2),  # names the category "hiking-boots"
+            tag("u1", 2, "Safety Nets", V2),
+            tag("u2", 1, "hiking boot", V2),
+            tag("u2", 2, "safety net", V2),
+            tag("u3", 1, "hiking boots", V2),
+            tag("u3", 1, "tent stakes", V1),  # another variant
+        ],
+    )
+    figures = tag_figures(ctx, RunDate.parse(DT), ("v2", "hybrid"))
+    assert figures == {
+        "tagged_users": 3,
+        "tags_per_user_median": 2,
+        "tags_per_user_mean": 1.67,
+        "distinct_tags": 2,
+        "top_tag": "hiking boot",  # three users, in either spelling (the least one shown)
+        "top_tag_user_share": 1.0,
+        "top_noncategory_tag": "Safety Nets",
+        "top_noncategory_tag_user_share": 0.667,
+    }
