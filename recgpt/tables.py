@@ -371,15 +371,25 @@ MINING_FAILURES = TableSpec(
     "here, never neither.",
     (
         Column("user_id", pa.string(), "user key", nullable=False),
-        Column("step", pa.string(), "planner, expert, arbiter or route", nullable=False),
+        Column(
+            "step",
+            pa.string(),
+            "input, planner, expert, arbiter or route; generic: every tag the user got was dropped by "
+            "the run-wide rule on generic tags",
+            nullable=False,
+        ),
         Column(
             "reason",
             pa.string(),
             "engine error (prompt_too_long, invalid_output, engine_error, bad_request) or "
-            "no_valid_tag / all_calls_failed",
+            "no_valid_tag / all_calls_failed / only_generic_tags",
             nullable=False,
         ),
-        Column("rejected", pa.string(), "JSON counts of validation rejections by reason code"),
+        Column(
+            "rejected",
+            pa.string(),
+            "JSON counts of validation rejections by reason code (generic_tag: dropped by the run-wide rule)",
+        ),
         Column(
             "failed_calls",
             pa.string(),
