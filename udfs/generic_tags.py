@@ -116,7 +116,7 @@ def drop_generic(
         failed_calls.alias("failed_calls"),
         *MINED_BY,
     ).select(*failures.columns)
-    totals = dropped.agg(F.sum("n").alias("rows"), F.count("*").alias("users")).first()
+    totals = dropped.agg(F.sum("n").alias("rows")).first()
     emptied_users = emptied.count()
     assert totals is not None
     return GenericTags(

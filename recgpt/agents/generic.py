@@ -1,7 +1,7 @@
 """The cross-user rule on generic tags: a tag the run gave to more than a configured share of its
 users says nothing about any one of them ("safety net" to 26 of 64 users, mostly recalling the
 most popular genre), unless it names a catalog category, which many users may share. The rule
-runs once the whole run's tags are known (`udfs.mining_tables.drop_generic`): such a tag is
+runs once the whole run's tags are known (`udfs.generic_tags.drop_generic`): such a tag is
 dropped for every user, counted as its own rejection (`generic_tag`), and a user left without a
 tag fails with `only_generic_tags`.
 
