@@ -160,19 +160,17 @@ def test_failures_kill_resume_rerun_and_the_generic_tag_rule(
     assert table(whole, "llm_calls", ledger)[ledger].equals(table(killed, "llm_calls", ledger)[ledger])
     assert not staging.exists()  # cleaned up after the tables were written
 
-    # A rerun recomputes and replaces; a resume of a finished date mines nobody.
-    mine(spark, whole, fake.url)
-    pd.testing.assert_frame_equal(table(whole, "user_intent_tags", ["user_id", "rank"]), tags)
+    # A rerun recomputes and replaces (here with the run-wide rule on generic tags, whose effect
+    # on the first run's rows it checks); a resume of a finished date mines nobody.
+    ruled = check_generic_rule(spark, whole, fake.url)
     capsys.readouterr()
-    mine(spark, whole, fake.url, "resume=true")
+    mine(spark, whole, fake.url, "resume=true", *GENERIC_RULE)
     done = capsys.readouterr().err
     assert f"{len(with_history)} users with history, {len(with_history)} already done, 0 to mine" in done
-    pd.testing.assert_frame_equal(table(whole, "user_intent_tags", ["user_id", "rank"]), tags)
+    pd.testing.assert_frame_equal(table(whole, "user_intent_tags", ["user_id", "rank"]), ruled)
     # Nor may a resume add users mined by another prompt version to the finished tables.
     with pytest.raises(RecGPTError, match="holds tags of"):
-        mine(spark, whole, fake.url, "resume=true", "pipeline.agents.prompt_version=v9")
-
-    check_generic_rule(spark, whole, fake.url)
+        mine(spark, whole, fake.url, "resume=true", *GENERIC_RULE, "pipeline.agents.prompt_version=v9")
 
 
 def test_a_users_file_mines_exactly_its_users_and_refuses_unknown_ids(
@@ -236,19 +234,19 @@ def test_known_words_are_the_embedding_vocabulary_and_the_catalogs_most_frequent
     assert mining_plan(cheap, wh, dt, text_mode).catalog_words is None
 
 
-def check_generic_rule(spark, wh: Path, url: str) -> None:
+# Any tag two users share is generic, unless a catalog category.
+GENERIC_RULE = (
+    "pipeline.agents.validation.generic_max_share=0.01",
+    "pipeline.agents.validation.generic_min_users=1",
+)
+
+
+def check_generic_rule(spark, wh: Path, url: str) -> pd.DataFrame:
     """A rerun with the run-wide rule on generic tags: the date's tables (mined without it) lose
-    the generic tags, all at once, before they are replaced."""
+    the generic tags, all at once, as they are replaced. Returns the tags written."""
     before = table(wh, "user_intent_tags", ["user_id", "rank"])
     failed_before = table(wh, "mining_failures", ["user_id"])
-    # Any tag two users share is generic here, unless a catalog category.
-    report = mine(
-        spark,
-        wh,
-        url,
-        "pipeline.agents.validation.generic_max_share=0.01",
-        "pipeline.agents.validation.generic_min_users=1",
-    )
+    report = mine(spark, wh, url, *GENERIC_RULE)
     after = table(wh, "user_intent_tags", ["user_id", "rank"])
     failures = table(wh, "mining_failures", ["user_id"])
     items = DeltaTable(str(wh / "items")).to_pandas()
@@ -272,3 +270,4 @@ def check_generic_rule(spark, wh: Path, url: str) -> None:
         assert json.loads(row.rejected)["generic_tag"] == lost[row.user_id]
     assert report.details["generic_tag"] == int(generic.sum())
     assert report.rows_out == after.user_id.nunique() and report.rows_quarantined == len(failures)
+    return after
