@@ -176,7 +176,7 @@ def write_tables(
     variant = {k: mined_by[k] for k in ("pipeline", "context_mode")}
     parts = explode_outcomes(outcomes, mined_by) if outcomes is not None else {}
     rows = {key: table_rows(ctx.spark, spec, [parts.get(key), kept.get(key)]) for key, spec in TABLES.items()}
-    rule = generic_rule(AgentSettings.from_config(plan.agents))
+    rule = GenericRule.of(AgentSettings.from_config(plan.agents))
     generic, mined = None, rows["tags"]
     if rule is not None:
         mined = mined.persist(StorageLevel.MEMORY_AND_DISK)  # read by the rule's counts and the writes
@@ -200,14 +200,6 @@ def write_tables(
     if generic is not None:
         ctx.report.details.update(generic.figures())
     mined.unpersist()
-
-
-def generic_rule(settings: AgentSettings) -> GenericRule | None:
-    """The run-wide rule on generic tags of the settings, None when it is off."""
-    check = settings.validation
-    if check.generic_max_share is None:
-        return None
-    return GenericRule(check.generic_max_share, check.generic_min_users)
 
 
 def report(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 
 from recgpt.agents.generic import GenericRule, category_words, names_category, tag_key
+from recgpt.agents.settings import AgentSettings
+from tests.test_agents import agents_config
 from udfs.generic_tags import drop_generic
 
 MINED = {"pipeline": "v2", "context_mode": "hybrid", "model": "m", "prompt_version": "v"}
@@ -44,6 +46,15 @@ def test_the_limit_is_the_share_of_the_run_with_a_floor():
     assert rule.limit(64) == 2  # 1.28 users: the floor
     assert rule.limit(400) == 8
     assert rule.limit(1_000_000) == 20_000
+
+
+def test_the_rule_is_the_validation_settings_and_off_when_its_share_is_null():
+    cfg = agents_config()
+    check = cfg["validation"]
+    rule = GenericRule.of(AgentSettings.from_config(cfg))
+    assert rule == GenericRule(float(check["generic_max_share"]), int(check["generic_min_users"]))
+    off = {**cfg, "validation": {**check, "generic_max_share": None}}
+    assert GenericRule.of(AgentSettings.from_config(off)) is None
 
 
 def rows(spark, schema: str, data: list[dict]):

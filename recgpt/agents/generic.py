@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from recgpt.agents.settings import AgentSettings
 from recgpt.agents.text import words
 from recgpt.agents.validate import fold_words, singular_forms
 
@@ -29,6 +30,14 @@ class GenericRule:
 
     max_share: float
     min_users: int
+
+    @classmethod
+    def of(cls, settings: AgentSettings) -> GenericRule | None:
+        """The rule the validation settings ask for, None when it is off."""
+        check = settings.validation
+        if check.generic_max_share is None:
+            return None
+        return cls(check.generic_max_share, check.generic_min_users)
 
     def limit(self, users: int) -> int:
         """The most users a non-category tag may be given in a run of `users` users."""
