@@ -10,7 +10,10 @@ text and the hybrid form, what the hybrid form keeps, and what the compress job 
 3. Output agreement: the same tag-mining prompt over the full text, the V1 text and the hybrid
    context of the same users; tags embedded with the item embedding model; per user the mean
    best-match cosine between the two tag lists (both directions). A shuffled pairing (hybrid
-   tags of one user against full-text tags of another) shows what unrelated lists score.
+   tags of one user against full-text tags of another) shows what unrelated lists score. Two
+   more forms say whether the item's category would carry what the slot does not: the hybrid
+   context with each slot's category as text before it, and with the category instead of the
+   slot. Paired-bootstrap intervals over users: hybrid minus V1, hybrid minus unrelated.
 4. Scale: the compress transformation on N synthetic behaviours vs a bare groupBy + collect_list
    of the same cached data, both run to a no-op sink in the same session (the Delta write is the
    storage benchmark's subject).
@@ -50,6 +53,7 @@ from recgpt.llm.engine import Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
 from recgpt.llm.request import EMBED_MARK, Request, Result, Sampling
 from recgpt.llm.vllm_offline import VLLMOfflineBackend
+from recgpt.metrics import bootstrap_difference
 from recgpt.rundate import RunDate
 from recgpt.tables import BEHAVIORS, ITEMS, USER_CONTEXT
 from udfs.compress import Settings, clustered_history, compress_users, in_rule_order, reliable_events
@@ -176,22 +180,58 @@ def best_match(a: np.ndarray, b: np.ndarray) -> float:
     return float((sims.max(axis=1).mean() + sims.max(axis=0).mean()) / 2)
 
 
+def with_categories(text: str, entity_ids: Sequence[str], categories: dict[str, str], slots: bool) -> str:
+    """A hybrid context with each entity mark preceded by its item's category as text (`slots`),
+    or replaced by it (no slots left): how much of what the tags need the category alone gives."""
+    parts = text.split(EMBED_MARK)
+    if len(parts) != len(entity_ids) + 1:
+        raise ValueError(f"{len(parts) - 1} marks for {len(entity_ids)} entity ids")
+    out = [parts[0]]
+    for item, rest in zip(entity_ids, parts[1:], strict=True):
+        name = C.clean_text(categories.get(item, "")).replace("-", " ")
+        out.append((f"{name} {EMBED_MARK}" if slots else name) + rest)
+    return "".join(out)
+
+
+# The contexts whose tags are compared with the full text's: (context, with entity slots).
+FORMS = {
+    "full": ("full", False),
+    "v1": ("v1", False),
+    "hybrid": ("hybrid", True),
+    "hybrid_category": ("hybrid_category", True),
+    "category_only": ("category_only", False),
+}
+
+
 def agreement(
     engine: Engine,
     embedder: Embedder,
     adaptor: Any,
     users: Any,
     vectors: dict[str, np.ndarray],
+    categories: dict[str, str],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Tags mined from each form of the same users' histories, scored against the full text's
+    tags; beside the hybrid form, the hybrid form with each slot's category as text before it
+    and the category in place of the slot. Paired-bootstrap intervals over users for the hybrid
+    form minus V1 and minus unrelated users."""
     requests = []
     for u in users.itertuples():
         ids = list(u.entity_ids)
-        slots = A.entity_vectors(adaptor, np.stack([vectors[i] for i in ids])) if ids else []
-        requests += [
-            tag_request(f"full:{u.user_id}", u.full_text),
-            tag_request(f"v1:{u.user_id}", u.v1_text),
-            tag_request(f"hybrid:{u.user_id}", u.hybrid_text, [s[None, :] for s in slots]),
-        ]
+        slots = (
+            [s[None, :] for s in A.entity_vectors(adaptor, np.stack([vectors[i] for i in ids]))]
+            if ids
+            else []
+        )
+        texts = {
+            "full": u.full_text,
+            "v1": u.v1_text,
+            "hybrid": u.hybrid_text,
+            "hybrid_category": with_categories(u.hybrid_text, ids, categories, slots=True),
+            "category_only": with_categories(u.hybrid_text, ids, categories, slots=False),
+        }
+        for form, (text, slotted) in FORMS.items():
+            requests.append(tag_request(f"{form}:{u.user_id}", texts[text], slots if slotted else []))
     started = time.perf_counter()
     results: dict[str, Result] = {r.key: r for r in engine.generate(requests)}
     seconds = time.perf_counter() - started
@@ -201,36 +241,53 @@ def agreement(
         return [t.strip() for t in parsed.tags if t.strip()] if isinstance(parsed, Tags) else []
 
     ids = list(users.user_id)
-    mined = {(form, u): tags(f"{form}:{u}") for form in ("full", "v1", "hybrid") for u in ids}
+    mined = {(form, u): tags(f"{form}:{u}") for form in FORMS for u in ids}
     unique = sorted({t for ts in mined.values() for t in ts})
-    table = dict(zip(unique, embedder.encode(unique), strict=True))
+    table = dict(zip(unique, embedder.encode(unique), strict=True)) if unique else {}
     vec = {k: np.stack([table[t] for t in ts]) if ts else None for k, ts in mined.items()}
 
-    def score(form: str, shift: int = 0) -> tuple[float, int]:
-        values = []
+    def per_user(form: str, shift: int = 0) -> np.ndarray:
+        """Each user's best-match score against the full-text tags of the user `shift` places on
+        (0: its own); NaN where either list is empty."""
+        values = np.full(len(ids), np.nan)
         for i, u in enumerate(ids):
             a, b = vec[(form, u)], vec[("full", ids[(i + shift) % len(ids)])]
             if a is not None and b is not None:
-                values.append(best_match(a, b))
-        return (round(statistics.fmean(values), 3) if values else 0.0), len(values)
+                values[i] = best_match(a, b)
+        return values
 
-    hybrid, pairs = score("hybrid")
+    def mean(values: np.ndarray) -> float:
+        return round(float(np.nanmean(values)), 3) if (~np.isnan(values)).any() else 0.0
+
+    scores = {form: per_user(form) for form in FORMS if form != "full"}
+    shuffled = per_user("hybrid", shift=1) if len(ids) > 1 else np.full(len(ids), np.nan)
+    differences = {}
+    for name, other in (("hybrid_minus_v1", scores["v1"]), ("hybrid_minus_unrelated", shuffled)):
+        found = bootstrap_difference(scores["hybrid"], other, replicates=1000, seed=0)
+        if found is not None:
+            diff, low, high, n = found
+            differences[name] = {
+                "difference": round(diff, 3),
+                "ci95": [round(low, 3), round(high, 3)],
+                "users": n,
+            }
     figures = {
         "users": len(ids),
-        "pairs_scored": pairs,
-        "agreement": hybrid,
-        "agreement_v1": score("v1")[0],
-        "agreement_shuffled": score("hybrid", shift=1)[0] if len(ids) > 1 else None,
+        "pairs_scored": int((~np.isnan(scores["hybrid"])).sum()),
+        "agreement": mean(scores["hybrid"]),
+        "agreement_v1": mean(scores["v1"]),
+        "agreement_shuffled": mean(shuffled) if len(ids) > 1 else None,
+        "agreement_hybrid_category": mean(scores["hybrid_category"]),
+        "agreement_category_only": mean(scores["category_only"]),
+        "differences": differences,
         "failed_calls": sum(1 for r in results.values() if not r.ok),
         "truncated_prompts": sum(1 for r in results.values() if r.truncated_lines),
         "seconds": round(seconds, 1),
     }
-    for form in ("full", "v1", "hybrid"):
+    for form in FORMS:
         mine = [r for k, r in results.items() if k.startswith(f"{form}:")]
         figures[f"{form}_prompt_tokens_per_user"] = round(statistics.fmean(r.prompt_tokens for r in mine), 1)
-    samples = [
-        {"user_id": u, **{form: mined[(form, u)] for form in ("full", "v1", "hybrid")}} for u in ids[:4]
-    ]
+    samples = [{"user_id": u, **{form: mined[(form, u)] for form in FORMS}} for u in ids[:4]]
     return figures, samples
 
 
@@ -410,7 +467,8 @@ def main() -> None:
     emb_cfg = plain(syn_cfg.embedding)
     embedder = Embedder(emb_cfg)
     probe, probe_samples = entity_probe(engine, adaptor, probe_items, int(syn_cfg.compress.core_title_words))
-    agree, agree_samples = agreement(engine, embedder, adaptor, chosen, vectors)
+    categories = dict(zip(catalog.item_id, catalog.category.fillna(""), strict=True))
+    agree, agree_samples = agreement(engine, embedder, adaptor, chosen, vectors, categories)
     engine.close()
 
     comp_cfg = plain(syn_cfg.compress)
@@ -459,8 +517,15 @@ def main() -> None:
     )
     print(
         f"  agreement ({agree['pairs_scored']} users): hybrid vs full {agree['agreement']}, V1 vs full "
-        f"{agree['agreement_v1']}, unrelated users {agree['agreement_shuffled']}"
+        f"{agree['agreement_v1']}, unrelated users {agree['agreement_shuffled']}; hybrid with each "
+        f"slot's category {agree['agreement_hybrid_category']}, the category alone "
+        f"{agree['agreement_category_only']}"
     )
+    for name, d in agree["differences"].items():
+        print(
+            f"    {name}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+            f" over {d['users']} users"
+        )
     print_scale(at_scale)
     print(f"  written to {path}")
 
