@@ -194,14 +194,8 @@ def with_categories(text: str, entity_ids: Sequence[str], categories: dict[str, 
     return "".join(out)
 
 
-# The contexts whose tags are compared with the full text's: (context, with entity slots).
-FORMS = {
-    "full": ("full", False),
-    "v1": ("v1", False),
-    "hybrid": ("hybrid", True),
-    "hybrid_category": ("hybrid_category", True),
-    "category_only": ("category_only", False),
-}
+# The contexts whose tags are compared with the full text's, and whether each has entity slots.
+FORMS = {"full": False, "v1": False, "hybrid": True, "hybrid_category": True, "category_only": False}
 
 
 def agreement(
@@ -215,7 +209,7 @@ def agreement(
     """Tags mined from each form of the same users' histories, scored against the full text's
     tags; beside the hybrid form, the hybrid form with each slot's category as text before it
     and the category in place of the slot. Paired-bootstrap intervals over users for the hybrid
-    form minus V1 and minus unrelated users."""
+    form minus V1, and for each form minus its score against unrelated users."""
     requests = []
     for u in users.itertuples():
         ids = list(u.entity_ids)
@@ -231,8 +225,8 @@ def agreement(
             "hybrid_category": with_categories(u.hybrid_text, ids, categories, slots=True),
             "category_only": with_categories(u.hybrid_text, ids, categories, slots=False),
         }
-        for form, (text, slotted) in FORMS.items():
-            requests.append(tag_request(f"{form}:{u.user_id}", texts[text], slots if slotted else []))
+        for form, slotted in FORMS.items():
+            requests.append(tag_request(f"{form}:{u.user_id}", texts[form], slots if slotted else []))
     started = time.perf_counter()
     results: dict[str, Result] = {r.key: r for r in engine.generate(requests)}
     seconds = time.perf_counter() - started
