@@ -26,6 +26,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
 
 from recgpt import delta
+from sparkio.worker import settle_once
 
 FORMAT = "recgpt_delta"
 
@@ -118,6 +119,7 @@ class DeltaRsReader(DataSourceReader):
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         assert isinstance(partition, _FilesPartition)
+        settle_once()
         for file in partition.files:
             yield from delta.read_file(file, self.arrow_schema, self.storage_options)
 
@@ -150,6 +152,7 @@ class DeltaRsWriter(DataSourceArrowWriter):
         self.metadata = metadata
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> PartsWritten:
+        settle_once()
         writer = delta.PartWriter(
             uri=self.uri,
             schema=self.arrow_schema,

@@ -32,14 +32,14 @@ QUICK = (
     "policy.rft.steps=2",
     "policy.rft.batch_size=2",
     "policy.rft.min_reward=0.0",  # every prompt gets a target: the tiny world's rewards are mostly 0
-    "policy.data.sample_users=3",
+    "policy.data.sample_users=2",
     *TEST_ENGINE,
 )
 GRPO_QUICK = (
-    "policy.grpo.steps=2",
+    "policy.grpo.steps=1",  # a step of TRL's trainer (generation under the schema, update) is ~50 s here
     "policy.grpo.group_size=2",
     "policy.grpo.prompts_per_step=1",
-    "policy.grpo.max_completion_tokens=64",  # cut off answers earn 0: only the control flow is under test
+    "policy.grpo.max_completion_tokens=32",  # cut off answers earn 0: only the control flow is under test
 )
 
 
@@ -87,7 +87,7 @@ def test_train_policy_tunes_the_experts_into_an_artifact_the_engine_serves(
     meta = S.policy_meta(folder)
     assert meta["version"] == report.details["policy"]["version"] and meta["method"] == "rft"
     assert meta["trained_through"] == evaluate_from and meta["trained_for_dt"] == DT
-    assert 1 <= len(meta["training_users"]) <= 3 and meta["targets"] == meta["prompts"] == report.rows_in
+    assert 1 <= len(meta["training_users"]) <= 2 and meta["targets"] == meta["prompts"] == report.rows_in
     assert len(meta["losses"]) == 2
     for key in ("reward_before", "reward_after", "sampled_reward"):
         assert 0.0 <= meta[key] <= 1.0, (key, meta[key])
@@ -95,7 +95,7 @@ def test_train_policy_tunes_the_experts_into_an_artifact_the_engine_serves(
     assert (embed_tokens(folder) == embed_tokens(llm_config()["model_path"])).all()
     assert json.loads((Path(folder) / "config.json").read_text())["model_type"] == "llama"
 
-    # GRPO on top of it (TRL's trainer, answers decoded under the Expert schema): two steps.
+    # GRPO on top of it (TRL's trainer, answers decoded under the Expert schema): one step.
     grpo = execute(
         ctx(
             "train_policy",
@@ -111,10 +111,10 @@ def test_train_policy_tunes_the_experts_into_an_artifact_the_engine_serves(
     assert tuned["base_model"] == meta["base_model"] and tuned["version"] != meta["version"]
     # Same prompts, truth and reward: it starts from the figure its starting policy measured.
     assert tuned["greedy_key"] == meta["greedy_key"] and tuned["reward_before"] == meta["reward_after"]
-    assert len(tuned["reward_curve"]) == len(tuned["kl_curve"]) == 2
+    assert len(tuned["reward_curve"]) == len(tuned["kl_curve"]) == 1
     for r in (*tuned["reward_curve"], tuned["reward_before"], tuned["reward_after"]):
         assert 0.0 <= r <= 1.0
-    assert tuned["sampled"]["answers"] == 2 * 2  # steps x prompts per step x group size
+    assert tuned["sampled"]["answers"] == 1 * 1 * 2  # steps x prompts per step x group size
     assert (embed_tokens(grpo.details["policy"]["path"]) == embed_tokens(llm_config()["model_path"])).all()
 
     # Served: the date it was trained on is refused (its evaluation would score rewarded days)...

@@ -23,6 +23,7 @@ from recgpt import context as C
 from recgpt.llm.request import EMBED_MARK
 from recgpt.rundate import RunDate
 from recgpt.tables import USER_CONTEXT
+from sparkio.worker import per_process
 
 _TOKENIZERS: dict[str, Any] = {}
 
@@ -38,11 +39,12 @@ _MINUTE_US = 60_000_000
 
 
 def tokenizer_for(path: str) -> Any:
-    if path not in _TOKENIZERS:
+    def load() -> Any:
         from transformers import AutoTokenizer
 
-        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
-    return _TOKENIZERS[path]
+        return AutoTokenizer.from_pretrained(path)
+
+    return per_process(_TOKENIZERS, path, load)
 
 
 def tokenizer_spec(path: str) -> str:
@@ -52,11 +54,12 @@ def tokenizer_spec(path: str) -> str:
 
 
 def backend_for(spec: str) -> Any:
-    if spec not in _TOKENIZERS:
+    def load() -> Any:
         from tokenizers import Tokenizer
 
-        _TOKENIZERS[spec] = Tokenizer.from_str(spec)
-    return _TOKENIZERS[spec]
+        return Tokenizer.from_str(spec)
+
+    return per_process(_TOKENIZERS, spec, load)
 
 
 def clustered_history(
@@ -139,9 +142,8 @@ _CATALOG: dict[str, CatalogTitles] = {}
 
 def catalog_titles(catalog: BroadcastCatalog) -> CatalogTitles:
     if catalog.key not in _CATALOG:
-        _CATALOG.clear()
-        _CATALOG[catalog.key] = CatalogTitles(catalog.table.value)
-    return _CATALOG[catalog.key]
+        _CATALOG.clear()  # before the new one is built: one catalog in memory at a time
+    return per_process(_CATALOG, catalog.key, lambda: CatalogTitles(catalog.table.value))
 
 
 class TokenCounter:
@@ -422,15 +424,11 @@ _ENTRY_TEXTS: dict[tuple[str, int], EntryTexts] = {}
 
 
 def counter_for(spec: str) -> TokenCounter:
-    if spec not in _COUNTERS:
-        _COUNTERS[spec] = TokenCounter(backend_for(spec))
-    return _COUNTERS[spec]
+    return per_process(_COUNTERS, spec, lambda: TokenCounter(backend_for(spec)))
 
 
 def entry_texts_for(spec: str, core_words: int) -> EntryTexts:
-    if (spec, core_words) not in _ENTRY_TEXTS:
-        _ENTRY_TEXTS[spec, core_words] = EntryTexts(counter_for(spec), core_words)
-    return _ENTRY_TEXTS[spec, core_words]
+    return per_process(_ENTRY_TEXTS, (spec, core_words), lambda: EntryTexts(counter_for(spec), core_words))
 
 
 def columnar_contexts(table: pa.Table, s: Settings, texts: EntryTexts) -> pa.RecordBatch:

@@ -16,6 +16,7 @@ from recgpt.embeddings import FIELD_SEP, Embedder
 from recgpt.rundate import RunDate
 from recgpt.tables import ITEM_EMBEDDINGS, ITEMS
 from sparkio.warehouse import Warehouse
+from sparkio.worker import per_process
 
 _EMBEDDERS: dict[str, Embedder] = {}
 
@@ -32,10 +33,7 @@ VECTORS = pa.schema(
 
 
 def embedder_for(cfg: Mapping[str, Any]) -> Embedder:
-    key = json.dumps(cfg, sort_keys=True, default=str)
-    if key not in _EMBEDDERS:
-        _EMBEDDERS[key] = Embedder(cfg)
-    return _EMBEDDERS[key]
+    return per_process(_EMBEDDERS, json.dumps(cfg, sort_keys=True, default=str), lambda: Embedder(cfg))
 
 
 def _trimmed(col: Column) -> Column:

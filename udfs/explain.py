@@ -34,6 +34,7 @@ from recgpt.tables import (
     USERS,
 )
 from sparkio.warehouse import Warehouse
+from sparkio.worker import per_process
 from udfs.llm import LLMStage, Outcome
 from udfs.mining import SITUATION_COLUMNS, situations
 
@@ -204,9 +205,8 @@ class ExplainProgram:
     def __init__(self, plan: ExplainPlan, engine: Engine) -> None:
         settings = ExplainSettings.from_config(plan.explain, plan.mode)
         key = json.dumps([plan.explain, plan.mode, sorted(plan.brands)], sort_keys=True, default=str)
-        if key not in _RULES:
-            _RULES[key] = ExplanationRules.for_run(settings, plan.brands)
-        self.explainer = Explainer(engine, settings, _RULES[key])
+        rules = per_process(_RULES, key, lambda: ExplanationRules.for_run(settings, plan.brands))
+        self.explainer = Explainer(engine, settings, rules)
 
     def prepare(self, row: Mapping[str, Any]) -> tuple[ToExplain, int]:
         return pair_input(row), int(row["tag_rank"])

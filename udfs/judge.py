@@ -44,6 +44,7 @@ from recgpt.tables import (
     VERDICT,
 )
 from sparkio.warehouse import Warehouse
+from sparkio.worker import per_process
 from udfs.embeddings import embedder_for
 from udfs.explain import ITEM_COLUMNS, item_facts, pair_input, recent_titles
 from udfs.llm import LLMStage, Outcome
@@ -200,6 +201,17 @@ class JudgePlan:
 _JUDGES: dict[str, tuple[TagJudge, ExplanationJudge]] = {}
 
 
+def judges(plan: JudgePlan, engine: Engine) -> tuple[TagJudge, ExplanationJudge]:
+    settings = JudgeSettings.from_config(plan.judge)
+    embed = embedder_for(plan.embedding).encode
+    tag_rules = ValidationContext.for_run(AgentSettings.from_config(plan.agents), plan.brands)
+    line_rules = ExplanationRules.for_run(ExplainSettings.from_config(plan.explain, "meta"), plan.brands)
+    return (
+        TagJudge(settings, tag_rules, embed, np.asarray(plan.centroids, dtype=np.float32), engine),
+        ExplanationJudge(settings, line_rules, embed, plan.festivals, engine),
+    )
+
+
 class JudgeProgram:
     def __init__(self, plan: JudgePlan, engine: Engine) -> None:
         key = json.dumps(
@@ -207,18 +219,7 @@ class JudgeProgram:
             sort_keys=True,
             default=str,
         )
-        if key not in _JUDGES:
-            settings = JudgeSettings.from_config(plan.judge)
-            embed = embedder_for(plan.embedding).encode
-            tag_rules = ValidationContext.for_run(AgentSettings.from_config(plan.agents), plan.brands)
-            line_rules = ExplanationRules.for_run(
-                ExplainSettings.from_config(plan.explain, "meta"), plan.brands
-            )
-            _JUDGES[key] = (
-                TagJudge(settings, tag_rules, embed, np.asarray(plan.centroids, dtype=np.float32), engine),
-                ExplanationJudge(settings, line_rules, embed, plan.festivals, engine),
-            )
-        self.tags, self.explanations = _JUDGES[key]
+        self.tags, self.explanations = per_process(_JUDGES, key, lambda: judges(plan, engine))
         # The engine of this task (the cached judges hold the first task's: same server).
         self.tags.engine = self.explanations.engine = engine
         self.share = self.tags.settings.excellence_share

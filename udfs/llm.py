@@ -37,6 +37,7 @@ from recgpt.llm.render import PromptRenderer
 from recgpt.llm.request import Result
 from recgpt.tables import LLM_CALLS
 from sparkio.warehouse import Lineage, Warehouse, WriteResult
+from sparkio.worker import per_process
 
 PLACEMENTS = ("executor_server", "remote")
 
@@ -112,16 +113,17 @@ _RENDERERS: dict[str, PromptRenderer] = {}
 
 
 def renderer_for(cfg: Mapping[str, Any]) -> PromptRenderer:
-    key = json.dumps(cfg, sort_keys=True, default=str)
-    if key not in _RENDERERS:
-        context = dict(cfg.get("context") or {})
-        _RENDERERS[key] = PromptRenderer(
+    context = dict(cfg.get("context") or {})
+    return per_process(
+        _RENDERERS,
+        json.dumps(cfg, sort_keys=True, default=str),
+        lambda: PromptRenderer(
             str(cfg["model_path"]),
             int(cfg["max_model_len"]),
             policy=context.get("policy", "truncate_oldest"),
             tokenizer_path=cfg.get("tokenizer_path"),
-        )
-    return _RENDERERS[key]
+        ),
+    )
 
 
 def executor_engine(

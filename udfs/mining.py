@@ -32,6 +32,7 @@ from recgpt.policy.serving import base_model_name
 from recgpt.rundate import RunDate
 from recgpt.tables import BEHAVIORS, ENV_SIGNALS, ITEMS, USER_CONTEXT, USERS
 from sparkio.warehouse import Warehouse
+from sparkio.worker import per_process
 from udfs.embeddings import current_embeddings, embedder_for
 from udfs.llm import LLMStage, Outcome
 from udfs.recall import recently_bought
@@ -228,9 +229,7 @@ _VALIDATION: dict[str, ValidationContext] = {}
 
 
 def adaptor_for(folder: str) -> Any:
-    if folder not in _ADAPTORS:
-        _ADAPTORS[folder] = A.load(folder)[0]
-    return _ADAPTORS[folder]
+    return per_process(_ADAPTORS, folder, lambda: A.load(folder)[0])
 
 
 class MiningProgram:
@@ -240,12 +239,11 @@ class MiningProgram:
         settings = AgentSettings.from_config(plan.agents)
         fingerprint = hashlib.sha256(plan.catalog + "\n".join(plan.catalog_words or ()).encode()).hexdigest()
         key = json.dumps([plan.agents, len(plan.brands), fingerprint], sort_keys=True, default=str)
-        if key not in _VALIDATION:
-            _VALIDATION[key] = plan.validation(settings)
+        validation = per_process(_VALIDATION, key, lambda: plan.validation(settings))
         embedder = embedder_for(plan.embedding)
         self.plan = plan
         self.adaptor = adaptor_for(plan.adaptor_folder) if plan.adaptor_folder else None
-        self.miner = Miner(engine, settings, build_schemas(settings), _VALIDATION[key], embedder.encode)
+        self.miner = Miner(engine, settings, build_schemas(settings), validation, embedder.encode)
 
     def prepare(self, row: Mapping[str, Any]) -> UserInput:
         return user_input(row, self.plan.mode, self.adaptor, self.plan.core_words)
