@@ -38,8 +38,9 @@ TINY = [
     # tests/test_generic_tags.py and in tests/test_mine_intents.py with its own settings.
     "pipeline.agents.validation.generic_max_share=null",
     # One shuffle partition: a stage process on local[1] runs every partition of every shuffle in
-    # turn, each a task with its own Python worker round trip (the DAG's rerun ~7% sooner).
-    "spark.conf={spark.sql.shuffle.partitions:1,spark.default.parallelism:1}",
+    # turn, each a task with its own Python worker round trip (the DAG's rerun ~7% sooner). `++`
+    # adds the keys to Spark configs that lack them (spark=submitted).
+    "++spark.conf={spark.sql.shuffle.partitions:1,spark.default.parallelism:1}",
 ]
 QUICK_ADAPTOR = [
     "adaptor.steps=4",
