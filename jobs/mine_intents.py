@@ -216,6 +216,12 @@ def report(
     r.details["variant"] = f"pipeline={plan.pipeline} context_mode={plan.mode}" + (
         f" adaptor={Path(plan.adaptor_folder).name}" if plan.adaptor_folder else ""
     )
+    endings = plan.agents["tag"].get("endings") or []
+    r.details["tag_endings"] = (
+        f"{len(endings)} catalog phrase(s): " + ", ".join(endings[:8]) + (" ..." if len(endings) > 8 else "")
+        if endings
+        else "none: a tag may end with any word"
+    )
     sample = sample_line(ctx.warehouse, ctx.dt, variant, int(plan.agents["n_tags"]))
     if sample:
         r.details["sample"] = sample

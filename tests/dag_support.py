@@ -115,8 +115,14 @@ def nightly(tmp_path: Path, env: dict[str, str], *extra: str) -> subprocess.Comp
 
 
 def scripted(url: str) -> list[str]:
-    """Overrides that send every LLM call of a stage to the scripted engine at `url`."""
-    return ["llm.placement=remote", f"llm.http.base_url={url}", "llm.retry.attempts=1"]
+    """Overrides that send every LLM call of a stage to the scripted engine at `url`, whose tags
+    come from a fixed vocabulary: free tag words (no catalog endings)."""
+    return [
+        "llm.placement=remote",
+        f"llm.http.base_url={url}",
+        "llm.retry.attempts=1",
+        "pipeline.agents.tag.grounding=null",
+    ]
 
 
 def dag_config(tmp_path: Path, extra: Iterable[str] = (), **settings: Any) -> Path:

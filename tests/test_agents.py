@@ -108,11 +108,11 @@ def test_default_settings_come_from_the_pipeline_config(settings, v1_settings):
     assert (settings.tag.min_words, settings.tag.max_words, settings.tag.max_chars) == (2, 4, 48)
     assert settings.tag.reason_max_chars == 120
     assert settings.validation.near_duplicate_cosine == 0.9
-    assert (settings.evidence_top_k, settings.prompt_version, settings.routes) == (3, "v2.2", ())
+    assert (settings.evidence_top_k, settings.prompt_version, settings.routes) == (3, "v2.3", ())
     assert settings.sampling.expert.temperature == 0.0
     # The baseline keeps v2's bounds (same validation) and adds its routes and version.
     assert v1_settings.routes == ("general", "season", "weather", "trend")
-    assert v1_settings.prompt_version == "v1.1" and v1_settings.tag == settings.tag
+    assert v1_settings.prompt_version == "v1.2" and v1_settings.tag == settings.tag
     cfg = load_config(["run.stage=test", "pipeline=v1_baseline"])
     assert cfg.pipeline.name == "v1_baseline"
     # The same chain, without the entity adaptor: V1 reads text only.
@@ -246,6 +246,36 @@ def test_overlong_strings_and_lists_are_rejected(settings):
         schemas.planner.model_validate({"personas": [too_much]})
     with pytest.raises(ValidationError):
         schemas.planner.model_validate({"personas": [persona_json(0, evidence=[])]})
+
+
+def test_grounded_tags_end_with_a_catalog_phrase_and_keep_the_word_bounds(settings):
+    """With tag endings (the catalog's category names) a tag is modifiers + one ending, min..max
+    words in all, and the Expert's and V1 routes' rules list the endings; without, any words."""
+    grounded = replace(settings, tag=replace(settings.tag, endings=("comedy", "sci fi", "pet food")))
+    settings.check()
+    grounded.check()
+    expert = build_schemas(grounded).expert
+    for good in ("dark comedy", "space sci fi", "pet food", "a b c comedy", "senior dry pet food"):
+        expert.model_validate_json(expert_json(1, tag=good))
+    for bad in (
+        "comedy",  # one word: the ending needs a modifier to make two
+        "waterproof hiking boots",  # no catalog ending
+        "dark comedy film",  # the ending is not last
+        "a b c d comedy",  # five words
+        "a b c pet food",  # five words with a two-word ending
+    ):
+        with pytest.raises(ValidationError, match="should match pattern"):
+            expert.model_validate_json(expert_json(1, tag=bad))
+    # The free form still takes any words.
+    build_schemas(settings).expert.model_validate_json(expert_json(1, tag="waterproof hiking boots"))
+    assert "one of the shop's categories: comedy, sci fi, pet food" in expert_system(grounded)
+    assert "waterproof hiking boots" in expert_system(settings)
+    routes = replace(grounded, routes=("general",))
+    assert "comedy, sci fi, pet food" in system_texts(routes)["route:general"]
+    # A bad ending fails the settings check, naming the key.
+    for bad_ending in ("Sci-Fi", "a b c d e", "x" * (TAG_WORD_CHARS + 1)):
+        with pytest.raises(ConfigError, match=r"tag\.endings"):
+            replace(settings, tag=replace(settings.tag, endings=(bad_ending,))).check()
 
 
 def test_valid_answers_parse_into_records_and_invalid_ones_give_a_reason(settings):
@@ -468,7 +498,7 @@ def test_v1_routes_read_the_full_text_and_only_their_situation_fields(v1_setting
     assert prompts["weather"].messages[1]["content"] == "<situation>weather: cooling</situation>\n<history>"
     assert "trends: knitwear, candles" in prompts["trend"].messages[1]["content"]
     for route, p in prompts.items():
-        assert p.agent == f"route:{route}" and p.version == "v1.1"
+        assert p.agent == f"route:{route}" and p.version == "v1.2"
         assert p.messages[p.history_message]["content"] == HISTORY
         assert p.messages[0]["content"] == system_texts(v1_settings)[p.agent]
     assert len({p.messages[0]["content"] for p in prompts.values()}) == 4

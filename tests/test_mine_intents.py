@@ -24,11 +24,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
+from pydantic import ValidationError
 
 from jobs import compress, embed_items, ingest, mine_intents
 from jobs.stage import StageReport, execute, open_context
 from recgpt.agents.generic import category_words, names_category, tag_key
-from recgpt.agents.schemas import Tag
+from recgpt.agents.schemas import Tag, build_schemas
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import check_tags
 from recgpt.config import load_config
@@ -37,7 +38,7 @@ from recgpt.rundate import RunDate
 from sparkio.warehouse import Warehouse
 from tests.conftest import ROOT
 from tests.dag_support import DT, TINY, scripted
-from udfs.mining import catalog_words, mining_plan
+from udfs.mining import catalog_words, category_endings, mining_plan
 
 pytestmark = pytest.mark.slow
 
@@ -232,6 +233,47 @@ def test_known_words_are_the_embedding_vocabulary_and_the_catalogs_most_frequent
     assert load_config(base).pipeline.agents.validation.catalog_words is None
     cheap = load_config([*base, "pipeline.agents.validation.catalog_min_cosine=null"])
     assert mining_plan(cheap, wh, dt, text_mode).catalog_words is None
+
+
+def test_tag_endings_are_the_catalogs_category_names_by_size(prepared, spark):
+    wh = Warehouse(spark, str(prepared), engine="delta-rs")
+    dt = RunDate.parse(DT)
+    items = DeltaTable(str(prepared / "items")).to_pandas()
+    names = (
+        items.category.str.lower().str.replace("'", "").str.replace(r"[^a-z]+", " ", regex=True).str.strip()
+    )
+    counts = names.value_counts()
+    ranked = sorted(counts.index, key=lambda n: (-counts[n], n))
+    assert category_endings(wh, dt, 1, 3, 4) == ranked[:3]
+    smallest = int(counts.min())
+    assert category_endings(wh, dt, smallest + 1, 1000, 4) == [n for n in ranked if counts[n] > smallest]
+    assert category_endings(wh, dt, int(counts.max()) + 1, 1000, 4) == []
+
+    # The default fills the plan's tag endings (the grounding settings stay out of the agents'
+    # mapping); the Expert's schema then takes only tags ending with one of them.
+    text_mode = {"pipeline": "v2", "context_mode": "text"}
+    base = [
+        f"run.dt={DT}",
+        f"storage.warehouse={prepared}",
+        *TINY,
+        "pipeline.agents.validation.catalog_min_cosine=null",
+    ]
+    plan = mining_plan(load_config(base), wh, dt, text_mode)
+    assert plan.agents["tag"]["endings"] == ranked and "grounding" not in plan.agents["tag"]
+    settings = AgentSettings.from_config(plan.agents)
+    expert = build_schemas(settings).expert
+    expert.model_validate_json(
+        json.dumps({"tags": [{"tag": f"favourite {ranked[0]}", "reason": "r", "evidence": "e"}]})
+    )
+    with pytest.raises(ValidationError, match="should match pattern"):
+        expert.model_validate_json(
+            json.dumps({"tags": [{"tag": "waterproof hiking gear", "reason": "r", "evidence": "e"}]})
+        )
+    # A fixed list wins over the catalog; grounding=null leaves tags free.
+    fixed = mining_plan(load_config([*base, "+pipeline.agents.tag.endings=[snacks]"]), wh, dt, text_mode)
+    assert fixed.agents["tag"]["endings"] == ["snacks"]
+    free = mining_plan(load_config([*base, "pipeline.agents.tag.grounding=null"]), wh, dt, text_mode)
+    assert not free.agents["tag"].get("endings")
 
 
 # Any tag two users share is generic, unless a catalog category.

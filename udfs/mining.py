@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from recgpt import adaptor as A
 from recgpt.agents.mining import Miner, UserInput, UserOutcome, mine
-from recgpt.agents.schemas import build_schemas
+from recgpt.agents.schemas import TAG_WORD_CHARS, build_schemas
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import ValidationContext
 from recgpt.calendar import Calendar
@@ -368,6 +368,41 @@ def catalog_words(wh: Warehouse, dt: RunDate, limit: int) -> list[str]:
     return [r.word for r in counted.collect()]
 
 
+def category_endings(wh: Warehouse, dt: RunDate, min_items: int, limit: int, max_words: int) -> list[str]:
+    """The catalog's category names as of dt, as tag endings: lower case, apostrophes dropped,
+    every other run of non-letters a space ("Sci-Fi" -> "sci fi", "Children's" -> "childrens").
+    Only categories with at least `min_items` items and names of at most `max_words` words of
+    at most TAG_WORD_CHARS letters (a tag's own bounds), the `limit` largest first. A category
+    named only by digits or symbols (an id) gives no ending."""
+    name = F.trim(F.regexp_replace(F.regexp_replace(F.lower("category"), "['’]", ""), "[^a-z]+", " "))
+    counted = (
+        wh.read_snapshot(ITEMS, dt)
+        .select(name.alias("ending"))
+        .where(F.col("ending") != "")
+        .groupBy("ending")
+        .count()
+        .where(F.col("count") >= min_items)
+        .where(F.size(F.split("ending", " ")) <= max_words)
+        .where(F.forall(F.split("ending", " "), lambda w: F.length(w) <= TAG_WORD_CHARS))
+        .orderBy(F.col("count").desc(), F.col("ending"))
+        .limit(limit)
+    )
+    return [r.ending for r in counted.collect()]
+
+
+def grounded_agents(cfg: Any, wh: Warehouse, dt: RunDate) -> dict[str, Any]:
+    """`pipeline.agents` made plain, with `tag.endings` filled from the catalog when
+    `tag.grounding` is set and no fixed list is given."""
+    agents = plain(cfg.pipeline.agents)
+    tag = agents["tag"]
+    grounding = tag.pop("grounding", None)
+    if grounding and not tag.get("endings"):
+        tag["endings"] = category_endings(
+            wh, dt, int(grounding["min_items"]), int(grounding["max_endings"]), int(tag["max_words"])
+        )
+    return agents
+
+
 def catalog_brands(wh: Warehouse, dt: RunDate) -> list[str]:
     """The brands of the catalog as of dt: a tag naming one is rejected (no brands in tags)."""
     items = wh.read_snapshot(ITEMS, dt).where(F.col("brand").isNotNull())
@@ -398,7 +433,7 @@ def mining_plan(cfg: Any, wh: Warehouse, dt: RunDate, variant: Mapping[str, str]
     return MiningPlan(
         pipeline=variant["pipeline"],
         mode=variant["context_mode"],
-        agents=plain(cfg.pipeline.agents),
+        agents=grounded_agents(cfg, wh, dt),
         embedding=plain(cfg.embedding),
         brands=catalog_brands(wh, dt),
         adaptor_folder=str(folder) if folder else None,

@@ -10,6 +10,7 @@ otherwise pads or rambles until max_tokens and leaves invalid JSON). The Arbiter
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -39,8 +40,32 @@ def tag_pattern(min_words: int, max_words: int) -> str:
     return f"^{word}( {word}){{{min_words - 1},{max_words - 1}}}$"
 
 
+def grounded_tag_pattern(min_words: int, max_words: int, endings: Sequence[str]) -> str:
+    """A tag of modifier words ending with one of `endings` (catalog phrases of 1..max_words
+    words), min_words..max_words words in all: the core word is the shop's, the modifiers the
+    model's. Endings of one word count share an alternation."""
+    word = f"[a-z]{{1,{TAG_WORD_CHARS}}}"
+    by_words: dict[int, list[str]] = {}
+    for ending in dict.fromkeys(endings):
+        by_words.setdefault(len(ending.split()), []).append(ending)
+    branches = []
+    for n, group in sorted(by_words.items()):
+        low, high = max(min_words - n, 0), max_words - n
+        if high < low:
+            continue
+        # Longest first, so no ending is shadowed by its own prefix in a backtracking engine.
+        alternatives = "|".join(sorted(group, key=lambda e: (-len(e), e)))
+        branches.append(f"({word} ){{{low},{high}}}({alternatives})")
+    if not branches:
+        raise ValueError(f"no ending fits tags of {min_words}-{max_words} words")
+    return "^(" + "|".join(branches) + ")$"
+
+
 def _tag(settings: AgentSettings) -> Any:
-    return constr(pattern=tag_pattern(settings.tag.min_words, settings.tag.max_words))
+    t = settings.tag
+    if t.endings:
+        return constr(pattern=grounded_tag_pattern(t.min_words, t.max_words, t.endings))
+    return constr(pattern=tag_pattern(t.min_words, t.max_words))
 
 
 # A persona is named by the need it shops for, in lower-case words ("trail running gear"): the

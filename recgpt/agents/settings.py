@@ -25,6 +25,13 @@ class TagLimits:
     max_chars: int
     reason_max_chars: int
     evidence_max_chars: int
+    # Catalog phrases a tag must end with (its core word, "... comedy", "... pet food"), lower-case
+    # words of letters; enforced while decoding. Empty: any words. Filled per run from the catalog
+    # (`tag.grounding`, udfs/mining.py), or set as a fixed list.
+    endings: tuple[str, ...] = ()
+
+
+ENDING_PATTERN = re.compile(r"[a-z]+( [a-z]+)*")
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,7 @@ class AgentSettings:
                     max_chars=int(tag["max_chars"]),
                     reason_max_chars=int(tag["reason_max_chars"]),
                     evidence_max_chars=int(tag["evidence_max_chars"]),
+                    endings=tuple(str(e) for e in tag.get("endings") or ()),
                 ),
                 arbiter_reason_max_chars=int(cfg["arbiter_reason_max_chars"]),
                 persona=PersonaLimits(
@@ -200,6 +208,20 @@ class AgentSettings:
             raise ConfigError("pipeline.agents.expert_call_tags must be at most m_tags")
         if self.tag.max_words < self.tag.min_words:
             raise ConfigError("pipeline.agents.tag.max_words must be at least tag.min_words")
+        # The schemas import these settings: imported here, not at the top.
+        from recgpt.agents.schemas import TAG_WORD_CHARS, persona_name_max_chars, persona_name_pattern
+
+        for ending in self.tag.endings:
+            words = ending.split()
+            if (
+                not ENDING_PATTERN.fullmatch(ending)
+                or len(words) > self.tag.max_words
+                or max(map(len, words)) > TAG_WORD_CHARS
+            ):
+                raise ConfigError(
+                    f"pipeline.agents.tag.endings: {ending!r} is not 1-{self.tag.max_words} "
+                    f"lower-case words of 1-{TAG_WORD_CHARS} letters"
+                )
         if not 0 < self.validation.near_duplicate_cosine <= 1:
             raise ConfigError("pipeline.agents.validation.near_duplicate_cosine must be in (0, 1]")
         minimum = self.validation.catalog_min_cosine
@@ -213,9 +235,6 @@ class AgentSettings:
         fallback = self.fallback_persona
         if not fallback.name.strip() or not fallback.description.strip():
             raise ConfigError("pipeline.agents.fallback_persona needs a name and a description")
-        # The schemas import these settings: imported here, not at the top.
-        from recgpt.agents.schemas import persona_name_max_chars, persona_name_pattern
-
         if self.persona.name_max_chars < persona_name_max_chars():
             raise ConfigError(
                 f"pipeline.agents.persona.name_max_chars must be at least {persona_name_max_chars()}, "
