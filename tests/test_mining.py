@@ -460,6 +460,35 @@ def test_an_expert_that_repeats_itself_is_asked_again_with_its_words_banned_but_
     assert [b[0] for b in backend.batches] == ["PlannerOutput", "ExpertOutput", "ArbiterOutput"]
 
 
+def test_a_follow_up_never_bans_the_words_of_a_catalog_ending(renderer, configured):
+    """With tag endings, a follow-up bans a tag's modifiers but no word of any ending: after
+    "trail running shoes" the next tag may end with "running shoes" again ("running" stays
+    free), and an ending word used as a modifier ("socks") is not banned either."""
+    tag = dataclasses.replace(configured.tag, endings=("running shoes", "socks", "boots"))
+    grounded = dataclasses.replace(configured, tag=tag, expert_rounds=2, expert_call_tags=None)
+    asked: list[str] = []
+
+    def answer(agent: str, text: str) -> str | None:
+        if agent == "PlannerOutput":
+            return planner("trail hiker")
+        if agent == "ExpertOutput":
+            asked.append(text)
+            return (
+                expert("trail running shoes", "socks boots")
+                if len(asked) == 1
+                else expert("road running shoes")
+            )
+        return arbiter((1, 9), (2, 8), (3, 7))
+
+    miner, backend = miner_for(renderer, grounded, answer)
+    seen = recorded_bans(backend)
+    (out,) = mine(miner, "v2", [user("u1", ["trail running shoes"])])
+    (bias, bad), tokenizer = (seen[1][1], seen[1][2]), renderer.tokenizer
+    assert banned(tokenizer, "trail", bias, bad)
+    assert not any(banned(tokenizer, w, bias, bad) for w in ("running", "shoes", "socks", "boots"))
+    assert "road running shoes" in [t.tag.tag for t in out.tags]
+
+
 def test_v1_routes_get_the_same_follow_up_round(renderer, configured):
     v1 = dataclasses.replace(configured, routes=("general", "season"), expert_rounds=2, expert_call_tags=None)
     calls: list[str] = []
