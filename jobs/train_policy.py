@@ -61,7 +61,7 @@ from recgpt.rundate import RunDate
 from recgpt.tables import ITEMS
 from udfs.embeddings import embedder_for
 from udfs.llm import renderer_for
-from udfs.mining import mining_plan
+from udfs.mining import grounded_agents, mining_plan
 from udfs.mining_scope import variant_of
 from udfs.policy_data import training_examples
 from udfs.recall import catalog
@@ -195,7 +195,9 @@ def run(ctx: StageContext) -> None:
     method = str(cfg.policy.method)
     if method not in METHODS:
         raise ConfigError(f"policy.method must be one of {METHODS}, not {method!r}")
-    settings = AgentSettings.from_config(plain(cfg.pipeline.agents))
+    # The Experts' prompts and schemas as mining will use them: tags end with the catalog's
+    # categories as of dt (`tag.grounding`); sampled answers that do not parse score 0.
+    settings = AgentSettings.from_config(grounded_agents(cfg, ctx.warehouse, ctx.dt))
     shaping = Shaping.from_config(plain(cfg.policy.reward))
     tuning = T.TuningSettings.from_config(plain(cfg.policy.rft))
     grpo = G.GRPOSettings.from_config(plain(cfg.policy.grpo)) if method == "grpo" else None
