@@ -216,10 +216,10 @@ def report(
     r.details["variant"] = f"pipeline={plan.pipeline} context_mode={plan.mode}" + (
         f" adaptor={Path(plan.adaptor_folder).name}" if plan.adaptor_folder else ""
     )
-    endings = plan.agents["tag"].get("endings") or []
-    r.details["tag_endings"] = (
-        f"{len(endings)} catalog phrase(s): " + ", ".join(endings[:8]) + (" ..." if len(endings) > 8 else "")
-        if endings
+    cores = plan.agents["tag"].get("cores") or []
+    r.details["tag_cores"] = (
+        f"{len(cores)} catalog phrase(s): " + ", ".join(cores[:8]) + (" ..." if len(cores) > 8 else "")
+        if cores
         else "none: a tag may end with any word"
     )
     sample = sample_line(ctx.warehouse, ctx.dt, variant, int(plan.agents["n_tags"]))

@@ -116,7 +116,7 @@ def nightly(tmp_path: Path, env: dict[str, str], *extra: str) -> subprocess.Comp
 
 def scripted(url: str) -> list[str]:
     """Overrides that send every LLM call of a stage to the scripted engine at `url`, whose tags
-    come from a fixed vocabulary: free tag words (no catalog endings)."""
+    come from a fixed vocabulary: free tag words (no catalog cores)."""
     return [
         "llm.placement=remote",
         f"llm.http.base_url={url}",

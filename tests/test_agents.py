@@ -248,21 +248,30 @@ def test_overlong_strings_and_lists_are_rejected(settings):
         schemas.planner.model_validate({"personas": [persona_json(0, evidence=[])]})
 
 
-def test_grounded_tags_end_with_a_catalog_phrase_and_keep_the_word_bounds(settings):
-    """With tag endings (the catalog's category names) a tag is modifiers + one ending, min..max
-    words in all, and the Expert's and V1 routes' rules list the endings; without, any words."""
-    grounded = replace(settings, tag=replace(settings.tag, endings=("comedy", "sci fi", "pet food")))
+def test_grounded_tags_name_a_catalog_core_and_keep_the_word_bounds(settings):
+    """With tag cores (the catalog's category names) a tag names one core among its words, before
+    or after the model's own, min..max words in all, and the Expert's and V1 routes' rules list
+    the cores; without, any words."""
+    grounded = replace(settings, tag=replace(settings.tag, cores=("comedy", "sci fi", "pet food")))
     settings.check()
     grounded.check()
     expert = build_schemas(grounded).expert
-    for good in ("dark comedy", "space sci fi", "pet food", "a b c comedy", "senior dry pet food"):
+    for good in (
+        "dark comedy",
+        "comedy classics",  # the core first: the small model need not repeat it to end with it
+        "space sci fi",
+        "pet food",
+        "a b c comedy",
+        "a comedy b c",
+        "senior dry pet food",
+    ):
         expert.model_validate_json(expert_json(1, tag=good))
     for bad in (
-        "comedy",  # one word: the ending needs a modifier to make two
-        "waterproof hiking boots",  # no catalog ending
-        "dark comedy film",  # the ending is not last
+        "comedy",  # one word: a core of one word needs another to make two
+        "waterproof hiking boots",  # no catalog core
         "a b c d comedy",  # five words
-        "a b c pet food",  # five words with a two-word ending
+        "a b pet food c",  # five words with a two-word core
+        "science fiction films",  # a core's words must be there as written
     ):
         with pytest.raises(ValidationError, match="should match pattern"):
             expert.model_validate_json(expert_json(1, tag=bad))
@@ -272,10 +281,10 @@ def test_grounded_tags_end_with_a_catalog_phrase_and_keep_the_word_bounds(settin
     assert "waterproof hiking boots" in expert_system(settings)
     routes = replace(grounded, routes=("general",))
     assert "comedy, sci fi, pet food" in system_texts(routes)["route:general"]
-    # A bad ending fails the settings check, naming the key.
-    for bad_ending in ("Sci-Fi", "a b c d e", "x" * (TAG_WORD_CHARS + 1)):
-        with pytest.raises(ConfigError, match=r"tag\.endings"):
-            replace(settings, tag=replace(settings.tag, endings=(bad_ending,))).check()
+    # A bad core fails the settings check, naming the key.
+    for bad_core in ("Sci-Fi", "a b c d e", "x" * (TAG_WORD_CHARS + 1)):
+        with pytest.raises(ConfigError, match=r"tag\.cores"):
+            replace(settings, tag=replace(settings.tag, cores=(bad_core,))).check()
 
 
 def test_valid_answers_parse_into_records_and_invalid_ones_give_a_reason(settings):

@@ -38,7 +38,7 @@ from recgpt.rundate import RunDate
 from sparkio.warehouse import Warehouse
 from tests.conftest import ROOT
 from tests.dag_support import DT, TINY, scripted
-from udfs.mining import catalog_words, category_endings, mining_plan
+from udfs.mining import catalog_words, category_cores, mining_plan
 
 pytestmark = pytest.mark.slow
 
@@ -235,7 +235,7 @@ def test_known_words_are_the_embedding_vocabulary_and_the_catalogs_most_frequent
     assert mining_plan(cheap, wh, dt, text_mode).catalog_words is None
 
 
-def test_tag_endings_are_the_catalogs_category_names_by_size(prepared, spark):
+def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
     wh = Warehouse(spark, str(prepared), engine="delta-rs")
     dt = RunDate.parse(DT)
     items = DeltaTable(str(prepared / "items")).to_pandas()
@@ -244,13 +244,13 @@ def test_tag_endings_are_the_catalogs_category_names_by_size(prepared, spark):
     )
     counts = names.value_counts()
     ranked = sorted(counts.index, key=lambda n: (-counts[n], n))
-    assert category_endings(wh, dt, 1, 3, 4) == ranked[:3]
+    assert category_cores(wh, dt, 1, 3, 4) == ranked[:3]
     smallest = int(counts.min())
-    assert category_endings(wh, dt, smallest + 1, 1000, 4) == [n for n in ranked if counts[n] > smallest]
-    assert category_endings(wh, dt, int(counts.max()) + 1, 1000, 4) == []
+    assert category_cores(wh, dt, smallest + 1, 1000, 4) == [n for n in ranked if counts[n] > smallest]
+    assert category_cores(wh, dt, int(counts.max()) + 1, 1000, 4) == []
 
-    # The default fills the plan's tag endings (the grounding settings stay out of the agents'
-    # mapping); the Expert's schema then takes only tags ending with one of them.
+    # The default fills the plan's tag cores (the grounding settings stay out of the agents'
+    # mapping); the Expert's schema then takes only tags that name one of them.
     text_mode = {"pipeline": "v2", "context_mode": "text"}
     base = [
         f"run.dt={DT}",
@@ -259,7 +259,7 @@ def test_tag_endings_are_the_catalogs_category_names_by_size(prepared, spark):
         "pipeline.agents.validation.catalog_min_cosine=null",
     ]
     plan = mining_plan(load_config(base), wh, dt, text_mode)
-    assert plan.agents["tag"]["endings"] == ranked and "grounding" not in plan.agents["tag"]
+    assert plan.agents["tag"]["cores"] == ranked and "grounding" not in plan.agents["tag"]
     settings = AgentSettings.from_config(plan.agents)
     expert = build_schemas(settings).expert
     expert.model_validate_json(
@@ -270,10 +270,10 @@ def test_tag_endings_are_the_catalogs_category_names_by_size(prepared, spark):
             json.dumps({"tags": [{"tag": "waterproof hiking gear", "reason": "r", "evidence": "e"}]})
         )
     # A fixed list wins over the catalog; grounding=null leaves tags free.
-    fixed = mining_plan(load_config([*base, "+pipeline.agents.tag.endings=[snacks]"]), wh, dt, text_mode)
-    assert fixed.agents["tag"]["endings"] == ["snacks"]
+    fixed = mining_plan(load_config([*base, "+pipeline.agents.tag.cores=[snacks]"]), wh, dt, text_mode)
+    assert fixed.agents["tag"]["cores"] == ["snacks"]
     free = mining_plan(load_config([*base, "pipeline.agents.tag.grounding=null"]), wh, dt, text_mode)
-    assert not free.agents["tag"].get("endings")
+    assert not free.agents["tag"].get("cores")
 
 
 # Any tag two users share is generic, unless a catalog category.

@@ -460,11 +460,11 @@ def test_an_expert_that_repeats_itself_is_asked_again_with_its_words_banned_but_
     assert [b[0] for b in backend.batches] == ["PlannerOutput", "ExpertOutput", "ArbiterOutput"]
 
 
-def test_a_follow_up_never_bans_the_words_of_a_catalog_ending(renderer, configured):
-    """With tag endings, a follow-up bans a tag's modifiers but no word of any ending: after
-    "trail running shoes" the next tag may end with "running shoes" again ("running" stays
-    free), and an ending word used as a modifier ("socks") is not banned either."""
-    tag = dataclasses.replace(configured.tag, endings=("running shoes", "socks", "boots"))
+def test_a_follow_up_never_bans_the_words_of_a_catalog_core(renderer, configured):
+    """With tag cores, a follow-up bans a tag's modifiers but no word of any core: after
+    "trail running shoes" the next tag may name "running shoes" again ("running" stays
+    free), and a core used beside another ("socks boots") is not banned either."""
+    tag = dataclasses.replace(configured.tag, cores=("running shoes", "socks", "boots"))
     grounded = dataclasses.replace(configured, tag=tag, expert_rounds=2, expert_call_tags=None)
     asked: list[str] = []
 

@@ -368,37 +368,37 @@ def catalog_words(wh: Warehouse, dt: RunDate, limit: int) -> list[str]:
     return [r.word for r in counted.collect()]
 
 
-def category_endings(wh: Warehouse, dt: RunDate, min_items: int, limit: int, max_words: int) -> list[str]:
-    """The catalog's category names as of dt, as tag endings: lower case, apostrophes dropped,
+def category_cores(wh: Warehouse, dt: RunDate, min_items: int, limit: int, max_words: int) -> list[str]:
+    """The catalog's category names as of dt, as the cores a tag names: lower case, apostrophes dropped,
     every other run of non-letters a space ("Sci-Fi" -> "sci fi", "Children's" -> "childrens").
     Only categories with at least `min_items` items and names of at most `max_words` words of
     at most TAG_WORD_CHARS letters (a tag's own bounds), the `limit` largest first. A category
-    named only by digits or symbols (an id) gives no ending."""
+    named only by digits or symbols (an id) gives no core."""
     name = F.trim(F.regexp_replace(F.regexp_replace(F.lower("category"), "['’]", ""), "[^a-z]+", " "))
     counted = (
         wh.read_snapshot(ITEMS, dt)
-        .select(name.alias("ending"))
-        .where(F.col("ending") != "")
-        .groupBy("ending")
+        .select(name.alias("core"))
+        .where(F.col("core") != "")
+        .groupBy("core")
         .count()
         .where(F.col("count") >= min_items)
-        .where(F.size(F.split("ending", " ")) <= max_words)
-        .where(F.forall(F.split("ending", " "), lambda w: F.length(w) <= TAG_WORD_CHARS))
-        .orderBy(F.col("count").desc(), F.col("ending"))
+        .where(F.size(F.split("core", " ")) <= max_words)
+        .where(F.forall(F.split("core", " "), lambda w: F.length(w) <= TAG_WORD_CHARS))
+        .orderBy(F.col("count").desc(), F.col("core"))
         .limit(limit)
     )
-    return [r.ending for r in counted.collect()]
+    return [r.core for r in counted.collect()]
 
 
 def grounded_agents(cfg: Any, wh: Warehouse, dt: RunDate) -> dict[str, Any]:
-    """`pipeline.agents` made plain, with `tag.endings` filled from the catalog when
+    """`pipeline.agents` made plain, with `tag.cores` filled from the catalog when
     `tag.grounding` is set and no fixed list is given."""
     agents = plain(cfg.pipeline.agents)
     tag = agents["tag"]
     grounding = tag.pop("grounding", None)
-    if grounding and not tag.get("endings"):
-        tag["endings"] = category_endings(
-            wh, dt, int(grounding["min_items"]), int(grounding["max_endings"]), int(tag["max_words"])
+    if grounding and not tag.get("cores"):
+        tag["cores"] = category_cores(
+            wh, dt, int(grounding["min_items"]), int(grounding["max_cores"]), int(tag["max_words"])
         )
     return agents
 

@@ -160,7 +160,7 @@ class Miner:
         self.validation = validation
         self.embed = embed
         self._banner: Banner | None = None  # built on the first banned word
-        self._ending_words = frozenset(w for e in settings.tag.endings for w in e.split())
+        self._core_phrase_words = frozenset(w for e in settings.tag.cores for w in e.split())
 
     # -- V2: planner -> experts -> arbiter ---------------------------------------------------
 
@@ -370,9 +370,9 @@ class Miner:
 
     def _banned(self, banned: frozenset[str]) -> Sampling:
         """The Expert's sampling with `banned` words kept out of the answer (`Banner`), but never
-        a word of a catalog ending (`tag.endings`): after "dry pet food" the next tag may still
-        end with "pet food" or "pet beds"."""
-        banned = banned - self._ending_words
+        a word of a catalog core (`tag.cores`): after "dry pet food" the next tag may still
+        name "pet food" or "pet beds"."""
+        banned = banned - self._core_phrase_words
         if not banned:
             return self.settings.sampling.expert
         if self._banner is None:

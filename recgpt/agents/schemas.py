@@ -40,31 +40,35 @@ def tag_pattern(min_words: int, max_words: int) -> str:
     return f"^{word}( {word}){{{min_words - 1},{max_words - 1}}}$"
 
 
-def grounded_tag_pattern(min_words: int, max_words: int, endings: Sequence[str]) -> str:
-    """A tag of modifier words ending with one of `endings` (catalog phrases of 1..max_words
-    words), min_words..max_words words in all: the core word is the shop's, the modifiers the
-    model's. Endings of one word count share an alternation."""
+def grounded_tag_pattern(min_words: int, max_words: int, cores: Sequence[str]) -> str:
+    """A tag that names one of `cores` (catalog phrases of 1..max_words words) among its own
+    words, min_words..max_words words in all: the core is the shop's, the other words the
+    model's, before it ("dark comedy") or after it ("comedy classics": a small model that
+    starts with the category is not forced to repeat it). Cores of one word count share an
+    alternation; every branch bounds its words, so the longest tag is bounded as without."""
     word = f"[a-z]{{1,{TAG_WORD_CHARS}}}"
     by_words: dict[int, list[str]] = {}
-    for ending in dict.fromkeys(endings):
-        by_words.setdefault(len(ending.split()), []).append(ending)
+    for core in dict.fromkeys(cores):
+        by_words.setdefault(len(core.split()), []).append(core)
     branches = []
     for n, group in sorted(by_words.items()):
-        low, high = max(min_words - n, 0), max_words - n
-        if high < low:
-            continue
-        # Longest first, so no ending is shadowed by its own prefix in a backtracking engine.
-        alternatives = "|".join(sorted(group, key=lambda e: (-len(e), e)))
-        branches.append(f"({word} ){{{low},{high}}}({alternatives})")
+        # Longest first, so no core is shadowed by its own prefix in a backtracking engine.
+        core = "(" + "|".join(sorted(group, key=lambda e: (-len(e), e))) + ")"
+        free, least = max_words - n, max(min_words - n, 0)
+        for before in range(free + 1):
+            low, high = max(least - before, 0), free - before
+            head = f"({word} ){{{before}}}" if before else ""
+            tail = f"( {word}){{{low},{high}}}" if high else ""
+            branches.append(head + core + tail)
     if not branches:
-        raise ValueError(f"no ending fits tags of {min_words}-{max_words} words")
+        raise ValueError(f"no core fits tags of {min_words}-{max_words} words")
     return "^(" + "|".join(branches) + ")$"
 
 
 def _tag(settings: AgentSettings) -> Any:
     t = settings.tag
-    if t.endings:
-        return constr(pattern=grounded_tag_pattern(t.min_words, t.max_words, t.endings))
+    if t.cores:
+        return constr(pattern=grounded_tag_pattern(t.min_words, t.max_words, t.cores))
     return constr(pattern=tag_pattern(t.min_words, t.max_words))
 
 

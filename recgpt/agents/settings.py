@@ -25,13 +25,13 @@ class TagLimits:
     max_chars: int
     reason_max_chars: int
     evidence_max_chars: int
-    # Catalog phrases a tag must end with (its core word, "... comedy", "... pet food"), lower-case
-    # words of letters; enforced while decoding. Empty: any words. Filled per run from the catalog
-    # (`tag.grounding`, udfs/mining.py), or set as a fixed list.
-    endings: tuple[str, ...] = ()
+    # Catalog phrases of which a tag must name one (its core: "dark comedy", "dry pet food"),
+    # lower-case words of letters; enforced while decoding. Empty: any words. Filled per run from
+    # the catalog's category names (`tag.grounding`, udfs/mining.py), or set as a fixed list.
+    cores: tuple[str, ...] = ()
 
 
-ENDING_PATTERN = re.compile(r"[a-z]+( [a-z]+)*")
+CORE_PATTERN = re.compile(r"[a-z]+( [a-z]+)*")
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class AgentSettings:
                     max_chars=int(tag["max_chars"]),
                     reason_max_chars=int(tag["reason_max_chars"]),
                     evidence_max_chars=int(tag["evidence_max_chars"]),
-                    endings=tuple(str(e) for e in tag.get("endings") or ()),
+                    cores=tuple(str(e) for e in tag.get("cores") or ()),
                 ),
                 arbiter_reason_max_chars=int(cfg["arbiter_reason_max_chars"]),
                 persona=PersonaLimits(
@@ -211,15 +211,15 @@ class AgentSettings:
         # The schemas import these settings: imported here, not at the top.
         from recgpt.agents.schemas import TAG_WORD_CHARS, persona_name_max_chars, persona_name_pattern
 
-        for ending in self.tag.endings:
-            words = ending.split()
+        for core in self.tag.cores:
+            words = core.split()
             if (
-                not ENDING_PATTERN.fullmatch(ending)
+                not CORE_PATTERN.fullmatch(core)
                 or len(words) > self.tag.max_words
                 or max(map(len, words)) > TAG_WORD_CHARS
             ):
                 raise ConfigError(
-                    f"pipeline.agents.tag.endings: {ending!r} is not 1-{self.tag.max_words} "
+                    f"pipeline.agents.tag.cores: {core!r} is not 1-{self.tag.max_words} "
                     f"lower-case words of 1-{TAG_WORD_CHARS} letters"
                 )
         if not 0 < self.validation.near_duplicate_cosine <= 1:
