@@ -39,6 +39,7 @@ from sparkio.warehouse import Warehouse
 from tests.conftest import ROOT
 from tests.dag_support import DT, TINY, scripted
 from udfs.mining import catalog_words, category_cores, mining_plan
+from udfs.mining_tables import rejected_examples
 
 pytestmark = pytest.mark.slow
 
@@ -233,6 +234,20 @@ def test_known_words_are_the_embedding_vocabulary_and_the_catalogs_most_frequent
     assert load_config(base).pipeline.agents.validation.catalog_words is None
     cheap = load_config([*base, "pipeline.agents.validation.catalog_min_cosine=null"])
     assert mining_plan(cheap, wh, dt, text_mode).catalog_words is None
+
+
+def test_the_summary_names_each_rules_most_frequent_rejections(spark):
+    rows = [
+        (json.dumps({"brand": ["nike shoes", "puma caps"], "not_a_product": ["safety net"]}),),
+        (json.dumps({"brand": ["nike shoes"]}),),
+        (None,),
+    ]
+    outcomes = spark.createDataFrame(rows, "rejected_examples string")
+    assert rejected_examples(outcomes, per_rule=1) == {
+        "brand": [("nike shoes", 2)],
+        "not_a_product": [("safety net", 1)],
+    }
+    assert rejected_examples(outcomes)["brand"] == [("nike shoes", 2), ("puma caps", 1)]
 
 
 def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from recgpt.agents.mining import NO_VALID_TAG, Miner, UserInput, mine
-from recgpt.agents.schemas import build_schemas
+from recgpt.agents.mining import EXAMPLES_PER_RULE, NO_VALID_TAG, Miner, UserInput, UserOutcome, mine
+from recgpt.agents.schemas import Tag, build_schemas
 from recgpt.agents.settings import AgentSettings
-from recgpt.agents.validate import ValidationContext
+from recgpt.agents.validate import Rejected, Rejection, ValidationContext
 from recgpt.config import load_config
 from recgpt.llm.engine import Engine, RetryPolicy
 from recgpt.llm.render import PromptRenderer
@@ -230,6 +230,9 @@ def test_v2_degrades_step_by_step_and_fails_only_a_user_without_a_valid_tag(rend
     assert by_user["u2"].rejected["instruction_echo"] == 1 and by_user["u3"].rejected["person_name"] == 1
     # u10: both planned Experts' brand tags rejected, then the general persona's tags kept.
     assert by_user["u10"].rejected["brand"] == 2
+    # What was rejected is kept as written, each text once, for the stage summary.
+    assert by_user["u3"].rejected_examples == {"person_name": ["mike"]}
+    assert by_user["u10"].rejected_examples == {"brand": ["northpeak running shoes"]}
     assert [step for step, _ in by_user["u10"].calls] == ["planner", "expert", "expert", "expert", "arbiter"]
     # The second round is one engine batch of its own, after the planned Experts' batch.
     assert backend.batches[1:3] == [["ExpertOutput"] * 17, ["ExpertOutput"] * 3]
@@ -487,6 +490,16 @@ def test_a_follow_up_never_bans_the_words_of_a_catalog_core(renderer, configured
     assert banned(tokenizer, "trail", bias, bad)
     assert not any(banned(tokenizer, w, bias, bad) for w in ("running", "shoes", "socks", "boots"))
     assert "road running shoes" in [t.tag.tag for t in out.tags]
+
+
+def test_rejected_examples_keep_a_few_texts_a_rule_but_never_personal_data():
+    out = UserOutcome("u1")
+    brands = [Tag(t, "r") for t in ("nike shoes", "nike shoes", "adidas socks", "puma caps")]
+    rejected = [Rejected(Tag("call 5551234567 now", "r"), Rejection.PII)]
+    rejected += [Rejected(t, Rejection.BRAND) for t in brands]
+    assert out.reject(rejected) == {"pii": 1, "brand": 4}
+    assert EXAMPLES_PER_RULE == 2 and out.rejected_examples == {"brand": ["nike shoes", "adidas socks"]}
+    assert out.rejected == {"pii": 1, "brand": 4}
 
 
 def test_v1_routes_get_the_same_follow_up_round(renderer, configured):

@@ -63,6 +63,7 @@ OUTCOME = pa.schema(
         pa.field("failure_step", pa.string()),
         pa.field("failure_reason", pa.string()),
         pa.field("rejected", pa.string()),
+        pa.field("rejected_examples", pa.string()),
         pa.field("proposed", pa.int32()),
         pa.field("duplicates", pa.int32()),
         pa.field("fallbacks", pa.string()),
@@ -212,6 +213,9 @@ def outcome_values(out: UserOutcome) -> dict[str, Any]:
         "failure_step": out.failure.step if out.failure else None,
         "failure_reason": out.failure.reason if out.failure else None,
         "rejected": _counts(out.rejected),
+        "rejected_examples": json.dumps(dict(sorted(out.rejected_examples.items())))
+        if out.rejected_examples
+        else None,
         "proposed": out.proposed,
         "duplicates": out.duplicates,
         "fallbacks": _counts(out.fallbacks),

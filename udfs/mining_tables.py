@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -159,7 +159,34 @@ def summary_figures(outcomes: DataFrame) -> dict[str, Any]:
         counts = json_counts(outcomes, column)
         if counts:
             figures[column] = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+    examples = rejected_examples(outcomes)
+    if examples:
+        figures["rejected_examples"] = "; ".join(
+            f"{code}: " + ", ".join(f'"{text}" {n:,}' for text, n in found)
+            for code, found in sorted(examples.items())
+        )
     return figures
+
+
+def rejected_examples(outcomes: DataFrame, per_rule: int = 3) -> dict[str, list[tuple[str, int]]]:
+    """Per rejection rule, the `per_rule` examples most users' outcomes kept (ties by text),
+    with how many: ranked in Spark, the driver receives at most `per_rule` rows a rule."""
+    counted = (
+        outcomes.where(F.col("rejected_examples").isNotNull())
+        .select(
+            F.explode(F.from_json("rejected_examples", "map<string,array<string>>")).alias("code", "texts")
+        )
+        .select("code", F.explode("texts").alias("text"))
+        .groupBy("code", "text")
+        .count()
+    )
+    ranked = counted.withColumn(
+        "n", F.row_number().over(Window.partitionBy("code").orderBy(F.col("count").desc(), F.col("text")))
+    ).where(F.col("n") <= per_rule)
+    out: dict[str, list[tuple[str, int]]] = {}
+    for r in ranked.orderBy("code", "n").collect():
+        out.setdefault(str(r.code), []).append((str(r.text), int(r["count"])))
+    return out
 
 
 def json_counts(outcomes: DataFrame, column: str) -> dict[str, int]:

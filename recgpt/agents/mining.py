@@ -44,6 +44,8 @@ from recgpt.agents.validate import (
     FILLER,
     Checked,
     Embed,
+    Rejected,
+    Rejection,
     ValidationContext,
     check_personas,
     check_tags,
@@ -94,6 +96,12 @@ class Failure:
     reason: str
 
 
+# Rejected personas and tags kept per rule and user, as written (cut to EXAMPLE_CHARS), for the
+# stage summary: what a rule rejects, not only how often.
+EXAMPLES_PER_RULE = 2
+EXAMPLE_CHARS = 60
+
+
 @dataclass
 class UserOutcome:
     user_id: str
@@ -102,8 +110,24 @@ class UserOutcome:
     failure: Failure | None = None
     # Every LLM call made for the user, with its step, for the cost ledger.
     calls: list[tuple[str, Result]] = field(default_factory=list)
-    # Reason code -> how many of the model's personas or tags validation rejected.
+    # Reason code -> how many of the model's personas or tags validation rejected, and the first
+    # few of them as written (`EXAMPLES_PER_RULE`; none for personal data).
     rejected: Counter[str] = field(default_factory=Counter)
+    rejected_examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def reject(self, rejected: Sequence[Rejected[Any]]) -> Counter[str]:
+        """Counts `rejected` by reason and keeps a few of each as examples; the counts."""
+        codes = Counter(r.reason.value for r in rejected)
+        self.rejected.update(codes)
+        for r in rejected:
+            if r.reason is Rejection.PII:
+                continue
+            text = r.item.tag if isinstance(r.item, Tag) else r.item.name  # a Tag or a Persona
+            kept = self.rejected_examples.setdefault(r.reason.value, [])
+            if len(kept) < EXAMPLES_PER_RULE and text not in kept:
+                kept.append(text[:EXAMPLE_CHARS])
+        return codes
+
     # Tags the Experts (V2) or routes (V1) proposed, and how many of them repeated another one
     # of the same user exactly or nearly: the redundancy the V2 planner is meant to remove.
     proposed: int = 0
@@ -189,7 +213,7 @@ class Miner:
             cause = result.error or "no_output"
             if result.parsed is not None:
                 plan = check_personas(personas_of(result.parsed), self.validation)
-                out.rejected.update(r.reason.value for r in plan.rejected)
+                out.reject(plan.rejected)
                 kept, cause = plan.kept, NO_VALID_PERSONA
             if not kept:
                 out.fallbacks[f"{GENERAL_PERSONA}:{_code(cause)}"] += 1
@@ -240,7 +264,7 @@ class Miner:
             if result.parsed is not None:
                 picked = self._selection(arbiter_picks(result.parsed), pooled, out)
                 checked = check_tags(picked, self._for(user, out.personas), self.embed)
-                out.rejected.update(r.reason.value for r in checked.rejected)
+                out.reject(checked.rejected)
                 final, cause = checked.kept[: s.n_tags], NO_VALID_PICK
             if not final:
                 # The Arbiter gave nothing usable: the validated pool, each persona's best first.
@@ -446,8 +470,7 @@ class Miner:
         self, lists: list[list[Tag]], user: UserInput, out: UserOutcome, personas: Sequence[Persona] = ()
     ) -> Checked[Tag]:
         checked = check_tags(pool(lists), self._for(user, personas), self.embed)
-        codes = Counter(r.reason.value for r in checked.rejected)
-        out.rejected.update(codes)
+        codes = out.reject(checked.rejected)
         out.proposed += sum(len(tags) for tags in lists)
         out.duplicates += codes["duplicate"] + codes["near_duplicate"]
         return checked
