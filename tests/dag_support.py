@@ -121,7 +121,7 @@ def scripted(url: str) -> list[str]:
         "llm.placement=remote",
         f"llm.http.base_url={url}",
         "llm.retry.attempts=1",
-        "pipeline.agents.tag.grounding=null",
+        "pipeline.agents.tag.grounding.source=null",
     ]
 
 

@@ -33,7 +33,7 @@ from recgpt.agents.schemas import Tag, build_schemas
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import check_tags
 from recgpt.config import load_config
-from recgpt.errors import RecGPTError
+from recgpt.errors import ConfigError, RecGPTError
 from recgpt.rundate import RunDate
 from sparkio.warehouse import Warehouse
 from tests.conftest import ROOT
@@ -264,8 +264,8 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
     assert category_cores(wh, dt, smallest + 1, 1000, 4) == [n for n in ranked if counts[n] > smallest]
     assert category_cores(wh, dt, int(counts.max()) + 1, 1000, 4) == []
 
-    # The default fills the plan's tag cores (the grounding settings stay out of the agents'
-    # mapping); the Expert's schema then takes only tags that name one of them.
+    # Grounding fills the plan's tag cores (its settings stay out of the agents' mapping) and
+    # marks the prompt version; the Expert's schema then takes only tags that name one of them.
     text_mode = {"pipeline": "v2", "context_mode": "text"}
     base = [
         f"run.dt={DT}",
@@ -273,8 +273,10 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
         *TINY,
         "pipeline.agents.validation.catalog_min_cosine=null",
     ]
-    plan = mining_plan(load_config(base), wh, dt, text_mode)
+    grounded = [*base, "pipeline.agents.tag.grounding.source=categories"]
+    plan = mining_plan(load_config(grounded), wh, dt, text_mode)
     assert plan.agents["tag"]["cores"] == ranked and "grounding" not in plan.agents["tag"]
+    assert plan.agents["prompt_version"] == "v2.2+cores"
     settings = AgentSettings.from_config(plan.agents)
     expert = build_schemas(settings).expert
     expert.model_validate_json(
@@ -284,11 +286,13 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
         expert.model_validate_json(
             json.dumps({"tags": [{"tag": "waterproof hiking gear", "reason": "r", "evidence": "e"}]})
         )
-    # A fixed list wins over the catalog; grounding=null leaves tags free.
-    fixed = mining_plan(load_config([*base, "+pipeline.agents.tag.cores=[snacks]"]), wh, dt, text_mode)
+    # A fixed list wins over the catalog; by default (source null) tags stay free.
+    fixed = mining_plan(load_config([*grounded, "+pipeline.agents.tag.cores=[snacks]"]), wh, dt, text_mode)
     assert fixed.agents["tag"]["cores"] == ["snacks"]
-    free = mining_plan(load_config([*base, "pipeline.agents.tag.grounding=null"]), wh, dt, text_mode)
-    assert not free.agents["tag"].get("cores")
+    free = mining_plan(load_config(base), wh, dt, text_mode)
+    assert not free.agents["tag"].get("cores") and free.agents["prompt_version"] == "v2.2"
+    with pytest.raises(ConfigError, match=r"grounding\.source must be categories or null"):
+        mining_plan(load_config([*base, "pipeline.agents.tag.grounding.source=titles"]), wh, dt, text_mode)
 
 
 # Any tag two users share is generic, unless a catalog category.

@@ -395,15 +395,21 @@ def category_cores(wh: Warehouse, dt: RunDate, min_items: int, limit: int, max_w
 
 
 def grounded_agents(cfg: Any, wh: Warehouse, dt: RunDate) -> dict[str, Any]:
-    """`pipeline.agents` made plain, with `tag.cores` filled from the catalog when
-    `tag.grounding` is set and no fixed list is given."""
+    """`pipeline.agents` made plain, with `tag.cores` filled from the catalog's category names
+    when `tag.grounding.source` is `categories` and no fixed list is given; the prompt version
+    then says so ("+cores": the prompts and the tag schema are not those of the plain version)."""
     agents = plain(cfg.pipeline.agents)
     tag = agents["tag"]
-    grounding = tag.pop("grounding", None)
-    if grounding and not tag.get("cores"):
+    grounding = tag.pop("grounding", None) or {}
+    source = grounding.get("source")
+    if source not in (None, "categories"):
+        raise ConfigError(f"pipeline.agents.tag.grounding.source must be categories or null, not {source!r}")
+    if source and not tag.get("cores"):
         tag["cores"] = category_cores(
             wh, dt, int(grounding["min_items"]), int(grounding["max_cores"]), int(tag["max_words"])
         )
+    if tag.get("cores"):
+        agents["prompt_version"] = f"{agents['prompt_version']}+cores"
     return agents
 
 
