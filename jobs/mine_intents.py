@@ -220,7 +220,7 @@ def report(
     r.details["tag_cores"] = (
         f"{len(cores)} catalog phrase(s): " + ", ".join(cores[:8]) + (" ..." if len(cores) > 8 else "")
         if cores
-        else "none: a tag may end with any word"
+        else "none: tags of any words (tag.grounding.source null)"
     )
     sample = sample_line(ctx.warehouse, ctx.dt, variant, int(plan.agents["n_tags"]))
     if sample:

@@ -195,8 +195,8 @@ def run(ctx: StageContext) -> None:
     method = str(cfg.policy.method)
     if method not in METHODS:
         raise ConfigError(f"policy.method must be one of {METHODS}, not {method!r}")
-    # The Experts' prompts and schemas as mining will use them: tags end with the catalog's
-    # categories as of dt (`tag.grounding`); sampled answers that do not parse score 0.
+    # The Experts' prompts and schemas as mining will use them: with `tag.grounding` on, tags
+    # name one of the catalog's categories as of dt, and sampled answers that do not score 0.
     settings = AgentSettings.from_config(grounded_agents(cfg, ctx.warehouse, ctx.dt))
     shaping = Shaping.from_config(plain(cfg.policy.reward))
     tuning = T.TuningSettings.from_config(plain(cfg.policy.rft))
