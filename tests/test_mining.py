@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from recgpt.agents.mining import EXAMPLES_PER_RULE, NO_VALID_TAG, Miner, UserInput, UserOutcome, mine
+from recgpt.agents.mining import (
+    EXAMPLE_CHARS,
+    EXAMPLES_PER_RULE,
+    NO_VALID_TAG,
+    Miner,
+    UserInput,
+    UserOutcome,
+    mine,
+)
 from recgpt.agents.schemas import Tag, build_schemas
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import Rejected, Rejection, ValidationContext
@@ -500,6 +508,11 @@ def test_rejected_examples_keep_a_few_texts_a_rule_but_never_personal_data():
     assert out.reject(rejected) == {"pii": 1, "brand": 4}
     assert EXAMPLES_PER_RULE == 2 and out.rejected_examples == {"brand": ["nike shoes", "adidas socks"]}
     assert out.rejected == {"pii": 1, "brand": 4}
+    # A text longer than EXAMPLE_CHARS is kept cut, and once however often it comes.
+    long = Tag("very " * 20 + "long tag", "r")
+    fresh = UserOutcome("u2")
+    fresh.reject([Rejected(long, Rejection.TOO_LONG)] * 2)
+    assert fresh.rejected_examples == {"too_long": [long.tag[:EXAMPLE_CHARS]]}
 
 
 def test_v1_routes_get_the_same_follow_up_round(renderer, configured):

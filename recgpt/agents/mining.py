@@ -114,20 +114,6 @@ class UserOutcome:
     # few of them as written (`EXAMPLES_PER_RULE`; none for personal data).
     rejected: Counter[str] = field(default_factory=Counter)
     rejected_examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def reject(self, rejected: Sequence[Rejected[Any]]) -> Counter[str]:
-        """Counts `rejected` by reason and keeps a few of each as examples; the counts."""
-        codes = Counter(r.reason.value for r in rejected)
-        self.rejected.update(codes)
-        for r in rejected:
-            if r.reason is Rejection.PII:
-                continue
-            text = r.item.tag if isinstance(r.item, Tag) else r.item.name  # a Tag or a Persona
-            kept = self.rejected_examples.setdefault(r.reason.value, [])
-            if len(kept) < EXAMPLES_PER_RULE and text not in kept:
-                kept.append(text[:EXAMPLE_CHARS])
-        return codes
-
     # Tags the Experts (V2) or routes (V1) proposed, and how many of them repeated another one
     # of the same user exactly or nearly: the redundancy the V2 planner is meant to remove.
     proposed: int = 0
@@ -136,6 +122,20 @@ class UserOutcome:
     fallbacks: Counter[str] = field(default_factory=Counter)
     # "<step>: <reason>" -> the user's LLM calls that gave no usable answer.
     failed_calls: Counter[str] = field(default_factory=Counter)
+
+    def reject(self, rejected: Sequence[Rejected[Any]]) -> Counter[str]:
+        """Counts `rejected` by reason and keeps a few of each as examples; the counts."""
+        codes = Counter(r.reason.value for r in rejected)
+        self.rejected.update(codes)
+        for r in rejected:
+            if r.reason is Rejection.PII:
+                continue
+            # A Tag or a Persona, cut before comparing: a long text is kept once.
+            text = (r.item.tag if isinstance(r.item, Tag) else r.item.name)[:EXAMPLE_CHARS]
+            kept = self.rejected_examples.setdefault(r.reason.value, [])
+            if len(kept) < EXAMPLES_PER_RULE and text not in kept:
+                kept.append(text)
+        return codes
 
 
 @dataclass(frozen=True)
