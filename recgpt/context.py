@@ -1,7 +1,9 @@
 """A user's behaviour history as LLM context, three ways: the full text (every kept behaviour with
 its full title: the uncompressed V1 baseline), V1 hierarchical compression (time buckets of
 `time (behaviours) | core titles`), and the hybrid form (the same buckets with every item as ONE
-entity slot that refers to its embedding; times, behaviours and queries stay text).
+entity slot that refers to its embedding; times, behaviours and queries stay text). Both compressed
+forms open with the same line naming the categories of the history's items, most items first: an
+entity slot does not say which category its item is in, and a tag should name what a shop sells.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ VERBS = {
 # A search query in a bucket line is cut to this many characters (queries are untrusted and
 # unbounded; the gist is at the start).
 QUERY_CHARS = 80
+# A category name in the categories line is cut to this many characters (catalog text is untrusted).
+CATEGORY_CHARS = 40
+# The categories line may take at most this share of the token budget, or it is left out.
+CATEGORY_SHARE = 4
 # Order inside a bucket's behaviour summary: strongest signal first.
 STRENGTH = ("purchase", "cart", "fav", "review", "search", "view", "click")
 
@@ -75,6 +81,30 @@ def core_title(title: str, max_words: int = 6) -> str:
     core = _MODEL_NO.sub(" ", core)
     words = [w for w in re.split(r"[\s,/]+", core) if _LETTER.search(w)]
     return " ".join(words[:max_words]) or " ".join(text.split()[:max_words])
+
+
+@functools.lru_cache(maxsize=65_536)
+def category_name(category: str) -> str:
+    """A catalog category as the categories line writes it, spelled as a grounded tag's core
+    is: lower case, apostrophes dropped, every other run of characters that are not letters or
+    digits one space ("Children's" -> "childrens", "Sci-Fi" -> "sci fi"), at most
+    `CATEGORY_CHARS` characters."""
+    name = re.sub(r"['’]", "", clean_text(category).lower())
+    return re.sub(r"[\W_]+", " ", name)[:CATEGORY_CHARS].strip()
+
+
+def category_line(events: Iterable[Event], top: int) -> str:
+    """`categories: drama 24, comedy 12`: the `top` categories with the most distinct items among
+    the events (ties by name), each with its number of items; "" when no item has a category."""
+    items: dict[str, str] = {}
+    for e in events:
+        if e.behavior != "search" and e.item_id and e.category:
+            name = category_name(e.category)
+            if name:
+                items.setdefault(e.item_id, name)
+    counts = Counter(items.values())
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return "categories: " + ", ".join(f"{name} {n}" for name, n in ranked) if ranked else ""
 
 
 def reliable(events: Iterable[Event], keep: Sequence[str]) -> list[Event]:
@@ -170,12 +200,20 @@ def compress(
     count_tokens: Callable[[str], int],
     budget: int,
     hybrid: bool,
+    head: str = "",
 ) -> Compressed:
     """Bucket lines, oldest dropped first until the context fits `budget` tokens. In hybrid form
-    an entity slot counts as one token (what the model reads), not as the mark's characters."""
+    an entity slot counts as one token (what the model reads), not as the mark's characters.
+    `head` (the categories line) opens the context when it takes at most 1/`CATEGORY_SHARE` of
+    the budget (with its newline); the buckets then share what it leaves."""
 
     def cost(line: tuple[str, list[str]]) -> int:
         return count_tokens(line[0].replace(EMBED_MARK, "")) + len(line[1]) + 1
+
+    head_cost = count_tokens(head) + count_tokens("\n") if head and blocks else 0
+    if head_cost > budget // CATEGORY_SHARE:
+        head, head_cost = "", 0
+    budget -= head_cost
 
     lines = [bucket_line(b, hybrid) for b in blocks]
     costs = [cost(line) for line in lines]
@@ -195,7 +233,7 @@ def compress(
         ):
             entries.pop(0)
         kept = [bucket_line(Bucket(newest.label, newest.kinds, entries), hybrid)]
-    text = "\n".join(t for t, _ in kept)
+    text = "\n".join([head] * bool(head_cost) + [t for t, _ in kept])
     entities = [e for _, ents in kept for e in ents]
     tokens = count_tokens(text.replace(EMBED_MARK, "")) + len(entities) if kept else 0
     return Compressed(text, tokens, entities, start)

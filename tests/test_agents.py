@@ -108,11 +108,11 @@ def test_default_settings_come_from_the_pipeline_config(settings, v1_settings):
     assert (settings.tag.min_words, settings.tag.max_words, settings.tag.max_chars) == (2, 4, 48)
     assert settings.tag.reason_max_chars == 120
     assert settings.validation.near_duplicate_cosine == 0.9
-    assert (settings.evidence_top_k, settings.prompt_version, settings.routes) == (3, "v2.2", ())
+    assert (settings.evidence_top_k, settings.prompt_version, settings.routes) == (3, "v2.3", ())
     assert settings.sampling.expert.temperature == 0.0
     # The baseline keeps v2's bounds (same validation) and adds its routes and version.
     assert v1_settings.routes == ("general", "season", "weather", "trend")
-    assert v1_settings.prompt_version == "v1.1" and v1_settings.tag == settings.tag
+    assert v1_settings.prompt_version == "v1.2" and v1_settings.tag == settings.tag
     cfg = load_config(["run.stage=test", "pipeline=v1_baseline"])
     assert cfg.pipeline.name == "v1_baseline"
     # The same chain, without the entity adaptor: V1 reads text only.
@@ -507,7 +507,7 @@ def test_v1_routes_read_the_full_text_and_only_their_situation_fields(v1_setting
     assert prompts["weather"].messages[1]["content"] == "<situation>weather: cooling</situation>\n<history>"
     assert "trends: knitwear, candles" in prompts["trend"].messages[1]["content"]
     for route, p in prompts.items():
-        assert p.agent == f"route:{route}" and p.version == "v1.1"
+        assert p.agent == f"route:{route}" and p.version == "v1.2"
         assert p.messages[p.history_message]["content"] == HISTORY
         assert p.messages[0]["content"] == system_texts(v1_settings)[p.agent]
     assert len({p.messages[0]["content"] for p in prompts.values()}) == 4

@@ -137,11 +137,20 @@ def test_columnar_compressor_matches_the_row_by_row_rule(spark, tmp_path):
     ).withColumn("ts", F.col("ts").cast("timestamp"))
     behaviors = wh.read(BEHAVIORS).select(*cols).unionByName(edge)
     items = wh.read_snapshot(ITEMS, ctx.dt).unionByName(
-        spark.createDataFrame([("i-pipes", "|||")], "item_id string, title string"), allowMissingColumns=True
+        spark.createDataFrame(
+            [("i-pipes", "|||", "Pipe's, Tubes\n| ALL")], "item_id string, title string, category string"
+        ),
+        allowMissingColumns=True,
     )
     spec = tokenizer_spec(str(ctx.cfg.llm.model_path))
     base = {**dict(ctx.cfg.compress), "keep_behaviors": [*ctx.cfg.compress.keep_behaviors, "share"]}
-    for overrides in ({}, {"token_budget": 120}, {"token_budget": 12, "max_events_per_user": 5}):
+    overrides_tried = (
+        {},
+        {"token_budget": 120, "top_categories": 2},
+        {"token_budget": 12, "max_events_per_user": 5},
+        {"top_categories": 0},
+    )
+    for overrides in overrides_tried:
         cfg = {**base, **overrides}
         rows = clustered_history(behaviors, items, ctx.dt, cfg).toArrow()
         batches = rows.to_batches(max_chunksize=50)
@@ -161,6 +170,11 @@ def test_columnar_compressor_matches_the_row_by_row_rule(spark, tmp_path):
         if not overrides:
             assert "(carted 1, searched 1, viewed 1, share 1) | " in edge_a["v1_text"]
             assert edge_a["v1_text"].count('search "Wool Socks"') == 1
+            # Both forms open with the categories line; the untitled item has no category.
+            for form in ("v1_text", "hybrid_text"):
+                assert edge_a[form].startswith("categories: pipes tubes all 1\n"), edge_a[form]
+        heads = sum(r["v1_text"].startswith("categories: ") for r in plain)
+        assert (heads == 0) == (cfg["top_categories"] == 0 or cfg["token_budget"] < 20), (overrides, heads)
 
 
 def test_token_counts_add_up_only_for_tokenizers_that_split_at_whitespace(tmp_path):

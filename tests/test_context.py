@@ -98,6 +98,37 @@ def test_budget_drops_the_oldest_buckets_first():
     assert tiny.text.startswith("2025-10-27"), "the newest bucket is always kept"
 
 
+def test_categories_line_counts_distinct_items_most_first_and_opens_both_forms():
+    events = [
+        *C.reliable(EVENTS, KEEP),
+        C.Event(at(3), "view", "i4", "Rain jacket", "Outdoor"),
+        C.Event(at(3), "view", "i5", "Tent", "Children's Sci-Fi, 3D\nIGNORE | ALL"),
+        C.Event(at(4), "view", "i6", "Untitled", ""),
+    ]
+    # i1 counts once however often it was seen; "Outdoor" and "outdoor" are one name; a
+    # category is spelled as a grounded tag's core (digits kept); an item without one counts
+    # nowhere.
+    odd = "childrens sci fi 3d ignore all"
+    assert C.category_line(events, top=5) == f"categories: outdoor 2, {odd} 1, hats 1, shoes 1"
+    assert C.category_line(events, top=2) == f"categories: outdoor 2, {odd} 1"
+    assert C.category_line([C.Event(at(1), "search", query="socks")], top=5) == ""
+
+    blocks = C.buckets(C.reliable(events, KEEP), AS_OF)
+    head = C.category_line(events, top=2)
+    plain = C.compress(blocks, words, budget=10_000, hybrid=True)
+    opened = C.compress(blocks, words, budget=10_000, hybrid=True, head=head)
+    assert opened.text == f"{head}\n{plain.text}"
+    assert opened.tokens == plain.tokens + words(head) + words("\n")
+    assert opened.entity_ids == plain.entity_ids
+    # The buckets share what the line leaves of the budget; a line that would take more than
+    # its share is left out.
+    budget = plain.tokens + words(head) - 1
+    tight = C.compress(blocks, words, budget=budget, hybrid=True, head=head)
+    assert tight.text.startswith(head) and tight.dropped_buckets >= 1 and tight.tokens <= budget
+    small = C.compress(blocks, words, budget=4 * words(head) - 1, hybrid=True, head=head)
+    assert not small.text.startswith("categories:")
+
+
 def test_full_text_lists_every_kept_behaviour_with_its_full_title():
     text = C.full_text(C.reliable(EVENTS, KEEP))
     assert len(text.splitlines()) == 5

@@ -66,9 +66,9 @@ def clustered_history(
     behaviors: DataFrame, items: DataFrame | None, dt: RunDate, cfg: Mapping[str, Any]
 ) -> DataFrame:
     """Every behaviour strictly before `dt`, clustered by user (all of a user's rows in one
-    partition, adjacent), with the item's title (none when `items` is None: the compressor then
-    looks titles up itself): one shuffle, no aggregation. `in_rule_order` orders a chunk of whole
-    users by time (Spark sorts on the user alone: half the cost of sorting on six columns).
+    partition, adjacent), with the item's title and category (none when `items` is None: the
+    compressor then looks them up itself): one shuffle, no aggregation. `in_rule_order` orders a
+    chunk of whole users by time (Spark sorts on the user alone: half the cost of sorting on six columns).
     The payload columns are set only on rows a context may keep (kept types, within the
     lookback, with an item or a query); the others only count towards `events`. A search's
     `target` (its trimmed lower-cased query) is what its repeats are judged on; any other
@@ -90,7 +90,7 @@ def clustered_history(
         F.when(usable & search, target).alias("target"),
     )
     if items is not None:
-        titles = items.select("item_id", "title")
+        titles = catalog_columns(items)
         rows = rows.join(F.broadcast(titles) if cfg.get("broadcast_items") else titles, "item_id", "left")
     return rows.repartition("user_id").sortWithinPartitions("user_id")
 
@@ -111,21 +111,35 @@ def in_rule_order(rows: pa.Table) -> pa.Table:
     return rows.append_column("day", day)
 
 
+def catalog_columns(items: DataFrame) -> DataFrame:
+    """item_id, title, category (null when the catalog has none) as strings: what a context
+    reads of an item."""
+    return items.select(
+        *(
+            (F.col(c) if c in items.columns else F.lit(None)).cast("string").alias(c)
+            for c in ("item_id", "title", "category")
+        )
+    )
+
+
 class CatalogTitles:
-    """The catalog's titles by item id, for a worker to attach to its rows itself: the shuffle
-    then carries no title (the widest column, a third of the stage's time at 10M rows)."""
+    """The catalog's titles and categories by item id, for a worker to attach to its rows itself:
+    the shuffle then carries no title (the widest column, a third of the stage's time at 10M
+    rows)."""
 
     def __init__(self, catalog: pa.Table) -> None:
-        self.titles = catalog["title"].combine_chunks()
+        self.columns = {c: catalog[c].combine_chunks() for c in ("title", "category")}
         self.position = {item: i for i, item in enumerate(catalog["item_id"].to_pylist())}
 
-    def __call__(self, item_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
-        """Each row's title; null for no item or an item the catalog lacks (as the left join)."""
-        ids = item_ids.combine_chunks() if isinstance(item_ids, pa.ChunkedArray) else item_ids
-        enc = pc.dictionary_encode(ids)
+    def __call__(self, table: pa.Table) -> pa.Table:
+        """`table` with each row's title and category; null for no item or an item the catalog
+        lacks (as the left join)."""
+        enc = pc.dictionary_encode(table["item_id"].combine_chunks())
         position = self.position
         at = pa.array([position.get(v) for v in enc.dictionary.to_pylist()], pa.int64())
-        return self.titles.take(at).take(enc.indices)
+        for name, values in self.columns.items():
+            table = table.append_column(name, values.take(at).take(enc.indices))
+        return table
 
 
 @dataclass(frozen=True)
@@ -227,6 +241,7 @@ class Settings:
     max_events: int
     budget: int
     core_words: int
+    top_categories: int
 
     @classmethod
     def of(cls, dt: RunDate, cfg: Mapping[str, Any]) -> Settings:
@@ -236,6 +251,7 @@ class Settings:
             int(cfg["max_events_per_user"]),
             int(cfg["token_budget"]),
             int(cfg["core_title_words"]),
+            int(cfg.get("top_categories", 0)),
         )
 
 
@@ -258,7 +274,10 @@ def reliable_events(rows: Sequence[Mapping[str, Any]], s: Settings) -> list[C.Ev
         newest = set(sorted(by_target, key=lambda i: firsts[i]["ts"], reverse=True)[: s.max_events])
         firsts = [r for i, r in enumerate(firsts) if i in newest]
     return C.reliable(
-        (C.Event(r["ts"], r["behavior"], r["item_id"], r["title"], None, r["query"]) for r in firsts),
+        (
+            C.Event(r["ts"], r["behavior"], r["item_id"], r["title"], r.get("category"), r["query"])
+            for r in firsts
+        ),
         s.keep,
     )
 
@@ -269,8 +288,9 @@ def reference_context(rows: Sequence[Mapping[str, Any]], s: Settings, count: Tok
     add up over pieces."""
     events = reliable_events(rows, s)
     blocks = C.buckets(events, s.dt, s.core_words)
-    v1 = C.compress(blocks, count, s.budget, hybrid=False)
-    hybrid = C.compress(blocks, count, s.budget, hybrid=True)
+    head = C.category_line(events, s.top_categories) if s.top_categories > 0 else ""
+    v1 = C.compress(blocks, count, s.budget, hybrid=False, head=head)
+    hybrid = C.compress(blocks, count, s.budget, hybrid=True, head=head)
     return {
         "user_id": rows[0]["user_id"],
         "events": len(rows),
@@ -355,6 +375,41 @@ def _sums(values: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
     """Sums of `values` over consecutive groups beginning at `starts` (empty groups allowed)."""
     cum = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
     return cum[np.append(starts[1:], n)] - cum[starts]
+
+
+def _category_lines(
+    category: pa.ChunkedArray, users: np.ndarray, items: np.ndarray, n_users: int, top: int
+) -> list[str]:
+    """`C.category_line` of every user from their kept item events (the user's index, the item's
+    code, the item's category per event): distinct items counted per category name."""
+    lines = [""] * n_users
+    if top <= 0:
+        return lines
+    code, values = _codes(category)
+    names = [C.category_name(v) if v else "" for v in values]
+    ids: dict[str, int] = {}
+    name_of = np.array([ids.setdefault(n, len(ids)) if n else -1 for n in names] + [-1], np.int64)
+    named = name_of[code]  # code -1 (no category) reads the trailing -1
+    ok = (items >= 0) & (named >= 0)
+    users, items, named = users[ok], items[ok], named[ok]
+    if not len(users):
+        return lines
+    once = _firsts(_group_ids(users, items))  # an item has one category
+    at, of = _dense(_group_ids(users[once], named[once]))
+    counts = np.bincount(of.reshape(-1), minlength=len(at))
+    pair_user, pair_name = users[once][at], named[once][at]
+    text = list(ids)
+    rank = np.empty(len(text), np.int64)
+    rank[sorted(range(len(text)), key=text.__getitem__)] = np.arange(len(text))
+    order = np.lexsort((rank[pair_name], -counts, pair_user))
+    pair_user, pair_name, counts = pair_user[order], pair_name[order], counts[order]
+    first = np.searchsorted(pair_user, pair_user, side="left")
+    chosen = np.arange(len(order)) - first < top
+    for user, name, n in zip(
+        pair_user[chosen].tolist(), pair_name[chosen].tolist(), counts[chosen].tolist(), strict=True
+    ):
+        lines[user] = f"{lines[user]}, {text[name]} {n}" if lines[user] else f"categories: {text[name]} {n}"
+    return lines
 
 
 def _lists(starts: np.ndarray, values: pa.Array) -> pa.Array:
@@ -541,6 +596,19 @@ def columnar_contexts(table: pa.Table, s: Settings, texts: EntryTexts) -> pa.Rec
     item_ids = rows["item_id"].combine_chunks().take(pa.array(keep[at]))
 
     newline = count("\n")
+    # The categories line of each user, when it takes at most its share of the budget; the
+    # buckets share what it leaves.
+    category = (
+        rows["category"]
+        if "category" in rows.column_names
+        else pa.chunked_array([pa.nulls(rows.num_rows, pa.string())])
+    )
+    item_of_event = np.where(search[keep], -1, item[keep])
+    head_line = _category_lines(category.take(pa.array(keep)), eu, item_of_event, n_users, s.top_categories)
+    head_cost = count.counts(head_line) + np.array([newline if h else 0 for h in head_line], np.int64)
+    head_cost = np.where(head_cost <= s.budget // C.CATEGORY_SHARE, head_cost, 0)
+    budget = s.budget - head_cost
+    prefix = pa.array([f"{h}\n" if c else "" for h, c in zip(head_line, head_cost.tolist(), strict=True)])
     mid, last = np.array(texts.mid, np.int64), np.array(texts.last, np.int64)
     entry_text = pa.array(texts.text, pa.string())
     out: dict[str, Any] = {}
@@ -559,7 +627,8 @@ def columnar_contexts(table: pa.Table, s: Settings, texts: EntryTexts) -> pa.Rec
         # The oldest buckets go while the rest is over budget; the newest always stays.
         before = np.concatenate([[0], np.cumsum(cost)])
         left = before[np.append(user_bucket[1:], n_buckets)][bucket_user] - before[:-1]
-        over = np.bincount(bucket_user, weights=left > s.budget, minlength=n_users).astype(np.int64)
+        over_budget = left > budget[bucket_user]
+        over = np.bincount(bucket_user, weights=over_budget, minlength=n_users).astype(np.int64)
         dropped = np.minimum(over, np.maximum(buckets_per_user - 1, 0))
         kept_bucket = np.arange(n_buckets) - user_bucket[bucket_user] >= dropped[bucket_user]
         kept_entry = np.ones(len(at), dtype=bool)
@@ -568,13 +637,15 @@ def columnar_contexts(table: pa.Table, s: Settings, texts: EntryTexts) -> pa.Rec
             b = user_bucket[u] + buckets_per_user[u] - 1
             lo, hi = entry_start[b], (entry_start[b + 1] if b + 1 < n_buckets else len(at))
             tail = np.cumsum((piece + slots)[lo:hi][::-1])[::-1] + head_tokens[b] + 1
-            cut = min(int((tail > s.budget).sum()), hi - lo - 1)
+            cut = min(int((tail > budget[u]).sum()), hi - lo - 1)
             kept_entry[lo : lo + cut] = False
             line[b] = head_tokens[b] + piece[lo + cut : hi].sum()
             line_slots[b] = slots[lo + cut : hi].sum()
         lines = np.bincount(bucket_user, weights=kept_bucket, minlength=n_users).astype(np.int64)
         read = np.where(kept_bucket, line + line_slots, 0)
-        out[f"{form}_tokens"] = _sums(read, user_bucket, n_buckets) + np.maximum(lines - 1, 0) * newline
+        out[f"{form}_tokens"] = (
+            _sums(read, user_bucket, n_buckets) + np.maximum(lines - 1, 0) * newline + head_cost
+        )
         out[f"{form}_dropped_buckets"] = dropped
         # The text: kept entries of kept buckets joined into lines, lines into the context.
         use = kept_entry & kept_bucket[abucket]
@@ -584,9 +655,8 @@ def columnar_contexts(table: pa.Table, s: Settings, texts: EntryTexts) -> pa.Rec
         )
         heads_kept = pa.array(heads, pa.string()).take(pa.array(head_of[kept]))
         line_text = pc.binary_join_element_wise(heads_kept, joined, " | ")
-        out[f"{form}_text"] = pc.binary_join(
-            _lists(np.searchsorted(bucket_user[kept], np.arange(n_users)), line_text), "\n"
-        )
+        user_lines = _lists(np.searchsorted(bucket_user[kept], np.arange(n_users)), line_text)
+        out[f"{form}_text"] = pc.binary_join_element_wise(prefix, pc.binary_join(user_lines, "\n"), "")
         if form == "hybrid":
             slot = use & aitem
             out["entity_ids"] = _lists(
@@ -647,7 +717,7 @@ def user_compressor(
 
         def compress(table: pa.Table) -> pa.RecordBatch:
             if lookup is not None:
-                table = table.append_column("title", lookup(table["item_id"]))
+                table = lookup(table)
             return contexts(in_rule_order(table))
 
         pending: list[pa.RecordBatch] = []
@@ -679,7 +749,7 @@ def compress_users(
     the shuffle; otherwise they are joined to the rows before it."""
     titles = None
     if cfg.get("broadcast_items"):
-        catalog = items.select(F.col("item_id").cast("string"), F.col("title").cast("string")).toArrow()
+        catalog = catalog_columns(items).toArrow()
         titles = BroadcastCatalog(uuid.uuid4().hex, behaviors.sparkSession.sparkContext.broadcast(catalog))
     rows = clustered_history(behaviors, None if titles else items, dt, cfg)
     compressor = user_compressor(dt, dict(cfg), tokenizer_spec(tokenizer_path), titles=titles)

@@ -63,7 +63,10 @@ AGE_BANDS: tuple[int, ...] = (18, 25, 35, 45, 55, 65)
 PROFILE_FIELD_CHARS = 32
 GENDERS = {"f": "female", "m": "male"}
 
-_HISTORY_FORMAT = "- History lines: date (actions) | items or searches, oldest first."
+_HISTORY_FORMAT = (
+    "- History: its categories first (items in each, most first), then lines of date (actions) | "
+    "items or searches, oldest first."
+)
 # Structured decoding enforces the keys; the rules say what goes in them.
 _REPLY = "Reply in JSON only."
 _NO_HISTORY = "(no history)"
