@@ -227,7 +227,8 @@ USER_CONTEXT = TableSpec(
         Column(
             "v1_text",
             pa.string(),
-            "V1 hierarchical context: `time (behaviours) | core titles` per line",
+            "V1 hierarchical context: `categories: name items, ...` (the history's categories, most "
+            "items first), then `time (behaviours) | core titles` per line",
             nullable=False,
         ),
         Column("v1_tokens", pa.int64(), "tokens of v1_text", nullable=False),
@@ -235,7 +236,7 @@ USER_CONTEXT = TableSpec(
             "v1_dropped_buckets", pa.int32(), "oldest buckets dropped to fit the token budget", nullable=False
         ),
         Column(
-            "hybrid_text", pa.string(), "the same lines with each item as one entity mark", nullable=False
+            "hybrid_text", pa.string(), "the same lines with each item as one entity mark (the categories line as text)", nullable=False
         ),
         Column("entity_ids", pa.list_(pa.string()), "item ids of the entity marks, in order", nullable=False),
         Column(
