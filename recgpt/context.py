@@ -33,6 +33,8 @@ VERBS = {
 QUERY_CHARS = 80
 # A category name in the categories line is cut to this many characters (catalog text is untrusted).
 CATEGORY_CHARS = 40
+# How the categories line opens a context.
+CATEGORIES_PREFIX = "categories: "
 # The categories line may take at most this share of the token budget, or it is left out.
 CATEGORY_SHARE = 4
 # Order inside a bucket's behaviour summary: strongest signal first.
@@ -104,7 +106,7 @@ def category_line(events: Iterable[Event], top: int) -> str:
                 items.setdefault(e.item_id, name)
     counts = Counter(items.values())
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    return "categories: " + ", ".join(f"{name} {n}" for name, n in ranked) if ranked else ""
+    return CATEGORIES_PREFIX + ", ".join(f"{name} {n}" for name, n in ranked) if ranked else ""
 
 
 def reliable(events: Iterable[Event], keep: Sequence[str]) -> list[Event]:

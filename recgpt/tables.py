@@ -236,7 +236,10 @@ USER_CONTEXT = TableSpec(
             "v1_dropped_buckets", pa.int32(), "oldest buckets dropped to fit the token budget", nullable=False
         ),
         Column(
-            "hybrid_text", pa.string(), "the same lines with each item as one entity mark (the categories line as text)", nullable=False
+            "hybrid_text",
+            pa.string(),
+            "the same lines with each item as one entity mark (the categories line as text)",
+            nullable=False,
         ),
         Column("entity_ids", pa.list_(pa.string()), "item ids of the entity marks, in order", nullable=False),
         Column(

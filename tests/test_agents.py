@@ -421,6 +421,15 @@ def test_truncating_an_over_long_history_keeps_the_rules_delimiters_and_newest_l
     assert OMITTED.format(n=rendered.truncated_lines) in text
     assert "sock number 199" in text and "sock number 0\n" not in text
 
+    # The categories line that opens a compressed history summarises all of it: it stays.
+    opened = planner_prompt(settings, "categories: socks 200\n" + "\n".join(lines), USER, ENV)
+    assert opened.history_head == 1 and prompt.history_head == 0
+    kept = renderer.render(opened.request("u1", build_schemas(settings).planner, Sampling(max_tokens=128)))
+    assert 0 < kept.n_tokens <= 512 - 128 and kept.truncated_lines > 0
+    text = renderer.tokenizer.decode(kept.token_ids)
+    assert f"categories: socks 200\n{OMITTED.format(n=kept.truncated_lines)}" in text
+    assert "sock number 199" in text and "sock number 0\n" not in text
+
 
 def test_hybrid_marks_are_kept_in_the_history_and_stripped_from_everything_else(settings, history_settings):
     history = f"2025-10-20 (viewed 2) | {EMBED_MARK}; {EMBED_MARK}\n2025-10-26 (bought 1) | {EMBED_MARK}"

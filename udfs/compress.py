@@ -408,7 +408,7 @@ def _category_lines(
     for user, name, n in zip(
         pair_user[chosen].tolist(), pair_name[chosen].tolist(), counts[chosen].tolist(), strict=True
     ):
-        lines[user] = f"{lines[user]}, {text[name]} {n}" if lines[user] else f"categories: {text[name]} {n}"
+        lines[user] += f"{', ' if lines[user] else C.CATEGORIES_PREFIX}{text[name]} {n}"
     return lines
 
 

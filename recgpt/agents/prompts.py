@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from recgpt.agents.schemas import SCORE_MAX, SCORE_MIN, Persona, Tag, max_candidates
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.text import field_text, history_text, inline_text
+from recgpt.context import CATEGORIES_PREFIX
 from recgpt.env_signals import SITUATION_FIELDS, situation_text
 from recgpt.errors import ConfigError
 from recgpt.llm.request import Request, Sampling
@@ -191,6 +192,7 @@ class Prompt:
     version: str
     messages: tuple[dict[str, str], ...]
     history_message: int | None  # None: the prompt carries no history
+    history_head: int = 0  # lines opening the history that truncation keeps (its categories)
 
     def request(
         self,
@@ -210,6 +212,7 @@ class Prompt:
             sampling=sampling,
             history_message=self.history_message,
             user_id=user_id,
+            history_head=self.history_head,
         )
 
 
@@ -220,7 +223,8 @@ def _prompt(agent: str, settings: AgentSettings, system: str, head: str, history
         {"role": "user", "content": history_text(history, settings.validation.pii_min_digits) or _NO_HISTORY},
         {"role": "user", "content": f"</history>\n{tail}"},
     )
-    return Prompt(agent, settings.prompt_version, messages, history_message=2)
+    head_lines = int(history.startswith(CATEGORIES_PREFIX))
+    return Prompt(agent, settings.prompt_version, messages, history_message=2, history_head=head_lines)
 
 
 def _situation(settings: AgentSettings, env: Mapping[str, Any] | None, fields: Sequence[str]) -> str:

@@ -94,14 +94,16 @@ class PromptRenderer:
     def _truncate(self, request: Request, budget: int, over: str) -> Rendered:
         index = request.history_message
         assert index is not None
-        lines = request.messages[index]["content"].split("\n")
+        every = request.messages[index]["content"].split("\n")
+        head, lines = every[: request.history_head], every[request.history_head :]
         # Embedding blocks belong to the lines holding their marks: dropping a line drops them.
         marks_before = sum(m["content"].count(EMBED_MARK) for m in request.messages[:index])
+        marks_before += sum(line.count(EMBED_MARK) for line in head)
         blocks_per_line = [line.count(EMBED_MARK) for line in lines]
 
         def attempt(dropped: int) -> Rendered:
             kept = lines[dropped:]
-            content = "\n".join([OMITTED.format(n=dropped), *kept]) if dropped else "\n".join(kept)
+            content = "\n".join([*head, OMITTED.format(n=dropped), *kept] if dropped else every)
             messages = list(request.messages)
             messages[index] = {"role": messages[index]["role"], "content": content}
             gone = sum(blocks_per_line[:dropped])

@@ -74,7 +74,8 @@ class Request:
     content wherever a block of vectors goes and lists the blocks in `embeds`, in the same order;
     each block is an array [n, hidden] of input embeddings for the model. `history_message` names
     the message whose lines are context ordered oldest first: the `truncate_oldest` policy drops
-    its first lines when the prompt is over the model's context.
+    its first lines when the prompt is over the model's context, after the `history_head` lines
+    that open it (a summary of the whole history, which stays).
     """
 
     key: str
@@ -84,6 +85,7 @@ class Request:
     sampling: Sampling = field(default_factory=Sampling)
     history_message: int | None = None
     user_id: str | None = None
+    history_head: int = 0
 
     def __post_init__(self) -> None:
         marks = sum(m["content"].count(EMBED_MARK) for m in self.messages)
@@ -97,6 +99,8 @@ class Request:
                 raise ValueError(f"request {self.key}: embedding blocks must be 2-d, got {block.shape}")
         if self.history_message is not None and not 0 <= self.history_message < len(self.messages):
             raise ValueError(f"request {self.key}: history_message {self.history_message} out of range")
+        if self.history_head < 0 or (self.history_head and self.history_message is None):
+            raise ValueError(f"request {self.key}: history_head {self.history_head} without a history")
 
     @property
     def is_hybrid(self) -> bool:
