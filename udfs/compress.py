@@ -90,8 +90,8 @@ def clustered_history(
         F.when(usable & search, target).alias("target"),
     )
     if items is not None:
-        titles = catalog_columns(items)
-        rows = rows.join(F.broadcast(titles) if cfg.get("broadcast_items") else titles, "item_id", "left")
+        columns = catalog_columns(items)
+        rows = rows.join(F.broadcast(columns) if cfg.get("broadcast_items") else columns, "item_id", "left")
     return rows.repartition("user_id").sortWithinPartitions("user_id")
 
 
@@ -122,7 +122,7 @@ def catalog_columns(items: DataFrame) -> DataFrame:
     )
 
 
-class CatalogTitles:
+class CatalogLookup:
     """The catalog's titles and categories by item id, for a worker to attach to its rows itself:
     the shuffle then carries no title (the widest column, a third of the stage's time at 10M
     rows)."""
@@ -150,14 +150,14 @@ class BroadcastCatalog:
     table: Any  # a pyspark Broadcast
 
 
-# The titles of the catalog a worker last used (a new run's catalog replaces them).
-_CATALOG: dict[str, CatalogTitles] = {}
+# The lookup of the catalog a worker last used (a new run's catalog replaces them).
+_CATALOG: dict[str, CatalogLookup] = {}
 
 
-def catalog_titles(catalog: BroadcastCatalog) -> CatalogTitles:
+def catalog_lookup(catalog: BroadcastCatalog) -> CatalogLookup:
     if catalog.key not in _CATALOG:
         _CATALOG.clear()  # before the new one is built: one catalog in memory at a time
-    return per_process(_CATALOG, catalog.key, lambda: CatalogTitles(catalog.table.value))
+    return per_process(_CATALOG, catalog.key, lambda: CatalogLookup(catalog.table.value))
 
 
 class TokenCounter:
@@ -698,12 +698,13 @@ def user_compressor(
     cfg: Mapping[str, Any],
     tokenizer: str,
     columnar: bool | None = None,
-    titles: BroadcastCatalog | None = None,
+    catalog: BroadcastCatalog | None = None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow over `clustered_history` rows: one user_context row per user, a chunk of whole
     users at a time (the last user of a batch may continue in the next). `tokenizer` is a
     `tokenizer_spec`. Columnar unless the tokenizer's counts do not add up over pieces (or
-    `columnar` says otherwise). `titles`: the broadcast catalog when the rows come without titles."""
+    `columnar` says otherwise). `catalog`: the broadcast catalog when the rows come without the
+    items' titles and categories."""
     s = Settings.of(dt, cfg)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -713,7 +714,7 @@ def user_compressor(
             contexts: Callable[[pa.Table], pa.RecordBatch] = lambda t: columnar_contexts(t, s, texts)  # noqa: E731
         else:
             contexts = lambda t: reference_contexts(t, s, count)  # noqa: E731
-        lookup = None if titles is None else catalog_titles(titles)
+        lookup = None if catalog is None else catalog_lookup(catalog)
 
         def compress(table: pa.Table) -> pa.RecordBatch:
             if lookup is not None:
@@ -745,12 +746,12 @@ def compress_users(
 ) -> DataFrame:
     """One user_context row (without lineage) per user with any behaviour before `dt`; users
     whose behaviours are all of dropped types get an empty context, not a missing row.
-    With `broadcast_items` the catalog's titles go to every worker once and are attached after
-    the shuffle; otherwise they are joined to the rows before it."""
-    titles = None
+    With `broadcast_items` the catalog's titles and categories go to every worker once and are
+    attached after the shuffle; otherwise they are joined to the rows before it."""
+    catalog = None
     if cfg.get("broadcast_items"):
-        catalog = catalog_columns(items).toArrow()
-        titles = BroadcastCatalog(uuid.uuid4().hex, behaviors.sparkSession.sparkContext.broadcast(catalog))
-    rows = clustered_history(behaviors, None if titles else items, dt, cfg)
-    compressor = user_compressor(dt, dict(cfg), tokenizer_spec(tokenizer_path), titles=titles)
+        columns = catalog_columns(items).toArrow()
+        catalog = BroadcastCatalog(uuid.uuid4().hex, behaviors.sparkSession.sparkContext.broadcast(columns))
+    rows = clustered_history(behaviors, None if catalog else items, dt, cfg)
+    compressor = user_compressor(dt, dict(cfg), tokenizer_spec(tokenizer_path), catalog=catalog)
     return rows.mapInArrow(compressor, from_arrow_schema(OUT_SCHEMA))
