@@ -6,8 +6,8 @@ the judge against):
   boots" for the outdoor enthusiast); relevance negatives are another user's positive (in-batch
   shuffling, a user with no category in common); consistency negatives are the same user's tag
   of another of their personas (relevant to the history, not to this persona); validity
-  negatives inject a catalog brand or a model number, copy a history title, or cut the tag to
-  one word; specificity negatives are generic phrases.
+  negatives inject a catalog brand or a model number, copy a history title, or loop the tag's
+  last word; specificity negatives are generic phrases.
 - explanations: positives are lines written from the item's facts and the situation in several
   phrasings; negatives shuffle lines between users (relevance), change the price or an
   attribute (factuality), add an absolute claim, a phone number or a link (safety), cut,
@@ -203,7 +203,7 @@ def tag_set(users: Sequence[User], brands: Sequence[str], seed: int) -> list[Lab
         title = rng.choice(u.history)["title"]
         copied = title.split(" ", 1)[1]  # the title without its leading brand
         add(copied, {"validity": False, "relevance": True}, "copied_title")
-        add(good.split()[-1], {"validity": False}, "one_word")
+        add(f"{good} {good.split()[-1]}", {"validity": False}, "looped")
         add(rng.choice(GENERIC), {"specificity": False, "relevance": False}, "generic")
     return out
 

@@ -105,14 +105,14 @@ def reasons(checked) -> list[tuple[str, str]]:
 
 def test_default_settings_come_from_the_pipeline_config(settings, v1_settings):
     assert (settings.k_personas, settings.m_tags, settings.n_tags) == (3, 5, 8)
-    assert (settings.tag.min_words, settings.tag.max_words, settings.tag.max_chars) == (2, 4, 48)
+    assert (settings.tag.min_words, settings.tag.max_words, settings.tag.max_chars) == (1, 4, 48)
     assert settings.tag.reason_max_chars == 120
     assert settings.validation.near_duplicate_cosine == 0.9
-    assert (settings.evidence_top_k, settings.prompt_version, settings.routes) == (3, "v2.3", ())
+    assert (settings.evidence_top_k, settings.prompt_version, settings.routes) == (3, "v2.4", ())
     assert settings.sampling.expert.temperature == 0.0
     # The baseline keeps v2's bounds (same validation) and adds its routes and version.
     assert v1_settings.routes == ("general", "season", "weather", "trend")
-    assert v1_settings.prompt_version == "v1.2" and v1_settings.tag == settings.tag
+    assert v1_settings.prompt_version == "v1.3" and v1_settings.tag == settings.tag
     cfg = load_config(["run.stage=test", "pipeline=v1_baseline"])
     assert cfg.pipeline.name == "v1_baseline"
     # The same chain, without the entity adaptor: V1 reads text only.
@@ -125,7 +125,7 @@ def test_bad_agent_settings_fail_at_load_naming_the_key():
     with pytest.raises(ConfigError, match="k_personas must be at least 1"):
         AgentSettings.from_config({**cfg, "k_personas": 0})
     with pytest.raises(ConfigError, match="max_words"):
-        AgentSettings.from_config({**cfg, "tag": {**cfg["tag"], "max_words": 1}})
+        AgentSettings.from_config({**cfg, "tag": {**cfg["tag"], "min_words": 2, "max_words": 1}})
     # The persona limits must hold what the planner's schema admits, the fallback persona too.
     with pytest.raises(ConfigError, match="name_max_chars must be at least 38"):
         AgentSettings.from_config({**cfg, "persona": {**cfg["persona"], "name_max_chars": 24}})
@@ -229,9 +229,9 @@ def test_overlong_strings_and_lists_are_rejected(settings):
     word = "x" * TAG_WORD_CHARS
     most = " ".join([word] * settings.tag.max_words)
     schemas.expert.model_validate_json(expert_json(1, tag=most))
+    schemas.expert.model_validate_json(expert_json(1, tag="boots"))  # min_words 1: a category's name
     for bad in (
         f"{most} {word}",  # a word too many
-        "boots",  # a single word: no modifier
         f"{word}x boots",  # an over-long word
         "Hiking Boots",  # upper case
         "hiking_boots_boots",  # not words
@@ -239,6 +239,10 @@ def test_overlong_strings_and_lists_are_rejected(settings):
     ):
         with pytest.raises(ValidationError, match="should match pattern"):
             schemas.expert.model_validate_json(expert_json(1, tag=bad))
+    two = build_schemas(replace(settings, tag=replace(settings.tag, min_words=2))).expert
+    two.model_validate_json(expert_json(1, tag="hiking boots"))
+    with pytest.raises(ValidationError, match="should match pattern"):
+        two.model_validate_json(expert_json(1, tag="boots"))  # min_words 2: no modifier
     with pytest.raises(ValidationError):
         schemas.expert.model_validate_json(expert_json(1, reason="r" * (settings.tag.reason_max_chars + 1)))
     too_much = persona_json(0, evidence=["e"] * (settings.persona.evidence_items + 1))
@@ -257,6 +261,7 @@ def test_grounded_tags_name_a_catalog_core_and_keep_the_word_bounds(settings):
     grounded.check()
     expert = build_schemas(grounded).expert
     for good in (
+        "comedy",  # the core alone (min_words 1)
         "dark comedy",
         "comedy classics",  # the core first: the small model need not repeat it to end with it
         "space sci fi",
@@ -267,7 +272,6 @@ def test_grounded_tags_name_a_catalog_core_and_keep_the_word_bounds(settings):
     ):
         expert.model_validate_json(expert_json(1, tag=good))
     for bad in (
-        "comedy",  # one word: a core of one word needs another to make two
         "waterproof hiking boots",  # no catalog core
         "a b c d comedy",  # five words
         "a b pet food c",  # five words with a two-word core
@@ -275,6 +279,10 @@ def test_grounded_tags_name_a_catalog_core_and_keep_the_word_bounds(settings):
     ):
         with pytest.raises(ValidationError, match="should match pattern"):
             expert.model_validate_json(expert_json(1, tag=bad))
+    two = replace(grounded, tag=replace(grounded.tag, min_words=2))
+    with pytest.raises(ValidationError, match="should match pattern"):  # a one-word core needs a word more
+        build_schemas(two).expert.model_validate_json(expert_json(1, tag="comedy"))
+    build_schemas(two).expert.model_validate_json(expert_json(1, tag="pet food"))
     # The free form still takes any words.
     build_schemas(settings).expert.model_validate_json(expert_json(1, tag="waterproof hiking boots"))
     assert "one of the shop's categories: comedy, sci fi, pet food" in expert_system(grounded)
@@ -516,7 +524,7 @@ def test_v1_routes_read_the_full_text_and_only_their_situation_fields(v1_setting
     assert prompts["weather"].messages[1]["content"] == "<situation>weather: cooling</situation>\n<history>"
     assert "trends: knitwear, candles" in prompts["trend"].messages[1]["content"]
     for route, p in prompts.items():
-        assert p.agent == f"route:{route}" and p.version == "v1.2"
+        assert p.agent == f"route:{route}" and p.version == "v1.3"
         assert p.messages[p.history_message]["content"] == HISTORY
         assert p.messages[0]["content"] == system_texts(v1_settings)[p.agent]
     assert len({p.messages[0]["content"] for p in prompts.values()}) == 4
@@ -556,7 +564,7 @@ def test_empty_tags_and_reasons_are_rejected(ctx):
     assert [t.tag for t in checked.kept] == ["merino wool socks"]
 
 
-def test_word_and_character_limits(ctx):
+def test_word_and_character_limits(settings, ctx):
     four = "thick merino hiking socks"
     checked = check_tags(
         [
@@ -571,12 +579,13 @@ def test_word_and_character_limits(ctx):
         ctx,
     )
     assert reasons(checked) == [
-        ("boots", "too_short"),
         (four + " pack", "too_long"),
         ("extraordinarilylongmodifierword waterproofhikingboots", "too_long"),
         ("rain jacket", "reason_too_long"),
     ]
-    assert [t.tag for t in checked.kept] == ["hiking boots", four, "rain poncho"]
+    assert [t.tag for t in checked.kept] == ["boots", "hiking boots", four, "rain poncho"]
+    two = ValidationContext.for_run(replace(settings, tag=replace(settings.tag, min_words=2)), [])
+    assert reasons(check_tags([tag("boots"), tag("hiking boots")], two)) == [("boots", "too_short")]
 
 
 def test_a_tag_repeating_a_word_is_a_loop_not_a_phrase(ctx):

@@ -276,7 +276,7 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
     grounded = [*base, "pipeline.agents.tag.grounding.source=categories"]
     plan = mining_plan(load_config(grounded), wh, dt, text_mode)
     assert plan.agents["tag"]["cores"] == ranked and "grounding" not in plan.agents["tag"]
-    assert plan.agents["prompt_version"] == "v2.3+cores"
+    assert plan.agents["prompt_version"] == "v2.4+cores"
     settings = AgentSettings.from_config(plan.agents)
     expert = build_schemas(settings).expert
     expert.model_validate_json(
@@ -290,7 +290,7 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
     fixed = mining_plan(load_config([*grounded, "+pipeline.agents.tag.cores=[snacks]"]), wh, dt, text_mode)
     assert fixed.agents["tag"]["cores"] == ["snacks"]
     free = mining_plan(load_config(base), wh, dt, text_mode)
-    assert not free.agents["tag"].get("cores") and free.agents["prompt_version"] == "v2.3"
+    assert not free.agents["tag"].get("cores") and free.agents["prompt_version"] == "v2.4"
     with pytest.raises(ConfigError, match=r"grounding\.source must be categories or null"):
         mining_plan(load_config([*base, "pipeline.agents.tag.grounding.source=titles"]), wh, dt, text_mode)
 

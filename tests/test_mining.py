@@ -23,6 +23,7 @@ from recgpt.agents.mining import (
     UserInput,
     UserOutcome,
     mine,
+    written,
 )
 from recgpt.agents.schemas import Tag, build_schemas
 from recgpt.agents.settings import AgentSettings
@@ -404,6 +405,15 @@ def recorded_bans(backend: AgentBackend) -> list[tuple[str, set[int], tuple[str,
 def banned(tokenizer, word: str, bias: set[int], bad: tuple[str, ...]) -> bool:
     ids = tokenizer.encode(f" {word}", add_special_tokens=False)
     return (len(ids) == 1 and ids[0] in bias) or f" {word}" in bad
+
+
+def test_a_follow_up_bans_a_one_word_tag_whole_and_a_longer_tag_but_its_head_noun():
+    """With `tag.min_words` 1 a category's own name is a tag: its one word is banned in the next
+    round (or the greedy model writes "action" every time), while "comedy films" leaves "films"
+    open to another tag. Filler words are never banned."""
+    tags = [Tag("action", "r"), Tag("dark comedy films", "r"), Tag("gifts for kids", "r")]
+    assert written(tags) == {"action", "dark", "comedy", "gifts"}
+    assert written([Tag("films", "r")]) == {"films"} and written([]) == frozenset()
 
 
 def test_an_expert_that_repeats_itself_is_asked_again_with_its_words_banned_but_the_head_noun(

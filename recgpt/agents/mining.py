@@ -163,8 +163,13 @@ def distinct(tags: Sequence[Tag]) -> list[Tag]:
 
 def written(tags: Sequence[Tag]) -> frozenset[str]:
     """The words of `tags` a follow-up answer may not write again: every word but filler and
-    each tag's last (its head noun, which a different tag may share)."""
-    return frozenset(w for t in tags for w in words(t.tag)[:-1] if w not in FILLER)
+    each tag's last (its head noun, which a different tag may share); a one-word tag's word too
+    (with `tag.min_words` 1, "action" would otherwise come back every round)."""
+    out = set()
+    for t in tags:
+        tokens = words(t.tag)
+        out.update(w for w in (tokens if len(tokens) == 1 else tokens[:-1]) if w not in FILLER)
+    return frozenset(out)
 
 
 class Miner:

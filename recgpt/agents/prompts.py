@@ -86,7 +86,8 @@ LISTED_CORES = 40
 
 def _core_rule(settings: AgentSettings) -> str:
     t = settings.tag
-    head = f"modifier + core word, {t.min_words}-{t.max_words} words"
+    form = "modifier + core word" if t.min_words > 1 else "a kind of product"
+    head = f"{form}, {t.min_words}-{t.max_words} words"
     if not t.cores:
         return f'{head}, e.g. "{TAG_EXAMPLES[0]}"'
     if len(t.cores) <= LISTED_CORES:

@@ -21,9 +21,9 @@ from recgpt.agents.settings import AgentSettings
 
 SCORE_MIN, SCORE_MAX = 1, 10
 # A tag is lower-case words of letters (no digits: model numbers and sizes are not interests, and a
-# digit run is where personal data hides), each at most this long: the
-# "modifier + core word" form is enforced while decoding (a small model otherwise answers with
-# single words or runs of underscores) rather than only rejected afterwards. The pattern also
+# digit run is where personal data hides), each at most this long, `tag.min_words` to
+# `tag.max_words` of them: the form is enforced while decoding (a small model otherwise answers
+# with runs of underscores) rather than only rejected afterwards. The pattern also
 # bounds the length (the grammar backend takes a pattern or a maxLength, not both).
 TAG_WORD_CHARS = 12
 

@@ -225,15 +225,11 @@ class ValidationContext:
 
     def bought_recently(self, tag: str) -> bool:
         """The tag equals a bought item's core title or one holds the other as a whole-word
-        phrase, comparing words with plural "s" ignored. A bought title shorter than
-        `tag.min_words` words only matches when equal: "gift" bought says nothing against
-        "halloween gift box"."""
+        phrase, comparing words with plural "s" ignored. A bought title of one word only matches
+        when equal: "gift" bought says nothing against "halloween gift box"."""
         folded = fold_words(words(tag))
-        minimum = self.settings.tag.min_words
         return any(
-            folded == title
-            or _contains(title, folded)
-            or (len(title) >= minimum and _contains(folded, title))
+            folded == title or _contains(title, folded) or (len(title) > 1 and _contains(folded, title))
             for title in self.bought
         )
 
