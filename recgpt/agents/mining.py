@@ -165,7 +165,7 @@ def written(tags: Sequence[Tag]) -> frozenset[str]:
     """The words of `tags` a follow-up answer may not write again: every word but filler and
     each tag's last (its head noun, which a different tag may share); a one-word tag's word too
     (with `tag.min_words` 1, "action" would otherwise come back every round)."""
-    out = set()
+    out: set[str] = set()
     for t in tags:
         tokens = words(t.tag)
         out.update(w for w in (tokens if len(tokens) == 1 else tokens[:-1]) if w not in FILLER)
