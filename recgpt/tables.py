@@ -348,7 +348,12 @@ USER_INTENT_TAGS = TableSpec(
         Column(
             "rank", pa.int32(), "1 = best; unique per (dt, pipeline, context_mode, user_id)", nullable=False
         ),
-        Column("tag", pa.string(), "normalised 'modifier + core word' tag", nullable=False),
+        Column(
+            "tag",
+            pa.string(),
+            "normalised tag: a category's name or a modifier + core word, 1-4 words",
+            nullable=False,
+        ),
         Column("persona", pa.string(), "persona (V2) or route (V1) the tag serves", nullable=False),
         Column(
             "score",
