@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pyspark import StorageLevel
@@ -22,14 +23,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.stage import StageContext, main_for, record_llm
-from recgpt.agents.generic import GenericRule
+from recgpt.agents.generic import GENERIC_TAG, ONLY_GENERIC_TAGS, GenericRule
 from recgpt.agents.settings import AgentSettings
 from recgpt.config import plain
 from recgpt.errors import RecGPTError
 from recgpt.tables import RUNS, USER_CONTEXT
 from sparkio.staging import Staging
 from udfs import llm
-from udfs.generic_tags import category_reader, drop_generic
+from udfs.generic_tags import GenericTags, category_reader, drop_generic
 from udfs.mining import (
     MiningPlan,
     mining_inputs,
@@ -94,7 +95,7 @@ def run(ctx: StageContext) -> None:
     todo = inputs.join(done_users(ctx.spark, staged, kept), "user_id", "left_anti")
     mine_waves(ctx, stage, waves, todo, total, f"{plan.pipeline}/{plan.mode}")
     mined_by = {**variant, "prompt_version": str(plan.agents["prompt_version"])}
-    write_tables(ctx, stage, waves.staged(), kept, plan, mined_by)
+    write_tables(ctx, stage, waves, inputs, kept, plan, mined_by)
     waves.drop()
     for frame in (*kept.values(), inputs):
         frame.unpersist()
@@ -166,29 +167,26 @@ def tokens_per_user(ctx: StageContext, label: str, prior: float) -> float:
 def write_tables(
     ctx: StageContext,
     stage: llm.LLMStage,
-    outcomes: DataFrame | None,
+    waves: Waves,
+    inputs: DataFrame,
     kept: dict[str, DataFrame],
     plan: MiningPlan,
     mined_by: dict[str, str],
 ) -> None:
     """Each table's (dt, variant) replaced by the staged outcomes plus what a resume kept, after
-    the run-wide rule on generic tags; the ledger and the LLM summary from the outcomes."""
+    the run-wide rule on generic tags (`apply_generic_rule`); the ledger and the LLM summary from
+    the outcomes."""
     variant = {k: mined_by[k] for k in ("pipeline", "context_mode")}
+    outcomes = waves.staged()
     parts = explode_outcomes(outcomes, mined_by) if outcomes is not None else {}
     rows = {key: table_rows(ctx.spark, spec, [parts.get(key), kept.get(key)]) for key, spec in TABLES.items()}
-    rule = GenericRule.of(AgentSettings.from_config(plan.agents))
-    generic, mined = None, rows["tags"]
+    settings = AgentSettings.from_config(plan.agents)
+    rule = GenericRule.of(settings)
+    mined = rows["tags"]
     if rule is not None:
-        mined = mined.persist(StorageLevel.MEMORY_AND_DISK)  # read by the rule's counts and the writes
-        generic = drop_generic(
-            ctx.spark,
-            mined,
-            rows["failures"],
-            rule,
-            category_reader(ctx.warehouse, ctx.dt),
-            outcomes.select("user_id", "rejected", "failed_calls") if outcomes is not None else None,
-        )
-        rows["tags"], rows["failures"] = generic.tags, generic.failures
+        rows["tags"] = mined = mined.persist(StorageLevel.MEMORY_AND_DISK)  # counted, then written
+        rescue = Rescue(stage, waves, inputs, plan, mined_by) if settings.validation.generic_rescue else None
+        outcomes = apply_generic_rule(ctx, rule, rows, outcomes, rescue)
     for key, spec in TABLES.items():
         written = ctx.warehouse.write(
             rows[key], spec, mode="replace", lineage=ctx.lineage, where={"dt": ctx.dt, **variant}
@@ -197,9 +195,87 @@ def write_tables(
     if outcomes is not None:
         record_llm(ctx, outcomes, stage.name)
         ctx.report.details.update(summary_figures(outcomes))
-    if generic is not None:
-        ctx.report.details.update(generic.figures())
     mined.unpersist()
+
+
+@dataclass(frozen=True)
+class Rescue:
+    """What the rescue of users left without a tag needs: the run's stage, staging, inputs and plan."""
+
+    stage: llm.LLMStage
+    waves: Waves
+    inputs: DataFrame
+    plan: MiningPlan
+    mined_by: dict[str, str]
+
+
+def apply_generic_rule(
+    ctx: StageContext,
+    rule: GenericRule,
+    rows: dict[str, DataFrame],
+    outcomes: DataFrame | None,
+    rescue: Rescue | None,
+) -> DataFrame | None:
+    """The run-wide rule on generic tags over the tables' `rows` (replaced in place). With
+    `rescue`, the users it leaves without a tag are mined once more with the run's generic tags
+    banned (`mine_again`), their rows replaced by the new ones, and the rule counted again over
+    all (a tag the rescued users push over the limit goes for every user). Returns the run's
+    outcomes with the rescue's, for the ledger and the summary."""
+    categories = category_reader(ctx.warehouse, ctx.dt)
+    calls = outcomes.select("user_id", "rejected", "failed_calls") if outcomes is not None else None
+    first = drop_generic(ctx.spark, rows["tags"], rows["failures"], rule, categories, calls)
+    rows["tags"], rows["failures"] = first.tags, first.failures
+    ctx.report.details.update(first.figures())
+    if rescue is None or first.emptied is None:
+        return outcomes
+    again = mine_again(ctx, rescue, first)
+    ctx.report.details["generic_rescue"] = rescue_line(again, len(first.dropped))
+    fresh, redone = explode_outcomes(again, rescue.mined_by), again.select("user_id")
+    for key, spec in TABLES.items():
+        rows[key] = table_rows(ctx.spark, spec, [rows[key].join(redone, "user_id", "left_anti"), fresh[key]])
+    # A rescued user's failure row carries the rescue's counts; the ledger keeps both minings.
+    last = again if outcomes is None else outcomes.join(redone, "user_id", "left_anti").unionByName(again)
+    calls = last.select("user_id", "rejected", "failed_calls")
+    second = drop_generic(ctx.spark, rows["tags"], rows["failures"], rule, categories, calls)
+    rows["tags"], rows["failures"] = second.tags, second.failures
+    if second.dropped:
+        ctx.report.details["generic_tags_after_rescue"] = second.figures()["generic_tags"]
+    ctx.report.details[GENERIC_TAG] = first.rows_dropped + second.rows_dropped
+    return again if outcomes is None else outcomes.unionByName(again)
+
+
+def mine_again(ctx: StageContext, rescue: Rescue, generic: GenericTags) -> DataFrame:
+    """The outcomes of the users the rule on generic tags left without a tag, mined once more
+    with the run's generic tags banned (`Miner.rescue`), staged beside the waves (a resumed run
+    redoes them)."""
+    assert generic.emptied is not None
+    todo = rescue.inputs.join(generic.emptied, "user_id", "left_semi")
+    n_todo = todo.count()
+    avoid = tuple(sorted(generic.dropped))
+    print(
+        f"[{STAGE}] {n_todo:,} user(s) left without a tag: mined again, {len(avoid):,} generic tag(s) banned",
+        file=sys.stderr,
+        flush=True,
+    )
+    stage = replace(rescue.stage, build=replace(rescue.plan, rescue=avoid))
+    uri = f"{rescue.waves.staging.uri}/rescue"
+    interval = float(ctx.cfg.llm.get("progress_interval_s", 30))
+    with llm.Progress(ctx.spark, f"{stage.name}.rescue", n_todo, interval) as progress:
+        llm.run(todo, stage, progress).write.mode("overwrite").parquet(uri)
+    return ctx.spark.read.parquet(uri)
+
+
+def rescue_line(outcomes: DataFrame, banned: int) -> str:
+    """The stage summary's line on the rescue."""
+    counts = outcomes.select(
+        F.count("*").alias("users"), F.sum(F.when(F.size("tags") > 0, 1).otherwise(0)).alias("tagged")
+    ).first()
+    assert counts is not None
+    users, tagged = int(counts["users"]), int(counts["tagged"] or 0)
+    return (
+        f"{users:,} user(s) left without a tag mined again with the {banned:,} generic tag(s) banned: "
+        f"{tagged:,} tagged, {users - tagged:,} still without ({ONLY_GENERIC_TAGS})"
+    )
 
 
 def report(

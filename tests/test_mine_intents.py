@@ -163,8 +163,10 @@ def test_failures_kill_resume_rerun_and_the_generic_tag_rule(
     assert not staging.exists()  # cleaned up after the tables were written
 
     # A rerun recomputes and replaces (here with the run-wide rule on generic tags, whose effect
-    # on the first run's rows it checks); a resume of a finished date mines nobody.
-    ruled = check_generic_rule(spark, whole, fake.url)
+    # on the first run's rows it checks, then with the rescue of the users it empties); a resume
+    # of a finished date mines nobody.
+    ruled, emptied = check_generic_rule(spark, whole, fake.url)
+    ruled = check_generic_rescue(spark, whole, fake.url, ruled, emptied)
     capsys.readouterr()
     mine(spark, whole, fake.url, "resume=true", *GENERIC_RULE)
     done = capsys.readouterr().err
@@ -302,12 +304,13 @@ GENERIC_RULE = (
 )
 
 
-def check_generic_rule(spark, wh: Path, url: str) -> pd.DataFrame:
-    """A rerun with the run-wide rule on generic tags: the date's tables (mined without it) lose
-    the generic tags, all at once, as they are replaced. Returns the tags written."""
+def check_generic_rule(spark, wh: Path, url: str) -> tuple[pd.DataFrame, set[str]]:
+    """A rerun with the run-wide rule on generic tags (no rescue): the date's tables (mined
+    without it) lose the generic tags, all at once, as they are replaced. Returns the tags
+    written and the users left without a tag."""
     before = table(wh, "user_intent_tags", ["user_id", "rank"])
     failed_before = table(wh, "mining_failures", ["user_id"])
-    report = mine(spark, wh, url, *GENERIC_RULE)
+    report = mine(spark, wh, url, *GENERIC_RULE, "pipeline.agents.validation.generic_rescue=false")
     after = table(wh, "user_intent_tags", ["user_id", "rank"])
     failures = table(wh, "mining_failures", ["user_id"])
     items = DeltaTable(str(wh / "items")).to_pandas()
@@ -331,4 +334,39 @@ def check_generic_rule(spark, wh: Path, url: str) -> pd.DataFrame:
         assert json.loads(row.rejected)["generic_tag"] == lost[row.user_id]
     assert report.details["generic_tag"] == int(generic.sum())
     assert report.rows_out == after.user_id.nunique() and report.rows_quarantined == len(failures)
-    return after
+    assert emptied and "generic_rescue" not in report.details
+    return after, emptied
+
+
+def check_generic_rescue(spark, wh: Path, url: str, ruled: pd.DataFrame, emptied: set[str]) -> pd.DataFrame:
+    """The same rerun with the rescue: exactly the users the rule emptied are mined once more
+    (the general persona's Expert, the generic tags banned), their calls join the ledger, and the
+    tables still obey the rule. Returns the tags written."""
+    report = mine(spark, wh, url, *GENERIC_RULE)
+    tags = table(wh, "user_intent_tags", ["user_id", "rank"])
+    failures = table(wh, "mining_failures", ["user_id"])
+    ledger = DeltaTable(str(wh / "llm_calls")).to_pandas()
+    assert set(ledger[ledger.request_key.str.contains(":expert_rescue:")].user_id) == emptied
+    assert report.details["llm"]["expert_rescue"]["calls"] >= len(emptied)
+    assert ledger.request_key.is_unique
+    assert f"generic_rescue:only_generic_tags {len(emptied)}" in report.details["fallbacks"]
+    line = report.details["generic_rescue"]
+    assert line.startswith(f"{len(emptied)} user(s) left without a tag mined again")
+    # No user lost or doubled; the rule holds over the rescued tags too.
+    contexts = DeltaTable(str(wh / "user_context")).to_pandas()
+    assert set(tags.user_id) | set(failures.user_id) == set(contexts[contexts.events_kept > 0].user_id)
+    assert not set(tags.user_id) & set(failures.user_id) and failures.user_id.is_unique
+    items = DeltaTable(str(wh / "items")).to_pandas()
+    known = category_words([*items.category, *items.category_path])
+    keys = tags.tag.map(tag_key)
+    shared = keys.map(tags.groupby(keys).user_id.nunique()) > 1
+    assert not (shared & ~tags.tag.map(lambda t: names_category(t, known))).any()
+    # The others keep their tags (less any a rescued user's tag made generic); a rescued user
+    # gets new tags or fails again with only_generic_tags.
+    others = tags[~tags.user_id.isin(emptied)]
+    pairs = set(zip(ruled.user_id, ruled.tag, strict=True))
+    assert set(zip(others.user_id, others.tag, strict=True)) <= pairs
+    again = failures[failures.user_id.isin(emptied)]
+    assert set(again.step) <= {"generic"} and set(again.reason) <= {"only_generic_tags"}
+    assert set(again.user_id) | set(tags[tags.user_id.isin(emptied)].user_id) == emptied
+    return tags

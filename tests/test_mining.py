@@ -605,3 +605,55 @@ def test_one_tag_per_call_gathers_an_experts_list_over_its_rounds(renderer, conf
     full = dataclasses.replace(configured, expert_call_tags=None)
     assert build_schemas(full).expert_call is build_schemas(full).expert
     assert build_schemas(configured).expert.model_json_schema()["properties"]["tags"]["maxItems"] == 5
+
+
+def test_a_rescue_mines_with_the_generic_tags_banned_and_keeps_only_other_tags(renderer, settings):
+    """Users the run-wide rule left without a tag: V2 asks the general persona's Expert once more
+    (no planner, no Arbiter) with the run's generic tags banned while decoding; a generic tag it
+    still writes is rejected, the others are the user's tags in order, and a user with nothing
+    else fails again with only_generic_tags. Both count the fallback."""
+    generic = ["safety net", "play"]
+
+    def answer(agent: str, text: str) -> str | None:
+        assert agent == "ExpertOutput"
+        if whose(text) == "u1":
+            return expert("safety nets", "trail running shoes", "wool hiking socks")
+        return expert("play", "safety net")
+
+    miner, backend = miner_for(renderer, settings, answer)
+    seen = recorded_bans(backend)
+    users = [user("u1", ["trail running shoes"]), user("u2", ["wool hiking socks"])]
+    u1, u2 = mine(miner, "v2", users, rescue=generic)
+    assert backend.batches == [["ExpertOutput"] * 2]
+    tokenizer = backend.renderer.tokenizer
+    for _, bias, bad in seen:
+        assert banned(tokenizer, "play", bias, bad) and " safety net" in bad
+        assert banned(tokenizer, "interests", bias, bad)  # still the general persona's Expert
+    assert [(t.rank, t.tag.tag, t.tag.score) for t in u1.tags] == [
+        (1, "trail running shoes", None),
+        (2, "wool hiking socks", None),
+    ]
+    assert [p.name for p in u1.personas] == [settings.fallback_persona.name] and u1.failure is None
+    assert u1.rejected["generic_tag"] == 1
+    assert not u2.tags and (u2.failure.step, u2.failure.reason) == ("generic", "only_generic_tags")
+    assert u2.rejected["generic_tag"] == 2
+    for out in (u1, u2):
+        assert out.fallbacks == Counter({"generic_rescue:only_generic_tags": 1})
+        assert {step for step, _ in out.calls} == {"expert_rescue"}
+        assert all(":expert_rescue:" in r.key for _, r in out.calls)
+
+
+def test_a_v1_rescue_asks_its_routes_again_with_the_generic_tags_banned(renderer, configured):
+    v1 = dataclasses.replace(configured, routes=("general", "season"), expert_rounds=1, expert_call_tags=None)
+
+    def answer(agent: str, text: str) -> str | None:
+        return expert("play", "trail running shoes")
+
+    miner, backend = miner_for(renderer, v1, answer)
+    seen = recorded_bans(backend)
+    (out,) = mine(miner, "v1_baseline", [user("u1", ["trail running shoes"])], rescue=["play"])
+    assert backend.batches == [["ExpertOutput"] * 2]
+    assert all(banned(backend.renderer.tokenizer, "play", bias, bad) for _, bias, bad in seen)
+    assert [t.tag.tag for t in out.tags] == ["trail running shoes"] and out.failure is None
+    assert [step for step, _ in out.calls] == ["route_rescue"] * 2
+    assert out.fallbacks == Counter({"generic_rescue:only_generic_tags": 1})

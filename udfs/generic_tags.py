@@ -42,6 +42,7 @@ class GenericTags:
     dropped: dict[str, int]  # generic tag -> users it was dropped for
     rows_dropped: int
     users_failed: int
+    emptied: DataFrame | None = None  # user_id of the users left without a tag (None: nobody)
 
     def figures(self) -> dict[str, Any]:
         """The stage summary's line on the rule (and `runs.details`)."""
@@ -127,4 +128,5 @@ def drop_generic(
         {str(r["tag"]): int(r["n"]) for r in generic},
         int(totals["rows"] or 0),
         emptied_users,
+        emptied.select("user_id") if emptied_users else None,
     )

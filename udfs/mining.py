@@ -255,7 +255,7 @@ class MiningProgram:
     def run(self, prepared: Sequence[UserInput]) -> list[Outcome]:
         return [
             Outcome(o.user_id, o.user_id, outcome_values(o), o.calls)
-            for o in mine(self.miner, self.plan.pipeline, prepared)
+            for o in mine(self.miner, self.plan.pipeline, prepared, self.plan.rescue)
         ]
 
 
@@ -277,6 +277,9 @@ class MiningPlan:
     # The catalog's most frequent title and category words (`catalog_words`); None: tags are not
     # checked for unknown words.
     catalog_words: tuple[str, ...] | None = None
+    # The run's generic tags: when set, the program mines its users' second chance with them
+    # banned (`Miner.rescue`) instead of the pipeline.
+    rescue: tuple[str, ...] = ()
 
     def __call__(self, engine: Engine) -> MiningProgram:
         return MiningProgram(self, engine)

@@ -132,9 +132,9 @@ def table_rows(spark: SparkSession, spec: TableSpec, frames: list[DataFrame | No
 
 def summary_figures(outcomes: DataFrame) -> dict[str, Any]:
     """Tokens per user, proposed tags, duplicate rate, validation rejections, V2's fallbacks and
-    the failed calls of outcome rows."""
+    the failed calls of outcome rows (a user's tokens summed over its rows)."""
     totals = outcomes.select(
-        F.count("*").alias("users"),
+        F.countDistinct("user_id").alias("users"),  # a rescued user has two outcome rows
         F.sum("proposed").alias("proposed"),
         F.sum("duplicates").alias("dups"),
         F.sum(F.aggregate("calls", F.lit(0).cast("long"), lambda a, c: a + c["prompt_tokens"])).alias(

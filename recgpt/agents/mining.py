@@ -10,7 +10,9 @@ V2 degrades instead of failing: an unusable plan leaves the user one general per
 reads the whole history, and so does a plan whose personas' Experts gave no valid tag (a second
 round of one call for those users); a failed Expert leaves the others' tags; an unusable Arbiter answer
 leaves the validated pool in its order. Each such step is counted in `UserOutcome.fallbacks` as
-`<fallback>:<cause>`; only a user left with no valid tag fails.
+`<fallback>:<cause>`; only a user left with no valid tag fails. A user whose every tag the
+run-wide rule on generic tags drops (recgpt/agents/generic.py) is mined once more (`rescue`), with
+those tags banned while decoding, before counting as a failure.
 
 Pure orchestration over an `Engine`: prompts, parsing and validation come from the sibling
 modules, embeddings from an injected function, so the control flow runs the same against the
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from recgpt.agents.evidence import ground
+from recgpt.agents.generic import GENERIC_TAG, ONLY_GENERIC_TAGS, STEP, tag_key
 from recgpt.agents.prompts import arbiter_prompt, expert_prompt, planner_prompt, route_prompt
 from recgpt.agents.schemas import (
     AgentSchemas,
@@ -65,6 +68,7 @@ ALL_CALLS_FAILED = "all_calls_failed"
 GENERAL_PERSONA = "general_persona"  # the plan was unusable: one general persona
 EXPERT_DROPPED = "expert_dropped"  # one Expert failed: the others' tags count
 POOL_ORDER = "pool_order"  # the Arbiter's answer was unusable: the validated pool in order
+GENERIC_RESCUE = "generic_rescue"  # the run-wide rule left no tag: mined again, generic tags banned
 
 
 @dataclass(frozen=True)
@@ -290,11 +294,14 @@ class Miner:
         fallback: Persona,
         outcomes: dict[str, UserOutcome],
         round_name: str,
+        avoid: frozenset[str] = frozenset(),
+        step: str = "expert",
     ) -> dict[str, list[Tag]]:
         """One Expert call per persona of each user, all in one engine call (request keys
         `<user>:<round_name>:<persona index>`), and the follow-up rounds of `_asked`; by user id
         the pooled tags that pass validation (empty, with `failure` set on the outcome, when none
-        does)."""
+        does). `avoid`: words and phrases every call is decoded without; `step`: the calls' step in
+        the ledger."""
         s = self.settings
         asks: dict[str, Ask] = {}
         general = frozenset(w for w in words(fallback.name) if w not in FILLER)
@@ -309,11 +316,11 @@ class Miner:
                 # otherwise answers "all interests" five times, each rejected as the persona
                 # restated. The description's words stay allowed: with "history" and "interest"
                 # banned too, its reasons ran into digit runs ("1.1.1.1...").
-                banned = general if persona == fallback else frozenset()
+                banned = (general if persona == fallback else frozenset()) | avoid
                 schema, sampling = self.schemas.expert_call, self._banned(banned)
                 request = prompt.request(key, schema, sampling, user.user_id, embeds)
                 asks[key] = Ask(user, persona.name, request, banned)
-        answered = self._asked("expert", asks, outcomes)
+        answered = self._asked(step, asks, outcomes)
         kept: dict[str, list[Tag]] = {}
         for user in users:
             out = outcomes[user.user_id]
@@ -426,22 +433,27 @@ class Miner:
 
     # -- V1 baseline: independent routes over the full V1 text ---------------------------------
 
-    def mine_v1(self, users: Sequence[UserInput]) -> list[UserOutcome]:
+    def mine_v1(
+        self, users: Sequence[UserInput], avoid: frozenset[str] = frozenset(), step: str = "route"
+    ) -> list[UserOutcome]:
+        """Every route of every user (request keys `<user>:<step>:<route>`), each decoded without
+        the words and phrases of `avoid`; the routes' valid tags merged round-robin."""
         s = self.settings
         outcomes = {u.user_id: UserOutcome(u.user_id) for u in users}
-        schema = self.schemas.expert_call
+        schema, sampling = self.schemas.expert_call, self._banned(avoid)
         asks = {
-            f"{u.user_id}:route:{route}": Ask(
+            f"{u.user_id}:{step}:{route}": Ask(
                 u,
                 route,
                 route_prompt(s, route, u.history, u.situation).request(
-                    f"{u.user_id}:route:{route}", schema, s.sampling.expert, u.user_id, u.embeds
+                    f"{u.user_id}:{step}:{route}", schema, sampling, u.user_id, u.embeds
                 ),
+                avoid,
             )
             for u in users
             for route in s.routes
         }
-        answered = self._asked("route", asks, outcomes)
+        answered = self._asked(step, asks, outcomes)
         for user in users:
             out = outcomes[user.user_id]
             lists, failed = answered.get(user.user_id, ([], []))
@@ -455,6 +467,41 @@ class Miner:
                 continue
             out.tags = self._ground(user, checked.kept)
         return [outcomes[u.user_id] for u in users]
+
+    # -- the rescue of users the run-wide rule on generic tags left without a tag ----------------
+
+    def rescue(self, pipeline: str, users: Sequence[UserInput], avoid: Sequence[str]) -> list[UserOutcome]:
+        """Users whose every tag the run-wide rule dropped as generic, mined once more with the
+        run's generic tags (`avoid`) banned while decoding: V2 with the general persona alone
+        (its Expert reads the whole history, step `expert_rescue`; the validated pool in order,
+        no Arbiter), V1 with its routes (step `route_rescue`). A tag that still comes out as one
+        of `avoid` is rejected (`generic_tag`); a user left without a tag fails again with
+        `only_generic_tags`. Every user counts `generic_rescue:only_generic_tags`."""
+        banned = frozenset(avoid)
+        if pipeline == "v1_baseline":
+            outcomes = self.mine_v1(users, banned, "route_rescue")
+        elif pipeline == "v2":
+            s = self.settings
+            general = Persona(s.fallback_persona.name, s.fallback_persona.description)
+            by_id = {u.user_id: UserOutcome(u.user_id, personas=[general]) for u in users}
+            personas = {u.user_id: [general] for u in users}
+            kept = self._experts(users, personas, general, by_id, "expert_rescue", banned, "expert_rescue")
+            for user in users:
+                by_id[user.user_id].tags = self._ground(
+                    user, [replace(t, score=None) for t in kept[user.user_id][: s.n_tags]]
+                )
+            outcomes = [by_id[u.user_id] for u in users]
+        else:
+            raise ValueError(f"unknown pipeline {pipeline!r}")
+        generic = {tag_key(t) for t in avoid}
+        for out in outcomes:
+            out.fallbacks[f"{GENERIC_RESCUE}:{ONLY_GENERIC_TAGS}"] += 1
+            fresh = [t for t in out.tags if tag_key(t.tag.tag) not in generic]
+            if len(fresh) < len(out.tags):
+                out.rejected[GENERIC_TAG] += len(out.tags) - len(fresh)
+            out.tags = [replace(t, rank=i + 1) for i, t in enumerate(fresh)]
+            out.failure = None if out.tags else Failure(STEP, ONLY_GENERIC_TAGS)
+        return outcomes
 
     # -- shared ----------------------------------------------------------------------------------
 
@@ -501,7 +548,13 @@ def _code(reason: str) -> str:
     return reason.split(":", 1)[0].strip() or "no_output"
 
 
-def mine(miner: Miner, pipeline: str, users: Sequence[UserInput]) -> list[UserOutcome]:
+def mine(
+    miner: Miner, pipeline: str, users: Sequence[UserInput], rescue: Sequence[str] = ()
+) -> list[UserOutcome]:
+    """The pipeline's outcome for each user; with `rescue` (the run's generic tags), the users'
+    second chance instead (`Miner.rescue`)."""
+    if rescue:
+        return miner.rescue(pipeline, users, rescue)
     runs: dict[str, Callable[[Sequence[UserInput]], list[UserOutcome]]] = {
         "v2": miner.mine_v2,
         "v1_baseline": miner.mine_v1,

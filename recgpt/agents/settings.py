@@ -63,6 +63,9 @@ class ValidationSettings:
     # `generic_min_users` users, is dropped for all; None leaves the rule out.
     generic_max_share: float | None = None
     generic_min_users: int = 2
+    # A user the rule leaves without a tag is mined once more with the run's generic tags banned
+    # (`Miner.rescue`) before it fails with `only_generic_tags`.
+    generic_rescue: bool = True
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class AgentSettings:
                     if check.get("generic_max_share") is None
                     else float(check["generic_max_share"]),
                     generic_min_users=int(check.get("generic_min_users", 2)),
+                    generic_rescue=bool(check.get("generic_rescue", True)),
                 ),
                 evidence_top_k=int(cfg["evidence"]["top_k"]),
                 evidence_min_cosine=float(cfg["evidence"]["min_cosine"]),
