@@ -8,7 +8,9 @@ Users are mined in waves through the LLM-stage runner; each finished wave is sta
 next starts, and the tables are written from the staged waves at the end, one replace per table
 for (dt, pipeline, context_mode). A killed run resumed with `resume=true` skips the users of
 finished waves (and users already in the tables), so it ends with the same tables as an
-uninterrupted run; without `resume` a rerun recomputes everything idempotently.
+uninterrupted run; without `resume` a rerun recomputes everything idempotently. Before the write,
+the run-wide rule on generic tags drops the tags too many users got, and the users it leaves
+without a tag are mined once more with those tags banned (staged beside the waves).
 """
 
 from __future__ import annotations

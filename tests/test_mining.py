@@ -510,6 +510,29 @@ def test_a_follow_up_never_bans_the_words_of_a_catalog_core(renderer, configured
     assert "road running shoes" in [t.tag.tag for t in out.tags]
 
 
+def test_a_follow_up_bans_a_core_an_earlier_tag_was_nothing_but(renderer, configured):
+    """A grounded one-word tag ("socks") is the core alone: the next round may not write it
+    again, while the words of the other cores stay free."""
+    tag = dataclasses.replace(configured.tag, cores=("running shoes", "socks", "boots"))
+    grounded = dataclasses.replace(configured, tag=tag, expert_rounds=2, expert_call_tags=1)
+    answers = iter(["socks", "boots"])
+
+    def answer(agent: str, text: str) -> str | None:
+        if agent == "PlannerOutput":
+            return planner("trail hiker")
+        if agent == "ExpertOutput":
+            return expert(next(answers))
+        return arbiter((1, 9), (2, 8))
+
+    miner, backend = miner_for(renderer, grounded, answer)
+    seen = recorded_bans(backend)
+    (out,) = mine(miner, "v2", [user("u1", ["wool socks", "hiking boots"])])
+    (bias, bad), tokenizer = (seen[1][1], seen[1][2]), renderer.tokenizer
+    assert banned(tokenizer, "socks", bias, bad)
+    assert not any(banned(tokenizer, w, bias, bad) for w in ("running", "shoes", "boots"))
+    assert [t.tag.tag for t in out.tags] == ["socks", "boots"]
+
+
 def test_rejected_examples_keep_a_few_texts_a_rule_but_never_personal_data():
     out = UserOutcome("u1")
     brands = [Tag(t, "r") for t in ("nike shoes", "nike shoes", "adidas socks", "puma caps")]

@@ -2,8 +2,9 @@
 users says nothing about any one of them ("safety net" to 26 of 64 users, mostly recalling the
 most popular genre), unless it names a catalog category, which many users may share. The rule
 runs once the whole run's tags are known (`udfs.generic_tags.drop_generic`): such a tag is
-dropped for every user, counted as its own rejection (`generic_tag`), and a user left without a
-tag fails with `only_generic_tags`.
+dropped for every user, counted as its own rejection (`generic_tag`); a user left without a tag
+is mined once more with the run's generic tags banned (`Miner.rescue`, unless
+`validation.generic_rescue` is off) and fails with `only_generic_tags` when that gives no other.
 
 Tags compare by their folded words (plural "s" dropped), so "safety nets" counts with "safety net".
 """

@@ -193,6 +193,7 @@ class Miner:
         self.validation = validation
         self.embed = embed
         self._banner: Banner | None = None  # built on the first banned word
+        self._cores = frozenset(settings.tag.cores)
         self._core_phrase_words = frozenset(w for e in settings.tag.cores for w in e.split())
 
     # -- V2: planner -> experts -> arbiter ---------------------------------------------------
@@ -378,7 +379,9 @@ class Miner:
                     continue
                 ask = asks[key]
                 banned = ask.banned | written(tags)
-                request = replace(ask.request, key=f"{key}:more{number}", sampling=self._banned(banned))
+                spent = frozenset(said for t in tags if (said := " ".join(words(t.tag))) in self._cores)
+                sampling = self._banned(banned, spent)
+                request = replace(ask.request, key=f"{key}:more{number}", sampling=sampling)
                 again[key] = replace(ask, request=request)
             for key, result in self._answers(f"{step}_more", again, outcomes):
                 if result.parsed is not None:
@@ -404,11 +407,12 @@ class Miner:
         results = self._call(step, [(ask.user, ask.request) for ask in asks.values()], outcomes)
         return [(key, result) for key, (_, result) in zip(asks, results, strict=True)]
 
-    def _banned(self, banned: frozenset[str]) -> Sampling:
+    def _banned(self, banned: frozenset[str], spent: frozenset[str] = frozenset()) -> Sampling:
         """The Expert's sampling with `banned` words kept out of the answer (`Banner`), but never
         a word of a catalog core (`tag.cores`): after "dry pet food" the next tag may still
-        name "pet food" or "pet beds"."""
-        banned = banned - self._core_phrase_words
+        name "pet food" or "pet beds". `spent`: cores an earlier tag was nothing but ("drama"),
+        banned whole: a grounded one-word tag otherwise comes back every round."""
+        banned = (banned - self._core_phrase_words) | spent
         if not banned:
             return self.settings.sampling.expert
         if self._banner is None:
