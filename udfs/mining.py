@@ -412,7 +412,8 @@ def grounded_agents(cfg: Any, wh: Warehouse, dt: RunDate) -> dict[str, Any]:
             wh, dt, int(grounding["min_items"]), int(grounding["max_cores"]), int(tag["max_words"])
         )
     if tag.get("cores"):
-        agents["prompt_version"] = f"{agents['prompt_version']}+cores"
+        first = "-first" if tag.get("core_first") else ""
+        agents["prompt_version"] = f"{agents['prompt_version']}+cores{first}"
     return agents
 
 

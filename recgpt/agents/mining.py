@@ -397,7 +397,8 @@ class Miner:
             out = outcomes[ask.user.user_id]
             out.proposed += repeats
             out.duplicates += repeats
-            out.rejected["duplicate"] += repeats
+            if repeats:  # no zero counts in the rejections written
+                out.rejected["duplicate"] += repeats
             lists.append(tags)
         return by_user
 

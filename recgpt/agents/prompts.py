@@ -90,9 +90,10 @@ def _core_rule(settings: AgentSettings) -> str:
     head = f"{form}, {t.min_words}-{t.max_words} words"
     if not t.cores:
         return f'{head}, e.g. "{TAG_EXAMPLES[0]}"'
+    core = "starting with" if t.core_first else "the core word"
     if len(t.cores) <= LISTED_CORES:
-        return f"{head}, the core word one of the shop's categories: " + ", ".join(t.cores)
-    return f"{head}, the core word one of the shop's categories"
+        return f"{head}, {core} one of the shop's categories: " + ", ".join(t.cores)
+    return f"{head}, {core} one of the shop's categories"
 
 
 def _tag_rules(settings: AgentSettings, source: str = "the history") -> list[str]:

@@ -40,12 +40,15 @@ def tag_pattern(min_words: int, max_words: int) -> str:
     return f"^{word}( {word}){{{min_words - 1},{max_words - 1}}}$"
 
 
-def grounded_tag_pattern(min_words: int, max_words: int, cores: Sequence[str]) -> str:
+def grounded_tag_pattern(
+    min_words: int, max_words: int, cores: Sequence[str], core_first: bool = False
+) -> str:
     """A tag that names one of `cores` (catalog phrases of 1..max_words words) among its own
     words, min_words..max_words words in all: the core is the shop's, the other words the
     model's, before it ("dark comedy") or after it ("comedy classics": a small model that
-    starts with the category is not forced to repeat it). Cores of one word count share an
-    alternation; every branch bounds its words, so the longest tag is bounded as without."""
+    starts with the category is not forced to repeat it); with `core_first`, after it only.
+    Cores of one word count share an alternation; every branch bounds its words, so the
+    longest tag is bounded as without."""
     word = f"[a-z]{{1,{TAG_WORD_CHARS}}}"
     by_words: dict[int, list[str]] = {}
     for core in dict.fromkeys(cores):
@@ -55,7 +58,7 @@ def grounded_tag_pattern(min_words: int, max_words: int, cores: Sequence[str]) -
         # Longest first, so no core is shadowed by its own prefix in a backtracking engine.
         core = "(" + "|".join(sorted(group, key=lambda e: (-len(e), e))) + ")"
         free, least = max_words - n, max(min_words - n, 0)
-        for before in range(free + 1):
+        for before in range((0 if core_first else free) + 1):
             low, high = max(least - before, 0), free - before
             head = f"({word} ){{{before}}}" if before else ""
             tail = f"( {word}){{{low},{high}}}" if high else ""
@@ -68,7 +71,7 @@ def grounded_tag_pattern(min_words: int, max_words: int, cores: Sequence[str]) -
 def _tag(settings: AgentSettings) -> Any:
     t = settings.tag
     if t.cores:
-        return constr(pattern=grounded_tag_pattern(t.min_words, t.max_words, t.cores))
+        return constr(pattern=grounded_tag_pattern(t.min_words, t.max_words, t.cores, t.core_first))
     return constr(pattern=tag_pattern(t.min_words, t.max_words))
 
 

@@ -29,6 +29,8 @@ class TagLimits:
     # lower-case words of letters; enforced while decoding. Empty: any words. Filled per run from
     # the catalog's category names (`tag.grounding`, udfs/mining.py), or set as a fixed list.
     cores: tuple[str, ...] = ()
+    # With cores: the tag starts with its core ("comedy", "comedy classics"), no words before it.
+    core_first: bool = False
 
 
 CORE_PATTERN = re.compile(r"[a-z]+( [a-z]+)*")
@@ -137,6 +139,7 @@ class AgentSettings:
                     reason_max_chars=int(tag["reason_max_chars"]),
                     evidence_max_chars=int(tag["evidence_max_chars"]),
                     cores=tuple(str(e) for e in tag.get("cores") or ()),
+                    core_first=bool(tag.get("core_first", False)),
                 ),
                 arbiter_reason_max_chars=int(cfg["arbiter_reason_max_chars"]),
                 persona=PersonaLimits(
