@@ -289,6 +289,14 @@ def test_grounded_tags_name_a_catalog_core_and_keep_the_word_bounds(settings):
     assert "waterproof hiking boots" in expert_system(settings)
     routes = replace(grounded, routes=("general",))
     assert "comedy, sci fi, pet food" in system_texts(routes)["route:general"]
+    # core_first: the core opens the tag, the model's words only after it.
+    first = replace(grounded, tag=replace(grounded.tag, core_first=True))
+    for good in ("comedy", "comedy classics", "sci fi films", "pet food dry senior"):
+        build_schemas(first).expert.model_validate_json(expert_json(1, tag=good))
+    for bad in ("dark comedy", "space sci fi", "a comedy b c"):
+        with pytest.raises(ValidationError, match="should match pattern"):
+            build_schemas(first).expert.model_validate_json(expert_json(1, tag=bad))
+    assert "starting with one of the shop's categories: comedy, sci fi" in expert_system(first)
     # A bad core fails the settings check, naming the key.
     for bad_core in ("Sci-Fi", "a b c d e", "x" * (TAG_WORD_CHARS + 1)):
         with pytest.raises(ConfigError, match=r"tag\.cores"):

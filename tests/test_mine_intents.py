@@ -291,6 +291,8 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
     # A fixed list wins over the catalog; by default (source null) tags stay free.
     fixed = mining_plan(load_config([*grounded, "+pipeline.agents.tag.cores=[snacks]"]), wh, dt, text_mode)
     assert fixed.agents["tag"]["cores"] == ["snacks"]
+    first = mining_plan(load_config([*grounded, "pipeline.agents.tag.core_first=true"]), wh, dt, text_mode)
+    assert first.agents["prompt_version"] == "v2.4+cores-first"
     free = mining_plan(load_config(base), wh, dt, text_mode)
     assert not free.agents["tag"].get("cores") and free.agents["prompt_version"] == "v2.4"
     with pytest.raises(ConfigError, match=r"grounding\.source must be categories or null"):

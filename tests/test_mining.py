@@ -680,3 +680,37 @@ def test_a_v1_rescue_asks_its_routes_again_with_the_generic_tags_banned(renderer
     assert [t.tag.tag for t in out.tags] == ["trail running shoes"] and out.failure is None
     assert [step for step, _ in out.calls] == ["route_rescue"] * 2
     assert out.fallbacks == Counter({"generic_rescue:only_generic_tags": 1})
+
+
+def test_with_core_first_a_follow_up_names_another_category(renderer, configured):
+    """Grounded tags that start with their core: each follow-up round's schema leaves out the
+    cores earlier tags used ("drama classics" spends "drama"), and once every core is spent the
+    rounds stop."""
+    tag = dataclasses.replace(configured.tag, cores=("drama", "comedy", "sci fi"), core_first=True)
+    grounded = dataclasses.replace(configured, tag=tag, expert_rounds=5, expert_call_tags=1)
+    answers = iter(["drama classics", "comedy", "sci fi films"])
+    patterns: list[str] = []
+
+    def answer(agent: str, text: str) -> str | None:
+        if agent == "PlannerOutput":
+            return planner("film buff")
+        if agent == "ExpertOutput":
+            return expert(next(answers))
+        return arbiter((1, 9), (2, 8), (3, 7))
+
+    miner, backend = miner_for(renderer, grounded, answer)
+    complete = backend.complete
+
+    def recording(calls):
+        for c in calls:
+            if str((c.schema or {}).get("title")) == "ExpertOutput":
+                patterns.append(json.dumps(c.schema))
+        return complete(calls)
+
+    backend.complete = recording  # type: ignore[method-assign]
+    (out,) = mine(miner, "v2", [user("u1", ["drama dvd", "comedy dvd"])])
+    assert len(patterns) == 3  # no fourth round: every core is spent
+    assert all(c in patterns[0] for c in ("drama", "comedy", "sci fi"))
+    assert "drama" not in patterns[1] and "comedy" in patterns[1]
+    assert "drama" not in patterns[2] and "comedy" not in patterns[2] and "sci fi" in patterns[2]
+    assert [t.tag.tag for t in out.tags] == ["drama classics", "comedy", "sci fi films"]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from recgpt.agents.evidence import ground
 from recgpt.agents.generic import GENERIC_TAG, ONLY_GENERIC_TAGS, STEP, tag_key
@@ -37,6 +38,7 @@ from recgpt.agents.schemas import (
     Pick,
     Tag,
     arbiter_picks,
+    build_schemas,
     expert_tags,
     max_candidates,
     personas_of,
@@ -194,6 +196,7 @@ class Miner:
         self.embed = embed
         self._banner: Banner | None = None  # built on the first banned word
         self._cores = frozenset(settings.tag.cores)
+        self._schemas: dict[frozenset[str], type[BaseModel] | None] = {}  # Expert schemas by spent cores
         self._core_phrase_words = frozenset(w for e in settings.tag.cores for w in e.split())
 
     # -- V2: planner -> experts -> arbiter ---------------------------------------------------
@@ -377,11 +380,12 @@ class Miner:
             for key, tags in proposed.items():
                 if usable(key) >= s.m_tags:
                     continue
-                ask = asks[key]
-                banned = ask.banned | written(tags)
-                spent = frozenset(said for t in tags if (said := " ".join(words(t.tag))) in self._cores)
-                sampling = self._banned(banned, spent)
-                request = replace(ask.request, key=f"{key}:more{number}", sampling=sampling)
+                ask, spent = asks[key], self._spent(tags)
+                schema = self._narrowed(spent) if s.tag.core_first else ask.request.schema
+                if schema is None:  # every core is spent
+                    continue
+                sampling = self._banned(ask.banned | written(tags), spent)
+                request = replace(ask.request, key=f"{key}:more{number}", sampling=sampling, schema=schema)
                 again[key] = replace(ask, request=request)
             for key, result in self._answers(f"{step}_more", again, outcomes):
                 if result.parsed is not None:
@@ -407,6 +411,31 @@ class Miner:
     ) -> list[tuple[str, Result]]:
         results = self._call(step, [(ask.user, ask.request) for ask in asks.values()], outcomes)
         return [(key, result) for key, (_, result) in zip(asks, results, strict=True)]
+
+    def _spent(self, tags: Sequence[Tag]) -> frozenset[str]:
+        """The catalog cores earlier tags used up: a tag that is nothing but a core ("drama");
+        with `tag.core_first`, the core a tag starts with ("drama classics")."""
+        spent = set()
+        for t in tags:
+            said = " ".join(words(t.tag))
+            if said in self._cores:
+                spent.add(said)
+            elif self.settings.tag.core_first:
+                opening = max((c for c in self._cores if said.startswith(f"{c} ")), key=len, default=None)
+                if opening:
+                    spent.add(opening)
+        return frozenset(spent)
+
+    def _narrowed(self, spent: frozenset[str]) -> type[BaseModel] | None:
+        """The Expert call's schema with the `spent` cores taken out of the tag's pattern (None
+        when none is left): with `tag.core_first` a follow-up round names another category. A
+        ban alone does not hold: the model spells a banned word in other tokens ("dr" "ama")."""
+        if spent not in self._schemas:
+            left = tuple(c for c in self.settings.tag.cores if c not in spent)
+            narrower = replace(self.settings, tag=replace(self.settings.tag, cores=left))
+            # Not through build_schemas' small cache, which holds the run's own schemas.
+            self._schemas[spent] = build_schemas.__wrapped__(narrower).expert_call if left else None
+        return self._schemas[spent]
 
     def _banned(self, banned: frozenset[str], spent: frozenset[str] = frozenset()) -> Sampling:
         """The Expert's sampling with `banned` words kept out of the answer (`Banner`), but never
