@@ -275,7 +275,11 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
         *TINY,
         "pipeline.agents.validation.catalog_min_cosine=null",
     ]
-    grounded = [*base, "pipeline.agents.tag.grounding.source=categories"]
+    grounded = [
+        *base,
+        "pipeline.agents.tag.grounding.source=categories",
+        "pipeline.agents.tag.core_first=false",
+    ]
     plan = mining_plan(load_config(grounded), wh, dt, text_mode)
     assert plan.agents["tag"]["cores"] == ranked and "grounding" not in plan.agents["tag"]
     assert plan.agents["prompt_version"] == "v2.4+cores"
@@ -288,13 +292,16 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
         expert.model_validate_json(
             json.dumps({"tags": [{"tag": "waterproof hiking gear", "reason": "r", "evidence": "e"}]})
         )
-    # A fixed list wins over the catalog; by default (source null) tags stay free.
+    # A fixed list wins over the catalog; with source null tags stay free.
     fixed = mining_plan(load_config([*grounded, "+pipeline.agents.tag.cores=[snacks]"]), wh, dt, text_mode)
     assert fixed.agents["tag"]["cores"] == ["snacks"]
     first = mining_plan(load_config([*grounded, "pipeline.agents.tag.core_first=true"]), wh, dt, text_mode)
     assert first.agents["prompt_version"] == "v2.4+cores-first"
-    free = mining_plan(load_config(base), wh, dt, text_mode)
+    free = mining_plan(load_config([*base, "pipeline.agents.tag.grounding.source=null"]), wh, dt, text_mode)
     assert not free.agents["tag"].get("cores") and free.agents["prompt_version"] == "v2.4"
+    # By default tags are grounded, core first.
+    default = mining_plan(load_config(base), wh, dt, text_mode)
+    assert default.agents["tag"]["cores"] == ranked and default.agents["prompt_version"] == "v2.4+cores-first"
     with pytest.raises(ConfigError, match=r"grounding\.source must be categories or null"):
         mining_plan(load_config([*base, "pipeline.agents.tag.grounding.source=titles"]), wh, dt, text_mode)
 
