@@ -353,8 +353,10 @@ class Miner:
         (step `<step>_more`, request key `<key>:more<round>`) with the words of its tags so far
         banned but each tag's last one (the head noun: "comedy films" then "action films"): the
         small model otherwise writes its first tag five times over, and greedy decoding would only
-        repeat that answer. A follow-up's tags come after the first answer's; one that fails
-        costs nothing but its ledger row."""
+        repeat that answer. With catalog cores, a core an earlier tag was nothing but is banned
+        too, and with `tag.core_first` the follow-up's schema leaves out every core the earlier
+        tags opened with (`_narrowed`; no follow-up once all are used). A follow-up's tags come
+        after the first answer's; one that fails costs nothing but its ledger row."""
         s = self.settings
         proposed: dict[str, list[Tag]] = {}
         errors: dict[str, str] = {}
