@@ -485,7 +485,7 @@ def test_a_follow_up_never_bans_the_words_of_a_catalog_core(renderer, configured
     """With tag cores, a follow-up bans a tag's modifiers but no word of any core: after
     "trail running shoes" the next tag may name "running shoes" again ("running" stays
     free), and a core used beside another ("socks boots") is not banned either."""
-    tag = dataclasses.replace(configured.tag, cores=("running shoes", "socks", "boots"))
+    tag = dataclasses.replace(configured.tag, cores=("running shoes", "socks", "boots"), core_first=False)
     grounded = dataclasses.replace(configured, tag=tag, expert_rounds=2, expert_call_tags=None)
     asked: list[str] = []
 
@@ -513,7 +513,7 @@ def test_a_follow_up_never_bans_the_words_of_a_catalog_core(renderer, configured
 def test_a_follow_up_bans_a_core_an_earlier_tag_was_nothing_but(renderer, configured):
     """A grounded one-word tag ("socks") is the core alone: the next round may not write it
     again, while the words of the other cores stay free."""
-    tag = dataclasses.replace(configured.tag, cores=("running shoes", "socks", "boots"))
+    tag = dataclasses.replace(configured.tag, cores=("running shoes", "socks", "boots"), core_first=False)
     grounded = dataclasses.replace(configured, tag=tag, expert_rounds=2, expert_call_tags=1)
     answers = iter(["socks", "boots"])
 

@@ -383,7 +383,7 @@ class Miner:
                 if usable(key) >= s.m_tags:
                     continue
                 ask, spent = asks[key], self._spent(tags)
-                schema = self._narrowed(spent) if s.tag.core_first else ask.request.schema
+                schema = self._narrowed(spent) if s.tag.core_first and self._cores else ask.request.schema
                 if schema is None:  # every core is spent
                     continue
                 sampling = self._banned(ask.banned | written(tags), spent)
