@@ -84,7 +84,8 @@ def _data_rule(blocks: Sequence[str]) -> str:
 LISTED_CORES = 40
 
 
-def _core_rule(settings: AgentSettings) -> str:
+def core_rule(settings: AgentSettings) -> str:
+    """What a tag looks like under the settings: its form, its words, and its catalog core."""
     t = settings.tag
     form = "modifier + core word" if t.min_words > 1 else "a kind of product"
     head = f"{form}, {t.min_words}-{t.max_words} words"
@@ -98,7 +99,7 @@ def _core_rule(settings: AgentSettings) -> str:
 
 def _tag_rules(settings: AgentSettings, source: str = "the history") -> list[str]:
     return [
-        f"- tag: {_core_rule(settings)}. "
+        f"- tag: {core_rule(settings)}. "
         f"No brands, model numbers or items bought in the last {settings.validation.bought_days} days.",
         f"- reason: one short sentence; evidence: an item or search from {source}.",
         _REPLY,
