@@ -32,7 +32,7 @@ from recgpt.errors import RecGPTError
 from recgpt.tables import RUNS, USER_CONTEXT
 from sparkio.staging import Staging
 from udfs import llm
-from udfs.generic_tags import GenericTags, category_reader, drop_generic
+from udfs.generic_tags import GenericTags, both_minings, category_reader, drop_generic, with_counts
 from udfs.mining import (
     MiningPlan,
     mining_inputs,
@@ -233,11 +233,15 @@ def apply_generic_rule(
     again = mine_again(ctx, rescue, first)
     ctx.report.details["generic_rescue"] = rescue_line(again, len(first.dropped))
     fresh, redone = explode_outcomes(again, rescue.mined_by), again.select("user_id")
+    # A rescued user that fails again names the rejections and failed calls of both minings.
+    counts = both_minings(first.failures, again)
+    fresh["failures"] = with_counts(fresh["failures"], counts)
     for key, spec in TABLES.items():
         rows[key] = table_rows(ctx.spark, spec, [rows[key].join(redone, "user_id", "left_anti"), fresh[key]])
-    # A rescued user's failure row carries the rescue's counts; the ledger keeps both minings.
-    last = again if outcomes is None else outcomes.join(redone, "user_id", "left_anti").unionByName(again)
-    calls = last.select("user_id", "rejected", "failed_calls")
+    calls = counts
+    if outcomes is not None:
+        others = outcomes.join(redone, "user_id", "left_anti")
+        calls = others.select("user_id", "rejected", "failed_calls").unionByName(counts)
     second = drop_generic(ctx.spark, rows["tags"], rows["failures"], rule, categories, calls)
     rows["tags"], rows["failures"] = second.tags, second.failures
     if second.dropped:

@@ -95,6 +95,16 @@ def category_name(category: str) -> str:
     return re.sub(r"[\W_]+", " ", name)[:CATEGORY_CHARS].strip()
 
 
+def line_categories(history: str) -> tuple[str, ...]:
+    """The category names of a context's categories line (`category_line`, its first line), in
+    its order; () when the context opens with none."""
+    first = history.split("\n", 1)[0]
+    if not first.startswith(CATEGORIES_PREFIX):
+        return ()
+    entries = (e.rsplit(" ", 1) for e in first[len(CATEGORIES_PREFIX) :].split(", "))
+    return tuple(e[0] for e in entries if len(e) == 2 and e[1].isdigit() and e[0])
+
+
 def category_line(events: Iterable[Event], top: int) -> str:
     """`categories: drama 24, comedy 12`: the `top` categories with the most distinct items among
     the events (ties by name), each with its number of items; "" when no item has a category."""

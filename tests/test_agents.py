@@ -807,6 +807,15 @@ def test_a_tag_that_only_restates_a_persona_is_rejected(ctx):
     assert reasons(checked) == [("seasoned creative", "persona_leak"), ("creative pro", "persona_leak")]
     assert [t.tag for t in checked.kept] == ["studio sketch pad", "hiking boots", "creative writing notebook"]
     assert len(check_tags([tag("seasoned creative")], ctx).kept) == 1, "no personas, nothing to restate"
+    # A tag that is one of the shop's categories names it, even when a persona's need is it too.
+    grounded = replace(ctx.settings, tag=replace(ctx.settings.tag, cores=("pet food", "dresses")))
+    shopper = replace(ctx, settings=grounded).for_user(
+        [], personas=[Persona("pet food", "buys pet food", ())]
+    )
+    checked = check_tags([tag("pet food"), tag("food pet")], shopper)
+    assert [t.tag for t in checked.kept] == ["pet food"] and reasons(checked) == [
+        ("food pet", "persona_leak")
+    ]
 
 
 def test_a_tag_must_come_close_to_something_the_shop_sells(settings):

@@ -112,6 +112,11 @@ def test_categories_line_counts_distinct_items_most_first_and_opens_both_forms()
     assert C.category_line(events, top=5) == f"categories: outdoor 2, {odd} 1, hats 1, shoes 1"
     assert C.category_line(events, top=2) == f"categories: outdoor 2, {odd} 1"
     assert C.category_line([C.Event(at(1), "search", query="socks")], top=5) == ""
+    # Read back from a context's first line, in its order; a context without the line has none.
+    line = C.category_line(events, top=5)
+    assert C.line_categories(f"{line}\n2025-10-01 | x") == ("outdoor", odd, "hats", "shoes")
+    assert C.line_categories("2025-10-01 (viewed 1) | categories: drama 3") == ()
+    assert C.line_categories("categories: drama, comedy 2") == ("comedy",)  # malformed entries skipped
 
     blocks = C.buckets(C.reliable(events, KEEP), AS_OF)
     head = C.category_line(events, top=2)

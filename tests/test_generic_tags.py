@@ -10,7 +10,7 @@ import json
 from recgpt.agents.generic import GenericRule, category_words, names_category, tag_key
 from recgpt.agents.settings import AgentSettings
 from tests.test_agents import agents_config
-from udfs.generic_tags import drop_generic
+from udfs.generic_tags import both_minings, drop_generic, with_counts
 
 MINED = {"pipeline": "v2", "context_mode": "hybrid", "model": "m", "prompt_version": "v"}
 TAGS = (
@@ -144,3 +144,70 @@ def test_without_generic_tags_nothing_changes_and_categories_are_not_read(spark)
 
 
 TAGS_COLUMNS = [c.split()[0] for c in TAGS.split(", ")]
+
+
+def test_a_user_mined_twice_keeps_the_counts_of_both_minings(spark):
+    """The rescue's users: the rule's failure row from the first mining and the second mining's
+    own counts are added key by key, and a second generic count adds to the first."""
+    first = rows(
+        spark,
+        FAILURES,
+        [
+            failure(
+                "u1", "generic", "only_generic_tags", {"generic_tag": 3, "repeat": 1}, {"expert: timeout": 1}
+            ),
+            failure("u2", "generic", "only_generic_tags", {"generic_tag": 2}, None),
+            failure("u9", "expert", "no_valid_tag", {"repeat": 5}, None),  # not mined again
+        ],
+    )
+    again = spark.createDataFrame(
+        [
+            ("u1", json.dumps({"repeat": 2, "unknown_word": 1}), None),
+            ("u2", None, json.dumps({"expert: invalid_output": 2})),
+            ("u3", json.dumps({"repeat": 1}), None),  # no failure row before: its own counts
+        ],
+        "user_id string, rejected string, failed_calls string",
+    )
+    counts = {r.user_id: r for r in both_minings(first, again).collect()}
+    assert set(counts) == {"u1", "u2", "u3"}
+    assert json.loads(counts["u1"].rejected) == {"generic_tag": 3, "repeat": 3, "unknown_word": 1}
+    assert json.loads(counts["u1"].failed_calls) == {"expert: timeout": 1}
+    assert json.loads(counts["u2"].rejected) == {"generic_tag": 2}
+    assert json.loads(counts["u2"].failed_calls) == {"expert: invalid_output": 2}
+    assert json.loads(counts["u3"].rejected) == {"repeat": 1} and counts["u3"].failed_calls is None
+
+    # The second mining's failure rows take the summed counts.
+    second = rows(spark, FAILURES, [failure("u3", "expert", "no_valid_tag", {"repeat": 1}, None)])
+    (row,) = with_counts(second, both_minings(first, again)).collect()
+    assert (row.user_id, row.step, row.reason, row.model) == ("u3", "expert", "no_valid_tag", "m")
+    assert with_counts(second, both_minings(first, again)).columns == second.columns
+
+    # The rule failing u1 again: its generic count is added to the first mining's, not repeated.
+    tags = rows(
+        spark, TAGS, [tag("u1", 1, "safety net"), tag("u4", 1, "safety net"), tag("u5", 1, "safety net")]
+    )
+    ruled = drop_generic(
+        spark, tags, rows(spark, FAILURES, []), GenericRule(0.02, 2), lambda: [], counts_frame(spark, counts)
+    )
+    failures = {r.user_id: r for r in ruled.failures.collect()}
+    assert json.loads(failures["u1"].rejected) == {"generic_tag": 4, "repeat": 3, "unknown_word": 1}
+    assert json.loads(failures["u4"].rejected) == {"generic_tag": 1}
+
+
+def failure(user: str, step: str, reason: str, rejected: dict | None, failed_calls: dict | None) -> dict:
+    dumped = [json.dumps(c) if c else None for c in (rejected, failed_calls)]
+    return {
+        "user_id": user,
+        "step": step,
+        "reason": reason,
+        "rejected": dumped[0],
+        "failed_calls": dumped[1],
+        **MINED,
+    }
+
+
+def counts_frame(spark, counts: dict) -> object:
+    return spark.createDataFrame(
+        [(u, r.rejected, r.failed_calls) for u, r in counts.items()],
+        "user_id string, rejected string, failed_calls string",
+    )

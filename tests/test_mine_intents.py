@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -351,6 +352,7 @@ def check_generic_rescue(spark, wh: Path, url: str, ruled: pd.DataFrame, emptied
     """The same rerun with the rescue: exactly the users the rule emptied are mined once more
     (the general persona's Expert, the generic tags banned), their calls join the ledger, and the
     tables still obey the rule. Returns the tags written."""
+    ruled_failures = table(wh, "mining_failures", ["user_id"])
     report = mine(spark, wh, url, *GENERIC_RULE)
     tags = table(wh, "user_intent_tags", ["user_id", "rank"])
     failures = table(wh, "mining_failures", ["user_id"])
@@ -378,4 +380,8 @@ def check_generic_rescue(spark, wh: Path, url: str, ruled: pd.DataFrame, emptied
     again = failures[failures.user_id.isin(emptied)]
     assert set(again.step) <= {"generic"} and set(again.reason) <= {"only_generic_tags"}
     assert set(again.user_id) | set(tags[tags.user_id.isin(emptied)].user_id) == emptied
+    # One that fails again names what both minings rejected (the first's generic tags among it).
+    earlier = {r.user_id: Counter(json.loads(r.rejected or "{}")) for r in ruled_failures.itertuples()}
+    for row in again.itertuples():
+        assert Counter(json.loads(row.rejected or "{}")) >= earlier[row.user_id] > Counter()
     return tags

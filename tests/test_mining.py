@@ -714,3 +714,51 @@ def test_with_core_first_a_follow_up_names_another_category(renderer, configured
     assert "drama" not in patterns[1] and "comedy" in patterns[1]
     assert "drama" not in patterns[2] and "comedy" not in patterns[2] and "sci fi" in patterns[2]
     assert [t.tag.tag for t in out.tags] == ["drama classics", "comedy", "sci fi films"]
+
+
+def test_with_history_cores_each_user_names_the_categories_of_its_own_history(renderer, configured):
+    """`tag.history_cores`: a user's Expert calls may only name the cores its context's
+    categories line names (the follow-ups narrowing those); a user whose line names no core,
+    or who has no line, may name any."""
+    cores = ("drama", "comedy", "sci fi", "horror")
+    tag = dataclasses.replace(configured.tag, cores=cores, core_first=True, history_cores=True)
+    grounded = dataclasses.replace(configured, tag=tag, expert_rounds=3, expert_call_tags=1)
+    patterns: list[str] = []
+
+    def answer(agent: str, text: str) -> str | None:
+        if agent == "PlannerOutput":
+            return planner("film buff")
+        if agent == "ExpertOutput":
+            return expert("comedy classics" if "(comedy" in patterns[-1] else "horror nights")
+        return arbiter((1, 9), (2, 8))
+
+    miner, backend = miner_for(renderer, grounded, answer)
+    complete = backend.complete
+
+    def recording(calls):
+        patterns.extend(
+            json.dumps(c.schema) for c in calls if str((c.schema or {}).get("title")) == "ExpertOutput"
+        )
+        return complete(calls)
+
+    backend.complete = recording  # type: ignore[method-assign]
+
+    def lined(uid: str, line: str) -> UserInput:
+        plain = user(uid, ["a dvd"])
+        return dataclasses.replace(plain, history=f"{line}\n{plain.history}")
+
+    def expert_schemas(u: UserInput) -> tuple[list[str], UserOutcome]:
+        patterns.clear()
+        (out,) = mine(miner, "v2", [u])
+        return list(patterns), out
+
+    own = lined("u1", "categories: comedy 4, opera 2, drama 1")
+    (first, *more), out = expert_schemas(own)
+    assert "comedy" in first and "drama" in first and "horror" not in first and "sci fi" not in first
+    assert more and "comedy" not in more[0] and "drama" in more[0]  # the follow-up: spent cores out
+    assert out.tags[0].tag.tag == "comedy classics"
+    assert miner._user_cores(own) == ("comedy", "drama")  # the line's order, catalog cores only
+    for other in (lined("u2", "categories: opera 3"), user("u3", ["c dvd"])):
+        (first, *_), _ = expert_schemas(other)
+        assert all(c in first for c in cores)
+        assert miner._user_schema(other) is miner.schemas.expert_call

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recgpt.agents.generic import (
@@ -68,6 +68,34 @@ def category_reader(wh: Warehouse, dt: RunDate) -> Callable[[], list[frozenset[s
     return read
 
 
+def summed_counts(a: Column | str, b: Column | str) -> Column:
+    """Two JSON count maps ({"reason": n}; either may be null) as one, the counts of a key added;
+    null when both are empty."""
+    counts = "map<string,int>"
+    empty = F.create_map().cast(counts)
+    left, right = (F.coalesce(F.from_json(c, counts), empty) for c in (a, b))
+    total = F.map_zip_with(left, right, lambda _, x, y: F.coalesce(x, F.lit(0)) + F.coalesce(y, F.lit(0)))
+    return F.when(F.size(total) > 0, F.to_json(total))
+
+
+def both_minings(failures: DataFrame, again: DataFrame) -> DataFrame:
+    """(user_id, rejected, failed_calls) of the users mined again after the rule emptied them:
+    the second mining's counts (`again`, its outcomes) plus those of the failure row the rule
+    wrote for them among `failures` (the first mining's and the generic tags it lost), so a user
+    that fails after the second mining names what both minings rejected."""
+    keys = ("rejected", "failed_calls")
+    ruled = failures.where((F.col("step") == STEP) & (F.col("reason") == ONLY_GENERIC_TAGS))
+    earlier = ruled.select("user_id", *(F.col(k).alias(f"_first_{k}") for k in keys))
+    joined = again.select("user_id", *keys).join(earlier, "user_id", "left")
+    return joined.select("user_id", *(summed_counts(f"_first_{k}", k).alias(k) for k in keys))
+
+
+def with_counts(failures: DataFrame, counts: DataFrame) -> DataFrame:
+    """Failure rows with their rejected / failed_calls counts taken from `counts` (by user_id)."""
+    kept = failures.drop("rejected", "failed_calls").join(counts, "user_id", "left")
+    return kept.select(*failures.columns)
+
+
 def drop_generic(
     spark: SparkSession,
     tags: DataFrame,
@@ -103,17 +131,16 @@ def drop_generic(
     generic_count = F.create_map(F.lit(GENERIC_TAG), F.col("n").cast("int"))
     if calls is not None:
         emptied = emptied.join(calls.select("user_id", "rejected", "failed_calls"), "user_id", "left")
-        rejected = F.when(F.col("rejected").isNull(), generic_count).otherwise(
-            F.map_concat(F.from_json("rejected", "map<string,int>"), generic_count)
-        )
+        # Added, not concatenated: a user mined twice already counts generic tags.
+        rejected = summed_counts("rejected", F.to_json(generic_count))
         failed_calls = F.col("failed_calls")
     else:
-        rejected, failed_calls = generic_count, F.lit(None).cast("string")
+        rejected, failed_calls = F.to_json(generic_count), F.lit(None).cast("string")
     new_failures = emptied.select(
         "user_id",
         F.lit(STEP).alias("step"),
         F.lit(ONLY_GENERIC_TAGS).alias("reason"),
-        F.to_json(rejected).alias("rejected"),
+        rejected.alias("rejected"),
         failed_calls.alias("failed_calls"),
         *MINED_BY,
     ).select(*failures.columns)

@@ -413,7 +413,8 @@ def grounded_agents(cfg: Any, wh: Warehouse, dt: RunDate) -> dict[str, Any]:
         )
     if tag.get("cores"):
         first = "-first" if tag.get("core_first") else ""
-        agents["prompt_version"] = f"{agents['prompt_version']}+cores{first}"
+        history = "-history" if tag.get("history_cores") else ""
+        agents["prompt_version"] = f"{agents['prompt_version']}+cores{first}{history}"
     return agents
 
 

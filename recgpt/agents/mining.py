@@ -57,6 +57,7 @@ from recgpt.agents.validate import (
     pool,
     tag_problem,
 )
+from recgpt.context import line_categories
 from recgpt.llm.bans import Banner
 from recgpt.llm.engine import Engine
 from recgpt.llm.request import Request, Result, Sampling
@@ -196,7 +197,7 @@ class Miner:
         self.embed = embed
         self._banner: Banner | None = None  # built on the first banned word
         self._cores = frozenset(settings.tag.cores)
-        self._schemas: dict[frozenset[str], type[BaseModel] | None] = {}  # Expert schemas by spent cores
+        self._schemas: dict[frozenset[str], type[BaseModel] | None] = {}  # Expert schemas by their cores
         self._core_phrase_words = frozenset(w for e in settings.tag.cores for w in e.split())
 
     # -- V2: planner -> experts -> arbiter ---------------------------------------------------
@@ -321,7 +322,7 @@ class Miner:
                 # restated. The description's words stay allowed: with "history" and "interest"
                 # banned too, its reasons ran into digit runs ("1.1.1.1...").
                 banned = (general if persona == fallback else frozenset()) | avoid
-                schema, sampling = self.schemas.expert_call, self._banned(banned)
+                schema, sampling = self._user_schema(user), self._banned(banned)
                 request = prompt.request(key, schema, sampling, user.user_id, embeds)
                 asks[key] = Ask(user, persona.name, request, banned)
         answered = self._asked(step, asks, outcomes)
@@ -383,7 +384,8 @@ class Miner:
                 if usable(key) >= s.m_tags:
                     continue
                 ask, spent = asks[key], self._spent(tags)
-                schema = self._narrowed(spent) if s.tag.core_first and self._cores else ask.request.schema
+                narrowed = s.tag.core_first and self._cores
+                schema = self._narrowed(self._user_cores(ask.user), spent) if narrowed else ask.request.schema
                 if schema is None:  # every core is spent
                     continue
                 sampling = self._banned(ask.banned | written(tags), spent)
@@ -428,16 +430,38 @@ class Miner:
                     spent.add(opening)
         return frozenset(spent)
 
-    def _narrowed(self, spent: frozenset[str]) -> type[BaseModel] | None:
-        """The Expert call's schema with the `spent` cores taken out of the tag's pattern (None
-        when none is left): with `tag.core_first` a follow-up round names another category. A
-        ban alone does not hold: the model spells a banned word in other tokens ("dr" "ama")."""
-        if spent not in self._schemas:
-            left = tuple(c for c in self.settings.tag.cores if c not in spent)
+    def _user_cores(self, user: UserInput) -> tuple[str, ...]:
+        """The cores the user's tags may name: with `tag.history_cores`, the run's cores its
+        history's categories line names (all of them when it names none); else all."""
+        cores = self.settings.tag.cores
+        if not (self.settings.tag.history_cores and cores):
+            return cores
+        return tuple(c for c in line_categories(user.history) if c in self._cores) or cores
+
+    def _user_schema(self, user: UserInput) -> type[BaseModel]:
+        """The schema of the user's first Expert or route call."""
+        schema = self._schema(self._user_cores(user))
+        assert schema is not None  # a user's cores are never none while the run has some
+        return schema
+
+    def _schema(self, cores: Sequence[str]) -> type[BaseModel] | None:
+        """The Expert call's schema with tags naming one of `cores` (the run's own schema for
+        all of them; None for none)."""
+        allowed = frozenset(cores)
+        if allowed == self._cores:
+            return self.schemas.expert_call
+        if allowed not in self._schemas:
+            left = tuple(c for c in self.settings.tag.cores if c in allowed)
             narrower = replace(self.settings, tag=replace(self.settings.tag, cores=left))
             # Not through build_schemas' small cache, which holds the run's own schemas.
-            self._schemas[spent] = build_schemas.__wrapped__(narrower).expert_call if left else None
-        return self._schemas[spent]
+            self._schemas[allowed] = build_schemas.__wrapped__(narrower).expert_call if left else None
+        return self._schemas[allowed]
+
+    def _narrowed(self, cores: Sequence[str], spent: frozenset[str]) -> type[BaseModel] | None:
+        """The Expert call's schema over `cores` less the `spent` ones (None when none is left):
+        with `tag.core_first` a follow-up round names another category. A ban alone does not
+        hold: the model spells a banned word in other tokens ("dr" "ama")."""
+        return self._schema([c for c in cores if c not in spent])
 
     def _banned(self, banned: frozenset[str], spent: frozenset[str] = frozenset()) -> Sampling:
         """The Expert's sampling with `banned` words kept out of the answer (`Banner`), but never
@@ -476,13 +500,17 @@ class Miner:
         the words and phrases of `avoid`; the routes' valid tags merged round-robin."""
         s = self.settings
         outcomes = {u.user_id: UserOutcome(u.user_id) for u in users}
-        schema, sampling = self.schemas.expert_call, self._banned(avoid)
+        sampling = self._banned(avoid)
         asks = {
             f"{u.user_id}:{step}:{route}": Ask(
                 u,
                 route,
                 route_prompt(s, route, u.history, u.situation).request(
-                    f"{u.user_id}:{step}:{route}", schema, sampling, u.user_id, u.embeds
+                    f"{u.user_id}:{step}:{route}",
+                    self._user_schema(u),
+                    sampling,
+                    u.user_id,
+                    u.embeds,
                 ),
                 avoid,
             )

@@ -92,6 +92,8 @@ def core_rule(settings: AgentSettings) -> str:
     if not t.cores:
         return f'{head}, e.g. "{TAG_EXAMPLES[0]}"'
     core = "starting with" if t.core_first else "the core word"
+    if t.history_cores:
+        return f"{head}, {core} one of the categories on the history's first line"
     if len(t.cores) <= LISTED_CORES:
         return f"{head}, {core} one of the shop's categories: " + ", ".join(t.cores)
     return f"{head}, {core} one of the shop's categories"

@@ -31,6 +31,9 @@ class TagLimits:
     cores: tuple[str, ...] = ()
     # With cores: the tag starts with its core ("comedy", "comedy classics"), no words before it.
     core_first: bool = False
+    # With cores: each Expert's (and V1 route's) tags name the cores of its user's history, the
+    # categories line its context opens with (all cores for a user whose line names none).
+    history_cores: bool = False
 
 
 CORE_PATTERN = re.compile(r"[a-z]+( [a-z]+)*")
@@ -140,6 +143,7 @@ class AgentSettings:
                     evidence_max_chars=int(tag["evidence_max_chars"]),
                     cores=tuple(str(e) for e in tag.get("cores") or ()),
                     core_first=bool(tag.get("core_first", False)),
+                    history_cores=bool(tag.get("history_cores", False)),
                 ),
                 arbiter_reason_max_chars=int(cfg["arbiter_reason_max_chars"]),
                 persona=PersonaLimits(

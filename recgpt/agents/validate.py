@@ -197,7 +197,11 @@ class ValidationContext:
 
     def restates_persona(self, tag: str) -> bool:
         """Every word of the tag that says something comes from a persona's name or description
-        and none from the items it cited ("seasoned creative" from "a seasoned creative who ...")."""
+        and none from the items it cited ("seasoned creative" from "a seasoned creative who ...").
+        A tag that is one of the shop's categories (`tag.cores`) restates none: a persona's need
+        is often that category too ("pet food")."""
+        if " ".join(words(tag)) in self.settings.tag.cores:
+            return False
         said = {w for w in words(tag) if w not in FILLER}
         if not said:
             return False
