@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,8 +77,11 @@ TAG_CALL_TAGS = 5
 def tag_form(settings: AgentSettings) -> tuple[str, type[BaseModel]]:
     """The system prompt and answer schema of the agreement's tag call: the mining agents' tag
     form (its words, and with catalog grounding the core a tag names, first where the pipeline
-    puts it first), asked once for up to TAG_CALL_TAGS tags."""
-    t = settings.tag
+    puts it first), asked once for up to TAG_CALL_TAGS tags. Any of the catalog's cores, even
+    with `tag.history_cores`: the cores of a categories line would hand the compressed forms
+    what the full text (which has no such line) must find in its titles."""
+    t = replace(settings.tag, history_cores=False)
+    settings = replace(settings, tag=t)
     pattern = (
         grounded_tag_pattern(t.min_words, t.max_words, t.cores, t.core_first)
         if t.cores

@@ -49,6 +49,9 @@ def test_the_agreement_asks_for_tags_in_the_mining_agents_form():
     for bad in (["camping tents"], ["dry pet food"], [], ["tents"] * (TAG_CALL_TAGS + 1)):
         with pytest.raises(ValidationError):
             schema.model_validate({"tags": bad})
+    # The catalog's cores even where the pipeline takes each user's history's.
+    scoped = replace(grounded, tag=replace(grounded.tag, history_cores=True))
+    assert tag_form(scoped)[0] == system
     free_system, free_schema = tag_form(replace(settings, tag=replace(settings.tag, cores=())))
     assert "categories" not in free_system
     assert free_schema.model_validate({"tags": ["camping tents"]})

@@ -280,6 +280,7 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
         *base,
         "pipeline.agents.tag.grounding.source=categories",
         "pipeline.agents.tag.core_first=false",
+        "pipeline.agents.tag.history_cores=false",
     ]
     plan = mining_plan(load_config(grounded), wh, dt, text_mode)
     assert plan.agents["tag"]["cores"] == ranked and "grounding" not in plan.agents["tag"]
@@ -300,9 +301,10 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
     assert first.agents["prompt_version"] == "v2.4+cores-first"
     free = mining_plan(load_config([*base, "pipeline.agents.tag.grounding.source=null"]), wh, dt, text_mode)
     assert not free.agents["tag"].get("cores") and free.agents["prompt_version"] == "v2.4"
-    # By default tags are grounded, core first.
+    # By default tags are grounded, core first, in the cores of the user's history.
     default = mining_plan(load_config(base), wh, dt, text_mode)
-    assert default.agents["tag"]["cores"] == ranked and default.agents["prompt_version"] == "v2.4+cores-first"
+    assert default.agents["tag"]["cores"] == ranked
+    assert default.agents["prompt_version"] == "v2.4+cores-first-history"
     with pytest.raises(ConfigError, match=r"grounding\.source must be categories or null"):
         mining_plan(load_config([*base, "pipeline.agents.tag.grounding.source=titles"]), wh, dt, text_mode)
 
