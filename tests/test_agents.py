@@ -257,7 +257,10 @@ def test_grounded_tags_name_a_catalog_core_and_keep_the_word_bounds(settings):
     or after the model's own, min..max words in all, and the Expert's and V1 routes' rules list
     the cores; without, any words."""
     grounded = replace(
-        settings, tag=replace(settings.tag, cores=("comedy", "sci fi", "pet food"), core_first=False)
+        settings,
+        tag=replace(
+            settings.tag, cores=("comedy", "sci fi", "pet food"), core_first=False, history_cores=False
+        ),
     )
     settings.check()
     grounded.check()
@@ -299,6 +302,10 @@ def test_grounded_tags_name_a_catalog_core_and_keep_the_word_bounds(settings):
         with pytest.raises(ValidationError, match="should match pattern"):
             build_schemas(first).expert.model_validate_json(expert_json(1, tag=bad))
     assert "starting with one of the shop's categories: comedy, sci fi" in expert_system(first)
+    # history_cores: the rule points at the history's categories line, the catalog's go unlisted.
+    own = replace(first, tag=replace(first.tag, history_cores=True))
+    assert "starting with one of the categories on the history's first line" in expert_system(own)
+    assert "sci fi" not in expert_system(own)
     # A bad core fails the settings check, naming the key.
     for bad_core in ("Sci-Fi", "a b c d e", "x" * (TAG_WORD_CHARS + 1)):
         with pytest.raises(ConfigError, match=r"tag\.cores"):
