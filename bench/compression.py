@@ -32,6 +32,7 @@ import re
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -216,6 +217,14 @@ def with_categories(text: str, entity_ids: Sequence[str], categories: dict[str, 
 FORMS = {"full": False, "v1": False, "hybrid": True, "hybrid_category": True, "category_only": False}
 
 
+def history_categories(entity_ids: Sequence[str], categories: dict[str, str], top: int) -> list[str]:
+    """The `top` categories of a user's kept items (most items first, then by name): what its
+    tags should name whatever form of the history they were mined from."""
+    counts = Counter(C.clean_text(categories.get(i, "")).replace("-", " ") for i in entity_ids)
+    counts.pop("", None)
+    return [name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+
+
 def agreement(
     engine: Engine,
     embedder: Embedder,
@@ -224,11 +233,19 @@ def agreement(
     vectors: dict[str, np.ndarray],
     categories: dict[str, str],
     settings: AgentSettings,
+    top_categories: int = 5,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Tags mined from each form of the same users' histories, scored against the full text's
     tags; beside the hybrid form, the hybrid form with each slot's category as text before it
     and the category in place of the slot. Paired-bootstrap intervals over users for the hybrid
-    form minus V1, and for each form minus its score against unrelated users. The tags take the
+    form minus V1, and for each form minus its score against unrelated users.
+
+    An input-blind answer (the same tags for everyone) agrees with an input-blind full-text
+    answer, so two more measures say how much of a form's tags is its own user's: the
+    user-specific agreement (a user's score against its own full-text tags less its score
+    against another user's; hybrid minus V1 with its paired interval), and the best-match of
+    each form's tags with the user's `top_categories` history categories (`history_match`, the
+    full text included; against another user's categories as the reference). The tags take the
     mining agents' form (`settings`)."""
     tag_call = tag_form(settings)
     requests = []
@@ -263,12 +280,22 @@ def agreement(
     table = dict(zip(unique, embedder.encode(unique), strict=True)) if unique else {}
     vec = {k: np.stack([table[t] for t in ts]) if ts else None for k, ts in mined.items()}
 
-    def per_user(form: str, shift: int = 0) -> np.ndarray:
-        """Each user's best-match score against the full-text tags of the user `shift` places on
-        (0: its own); NaN where either list is empty."""
+    own = {
+        u.user_id: history_categories(list(u.entity_ids), categories, top_categories)
+        for u in users.itertuples()
+    }
+    names = sorted({c for cs in own.values() for c in cs})
+    named = dict(zip(names, embedder.encode(names), strict=True)) if names else {}
+    reference = {("history", u): np.stack([named[c] for c in cs]) if cs else None for u, cs in own.items()}
+    vec.update(reference)
+
+    def per_user(form: str, shift: int = 0, against: str = "full") -> np.ndarray:
+        """Each user's best-match score against the `against` list (the full-text tags, or the
+        history's categories) of the user `shift` places on (0: its own); NaN where either list
+        is empty."""
         values = np.full(len(ids), np.nan)
         for i, u in enumerate(ids):
-            a, b = vec[(form, u)], vec[("full", ids[(i + shift) % len(ids)])]
+            a, b = vec[(form, u)], vec[(against, ids[(i + shift) % len(ids)])]
             if a is not None and b is not None:
                 values[i] = best_match(a, b)
         return values
@@ -283,9 +310,19 @@ def agreement(
     unrelated = {form: per_user(form, shift=1) for form in compared} if len(ids) > 1 else {}
     pairs = [("hybrid_minus_v1", "hybrid", scores["v1"])]
     pairs += [(f"{form}_minus_unrelated", form, unrelated[form]) for form in unrelated]
+    specific = {form: scores[form] - unrelated[form] for form in unrelated}
+    matched = {form: per_user(form, against="history") for form in FORMS}
+    matched_unrelated = {form: per_user(form, 1, "history") for form in FORMS} if len(ids) > 1 else {}
+    paired = [(name, scores[form], other) for name, form, other in pairs]
+    if specific:
+        paired.append(("specific_hybrid_minus_v1", specific["hybrid"], specific["v1"]))
+    paired.append(("history_match_hybrid_minus_v1", matched["hybrid"], matched["v1"]))
+    paired += [
+        (f"history_match_{form}_minus_unrelated", matched[form], v) for form, v in matched_unrelated.items()
+    ]
     differences = {}
-    for name, form, other in pairs:
-        found = bootstrap_difference(scores[form], other, replicates=1000, seed=0)
+    for name, a, other in paired:
+        found = bootstrap_difference(a, other, replicates=1000, seed=0)
         if found is not None:
             diff, low, high, n = found
             differences[name] = {
@@ -302,6 +339,9 @@ def agreement(
         "agreement_hybrid_category": mean(scores["hybrid_category"]),
         "agreement_category_only": mean(scores["category_only"]),
         "agreement_unrelated": {form: mean(v) for form, v in unrelated.items()},
+        "agreement_specific": {form: mean(v) for form, v in specific.items()},
+        "history_match": {form: mean(v) for form, v in matched.items()},
+        "history_match_unrelated": {form: mean(v) for form, v in matched_unrelated.items()},
         "differences": differences,
         "failed_calls": sum(1 for r in results.values() if not r.ok),
         "truncated_prompts": sum(1 for r in results.values() if r.truncated_lines),
@@ -310,7 +350,10 @@ def agreement(
     for form in FORMS:
         mine = [r for k, r in results.items() if k.startswith(f"{form}:")]
         figures[f"{form}_prompt_tokens_per_user"] = round(statistics.fmean(r.prompt_tokens for r in mine), 1)
-    samples = [{"user_id": u, **{form: mined[(form, u)] for form in FORMS}} for u in ids[:4]]
+    samples = [
+        {"user_id": u, "history_categories": own[u], **{form: mined[(form, u)] for form in FORMS}}
+        for u in ids[:4]
+    ]
     return figures, samples
 
 
@@ -493,7 +536,8 @@ def main() -> None:
     categories = dict(zip(catalog.item_id, catalog.category.fillna(""), strict=True))
     agents = grounded_agents(syn_cfg, wh, SYNTH_DT)
     settings = AgentSettings.from_config(agents)
-    agree, agree_samples = agreement(engine, embedder, adaptor, chosen, vectors, categories, settings)
+    top = int(syn_cfg.compress.top_categories)
+    agree, agree_samples = agreement(engine, embedder, adaptor, chosen, vectors, categories, settings, top)
     agree["tag_form"] = {
         "prompt_version": agents["prompt_version"],
         "words": [settings.tag.min_words, settings.tag.max_words],
@@ -515,6 +559,9 @@ def main() -> None:
         "entity_probe_hybrid": probe["entity_probe_hybrid"],
         "entity_probe_text": probe["entity_probe_text"],
         "agreement": agree["agreement"],
+        "agreement_v1": agree["agreement_v1"],
+        "agreement_specific": agree["agreement_specific"],
+        "history_match": agree["history_match"],
         "compress_behaviours_per_s": at_scale["compress_behaviours_per_s"],
         "groupby_behaviours_per_s": at_scale["groupby_behaviours_per_s"],
         "compress_vs_groupby": at_scale["compress_vs_groupby"],
@@ -551,6 +598,16 @@ def main() -> None:
         f"{agree['agreement_v1']}, unrelated users {agree['agreement_shuffled']}; hybrid with each "
         f"slot's category {agree['agreement_hybrid_category']}, the category alone "
         f"{agree['agreement_category_only']}"
+    )
+    spec, match = agree["agreement_specific"], agree["history_match"]
+    print(
+        "  user-specific agreement (own full text less another user's): "
+        + ", ".join(f"{form} {v:+.3f}" for form, v in spec.items())
+    )
+    print(
+        f"  tags vs the user's {top} history categories: "
+        + ", ".join(f"{form} {v:.3f}" for form, v in match.items())
+        + f" (another user's: {agree['history_match_unrelated'].get('hybrid')} for hybrid)"
     )
     for name, d in agree["differences"].items():
         print(

@@ -233,8 +233,9 @@ def apply_generic_rule(
     again = mine_again(ctx, rescue, first)
     ctx.report.details["generic_rescue"] = rescue_line(again, len(first.dropped))
     fresh, redone = explode_outcomes(again, rescue.mined_by), again.select("user_id")
-    # A rescued user that fails again names the rejections and failed calls of both minings.
-    counts = both_minings(first.failures, again)
+    # A rescued user that fails again names the rejections and failed calls of both minings;
+    # computed once (a row per rescued user) for the failure rows and the second pass's counts.
+    counts = both_minings(first.failures, again).localCheckpoint()
     fresh["failures"] = with_counts(fresh["failures"], counts)
     for key, spec in TABLES.items():
         rows[key] = table_rows(ctx.spark, spec, [rows[key].join(redone, "user_id", "left_anti"), fresh[key]])

@@ -1,6 +1,6 @@
 """The compression benchmark's category forms of a hybrid context: each entity mark preceded by
 its item's category as text, or replaced by it, with the slots and the rest of the text kept; and
-the form of the tags its agreement part asks for."""
+the form of the tags its agreement part asks for, and the history categories it scores them by."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from pydantic import ValidationError
 
-from bench.compression import TAG_CALL_TAGS, tag_form, with_categories
+from bench.compression import TAG_CALL_TAGS, history_categories, tag_form, with_categories
 from recgpt.agents.settings import AgentSettings
 from recgpt.config import load_config, plain
 from recgpt.llm.request import EMBED_MARK as M
@@ -35,6 +35,17 @@ def test_each_slot_gets_its_items_category_before_it_or_instead_of_it():
 def test_marks_and_ids_that_do_not_match_are_refused():
     with pytest.raises(ValueError, match="2 marks for 1 entity ids"):
         with_categories(f"{M}; {M}", ["i1"], CATEGORIES, slots=True)
+
+
+def test_a_users_history_categories_are_its_items_most_frequent_first():
+    categories = {**CATEGORIES, "i4": "", "i5": "coats", "i6": "coats"}
+    items = ["i5", "i2", "i1", "i6", "i2", "i4", "unknown", "i5"]
+    # coats 3, tents 2, hiking boots 1; an item without a category counts for none.
+    assert history_categories(items, categories, top=5) == ["coats", "tents", "hiking boots"]
+    assert history_categories(items, categories, top=2) == ["coats", "tents"]
+    # Ties go by name, so every run picks the same ones.
+    assert history_categories(["i1", "i2"], categories, top=1) == ["hiking boots"]
+    assert history_categories([], categories, top=5) == []
 
 
 def test_the_agreement_asks_for_tags_in_the_mining_agents_form():

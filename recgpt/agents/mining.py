@@ -384,7 +384,7 @@ class Miner:
                 if usable(key) >= s.m_tags:
                     continue
                 ask, spent = asks[key], self._spent(tags)
-                narrowed = s.tag.core_first and self._cores
+                narrowed = s.tag.core_first and bool(self._cores)
                 schema = self._narrowed(self._user_cores(ask.user), spent) if narrowed else ask.request.schema
                 if schema is None:  # every core is spent
                     continue

@@ -67,7 +67,7 @@ class ValidationSettings:
     # category given to more than this share of the run's users, and to more than
     # `generic_min_users` users, is dropped for all; None leaves the rule out.
     generic_max_share: float | None = None
-    generic_min_users: int = 2
+    generic_min_users: int = 1
     # A user the rule leaves without a tag is mined once more with the run's generic tags banned
     # (`Miner.rescue`) before it fails with `only_generic_tags`.
     generic_rescue: bool = True
@@ -169,7 +169,7 @@ class AgentSettings:
                     generic_max_share=None
                     if check.get("generic_max_share") is None
                     else float(check["generic_max_share"]),
-                    generic_min_users=int(check.get("generic_min_users", 2)),
+                    generic_min_users=int(check.get("generic_min_users", 1)),
                     generic_rescue=bool(check.get("generic_rescue", True)),
                 ),
                 evidence_top_k=int(cfg["evidence"]["top_k"]),

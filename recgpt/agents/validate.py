@@ -173,6 +173,10 @@ class ValidationContext:
     def _echo_lengths(self) -> frozenset[int]:
         return frozenset(len(p.split()) for p in self.echo)
 
+    @cached_property
+    def _cores(self) -> frozenset[str]:
+        return frozenset(self.settings.tag.cores)
+
     def echoes(self, text: str) -> bool:
         """Markup, disguised text, or a phrase of the prompts (read `unhidden`), in `text`."""
         if markup(text) or disguised(text):
@@ -200,7 +204,7 @@ class ValidationContext:
         and none from the items it cited ("seasoned creative" from "a seasoned creative who ...").
         A tag that is one of the shop's categories (`tag.cores`) restates none: a persona's need
         is often that category too ("pet food")."""
-        if " ".join(words(tag)) in self.settings.tag.cores:
+        if " ".join(words(tag)) in self._cores:
             return False
         said = {w for w in words(tag) if w not in FILLER}
         if not said:
