@@ -304,7 +304,9 @@ def test_tag_cores_are_the_catalogs_category_names_by_size(prepared, spark):
     # By default tags are grounded, core first, in the cores of the user's history.
     default = mining_plan(load_config(base), wh, dt, text_mode)
     assert default.agents["tag"]["cores"] == ranked
-    assert default.agents["prompt_version"] == "v2.4+cores-first-history"
+    assert default.agents["prompt_version"] == "v2.4+cores-first-history-beyond"
+    only = mining_plan(load_config([*base, "pipeline.agents.tag.beyond_history=false"]), wh, dt, text_mode)
+    assert only.agents["prompt_version"] == "v2.4+cores-first-history"
     with pytest.raises(ConfigError, match=r"grounding\.source must be categories or null"):
         mining_plan(load_config([*base, "pipeline.agents.tag.grounding.source=titles"]), wh, dt, text_mode)
 

@@ -762,3 +762,59 @@ def test_with_history_cores_each_user_names_the_categories_of_its_own_history(re
         (first, *_), _ = expert_schemas(other)
         assert all(c in first for c in cores)
         assert miner._user_schema(other) is miner.schemas.expert_call
+
+
+def test_beyond_history_a_follow_up_names_other_categories_once_the_historys_are_used(renderer, configured):
+    """`tag.beyond_history`: once a user's rounds have named every core of its history, the next
+    round may name any other catalog core not used yet; without it the rounds stop there."""
+    cores = ("drama", "comedy", "sci fi", "horror")
+    answers = {"comedy": "comedy classics", "sci fi": "sci fi films", "drama": "drama", "horror": "horror"}
+
+    def run(beyond: bool) -> tuple[list[str], UserOutcome]:
+        tag = dataclasses.replace(
+            configured.tag, cores=cores, core_first=True, history_cores=True, beyond_history=beyond
+        )
+        settings = dataclasses.replace(configured, tag=tag, expert_rounds=3, expert_call_tags=1)
+        patterns: list[str] = []
+
+        def answer(agent: str, text: str) -> str | None:
+            if agent == "PlannerOutput":
+                return planner("film buff")
+            if agent == "ExpertOutput":
+                # The first core (in a fixed order) the round's schema still allows.
+                return expert(
+                    answers[
+                        next(
+                            c
+                            for c in ("comedy", "sci fi", "drama", "horror")
+                            if f"({c}" in patterns[-1] or f"|{c}" in patterns[-1]
+                        )
+                    ]
+                )
+            return arbiter((1, 9), (2, 8), (3, 7))
+
+        miner, backend = miner_for(renderer, settings, answer)
+        complete = backend.complete
+
+        def recording(calls):
+            patterns.extend(
+                json.dumps(c.schema) for c in calls if str((c.schema or {}).get("title")) == "ExpertOutput"
+            )
+            return complete(calls)
+
+        backend.complete = recording  # type: ignore[method-assign]
+        plain = user("u1", ["a dvd"])
+        (out,) = mine(
+            miner, "v2", [dataclasses.replace(plain, history=f"categories: comedy 4\n{plain.history}")]
+        )
+        return patterns, out
+
+    patterns, out = run(beyond=True)
+    assert len(patterns) == 3
+    assert "comedy" in patterns[0] and not any(c in patterns[0] for c in ("drama", "sci fi", "horror"))
+    # The history's one core is used: the follow-ups name the others, each once.
+    assert "comedy" not in patterns[1] and all(c in patterns[1] for c in ("drama", "sci fi", "horror"))
+    assert "sci fi" not in patterns[2] and "drama" in patterns[2]
+    assert [t.tag.tag for t in out.tags] == ["comedy classics", "sci fi films", "drama"]
+    patterns, out = run(beyond=False)
+    assert len(patterns) == 1 and [t.tag.tag for t in out.tags] == ["comedy classics"]

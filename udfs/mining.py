@@ -414,6 +414,7 @@ def grounded_agents(cfg: Any, wh: Warehouse, dt: RunDate) -> dict[str, Any]:
     if tag.get("cores"):
         first = "-first" if tag.get("core_first") else ""
         history = "-history" if tag.get("history_cores") else ""
+        history += "-beyond" if history and tag.get("beyond_history") else ""
         agents["prompt_version"] = f"{agents['prompt_version']}+cores{first}{history}"
     return agents
 

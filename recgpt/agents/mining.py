@@ -356,8 +356,10 @@ class Miner:
         small model otherwise writes its first tag five times over, and greedy decoding would only
         repeat that answer. With catalog cores, a core an earlier tag was nothing but is banned
         too, and with `tag.core_first` the follow-up's schema leaves out every core the earlier
-        tags opened with (`_narrowed`; no follow-up once all are used). A follow-up's tags come
-        after the first answer's; one that fails costs nothing but its ledger row."""
+        tags opened with (`_narrowed`; no follow-up once all are used; with `tag.history_cores`
+        and `tag.beyond_history`, once the history's are used, the catalog's others). A
+        follow-up's tags come after the first answer's; one that fails costs nothing but its
+        ledger row."""
         s = self.settings
         proposed: dict[str, list[Tag]] = {}
         errors: dict[str, str] = {}
@@ -386,6 +388,8 @@ class Miner:
                 ask, spent = asks[key], self._spent(tags)
                 narrowed = s.tag.core_first and bool(self._cores)
                 schema = self._narrowed(self._user_cores(ask.user), spent) if narrowed else ask.request.schema
+                if schema is None and narrowed and s.tag.history_cores and s.tag.beyond_history:
+                    schema = self._narrowed(s.tag.cores, spent)  # the history's cores are spent
                 if schema is None:  # every core is spent
                     continue
                 sampling = self._banned(ask.banned | written(tags), spent)

@@ -34,6 +34,9 @@ class TagLimits:
     # With cores: each Expert's (and V1 route's) tags name the cores of its user's history, the
     # categories line its context opens with (all cores for a user whose line names none).
     history_cores: bool = False
+    # With history_cores: once a user's rounds have spent its history's cores, a follow-up may
+    # name any other catalog core (its history's categories come first, others after).
+    beyond_history: bool = False
 
 
 CORE_PATTERN = re.compile(r"[a-z]+( [a-z]+)*")
@@ -144,6 +147,7 @@ class AgentSettings:
                     cores=tuple(str(e) for e in tag.get("cores") or ()),
                     core_first=bool(tag.get("core_first", False)),
                     history_cores=bool(tag.get("history_cores", False)),
+                    beyond_history=bool(tag.get("beyond_history", False)),
                 ),
                 arbiter_reason_max_chars=int(cfg["arbiter_reason_max_chars"]),
                 persona=PersonaLimits(
