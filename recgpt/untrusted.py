@@ -25,6 +25,10 @@ _ISO_DATE = re.compile(
     r"(?<![\d.-])(?:19|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
     r"(?:[ T](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?)?(?![\d-])"
 )
+# A month ("2024-11"), the label of a history's older buckets: a reason citing "viewed 7 in
+# 2024-11, 2024-12" holds digits in three or more groups, and they are no phone number either.
+# Not followed by "-" and a digit: "2015-12-3456" stays a number.
+_ISO_MONTH = re.compile(r"(?<![\d.-])(?:19|20)\d\d-(?:0[1-9]|1[0-2])(?!-?\d)")
 # Markup and structure the model has no reason to write: a block tag (`</history>`) or special
 # token (`<|im_end|>`), another chat format's marker (`[INST]`, a role label `system:`, a code
 # fence, an armor line `-----`, a `###` heading), JSON syntax (`{"tag":`, `"}]`) and an escaped
@@ -79,12 +83,12 @@ def has_pii(text: str, min_digits: int) -> bool:
     """An email address, or at least `min_digits` digits that look like a phone number or an id:
     one unbroken run, three or more groups, or a leading "+" or area code ("(555) 013-2447").
     Two groups ("2025-2026", also in brackets) are a range, not a number; a calendar date
-    ("1997-12-26 12:00:00") is a date. Read `unhidden`: "555<ZWSP>013<ZWSP>6644" is a phone
-    number."""
+    ("1997-12-26 12:00:00") or month ("2024-11") is a date. Read `unhidden`:
+    "555<ZWSP>013<ZWSP>6644" is a phone number."""
     text = unhidden(text)
     if _EMAIL.search(text):
         return True
-    text = _ISO_DATE.sub(" ", text)
+    text = _ISO_MONTH.sub(" ", _ISO_DATE.sub(" ", text))
     for match in _DIGIT_RUN.finditer(text):
         run = match.group()
         groups = re.findall(r"\d+", run)

@@ -723,6 +723,11 @@ def test_personal_data_rejects_a_tag_or_reason_and_is_cut_from_evidence(ctx):
         and has_pii("1997-12-26-5551234", 7)
         and has_pii("call 1997-12-26 5551234", 7)
     )
+    # So is a month, the label of the history's older buckets, with the counts beside it.
+    assert not has_pii("viewed 7 2024-12 3", 7) and not has_pii("viewed in 2024-11 2024-12 2025-01", 7)
+    assert not has_pii("(viewed 7) 2024-12 (bought 1)", 7)
+    assert has_pii("2015-12-3456 ext 12", 7) and has_pii("call 2024-11 5551234", 7)
+    assert has_pii("1997-13 555 1234", 7)  # no month 13
     checked = check_tags(
         [
             tag("phone case 555-123-4567"),
