@@ -14,7 +14,11 @@ text and the hybrid form, what the hybrid form keeps, and what the compress job 
    more forms say whether the item's category would carry what the slot does not: the hybrid
    context with each slot's category as text before it, and with the category instead of the
    slot. Each form is also scored against unrelated users' full-text tags; paired-bootstrap
-   intervals over users: hybrid minus V1, and each form minus its unrelated score.
+   intervals over users: hybrid minus V1, and each form minus its unrelated score. An
+   input-blind answer agrees with an input-blind full text, so two measures say how much of a
+   form's tags is its own user's: the user-specific agreement (own less unrelated; hybrid minus
+   V1), and the best-match with the user's five most frequent history categories, the full text
+   included (`history_match`; each form against another user's categories too).
 4. Scale: the compress transformation on N synthetic behaviours vs a bare groupBy + collect_list
    of the same cached data, both run to a no-op sink in the same session (the Delta write is the
    storage benchmark's subject).

@@ -99,6 +99,12 @@ def has_pii(text: str, min_digits: int) -> bool:
     return False
 
 
+def pii_shape(text: str) -> str:
+    """`text` with every email address and digit masked ("rated # # # # # # #"): what a rejection
+    for personal data looked like, safe to log."""
+    return re.sub(r"\d", "#", _EMAIL.sub("<email>", unhidden(text)))
+
+
 def markup(text: str) -> str | None:
     """The first block tag, special token or other markup (`_MARKUP`) in `text`, or None."""
     match = _MARKUP.search(unhidden(text))

@@ -536,10 +536,15 @@ def test_a_follow_up_bans_a_core_an_earlier_tag_was_nothing_but(renderer, config
 def test_rejected_examples_keep_a_few_texts_a_rule_but_never_personal_data():
     out = UserOutcome("u1")
     brands = [Tag(t, "r") for t in ("nike shoes", "nike shoes", "adidas socks", "puma caps")]
-    rejected = [Rejected(Tag("call 5551234567 now", "r"), Rejection.PII)]
+    rejected = [Rejected(Tag("call 5551234567 now", "mail jo@example.com"), Rejection.PII)]
     rejected += [Rejected(t, Rejection.BRAND) for t in brands]
     assert out.reject(rejected) == {"pii": 1, "brand": 4}
-    assert EXAMPLES_PER_RULE == 2 and out.rejected_examples == {"brand": ["nike shoes", "adidas socks"]}
+    assert EXAMPLES_PER_RULE == 2
+    # Personal data is kept as its shape only: where the digits and addresses were.
+    assert out.rejected_examples == {
+        "brand": ["nike shoes", "adidas socks"],
+        "pii": ["call ########## now | mail <email>"],
+    }
     assert out.rejected == {"pii": 1, "brand": 4}
     # A text longer than EXAMPLE_CHARS is kept cut, and once however often it comes.
     long = Tag("very " * 20 + "long tag", "r")

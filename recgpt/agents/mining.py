@@ -61,6 +61,7 @@ from recgpt.context import line_categories
 from recgpt.llm.bans import Banner
 from recgpt.llm.engine import Engine
 from recgpt.llm.request import Request, Result, Sampling
+from recgpt.untrusted import pii_shape
 
 # Failure reasons of the pipeline itself (engine errors keep the engine's own reason).
 NO_VALID_PERSONA = "no_valid_persona"
@@ -118,7 +119,8 @@ class UserOutcome:
     # Every LLM call made for the user, with its step, for the cost ledger.
     calls: list[tuple[str, Result]] = field(default_factory=list)
     # Reason code -> how many of the model's personas or tags validation rejected, and the first
-    # few of them as written (`EXAMPLES_PER_RULE`; none for personal data).
+    # few of them as written (`EXAMPLES_PER_RULE`; personal data as its shape, `pii_shape`:
+    # the tag and reason with digits and email addresses masked).
     rejected: Counter[str] = field(default_factory=Counter)
     rejected_examples: dict[str, list[str]] = field(default_factory=dict)
     # Tags the Experts (V2) or routes (V1) proposed, and how many of them repeated another one
@@ -135,10 +137,16 @@ class UserOutcome:
         codes = Counter(r.reason.value for r in rejected)
         self.rejected.update(codes)
         for r in rejected:
-            if r.reason is Rejection.PII:
-                continue
             # A Tag or a Persona, cut before comparing: a long text is kept once.
-            text = (r.item.tag if isinstance(r.item, Tag) else r.item.name)[:EXAMPLE_CHARS]
+            if r.reason is Rejection.PII:  # where the digits were: the tag or its reason
+                said = (
+                    (r.item.tag, r.item.reason)
+                    if isinstance(r.item, Tag)
+                    else (r.item.name, r.item.description)
+                )
+                text = pii_shape(" | ".join(said))[: 2 * EXAMPLE_CHARS]
+            else:
+                text = (r.item.tag if isinstance(r.item, Tag) else r.item.name)[:EXAMPLE_CHARS]
             kept = self.rejected_examples.setdefault(r.reason.value, [])
             if len(kept) < EXAMPLES_PER_RULE and text not in kept:
                 kept.append(text)
