@@ -385,6 +385,19 @@ def test_hostile_titles_and_queries_change_neither_schema_nor_content_class(llm_
     assert not [text for text in written if banned.search(text)]
 
 
+def record_expert_schemas(backend: AgentBackend, patterns: list[str]) -> None:
+    """Appends the JSON schema of every Expert call the backend answers to `patterns`, in order."""
+    complete = backend.complete
+
+    def recording(calls):
+        patterns.extend(
+            json.dumps(c.schema) for c in calls if str((c.schema or {}).get("title")) == "ExpertOutput"
+        )
+        return complete(calls)
+
+    backend.complete = recording  # type: ignore[method-assign]
+
+
 def recorded_bans(backend: AgentBackend) -> list[tuple[str, set[int], tuple[str, ...]]]:
     """(prompt text, banned token ids, banned word forms) of every Expert call the backend
     answers, in order."""
@@ -704,15 +717,7 @@ def test_with_core_first_a_follow_up_names_another_category(renderer, configured
         return arbiter((1, 9), (2, 8), (3, 7))
 
     miner, backend = miner_for(renderer, grounded, answer)
-    complete = backend.complete
-
-    def recording(calls):
-        for c in calls:
-            if str((c.schema or {}).get("title")) == "ExpertOutput":
-                patterns.append(json.dumps(c.schema))
-        return complete(calls)
-
-    backend.complete = recording  # type: ignore[method-assign]
+    record_expert_schemas(backend, patterns)
     (out,) = mine(miner, "v2", [user("u1", ["drama dvd", "comedy dvd"])])
     assert len(patterns) == 3  # no fourth round: every core is spent
     assert all(c in patterns[0] for c in ("drama", "comedy", "sci fi"))
@@ -738,15 +743,7 @@ def test_with_history_cores_each_user_names_the_categories_of_its_own_history(re
         return arbiter((1, 9), (2, 8))
 
     miner, backend = miner_for(renderer, grounded, answer)
-    complete = backend.complete
-
-    def recording(calls):
-        patterns.extend(
-            json.dumps(c.schema) for c in calls if str((c.schema or {}).get("title")) == "ExpertOutput"
-        )
-        return complete(calls)
-
-    backend.complete = recording  # type: ignore[method-assign]
+    record_expert_schemas(backend, patterns)
 
     def lined(uid: str, line: str) -> UserInput:
         plain = user(uid, ["a dvd"])
@@ -799,15 +796,7 @@ def test_beyond_history_a_follow_up_names_other_categories_once_the_historys_are
             return arbiter((1, 9), (2, 8), (3, 7))
 
         miner, backend = miner_for(renderer, settings, answer)
-        complete = backend.complete
-
-        def recording(calls):
-            patterns.extend(
-                json.dumps(c.schema) for c in calls if str((c.schema or {}).get("title")) == "ExpertOutput"
-            )
-            return complete(calls)
-
-        backend.complete = recording  # type: ignore[method-assign]
+        record_expert_schemas(backend, patterns)
         plain = user("u1", ["a dvd"])
         (out,) = mine(
             miner, "v2", [dataclasses.replace(plain, history=f"categories: comedy 4\n{plain.history}")]
