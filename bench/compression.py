@@ -312,12 +312,12 @@ def agreement(
     # The same lists against another user's full-text tags: what a list scores without anything
     # of its own user (generic product-like tags score high against any list).
     unrelated = {form: per_user(form, shift=1) for form in compared} if len(ids) > 1 else {}
-    pairs = [("hybrid_minus_v1", "hybrid", scores["v1"])]
-    pairs += [(f"{form}_minus_unrelated", form, unrelated[form]) for form in unrelated]
     specific = {form: scores[form] - unrelated[form] for form in unrelated}
     matched = {form: per_user(form, against="history") for form in FORMS}
     matched_unrelated = {form: per_user(form, 1, "history") for form in FORMS} if len(ids) > 1 else {}
-    paired = [(name, scores[form], other) for name, form, other in pairs]
+    # (name, values, the values they are compared with), paired by user.
+    paired = [("hybrid_minus_v1", scores["hybrid"], scores["v1"])]
+    paired += [(f"{form}_minus_unrelated", scores[form], unrelated[form]) for form in unrelated]
     if specific:
         paired.append(("specific_hybrid_minus_v1", specific["hybrid"], specific["v1"]))
     paired.append(("history_match_hybrid_minus_v1", matched["hybrid"], matched["v1"]))
