@@ -268,7 +268,10 @@ def main() -> None:
     pairs = compared(ctx, chain.dt)
     tags = {
         key: tag_figures(ctx, chain.dt, variant)
-        | {"generic_tag_rows_dropped": int(chain.contexts[key].report.details.get("generic_tag", 0))}
+        | {
+            f"generic_tag_rows_{done}": int(chain.contexts[key].report.details.get(detail, 0))
+            for done, detail in (("dropped", "generic_tag"), ("cut", "generic_tag_cut"))
+        }
         for key, variant in VARIANTS.items()
     }
     ctx.spark.stop()
@@ -327,7 +330,8 @@ def main() -> None:
             f"  {key}: {figures['tags_per_user_median']} tags per tagged user (median), top tag "
             f"{figures['top_tag']!r} for {figures['top_tag_user_share']} of them, top non-category "
             f"{figures['top_noncategory_tag']!r} {figures['top_noncategory_tag_user_share']}; "
-            f"{figures['generic_tag_rows_dropped']} generic tag rows dropped"
+            f"{figures['generic_tag_rows_dropped']} generic tag rows dropped, "
+            f"{figures['generic_tag_rows_cut']} cut to their category"
         )
     seconds = ", ".join(f"{k} {chain.seconds[k]:,.0f}" for k in VARIANTS)
     print(f"  mining seconds: {seconds}; total {total:,.0f}")

@@ -32,7 +32,14 @@ from recgpt.errors import RecGPTError
 from recgpt.tables import RUNS, USER_CONTEXT
 from sparkio.staging import Staging
 from udfs import llm
-from udfs.generic_tags import GenericTags, both_minings, category_reader, drop_generic, with_counts
+from udfs.generic_tags import (
+    GENERIC_TAG_CUT,
+    GenericTags,
+    both_minings,
+    category_reader,
+    drop_generic,
+    with_counts,
+)
 from udfs.mining import (
     MiningPlan,
     mining_inputs,
@@ -248,6 +255,7 @@ def apply_generic_rule(
     if second.dropped:
         ctx.report.details["generic_tags_after_rescue"] = second.figures()["generic_tags"]
     ctx.report.details[GENERIC_TAG] = first.rows_dropped + second.rows_dropped
+    ctx.report.details[GENERIC_TAG_CUT] = first.rows_cut + second.rows_cut
     return again if outcomes is None else outcomes.unionByName(again)
 
 

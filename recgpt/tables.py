@@ -360,7 +360,13 @@ USER_INTENT_TAGS = TableSpec(
             pa.int32(),
             "the Arbiter's score 1-10; null for V1 (no arbiter) and for tags backfilled after its picks",
         ),
-        Column("reason", pa.string(), "why the tag fits the user (model output, validated)", nullable=False),
+        Column(
+            "reason",
+            pa.string(),
+            "why the tag fits the user (model output, validated; cut before any personal data, "
+            "'(reason withheld: it held personal data)' when nothing came before it)",
+            nullable=False,
+        ),
         Column(
             "evidence_item_ids",
             pa.list_(pa.string()),

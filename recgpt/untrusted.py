@@ -6,7 +6,8 @@ prompt: it can only be an injection or personal data, never shopping signal) and
 - `markup`: a block tag, special token, another chat format's marker, JSON syntax or an escape;
 - `disguised`: invisible format characters, letters NFKC changes, Latin words mixed with
   Cyrillic or Greek look-alikes: written to slip past a pattern, not to be read;
-- `has_pii`: an e-mail address or a phone-like number, read `unhidden`.
+- `has_pii`: an e-mail address or a phone-like number, read `unhidden` (`before_pii`: the text
+  before the first).
 """
 
 from __future__ import annotations
@@ -85,18 +86,34 @@ def has_pii(text: str, min_digits: int) -> bool:
     Two groups ("2025-2026", also in brackets) are a range, not a number; a calendar date
     ("1997-12-26 12:00:00") or month ("2024-11") is a date. Read `unhidden`:
     "555<ZWSP>013<ZWSP>6644" is a phone number."""
-    text = unhidden(text)
-    if _EMAIL.search(text):
-        return True
-    text = _ISO_MONTH.sub(" ", _ISO_DATE.sub(" ", text))
-    for match in _DIGIT_RUN.finditer(text):
+    return _pii_start(unhidden(text), min_digits) is not None
+
+
+def before_pii(text: str, min_digits: int) -> str:
+    """`text` up to its first personal data (`has_pii`), read `unhidden`; all of `text` when it
+    has none. "viewed 3 backpacks 1.2.3.4.5.6.7.8" gives "viewed 3 backpacks "."""
+    start = _pii_start(unhidden(text), min_digits)
+    return text if start is None else unhidden(text)[:start]
+
+
+def _blanked(match: re.Match[str]) -> str:
+    """A date blanked in place: a later match's position is still the text's."""
+    return " " * len(match.group())
+
+
+def _pii_start(text: str, min_digits: int) -> int | None:
+    """Where in `text` (already `unhidden`) the first email address or phone-like number starts."""
+    starts = [m.start() for m in [_EMAIL.search(text)] if m]
+    dated = _ISO_MONTH.sub(_blanked, _ISO_DATE.sub(_blanked, text))
+    for match in _DIGIT_RUN.finditer(dated):
         run = match.group()
         groups = re.findall(r"\d+", run)
         if sum(len(g) for g in groups) >= min_digits and (
             len(groups) == 1 or len(groups) >= 3 or run[0] == "+" or _AREA_CODE.match(run)
         ):
-            return True
-    return False
+            starts.append(match.start())
+            break
+    return min(starts, default=None)
 
 
 def pii_shape(text: str) -> str:

@@ -126,9 +126,39 @@ def test_generic_tags_are_dropped_for_every_user_and_users_left_without_fail(spa
     assert json.loads(failures["u5"].failed_calls) == {"arbiter: invalid_output": 1}
     assert failures["u6"].reason == "no_valid_tag"
     line = result.figures()["generic_tags"]
-    assert line.startswith("2 tag(s) given to more than 2 of 6 users dropped (")
-    assert line.endswith("7 tag rows, 2 users left without a tag (only_generic_tags)")
+    assert line.startswith("2 tag(s) given to more than 2 of 6 users dropped or cut to the category")
+    assert line.endswith("7 tag rows dropped, 0 cut, 2 users left without a tag (only_generic_tags)")
     assert result.figures()["generic_tag"] == 7
+
+
+def test_a_generic_tag_opening_with_a_category_is_cut_to_it(spark):
+    """The model pads the category it named with a word it gives many users ("running shoes
+    ireland"): the category stays, once per user (a cut repeating the user's own tag goes)."""
+    data = [
+        tag("u1", 1, "running shoes ireland"),
+        tag("u1", 2, "running shoes"),
+        tag("u2", 1, "yoga mat"),
+        tag("u2", 2, "Running Shoes Ireland"),
+        tag("u3", 1, "running shoes ireland"),
+        tag("u3", 2, "dark irelandish"),
+        tag("u4", 1, "dark irelandish"),
+        tag("u5", 1, "dark irelandish"),
+    ]
+    known = category_words(["Sports > Running Shoes", "Yoga Mats"])
+    result = drop_generic(
+        spark, rows(spark, TAGS, data), rows(spark, FAILURES, []), GenericRule(0.02, 2), lambda: known
+    )
+    assert sorted((r.user_id, r.rank, r.tag) for r in result.tags.collect()) == [
+        ("u1", 1, "running shoes"),
+        ("u2", 1, "yoga mat"),
+        ("u2", 2, "running shoes"),
+        ("u3", 1, "running shoes"),
+    ]
+    assert result.dropped == {"Running Shoes Ireland": 3, "dark irelandish": 3}
+    assert result.cut == {"Running Shoes Ireland": "running shoes"}
+    assert (result.rows_cut, result.rows_dropped, result.users_failed) == (3, 4, 2)
+    assert result.figures()["generic_tag_cut"] == 3
+    assert "Running Shoes Ireland 3 -> running shoes" in result.figures()["generic_tags"]
 
 
 def test_without_generic_tags_nothing_changes_and_categories_are_not_read(spark):

@@ -232,11 +232,11 @@ def test_known_words_are_the_embedding_vocabulary_and_the_catalogs_most_frequent
     coined = [Tag("nonsensefest decorations", "r"), Tag("gardensetree with a varietyofluc", "r")]
     assert [r.reason for r in check_tags(coined, rules).rejected] == ["unknown_word"] * 2
 
-    # The default (conf/pipeline/v2.yaml) leaves the check out (the catalog reference too here:
-    # it is not what this test is about, and costs a Spark job).
-    assert load_config(base).pipeline.agents.validation.catalog_words is None
-    cheap = load_config([*base, "pipeline.agents.validation.catalog_min_cosine=null"])
-    assert mining_plan(cheap, wh, dt, text_mode).catalog_words is None
+    # The default (conf/pipeline/v2.yaml) checks the words; null leaves the check out (the
+    # catalog reference too here: it is not what this test is about, and costs a Spark job).
+    assert load_config(base).pipeline.agents.validation.catalog_words == 100000
+    off = [f"pipeline.agents.validation.{key}=null" for key in ("catalog_words", "catalog_min_cosine")]
+    assert mining_plan(load_config([*base, *off]), wh, dt, text_mode).catalog_words is None
 
 
 def test_the_summary_names_each_rules_most_frequent_rejections(spark):

@@ -546,6 +546,28 @@ def test_a_follow_up_bans_a_core_an_earlier_tag_was_nothing_but(renderer, config
     assert [t.tag.tag for t in out.tags] == ["socks", "boots"]
 
 
+def test_a_reason_looping_on_digits_keeps_its_tag_with_the_reason_withheld(renderer, settings):
+    """The bundled model runs a reason into "#.#.#.#...": the tag is kept (its reason cut or
+    withheld), counted as a fallback."""
+
+    def answer(agent: str, text: str) -> str | None:
+        if agent == "PlannerOutput":
+            return planner("trail hiker")
+        if agent == "ExpertOutput":
+            looped = {"tag": "trail running shoes", "reason": "1.2.3.4.5.6.7.8.9.0", "evidence": "x"}
+            cited = {"tag": "wool hiking socks", "reason": "viewed 3 times, 555 123 4567", "evidence": "x"}
+            return json.dumps({"tags": [looped, cited]})
+        return arbiter((1, 9), (2, 8))
+
+    miner, _ = miner_for(renderer, settings, answer)
+    (out,) = mine(miner, "v2", [user("u1", ["trail running shoes", "wool hiking socks"])])
+    assert [(t.tag.tag, t.tag.reason) for t in out.tags] == [
+        ("trail running shoes", "fits"),  # the Arbiter's own reason, clean
+        ("wool hiking socks", "fits"),
+    ]
+    assert out.fallbacks == {"reason_cut:pii": 2} and not out.rejected
+
+
 def test_rejected_examples_keep_a_few_texts_a_rule_but_never_personal_data():
     out = UserOutcome("u1")
     brands = [Tag(t, "r") for t in ("nike shoes", "nike shoes", "adidas socks", "puma caps")]

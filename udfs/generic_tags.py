@@ -1,14 +1,14 @@
 """The run-wide rule on generic tags (recgpt/agents/generic.py) over mine_intents' tables, applied
 once every user of the run is mined and before the tables are replaced: the run's tag rows
 counted per folded tag in Spark, the few tags above the limit checked against the catalog's
-categories on the driver, then dropped from every user's list (the rest re-ranked from 1), and
-users left without a tag turned into failure rows. Applied to the whole run's rows, so a rerun
-or a resumed run writes the same tables."""
+categories on the driver, then cut to the category they open with or dropped from every user's
+list (the rest re-ranked from 1), and users left without a tag turned into failure rows. Applied
+to the whole run's rows, so a rerun or a resumed run writes the same tables."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -19,6 +19,7 @@ from recgpt.agents.generic import (
     ONLY_GENERIC_TAGS,
     STEP,
     GenericRule,
+    category_prefix,
     category_words,
     names_category,
     tag_key,
@@ -28,6 +29,7 @@ from recgpt.tables import ITEMS
 from sparkio.warehouse import Warehouse
 
 MINED_BY = ("model", "pipeline", "context_mode", "prompt_version")
+GENERIC_TAG_CUT = "generic_tag_cut"  # tag rows cut to the category they open with
 SHOWN = 5  # generic tags named in the stage summary
 
 
@@ -39,23 +41,28 @@ class GenericTags:
     failures: DataFrame
     users: int  # users of the run (tagged or failed before the rule)
     limit: int  # the most users a non-category tag could keep
-    dropped: dict[str, int]  # generic tag -> users it was dropped for
+    dropped: dict[str, int]  # generic tag -> users it was dropped (or cut) for
     rows_dropped: int
     users_failed: int
     emptied: DataFrame | None = None  # user_id of the users left without a tag (None: nobody)
+    cut: dict[str, str] = field(default_factory=dict)  # generic tag -> the category it opens with
+    rows_cut: int = 0  # tag rows cut to their category (not counted in rows_dropped)
 
     def figures(self) -> dict[str, Any]:
         """The stage summary's line on the rule (and `runs.details`)."""
         ranked = sorted(self.dropped.items(), key=lambda kv: (-kv[1], kv[0]))
-        named = ", ".join(f"{t} {n:,}" for t, n in ranked[:SHOWN])
+        named = ", ".join(
+            f"{t} {n:,}" + (f" -> {self.cut[t]}" if t in self.cut else "") for t, n in ranked[:SHOWN]
+        )
         more = f" and {len(self.dropped) - SHOWN:,} more" if len(self.dropped) > SHOWN else ""
         line = f"{len(self.dropped):,} tag(s) given to more than {self.limit:,} of {self.users:,} users" + (
-            f" dropped ({named}{more}): {self.rows_dropped:,} tag rows, "
-            f"{self.users_failed:,} users left without a tag ({ONLY_GENERIC_TAGS})"
+            f" dropped or cut to the category they open with ({named}{more}): {self.rows_dropped:,} tag "
+            f"rows dropped, {self.rows_cut:,} cut, {self.users_failed:,} users left without a tag "
+            f"({ONLY_GENERIC_TAGS})"
             if self.dropped
             else ""
         )
-        return {"generic_tags": line, GENERIC_TAG: self.rows_dropped}
+        return {"generic_tags": line, GENERIC_TAG: self.rows_dropped, GENERIC_TAG_CUT: self.rows_cut}
 
 
 def category_reader(wh: Warehouse, dt: RunDate) -> Callable[[], list[frozenset[str]]]:
@@ -121,12 +128,34 @@ def drop_generic(
     generic = [r for r in above if not names_category(r["tag"], known)]
     if not generic:
         return GenericTags(tags, failures, users, limit, {}, 0, 0)
-    banned = F.broadcast(spark.createDataFrame([(r["_key"],) for r in generic], "_key string"))
-    kept = keyed.join(banned, "_key", "left_anti").drop("_key")
+    cuts = {str(r["tag"]): category_prefix(r["tag"], known) for r in generic}
+    ruled = F.broadcast(
+        spark.createDataFrame(
+            [
+                (r["_key"], cut, tag_key(cut) if cut else None)
+                for r in generic
+                for cut in [cuts[str(r["tag"])]]
+            ],
+            "_key string, _cut string, _cut_key string",
+        ).withColumn("_generic", F.lit(True))
+    )
+    marked = keyed.join(ruled, "_key", "left")
+    # A non-generic row as it is; a generic one cut to its category, or gone. A cut that repeats
+    # a tag its user already has (or another cut's) goes too: the better-ranked one stays.
+    candidates = marked.where(F.col("_generic").isNull() | F.col("_cut").isNotNull()).select(
+        *(F.coalesce("_cut", "tag").alias("tag") if c == "tag" else F.col(c) for c in tags.columns),
+        F.coalesce("_cut_key", "_key").alias("_key"),
+        F.col("_cut").isNotNull().alias("_was_cut"),
+    )
+    first = Window.partitionBy("user_id", *MINED_BY, "_key").orderBy("rank")
+    kept = candidates.withColumn("_n", F.row_number().over(first)).where(F.col("_n") == 1).drop("_n")
+    kept = kept.localCheckpoint()
+    row_id = ["user_id", *MINED_BY, "rank"]
+    dropped = keyed.join(kept.select(*row_id), row_id, "left_anti")
+    dropped = dropped.groupBy("user_id", *MINED_BY).agg(F.count("*").alias("n"))
+    rows_cut = kept.where("_was_cut").count()
     kept = kept.withColumn("rank", F.row_number().over(Window.partitionBy("user_id").orderBy("rank")))
     kept = kept.withColumn("rank", F.col("rank").cast("int")).select(*tags.columns)
-    dropped = keyed.join(banned, "_key", "left_semi")
-    dropped = dropped.groupBy("user_id", *MINED_BY).agg(F.count("*").alias("n"))
     emptied = dropped.join(kept.select("user_id").distinct(), "user_id", "left_anti")
     generic_count = F.create_map(F.lit(GENERIC_TAG), F.col("n").cast("int"))
     if calls is not None:
@@ -156,4 +185,6 @@ def drop_generic(
         int(totals["rows"] or 0),
         emptied_users,
         emptied.select("user_id") if emptied_users else None,
+        {tag: cut for tag, cut in cuts.items() if cut},
+        rows_cut,
     )

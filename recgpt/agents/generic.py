@@ -2,7 +2,9 @@
 users says nothing about any one of them ("safety net" to 26 of 64 users, mostly recalling the
 most popular genre), unless it names a catalog category, which many users may share. The rule
 runs once the whole run's tags are known (`udfs.generic_tags.drop_generic`): such a tag is
-dropped for every user, counted as its own rejection (`generic_tag`); a user left without a tag
+dropped for every user, counted as its own rejection (`generic_tag`), unless it opens with a
+category's name: then it is cut to that name ("running shoes ireland" -> "running shoes"), the
+category the model named for the user without the padding it gave many. A user left without a tag
 is mined once more with the run's generic tags banned (`Miner.rescue`, unless
 `validation.generic_rescue` is off) and fails with `only_generic_tags` when that gives no other.
 
@@ -68,3 +70,15 @@ def names_category(tag: str, categories: Iterable[frozenset[str]]) -> bool:
     if not tokens:
         return False
     return any(all(any(f in known for f in singular_forms(w)) for w in tokens) for known in categories)
+
+
+def category_prefix(tag: str, categories: Iterable[frozenset[str]]) -> str | None:
+    """The longest run of the tag's leading words, shorter than the tag, that names a category
+    (`names_category`): "running shoes" of "running shoes ireland"; None when none does."""
+    tokens = words(tag)
+    known = list(categories)
+    for n in range(len(tokens) - 1, 0, -1):
+        head = " ".join(tokens[:n])
+        if names_category(head, known):
+            return head
+    return None

@@ -73,6 +73,9 @@ GENERAL_PERSONA = "general_persona"  # the plan was unusable: one general person
 EXPERT_DROPPED = "expert_dropped"  # one Expert failed: the others' tags count
 POOL_ORDER = "pool_order"  # the Arbiter's answer was unusable: the validated pool in order
 GENERIC_RESCUE = "generic_rescue"  # the run-wide rule left no tag: mined again, generic tags banned
+# Of V2 and V1 alike: a tag whose reason held personal data is kept with the reason cut before it
+# (recgpt/agents/validate.py: REASON_WITHHELD), counted as "reason_cut:pii".
+REASON_CUT = "reason_cut"
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,17 @@ class UserOutcome:
     # of the same user exactly or nearly: the redundancy the V2 planner is meant to remove.
     proposed: int = 0
     duplicates: int = 0
-    # "<fallback>:<cause>" -> how often V2 degraded instead of failing the user.
+    # "<fallback>:<cause>" -> how often mining degraded instead of failing the user (or, for
+    # REASON_CUT, instead of rejecting a tag).
     fallbacks: Counter[str] = field(default_factory=Counter)
     # "<step>: <reason>" -> the user's LLM calls that gave no usable answer.
     failed_calls: Counter[str] = field(default_factory=Counter)
+
+    def checked(self, checked: Checked[Tag]) -> Counter[str]:
+        """Counts a tag check's rejections (`reject`) and its cut reasons; the rejection counts."""
+        if checked.reasons_cut:
+            self.fallbacks[f"{REASON_CUT}:{Rejection.PII.value}"] += checked.reasons_cut
+        return self.reject(checked.rejected)
 
     def reject(self, rejected: Sequence[Rejected[Any]]) -> Counter[str]:
         """Counts `rejected` by reason and keeps a few of each as examples; the counts."""
@@ -286,7 +296,7 @@ class Miner:
             if result.parsed is not None:
                 picked = self._selection(arbiter_picks(result.parsed), pooled, out)
                 checked = check_tags(picked, self._for(user, out.personas), self.embed)
-                out.reject(checked.rejected)
+                out.checked(checked)
                 final, cause = checked.kept[: s.n_tags], NO_VALID_PICK
             if not final:
                 # The Arbiter gave nothing usable: the validated pool, each persona's best first.
@@ -598,7 +608,7 @@ class Miner:
         self, lists: list[list[Tag]], user: UserInput, out: UserOutcome, personas: Sequence[Persona] = ()
     ) -> Checked[Tag]:
         checked = check_tags(pool(lists), self._for(user, personas), self.embed)
-        codes = out.reject(checked.rejected)
+        codes = out.checked(checked)
         out.proposed += sum(len(tags) for tags in lists)
         out.duplicates += codes["duplicate"] + codes["near_duplicate"]
         return checked

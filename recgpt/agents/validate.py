@@ -1,8 +1,9 @@
 """Deterministic checks of what the agents wrote, before anything is written or handed on: a tag
 must read as "modifier + core word" within the length limits, name no catalog brand and no person,
-not restate a persona, not repeat what the user bought recently, hold no personal data, not echo
-the prompt's instructions or its example, use only known words where a vocabulary is given (no
-coinages like "gardensetree"), not duplicate (exactly or nearly) a better-ranked tag, and be close
+not restate a persona, not repeat what the user bought recently, hold no personal data (a reason
+that does is cut before it, the tag kept), not echo the prompt's instructions or its example, use
+only known words where a vocabulary is given (no coinages like "gardensetree"; coined words after a
+catalog core are cut, the core kept), not duplicate (exactly or nearly) a better-ranked tag, and be close
 enough to something the shop sells. Personas get the same hygiene, and a persona is
 a shopping need, never a person's name.
 
@@ -27,7 +28,7 @@ from recgpt.agents.prompts import BLOCKS, ECHO_PHRASES, TAG_EXAMPLES, system_tex
 from recgpt.agents.schemas import Persona, Tag
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.text import inline_text, ngrams, normalise_phrase, words
-from recgpt.untrusted import disguised, has_pii, markup, unhidden
+from recgpt.untrusted import before_pii, disguised, has_pii, markup, unhidden
 
 T = TypeVar("T")
 
@@ -63,6 +64,14 @@ class Rejected(Generic[T]):
 class Checked(Generic[T]):
     kept: list[T]  # cleaned and normalised, in the order given
     rejected: list[Rejected[T]]
+    # Kept tags whose reason held personal data: cut before it (`before_pii`), or
+    # REASON_WITHHELD when nothing came before it.
+    reasons_cut: int = 0
+
+
+# A kept tag's reason when all the model wrote was personal data ("#.#.#.#.#..."): the bundled
+# model loops on digits in a reason far more often than in a tag, and the tag stands.
+REASON_WITHHELD = "(reason withheld: it held personal data)"
 
 
 # Words that say nothing about what a persona or a tag is about.
@@ -196,6 +205,19 @@ class ValidationContext:
             if not any(c.isdigit() for c in w) and not any(f in known for f in singular_forms(w))
         ]
 
+    def before_coined(self, tag: str) -> str:
+        """`tag` cut before its first unknown word (`unknown_words`) when a catalog core
+        (`tag.cores`) comes whole before it: the bundled model pads the core it named with
+        letters it coins ("small appliances iapplia iappliaa"), and the core stands. Otherwise
+        `tag` as given, for the unknown-word rule to judge."""
+        unknown = set(self.unknown_words(tag))
+        if not unknown or not self._cores:
+            return tag
+        tokens = words(tag)
+        head = tokens[: next(i for i, w in enumerate(tokens) if w in unknown)]
+        named = any(ngrams(head, n) & self._cores for n in range(1, len(head) + 1))
+        return " ".join(head) if named else tag
+
     def names_person(self, text: str) -> bool:
         return any(w in self.names for w in words(unhidden(text)))
 
@@ -242,7 +264,28 @@ class ValidationContext:
         )
 
 
+def _amended(tag: Tag, ctx: ValidationContext) -> Tag:
+    """`tag` with the coined words after its core cut (`ValidationContext.before_coined`) and its
+    reason up to any personal data in it (REASON_WITHHELD when nothing comes before): the
+    reason is the model's gloss, the tag what is served. Personal data in the tag itself stays
+    for `tag_problem` to reject."""
+    reason = tag.reason
+    cut = before_pii(inline_text(reason), ctx.settings.validation.pii_min_digits)
+    if cut != inline_text(reason):
+        reason = cut.rstrip(" ,;:-([{/+#") or REASON_WITHHELD
+    normal = normalise_phrase(tag.tag)
+    trimmed = ctx.before_coined(normal)
+    # As written unless cut: the echo and markup checks read the raw tag ("socks</history>").
+    return replace(tag, tag=tag.tag if trimmed == normal else trimmed, reason=reason)
+
+
 def tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
+    """The first rule `tag` breaks once amended (`_amended`), None when it passes (the embedding
+    checks of `check_tags` aside)."""
+    return _problem(_amended(tag, ctx), ctx)
+
+
+def _problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
     limits, digits = ctx.settings.tag, ctx.settings.validation.pii_min_digits
     normal = normalise_phrase(tag.tag)
     reason = inline_text(tag.reason)
@@ -280,8 +323,9 @@ def tag_problem(tag: Tag, ctx: ValidationContext) -> Rejection | None:
 
 
 def check_tags(tags: Sequence[Tag], ctx: ValidationContext, embed: Embed | None = None) -> Checked[Tag]:
-    """The tags that pass every rule, best-ranked first, with the tag normalised and the reason,
-    evidence and persona cleaned; and the rejected ones as written. Exact duplicates (after
+    """The tags that pass every rule, best-ranked first, with the tag normalised (coined words
+    after its core cut) and the reason (up to any personal data: `reasons_cut`), evidence and
+    persona cleaned; and the rejected ones as written. Exact duplicates (after
     normalisation) are rejected in favour of the earlier one. Given `embed`: a tag too far from
     everything the shop sells (best cosine with the context's catalog reference or the user's
     items below `catalog_min_cosine`) is rejected, then near-duplicates (cosine >=
@@ -290,15 +334,18 @@ def check_tags(tags: Sequence[Tag], ctx: ValidationContext, embed: Embed | None 
     rejected: list[Rejected[Tag]] = []
     seen: set[str] = set()
     limits = ctx.settings.tag
-    for tag in tags:
-        problem = tag_problem(tag, ctx)
+    cut: list[bool] = []  # per kept tag: its reason was cut
+    for written in tags:
+        tag = _amended(written, ctx)
+        problem = _problem(tag, ctx)
         normal = normalise_phrase(tag.tag)
         if problem is None and normal in seen:
             problem = Rejection.DUPLICATE
         if problem is not None:
-            rejected.append(Rejected(tag, problem))
+            rejected.append(Rejected(written, problem))
             continue
         seen.add(normal)
+        cut.append(tag.reason != written.reason)
         kept.append(
             replace(
                 tag,
@@ -315,7 +362,7 @@ def check_tags(tags: Sequence[Tag], ctx: ValidationContext, embed: Embed | None 
     minimum = ctx.settings.validation.catalog_min_cosine
     sold_check = minimum is not None and ctx.catalog is not None
     if embed is None or not kept or (len(kept) < 2 and not sold_check):
-        return Checked(kept, rejected)
+        return Checked(kept, rejected, sum(cut))
     vectors = unit_rows(embed([t.tag for t in kept]))
     sold = ctx.sold_cosine(vectors) if sold_check else None
     threshold = ctx.settings.validation.near_duplicate_cosine
@@ -327,7 +374,7 @@ def check_tags(tags: Sequence[Tag], ctx: ValidationContext, embed: Embed | None 
             rejected.append(Rejected(tag, Rejection.NEAR_DUPLICATE))
         else:
             distinct.append(i)
-    return Checked([kept[i] for i in distinct], rejected)
+    return Checked([kept[i] for i in distinct], rejected, sum(cut[i] for i in distinct))
 
 
 def _persona_problem(persona: Persona, ctx: ValidationContext) -> Rejection | None:
