@@ -269,10 +269,9 @@ def _amended(tag: Tag, ctx: ValidationContext) -> Tag:
     reason up to any personal data in it (REASON_WITHHELD when nothing comes before): the
     reason is the model's gloss, the tag what is served. Personal data in the tag itself stays
     for `tag_problem` to reject."""
-    reason = tag.reason
-    cut = before_pii(inline_text(reason), ctx.settings.validation.pii_min_digits)
-    if cut != inline_text(reason):
-        reason = cut.rstrip(" ,;:-([{/+#") or REASON_WITHHELD
+    said = inline_text(tag.reason)
+    cut = before_pii(said, ctx.settings.validation.pii_min_digits)
+    reason = tag.reason if cut == said else cut.rstrip(" ,;:-([{/+#") or REASON_WITHHELD
     normal = normalise_phrase(tag.tag)
     trimmed = ctx.before_coined(normal)
     # As written unless cut: the echo and markup checks read the raw tag ("socks</history>").
