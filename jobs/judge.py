@@ -22,6 +22,7 @@ from jobs.stage import StageContext, main_for, record_llm
 from recgpt.config import load_config, plain
 from recgpt.errors import RecGPTError
 from recgpt.judge.verdicts import GRADES
+from recgpt.llm.model_cache import require_on_disk
 from recgpt.tables import EXPLANATION_JUDGMENTS, TAG_JUDGMENTS, USER_INTENT_TAGS
 from sparkio.staging import Staging
 from udfs import llm
@@ -40,7 +41,9 @@ def judge_llm(cfg: Any) -> dict[str, Any]:
     model = cfg.judge.get("model")
     if not model:
         return plain(cfg.llm)
-    return plain(load_config([f"run.stage={STAGE}", f"llm={model}"]).llm)
+    llm = plain(load_config([f"run.stage={STAGE}", f"llm={model}"]).llm)
+    require_on_disk(llm, "judge")  # before any Spark work
+    return llm
 
 
 def run(ctx: StageContext) -> None:

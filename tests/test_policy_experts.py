@@ -5,18 +5,24 @@ as one reward per (example, completion) for a GRPO trainer."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+from pydantic import ValidationError
 
 from recgpt.agents.prompts import expert_prompt
 from recgpt.agents.schemas import build_schemas
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import ValidationContext
 from recgpt.config import load_config, plain
-from recgpt.policy.experts import ExpertExample, ExpertReward, messages
+from recgpt.policy.experts import ExpertExample, ExpertReward, expert_schema, messages
 from tests.test_policy_scorer import rewarder
 
 SETTINGS = AgentSettings.from_config(plain(load_config([]).pipeline.agents))
+# Tags grounded in catalog cores, each user's limited to its history's (mining's defaults).
+GROUNDED = replace(
+    SETTINGS, tag=replace(SETTINGS.tag, cores=("hiking", "kitchen", "toys"), history_cores=True)
+)
 ROW = {
     "user_id": "u1",
     "persona_rank": 1,
@@ -107,3 +113,40 @@ def test_sampled_answers_carry_no_seed_of_their_own():
     assert out == {EXAMPLE.key: [answer("hiking boots")] * 3}
     assert [r.sampling.temperature for r in sent] == [0.8] * 3
     assert all(r.sampling.seed is None for r in sent)
+
+
+def test_the_schema_names_the_cores_mining_would_let_the_user_name():
+    row = {**ROW, "categories_line": "categories: kitchen 3, garden 2, toys 1"}
+    example = ExpertExample.from_row(row)
+    assert example.history_categories == ("kitchen", "garden", "toys")
+    schema = expert_schema(GROUNDED, example)
+    schema.model_validate_json(answer("toys", "kitchen set"))
+    with pytest.raises(ValidationError):  # the catalog's, but not in this user's history
+        schema.model_validate_json(answer("hiking boots"))
+    # No categories line: any of the catalog's cores, as mining grounds a user without one.
+    bare = ExpertExample.from_row(ROW)
+    assert bare.history_categories == ()
+    expert_schema(GROUNDED, bare).model_validate_json(answer("hiking boots"))
+    # Without history_cores every user answers under the run's own schema.
+    anywhere = replace(GROUNDED, tag=replace(GROUNDED.tag, history_cores=False))
+    assert expert_schema(anywhere, example) is build_schemas(anywhere).expert
+
+
+def test_each_sampled_prompt_carries_its_own_users_schema():
+    from jobs.train_policy import sample
+
+    sent = []
+
+    class Recording:
+        def generate(self, requests):
+            sent.extend(requests)
+            return []
+
+    toys = ExpertExample.from_row({**ROW, "user_id": "u2", "categories_line": "categories: toys 4"})
+    kitchen = ExpertExample.from_row({**ROW, "categories_line": "categories: kitchen 2"})
+    sample(Recording(), GROUNDED, [toys, kitchen], 2, 0.8)
+    schemas = {r.key: r.schema for r in sent}
+    assert schemas["u2:outdoor cook#0"] is schemas["u2:outdoor cook#1"] is expert_schema(GROUNDED, toys)
+    schemas["u1:outdoor cook#0"].model_validate_json(answer("kitchen set"))
+    with pytest.raises(ValidationError):
+        schemas["u1:outdoor cook#0"].model_validate_json(answer("toys"))

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from recgpt.agents.schemas import build_schemas
 from recgpt.errors import ConfigError
 from recgpt.policy import grpo as G
-from recgpt.policy.experts import ExpertExample, messages
+from recgpt.policy.experts import ExpertExample, expert_schema, messages
 from tests.llm_support import llm_config
-from tests.test_policy_experts import EXAMPLE, ROW, SETTINGS, answer, reward
+from tests.test_policy_experts import EXAMPLE, GROUNDED, ROW, answer, reward
 
 OTHER = ExpertExample.from_row({**ROW, "user_id": "u2", "window_categories": ["toys"]})
 
@@ -45,20 +44,41 @@ def test_grpo_settings_refuse_a_group_that_compares_nothing():
         G.GRPOSettings.from_config({**base, "steps": 0})
 
 
-def test_sampling_under_the_schema_gives_answers_the_expert_schema_parses():
+def test_sampling_under_the_schema_gives_each_prompt_answers_its_own_schema_parses():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = llm_config()["model_path"]
     tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    schema = build_schemas(SETTINGS).expert
-    G.schema_constrained(model, tokenizer, schema.model_json_schema())
-    chat = messages(SETTINGS, EXAMPLE)
-    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    inputs = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    # Two users of one persona text but other histories: the second's prompt differs by its region's
+    # situation, and its tags may name only its own history's category.
+    toys = ExpertExample.from_row(
+        {**ROW, "user_id": "u2", "season": "winter", "categories_line": "categories: toys 4"}
+    )
+    kitchen = ExpertExample.from_row({**ROW, "categories_line": "categories: kitchen 2"})
+    chats = [messages(GROUNDED, e) for e in (toys, kitchen)]
+    schemas = [expert_schema(GROUNDED, e) for e in (toys, kitchen)]
+    G.schema_constrained(
+        model,
+        tokenizer,
+        {c[-1]["content"]: s.model_json_schema() for c, s in zip(chats, schemas, strict=True)},
+    )
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(0)
     out = model.generate(**inputs, do_sample=True, temperature=0.8, max_new_tokens=344, pad_token_id=0)
-    for row in out[:, inputs["input_ids"].shape[1] :]:
+    for row, schema, core in zip(
+        out[:, inputs["input_ids"].shape[1] :], schemas, ("toys", "kitchen"), strict=True
+    ):
         text = tokenizer.decode(row, skip_special_tokens=True)
-        schema.model_validate_json(text)  # raises if the grammar let anything else through
+        parsed = schema.model_validate_json(text)  # raises if the grammar let anything else through
+        assert all(t.tag.startswith(core) for t in parsed.tags)
+    # A prompt no schema was given for is refused, not decoded unconstrained.
+    summer = ExpertExample.from_row({**ROW, "season": "summer"})
+    other = tokenizer.apply_chat_template(
+        messages(GROUNDED, summer), tokenize=False, add_generation_prompt=True
+    )
+    with pytest.raises(ValueError, match="no Expert schema"):
+        model.generate(**tokenizer([other], return_tensors="pt", add_special_tokens=False), max_new_tokens=2)

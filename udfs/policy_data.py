@@ -16,7 +16,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recgpt.rundate import RunDate
-from recgpt.tables import BEHAVIORS, ITEMS, USER_PERSONAS, USERS
+from recgpt.tables import BEHAVIORS, ITEMS, USER_CONTEXT, USER_PERSONAS, USERS
 from sparkio.warehouse import Warehouse
 from udfs.judge import newest_titles
 from udfs.mining import SITUATION_COLUMNS, purchase_titles, situations
@@ -55,8 +55,8 @@ def training_examples(
     """One row per (user, persona) of the variant's planner on `dt`, for the users with at least
     one interaction in the reward window, at most `cfg.sample_users` users (a seeded order):
     user_id, persona_rank, name, description, evidence, signals, the situation columns, history
-    (newest titles), excluded (recent purchases), bought_titles (their titles) and
-    window_categories.
+    (newest titles), excluded (recent purchases), bought_titles (their titles), categories_line
+    (the first line of the user's compressed context, "" without one) and window_categories.
 
     `cfg`: window_days, behaviors, history_items, bought_days, sample_users (null: all), seed."""
     items = wh.read_snapshot(ITEMS, dt.plus(int(cfg["window_days"])))
@@ -81,8 +81,13 @@ def training_examples(
         else users.select("user_id", F.lit(None).cast("string").alias("region"))
     )
     situation = situations(spark, wh, dt, calendar_cfg)
+    # Both compressed contexts open with the same categories line: mining grounds tags in it.
+    lines = wh.read(USER_CONTEXT, dt=dt).select(
+        "user_id", F.substring_index("v1_text", "\n", 1).alias("categories_line")
+    )
     return (
         personas.join(titles, "user_id", "left")
+        .join(lines, "user_id", "left")
         .join(recently_bought(wh, dt, int(cfg["bought_days"])), "user_id", "left")
         .join(purchase_titles(wh, dt, int(cfg["bought_days"])), "user_id", "left")
         .join(region, "user_id", "left")
@@ -98,6 +103,7 @@ def training_examples(
             F.coalesce("history", F.array().cast("array<string>")).alias("history"),
             F.coalesce("excluded", F.array().cast("array<string>")).alias("excluded"),
             F.coalesce("bought_titles", F.array().cast("array<string>")).alias("bought_titles"),
+            F.coalesce("categories_line", F.lit("")).alias("categories_line"),
             "window_categories",
         )
         .orderBy("user_id", "persona_rank")

@@ -38,10 +38,11 @@ from recgpt.agents.schemas import (
     Pick,
     Tag,
     arbiter_picks,
-    build_schemas,
     expert_tags,
     max_candidates,
     personas_of,
+    user_cores,
+    within_cores,
 )
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.text import words
@@ -215,7 +216,6 @@ class Miner:
         self.embed = embed
         self._banner: Banner | None = None  # built on the first banned word
         self._cores = frozenset(settings.tag.cores)
-        self._schemas: dict[frozenset[str], type[BaseModel] | None] = {}  # Expert schemas by their cores
         self._core_phrase_words = frozenset(w for e in settings.tag.cores for w in e.split())
 
     # -- V2: planner -> experts -> arbiter ---------------------------------------------------
@@ -453,12 +453,8 @@ class Miner:
         return frozenset(spent)
 
     def _user_cores(self, user: UserInput) -> tuple[str, ...]:
-        """The cores the user's tags may name: with `tag.history_cores`, the run's cores its
-        history's categories line names (all of them when it names none); else all."""
-        cores = self.settings.tag.cores
-        if not (self.settings.tag.history_cores and cores):
-            return cores
-        return tuple(c for c in line_categories(user.history) if c in self._cores) or cores
+        """The cores the user's tags may name (`user_cores`, from its history's categories line)."""
+        return user_cores(self.settings, line_categories(user.history))
 
     def _user_schema(self, user: UserInput) -> type[BaseModel]:
         """The schema of the user's first Expert or route call."""
@@ -467,17 +463,12 @@ class Miner:
         return schema
 
     def _schema(self, cores: Sequence[str]) -> type[BaseModel] | None:
-        """The Expert call's schema with tags naming one of `cores` (the run's own schema for
-        all of them; None for none)."""
-        allowed = frozenset(cores)
-        if allowed == self._cores:
+        """The Expert call's schema with tags naming one of `cores` (the run's own for all of
+        them; None for none)."""
+        if frozenset(cores) == self._cores:
             return self.schemas.expert_call
-        if allowed not in self._schemas:
-            left = tuple(c for c in self.settings.tag.cores if c in allowed)
-            narrower = replace(self.settings, tag=replace(self.settings.tag, cores=left))
-            # Not through build_schemas' small cache, which holds the run's own schemas.
-            self._schemas[allowed] = build_schemas.__wrapped__(narrower).expert_call if left else None
-        return self._schemas[allowed]
+        schemas = within_cores(self.settings, cores)
+        return schemas.expert_call if schemas else None
 
     def _narrowed(self, cores: Sequence[str], spent: frozenset[str]) -> type[BaseModel] | None:
         """The Expert call's schema over `cores` less the `spent` ones (None when none is left):

@@ -11,7 +11,7 @@ otherwise pads or rambles until max_tokens and leaves invalid JSON). The Arbiter
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -164,6 +164,32 @@ def build_schemas(settings: AgentSettings) -> AgentSchemas:
         tags=(conlist(arbiter_tag, min_length=1, max_length=settings.n_tags), ...),
     )
     return AgentSchemas(planner=planner, expert=expert, arbiter=arbiter, expert_call=expert_call)
+
+
+def user_cores(settings: AgentSettings, history_categories: Sequence[str]) -> tuple[str, ...]:
+    """The cores a user's tags may name: with `tag.history_cores`, the run's cores among the
+    categories its history's categories line names (all of them when it names none); else all."""
+    cores = settings.tag.cores
+    if not (settings.tag.history_cores and cores):
+        return cores
+    known = frozenset(cores)
+    return tuple(c for c in history_categories if c in known) or cores
+
+
+def within_cores(settings: AgentSettings, cores: Sequence[str]) -> AgentSchemas | None:
+    """The run's schemas with tags naming one of `cores` (the run's own for all of them; None
+    for none of the run's)."""
+    allowed = frozenset(cores)
+    if allowed == frozenset(settings.tag.cores):
+        return build_schemas(settings)
+    left = tuple(c for c in settings.tag.cores if c in allowed)
+    return _narrowed(settings, left) if left else None
+
+
+@lru_cache(maxsize=1024)
+def _narrowed(settings: AgentSettings, cores: tuple[str, ...]) -> AgentSchemas:
+    # Not through build_schemas' small cache, which holds the runs' own schemas.
+    return build_schemas.__wrapped__(replace(settings, tag=replace(settings.tag, cores=cores)))
 
 
 @dataclass(frozen=True)

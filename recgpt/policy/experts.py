@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from recgpt.agents.prompts import expert_prompt
-from recgpt.agents.schemas import AgentSchemas, Persona, expert_tags
+from recgpt.agents.schemas import AgentSchemas, Persona, build_schemas, expert_tags, user_cores, within_cores
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import ValidationContext, check_tags
+from recgpt.context import line_categories
 from recgpt.env_signals import SITUATION_FIELDS
 from recgpt.policy.rewards import TagSetRewards
 from recgpt.policy.scorer import TagRewarder, UserTruth
@@ -32,6 +33,9 @@ class ExpertExample:
     situation: Mapping[str, Any]
     bought_titles: tuple[str, ...]
     truth: UserTruth
+    # The categories the user's history's categories line names, most items first: with
+    # `tag.history_cores` the Expert's schema lets its tags name only those, as mining's does.
+    history_categories: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -54,7 +58,8 @@ class ExpertExample:
             excluded=frozenset(row["excluded"] or ()),
         )
         situation = {c: row[c] for c in SITUATION_FIELDS if row.get(c) is not None}
-        return cls(persona, situation, tuple(row.get("bought_titles") or ()), truth)
+        categories = line_categories(str(row.get("categories_line") or ""))
+        return cls(persona, situation, tuple(row.get("bought_titles") or ()), truth, categories)
 
 
 def messages(settings: AgentSettings, example: ExpertExample) -> list[dict[str, str]]:
@@ -63,6 +68,13 @@ def messages(settings: AgentSettings, example: ExpertExample) -> list[dict[str, 
     if settings.expert_history:
         raise ValueError("the experts read the history (agents.expert_history): train them on it first")
     return [dict(m) for m in expert_prompt(settings, "", example.persona, example.situation).messages]
+
+
+def expert_schema(settings: AgentSettings, example: ExpertExample) -> type[BaseModel]:
+    """The schema the Expert answers this example under: the whole list of M tags, naming the
+    cores mining's first call lets this user's tags name (its history's, with `tag.history_cores`)."""
+    schemas = within_cores(settings, user_cores(settings, example.history_categories))
+    return (schemas or build_schemas(settings)).expert
 
 
 @dataclass(frozen=True)

@@ -84,20 +84,38 @@ class GroupReward:
         }
 
 
-def schema_constrained(model: Any, tokenizer: Any, schema: Mapping[str, Any]) -> None:
-    """Make `model.generate` decode under the JSON `schema` (compact, as mining's engine does):
-    a fresh xgrammar processor per call, since one holds the state of one batch."""
+def schema_constrained(model: Any, tokenizer: Any, schemas: Mapping[str, Mapping[str, Any]]) -> None:
+    """Make `model.generate` decode each prompt under its JSON schema (compact, as mining's
+    engine does). `schemas`: by the text of a prompt's last message, which the rendered prompt
+    holds verbatim (two prompts of the same text decode under the first's schema); a fresh
+    xgrammar processor per call, since one holds the state of one batch, with one grammar per
+    row. A prompt none of `schemas` matches is an error: it would decode unconstrained."""
     import xgrammar as xgr
     from transformers import LogitsProcessorList
     from xgrammar.contrib.hf import LogitsProcessor
 
     info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=int(model.config.vocab_size))
-    grammar = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(dict(schema)), any_whitespace=False)
+    compiler = xgr.GrammarCompiler(info)
+    compiled: dict[str, Any] = {}  # by the schema's JSON: prompts share few distinct schemas
+    grammars = []
+    for text, schema in schemas.items():
+        spec = json.dumps(dict(schema), sort_keys=True)
+        if spec not in compiled:
+            compiled[spec] = compiler.compile_json_schema(spec, any_whitespace=False)
+        grammars.append((text, compiled[spec]))
     generate = model.generate
 
+    def grammar_of(row: Any) -> Any:
+        prompt = tokenizer.decode(row, skip_special_tokens=False)
+        for text, grammar in grammars:
+            if text in prompt:
+                return grammar
+        raise ValueError(f"no Expert schema for the prompt ending {prompt[-120:]!r}")
+
     def constrained(*args: Any, **kwargs: Any) -> Any:
+        rows = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
         processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-        processors.append(LogitsProcessor(grammar))
+        processors.append(LogitsProcessor([grammar_of(row) for row in rows]))
         return generate(*args, logits_processor=processors, **kwargs)
 
     model.generate = constrained
