@@ -80,10 +80,16 @@ def _mixed_script(word: str) -> bool:
     return "LATIN" in scripts and bool(scripts & {"CYRILLIC", "GREEK"})
 
 
+# Two groups are a range ("2025-2026", "1000-2000") while neither has more digits than this:
+# "555 1234567" is a phone number.
+_RANGE_END_DIGITS = 4
+
+
 def has_pii(text: str, min_digits: int) -> bool:
     """An email address, or at least `min_digits` digits that look like a phone number or an id:
     one unbroken run, three or more groups, or a leading "+" or area code ("(555) 013-2447").
-    Two groups ("2025-2026", also in brackets) are a range, not a number; a calendar date
+    Two groups of up to four digits ("2025-2026", also in brackets) are a range, not a number
+    ("555 1234567" is one); a calendar date
     ("1997-12-26 12:00:00") or month ("2024-11") is a date. Read `unhidden`:
     "555<ZWSP>013<ZWSP>6644" is a phone number."""
     return _pii_start(unhidden(text), min_digits) is not None
@@ -109,7 +115,11 @@ def _pii_start(text: str, min_digits: int) -> int | None:
         run = match.group()
         groups = re.findall(r"\d+", run)
         if sum(len(g) for g in groups) >= min_digits and (
-            len(groups) == 1 or len(groups) >= 3 or run[0] == "+" or _AREA_CODE.match(run)
+            len(groups) == 1
+            or len(groups) >= 3
+            or max(len(g) for g in groups) > _RANGE_END_DIGITS
+            or run[0] == "+"
+            or _AREA_CODE.match(run)
         ):
             starts.append(match.start())
             break

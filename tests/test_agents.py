@@ -751,6 +751,8 @@ def test_personal_data_rejects_a_tag_and_is_cut_from_its_reason_and_evidence(ctx
     assert has_pii("call 555-123-4567", 7) and has_pii("+44 20 7946 0958", 7)
     assert has_pii("order 12345678", 7) and has_pii("me@example.com", 7)
     assert not has_pii("2025-2026 academic planner", 7) and not has_pii("size 10 pack of 3", 7)
+    assert not has_pii("rated 1000-2000 by (2025-2026)", 7)  # ranges of up to four digits a side
+    assert has_pii("call 555 1234567", 7) and has_pii("ref 1234567-89", 7)
     # A date copied from a history line is a date; a number shaped like none is not.
     assert not has_pii("1997-12-26", 7) and not has_pii("seen 1997-12-26 12:00:00.112 twice", 7)
     assert (
