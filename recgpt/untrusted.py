@@ -89,9 +89,8 @@ def has_pii(text: str, min_digits: int) -> bool:
     """An email address, or at least `min_digits` digits that look like a phone number or an id:
     one unbroken run, three or more groups, or a leading "+" or area code ("(555) 013-2447").
     Two groups of up to four digits ("2025-2026", also in brackets) are a range, not a number
-    ("555 1234567" is one); a calendar date
-    ("1997-12-26 12:00:00") or month ("2024-11") is a date. Read `unhidden`:
-    "555<ZWSP>013<ZWSP>6644" is a phone number."""
+    ("555 1234567" is one); a calendar date ("1997-12-26 12:00:00") or month ("2024-11") is a
+    date. Read `unhidden`: "555<ZWSP>013<ZWSP>6644" is a phone number."""
     return _pii_start(unhidden(text), min_digits) is not None
 
 

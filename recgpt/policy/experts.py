@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from recgpt.agents.prompts import expert_prompt
-from recgpt.agents.schemas import AgentSchemas, Persona, build_schemas, expert_tags, user_cores, within_cores
+from recgpt.agents.schemas import AgentSchemas, Persona, expert_tags, user_cores, within_cores
 from recgpt.agents.settings import AgentSettings
 from recgpt.agents.validate import ValidationContext, check_tags
 from recgpt.context import line_categories
@@ -74,7 +74,8 @@ def expert_schema(settings: AgentSettings, example: ExpertExample) -> type[BaseM
     """The schema the Expert answers this example under: the whole list of M tags, naming the
     cores mining's first call lets this user's tags name (its history's, with `tag.history_cores`)."""
     schemas = within_cores(settings, user_cores(settings, example.history_categories))
-    return (schemas or build_schemas(settings)).expert
+    assert schemas is not None  # user_cores names some of the run's cores, or all (none: the run's)
+    return schemas.expert
 
 
 @dataclass(frozen=True)
