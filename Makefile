@@ -93,7 +93,7 @@ bench-judge: setup models-large  ## the judge on a labelled set from the synthet
 bench-models: setup models-large  ## the candidate miners (SmolLM2-135M, Qwen2.5-Coder 0.5B and 1.5B) as V2 miners on the same seeded users of ml-100k and synthetic data: HR@30 with its interval, tags per user, top-tag share, users/hour, model sha256s
 	$(PY) -m bench.models $(ARGS)
 
-bench-rl: setup models-large  ## trained Experts vs V1: per dataset, rft then GRPO(SUM) and GRPO(CRS) on a date 14 days before the evaluation date (judge Qwen2.5-Coder-1.5B), then V1, V2-base and V2 with each policy mined for the same seeded users there: HR@30 and exclusive recall with intervals, reward curves, training seconds (about two hours per dataset)
+bench-rl: setup models-large  ## trained Experts vs V1: per dataset, rft then GRPO(SUM) and GRPO(CRS) on a date 14 days before the evaluation date (judge Qwen2.5-Coder-1.5B), then V1, V2-base and V2 with each policy mined for the same seeded users there: HR@30 and exclusive recall with intervals, reward curves, training seconds (about an hour per dataset on 2 cores)
 	$(PY) -m bench.rl $(ARGS)
 
 bench-scale: setup  ## 10M and 100M behaviours through ingest, compress, covisit: seconds, rows, peak memory per stage

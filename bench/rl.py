@@ -24,13 +24,15 @@ Contexts are text for every variant (no tuned model needs an adaptor retrained, 
 too), so only the policy differs between the V2 rows. The matched-budget history baseline (the
 evaluate stage's `hr30_history`) is reported beside each variant.
 
-    make bench-rl                                   # both datasets (about two hours each on 2 cores)
+    make bench-rl                                   # both datasets (about an hour each on 2 cores)
     python -m bench.rl --data synthetic --users 32 --train-users 48
-    # the ml-100k run in the README ("Training the experts"): the judge's thresholds set to the training
-    # tags' quartiles (README, "The judge"), a shorter GRPO, eager engines; --reuse keeps the
-    # training date's mined tags and reward model of an earlier run in --workdir
-    python -m bench.rl --data movielens --workdir /tmp/rl --reuse --users 24 \
+    # the runs in the README ("Training the experts"), one dataset at a time: the judge's thresholds
+    # set to ml-100k's training tags' quartiles (README, "The judge"), the 1.5B teacher, a shorter
+    # GRPO, eager engines; --reuse keeps the training date's mined tags and reward model of an
+    # earlier run in --workdir
+    python -m bench.rl --data movielens --workdir /tmp/rl --reuse \
         llm.enforce_eager=true policy.grpo.steps=6 \
+        policy.rft.teacher=qwen25_coder_1p5b_cpu policy.rft.teacher_samples=2 \
         judge.tag.relevance.pass=0.232 judge.tag.relevance.strong=0.353 \
         judge.tag.specificity.pass=0.087 judge.tag.specificity.strong=0.151 \
         judge.tag.consistency.pass=0.321 judge.tag.consistency.strong=0.508

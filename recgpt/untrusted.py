@@ -97,8 +97,9 @@ def has_pii(text: str, min_digits: int) -> bool:
 def before_pii(text: str, min_digits: int) -> str:
     """`text` up to its first personal data (`has_pii`), read `unhidden`; all of `text` when it
     has none. "viewed 3 backpacks 1.2.3.4.5.6.7.8" gives "viewed 3 backpacks "."""
-    start = _pii_start(unhidden(text), min_digits)
-    return text if start is None else unhidden(text)[:start]
+    plain = unhidden(text)
+    start = _pii_start(plain, min_digits)
+    return text if start is None else plain[:start]
 
 
 def _blanked(match: re.Match[str]) -> str:
