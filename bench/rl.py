@@ -39,6 +39,11 @@ evaluate stage's `hr30_history`) is reported beside each variant.
 
 A run stopped before its last variant: the same command with `--resume` keeps the dataset's
 policies and measured variants from rl.json and mines only the variants it lacks.
+`--evaluate-only NAME` evaluates the policies rl.json records again under other settings, without
+training, on a warehouse of its own (their artifacts must still be under the --workdir that
+trained them), and writes bench/results/rl_NAME.json; the README's two-tag budget:
+
+    python -m bench.rl --evaluate-only budget2 llm.enforce_eager=true pipeline.agents.n_tags=2
 
 Training runs in a process of its own, so the evaluation's engines get back the memory it held.
 Writes bench/results/rl.json after every evaluated variant (`complete: false` until the last; a
@@ -305,11 +310,59 @@ def summary(trained: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any
 
 
 def recorded(
-    out: dict[str, Any], data: str, trained: dict[str, Any], started: float, evaluated: dict[str, Any]
+    out: dict[str, Any],
+    data: str,
+    trained: dict[str, Any],
+    started: float,
+    evaluated: dict[str, Any],
+    name: str = "rl",
 ) -> None:
-    """rl.json with the dataset's figures so far: a run stopped half-way keeps what it measured."""
+    """rl.json (or `name`.json) with the dataset's figures so far: a run stopped half-way keeps
+    what it measured."""
     out[data] = summary(trained, evaluated) | {"seconds": round(time.perf_counter() - started, 1)}
-    write_result("rl", out)
+    write_result(name, out)
+
+
+def evaluate_again(args: argparse.Namespace, kept: dict[str, Any], root: Path) -> None:
+    """`--evaluate-only NAME`: the policies rl.json records, evaluated again under other settings
+    (the overrides) on a warehouse of their own, without training; figures in rl_NAME.json."""
+    name = f"rl_{args.evaluate_only}"
+    out: dict[str, Any] = {"variants": f"as rl.json, evaluated again with {args.overrides}"}
+    out |= {"overrides": args.overrides, "seed": args.seed}
+    for data in args.data:
+        if data not in kept:
+            raise SystemExit(f"--evaluate-only: rl.json has no {data} policies; train them first")
+        trained = kept[data]["training"]
+        missing = [
+            key
+            for key, meta in trained["policies"].items()
+            if not (Path(trained["artifacts_dir"]) / meta["version"]).is_dir()
+        ]
+        if missing:
+            raise SystemExit(
+                f"--evaluate-only: {data} policies {missing} are not in {trained['artifacts_dir']} "
+                "any more: rerun bench.rl with that --workdir to train them"
+            )
+        eval_dt = RunDate.parse(DATASETS[data]["dt"])
+        started = time.perf_counter()
+        evaluate_variants(
+            data,
+            root / data / args.evaluate_only,
+            RunDate.parse(trained["dt"]),
+            eval_dt,
+            args.users,
+            args.seed,
+            trained,
+            args.overrides,
+            on_variant=partial(recorded, out, data, trained, started, name=name),
+        )
+    print(f"\nrl.json's policies evaluated again, written to {RESULTS / name}.json")
+    for data in args.data:
+        hr, history = out[data]["hr30"], out[data]["hr30_history"]
+        print(
+            f"  {data:<11}"
+            + "".join(f"{key} {_pct(hr[key])} (history {_pct(history[key])})  " for key in VARIANTS)
+        )
 
 
 def write_plot(datasets: dict[str, Any]) -> Path | None:
@@ -350,6 +403,12 @@ def main() -> None:
         help="with --workdir: a dataset rl.json holds unfinished keeps its policies and evaluated "
         "variants; only the variants it lacks are mined",
     )
+    parser.add_argument(
+        "--evaluate-only",
+        metavar="NAME",
+        help="evaluate the policies rl.json records again, with the overrides (their artifacts must "
+        "still be in their artifacts_dir), on a warehouse of their own; writes bench/results/rl_NAME.json",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="warehouses go here (default: a new temporary folder)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every stage")
@@ -357,6 +416,9 @@ def main() -> None:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="rl-"))
     previous = RESULTS / "rl.json"
     kept = json.loads(previous.read_text()) if previous.is_file() else {}
+    if args.evaluate_only:
+        evaluate_again(args, kept, root)
+        return
     out: dict[str, Any] = {
         "variants": "contexts: text; policies tune the Experts, served to every role",
         "overrides": args.overrides,
