@@ -329,6 +329,7 @@ def evaluate_again(args: argparse.Namespace, kept: dict[str, Any], root: Path) -
     name = f"rl_{args.evaluate_only}"
     out: dict[str, Any] = {"variants": f"as rl.json, evaluated again with {args.overrides}"}
     out |= {"overrides": args.overrides, "seed": args.seed}
+    # Every dataset's policies are checked before the first is evaluated (an hour on 2 cores).
     for data in args.data:
         if data not in kept:
             raise SystemExit(f"--evaluate-only: rl.json has no {data} policies; train them first")
@@ -343,6 +344,8 @@ def evaluate_again(args: argparse.Namespace, kept: dict[str, Any], root: Path) -
                 f"--evaluate-only: {data} policies {missing} are not in {trained['artifacts_dir']} "
                 "any more: rerun bench.rl with that --workdir to train them"
             )
+    for data in args.data:
+        trained = kept[data]["training"]
         eval_dt = RunDate.parse(DATASETS[data]["dt"])
         started = time.perf_counter()
         evaluate_variants(

@@ -150,3 +150,23 @@ def test_the_benchmarks_summary_of_a_half_evaluated_dataset_says_so():
     whole = summary(trained, {"dt": "1998-01-01", "users": 8, "figures": every})
     assert whole["complete"] is True
     assert whole["targets"]["grpo_crs_at_least_v1"] is True
+
+
+def test_evaluating_the_recorded_policies_again_refuses_before_any_work_when_one_is_gone(tmp_path):
+    """`bench.rl --evaluate-only`: a dataset rl.json lacks, or a policy whose artifact is no longer
+    on disk, stops the run at once, before the first dataset's hour of mining."""
+    import argparse
+
+    from bench.rl import evaluate_again
+
+    there = tmp_path / "policy"
+    (there / "a1").mkdir(parents=True)
+    training = {"dt": "2025-10-14", "artifacts_dir": str(there), "policies": {"v2_rft": {"version": "a1"}}}
+    args = argparse.Namespace(
+        evaluate_only="x", data=["synthetic", "movielens"], overrides=[], seed=0, users=4
+    )
+    gone = {"dt": "1997-12-18", "artifacts_dir": str(there), "policies": {"v2_rft": {"version": "b2"}}}
+    with pytest.raises(SystemExit, match=r"movielens policies \['v2_rft'\] are not in"):
+        evaluate_again(args, {"synthetic": {"training": training}, "movielens": {"training": gone}}, tmp_path)
+    with pytest.raises(SystemExit, match=r"rl\.json has no movielens policies"):
+        evaluate_again(args, {"synthetic": {"training": training}}, tmp_path)
